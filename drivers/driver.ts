@@ -1,0 +1,45 @@
+import type { EventBus } from '../edge/bus.js';
+import type { Clock } from '../edge/clock.js';
+import type { EventInput } from '../edge/envelope.js';
+import type { Logger } from '../edge/log.js';
+
+/**
+ * What the runtime hands every driver: I/O, clock, logger and the bus come in
+ * through this one door, so tests pass fakes or real peers the same way.
+ */
+export interface DriverContext {
+  bus: EventBus;
+  clock: Clock;
+  log: Logger;
+  /** Emit an event (goes to the bus, then rules and the outbox). */
+  emit(event: EventInput): void;
+  /** Site key for card pseudonyms (`privacy.siteKey`), and whether raw cards are allowed. */
+  privacy: { siteKey: string; rawCards: boolean };
+}
+
+export interface CommandRequest {
+  id: string;
+  action: string;
+  target: string;
+  args: Record<string, unknown>;
+}
+
+/**
+ * A device family's driver. Constructors only assign; `start()` opens I/O and
+ * must not throw for a device fault (report it as `device.offline` instead);
+ * `stop()` releases everything within 15 s.
+ */
+export interface Driver {
+  /** Device name: the `source.device` of its events and the `target` of commands. */
+  readonly name: string;
+  /** Driver id, the `source.driver` of its events (`modbus-door`, `onvif`, …). */
+  readonly driver: string;
+  /** Actions this driver executes (`door.unlock`, …). */
+  readonly actions: readonly string[];
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  /** Execute a verified command. Rejects with an EdgewardError on failure. */
+  execute(cmd: CommandRequest): Promise<Record<string, unknown> | undefined>;
+  /** Online and last seen, for status and metrics. */
+  state(): { online: boolean; lastSeen?: string };
+}

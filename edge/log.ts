@@ -1,0 +1,50 @@
+import pino, { type Logger } from 'pino';
+
+export type { Logger };
+
+/**
+ * Paths pino censors in every record. Secrets (tokens, passwords, keys) and
+ * raw card numbers must never reach a log line; drivers log pseudonyms only,
+ * and these paths are a second net for anything that slips through.
+ */
+export const REDACT_PATHS = [
+  'password',
+  '*.password',
+  'token',
+  '*.token',
+  'siteKey',
+  '*.siteKey',
+  'secret',
+  '*.secret',
+  'authorization',
+  '*.authorization',
+  'headers.authorization',
+  'req.headers.authorization',
+  'rawCard',
+  '*.rawCard',
+  'card',
+  '*.card',
+  'data.card',
+  '*.data.card',
+  'passwordHash',
+  '*.passwordHash',
+  'uplink.password',
+  'privacy.siteKey',
+  'http.token',
+];
+
+export function createLogger(opts: { level?: string; destination?: pino.DestinationStream } = {}): Logger {
+  return pino(
+    {
+      level: opts.level ?? 'info',
+      base: { pid: process.pid },
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    },
+    opts.destination,
+  );
+}
+
+/** A logger that writes nothing: for unit tests and library use. */
+export function silentLogger(): Logger {
+  return pino({ level: 'silent' });
+}

@@ -1,0 +1,48 @@
+import type { Envelope, Severity } from '../edge/envelope.js';
+
+/** Counts and bytes held in the outbox, by severity and in total. */
+export interface OutboxStats {
+  epoch: string;
+  events: number;
+  bytes: number;
+  bySeverity: Record<Severity, { events: number; bytes: number }>;
+  /** ts of the oldest event held, or null when empty. */
+  oldestTs: string | null;
+  /** Last seq assigned in this epoch (0 when none yet). */
+  lastSeq: number;
+  maxBytes: number;
+}
+
+/** A stored event as read back for sending: the envelope (with seq) and its serialized size. */
+export interface StoredEvent {
+  seq: number;
+  severity: Severity;
+  bytes: number;
+  /** The envelope serialized as JSON (what goes into a batch). */
+  json: string;
+}
+
+/**
+ * The durable outbox. `append` resolves only when the events are on disk
+ * (group commit: concurrent appends share one synced write). Seqs strictly
+ * increase within one epoch. Critical events are read first.
+ */
+export interface Outbox {
+  open(): Promise<void>;
+  close(): Promise<void>;
+  readonly epoch: string;
+  /** Store envelopes durably; assigns and returns them with `seq` set, in input order. */
+  append(events: Envelope[]): Promise<Envelope[]>;
+  /**
+   * Read up to `maxEvents`/`maxBytes` events not in `exclude`, highest
+   * priority first (critical, then warning, then info), oldest first within a priority.
+   */
+  read(opts: { maxEvents: number; maxBytes: number; exclude?: (seq: number) => boolean; severities?: Severity[] }): Promise<StoredEvent[]>;
+  /** Delete acknowledged seqs (inclusive ranges). Returns how many were deleted. */
+  ack(ranges: Array<[number, number]>): Promise<number>;
+  stats(): OutboxStats;
+  /** Newest events stored by this process, newest first (acknowledged or not). */
+  recent(limit: number): Envelope[];
+  /** Subscribe to appends (the uplink wakes on this). Returns an unsubscribe function. */
+  onAppend(listener: (severities: Set<Severity>) => void): () => void;
+}
