@@ -180,7 +180,7 @@ export function messagesFor(type: EventType, device: string): Messages {
 }
 
 /** ULIDs, monotonic within this process so ids sort by creation even within one millisecond. */
-export const newId: () => string = monotonicFactory();
+export const newId: (seedTime?: number) => string = monotonicFactory();
 
 /**
  * Complete an input into an envelope (without `seq`): id, ts, site/edge,
