@@ -2,6 +2,7 @@ import type { Driver, DriverContext } from '../drivers/driver.js';
 import type { EventBus } from './bus.js';
 import type { Envelope, EventInput } from './envelope.js';
 import type { Logger } from './log.js';
+import type { Registry } from './registry.js';
 
 /**
  * What the runtime hands to its Node-RED nodes, as `RED.settings.edgeward`.
@@ -18,8 +19,9 @@ export interface EdgewardNodeApi {
   registerDriver(driver: Driver): () => void;
   /** Store events now and resolve once durable (used by `edgeward-event`). */
   ingest(inputs: EventInput[]): Promise<Envelope[]>;
-  /** Shared resources keyed by a config node (one Modbus bus per serial port, …). */
-  shared: Map<string, unknown>;
+  /** Device families and shared resources (one Modbus bus per config node, …): `registry.createDriver(...)`, `registry.acquire(...)`. */
+  registry: Registry;
+  /** Verified downlink commands are routed to registered drivers by `target`; nodes may also listen on `bus` 'command'. */
 }
 
 /** Node-RED's runtime object as nodes see it (the small part we use). */

@@ -1,0 +1,9 @@
+import type { Registry } from './registry.js';
+
+/**
+ * Every device family the runtime knows. Each driver folder exports a
+ * `register(registry)`; add one line here per family.
+ */
+export function registerFamilies(_registry: Registry): void {
+  // drivers register here, e.g. registerModbus(registry); registerDoor(registry);
+}
