@@ -1,0 +1,261 @@
+import { createHmac } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir } from 'node:fs/promises';
+import type http from 'node:http';
+import path from 'node:path';
+import type express from 'express';
+import type { SiteConfig } from './config-types.js';
+import { EdgewardError } from './errors.js';
+import type { Logger } from './log.js';
+import type { EdgewardNodeApi } from './node-api.js';
+
+/** Options of {@link embedNodeRed}. */
+export interface EmbedNodeRedOptions {
+  /** The runtime's express app: the editor/admin API and `http in` routes are mounted on it. */
+  app: express.Express;
+  /** The runtime's HTTP server (the editor's websocket attaches to it). */
+  server: http.Server;
+  config: SiteConfig;
+  /** Handed to nodes as `RED.settings.edgeward`. */
+  api: EdgewardNodeApi;
+  log: Logger;
+  /** Node-RED's user directory (credentials, context, library), e.g. `<dataDir>/node-red`. */
+  userDir: string;
+}
+
+/** A running embedded Node-RED. */
+export interface EmbeddedNodeRed {
+  /** Stop every flow and the editor API. Idempotent. */
+  stop(): Promise<void>;
+  /** The absolute flow file Node-RED reads and writes deploys back to. */
+  readonly flowFile: string;
+}
+
+/** The part of the `node-red` module's API used to embed it (it ships no types). */
+interface NodeRedModule {
+  init(server: http.Server, settings: Record<string, unknown>): void;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  readonly httpAdmin: express.Handler;
+  readonly httpNode: express.Handler;
+}
+
+/** Node-RED's log record as handed to a custom logging handler. */
+interface NodeRedLogRecord {
+  level: number;
+  msg: unknown;
+  type?: string;
+  id?: string;
+  name?: string;
+}
+
+/**
+ * Node-RED keeps its runtime, registry and settings in module-level state:
+ * there can be one instance per process. This flag turns a second embed into
+ * a clear error instead of two runtimes fighting over the same globals.
+ */
+let active = false;
+
+/** The default entrance flow shipped with the runtime, seeded when a site names no flow file. */
+export const DEFAULT_FLOW_FILE = path.join(repoRoot(), 'flows', 'entrance.json');
+
+/**
+ * Embed Node-RED 4 in the runtime's HTTP server and start the flows.
+ *
+ * - The flow file is the technician's file and the source of truth: Node-RED
+ *   reads `config.nodeRed.flowFile` (resolved against the working directory)
+ *   and writes every deploy back to it, with its credentials beside it
+ *   (`<name>_cred.json`, encrypted with the credential secret). When no flow
+ *   file is configured, `<userDir>/flows.json` is seeded once from the default
+ *   entrance flow.
+ * - The editor and admin API are served at `/` behind `adminAuth`; with
+ *   `nodeRed.editor: false` neither is mounted, only `http in` routes.
+ * - Palette installs, telemetry, update checks and projects are off: a
+ *   safety box runs exactly the nodes it shipped with.
+ *
+ * Mount order: call this after the runtime's own routes and before any
+ * catch-all 404 handler.
+ */
+export async function embedNodeRed(opts: EmbedNodeRedOptions): Promise<EmbeddedNodeRed> {
+  const { app, server, config, api } = opts;
+  const log = opts.log.child({ module: 'edge/nodered' });
+  const editor = config.nodeRed.editor;
+  const adminAuth = config.nodeRed.adminAuth;
+  if (editor && !adminAuth && !isLoopback(config.http.host)) {
+    // The config loader refuses this too; this is the second lock on the door,
+    // because an open editor off loopback is remote code execution.
+    throw new EdgewardError(
+      'EDGE_NODERED_UNSAFE',
+      `refusing to serve the Node-RED editor on ${config.http.host} without nodeRed.adminAuth`,
+    );
+  }
+  if (active) {
+    throw new EdgewardError('EDGE_NODERED_RUNNING', 'Node-RED is already embedded in this process');
+  }
+  active = true;
+  try {
+    await mkdir(opts.userDir, { recursive: true });
+    const flowFile = await resolveFlowFile(config.nodeRed.flowFile, opts.userDir);
+    const settings = buildSettings({ config, api, log, userDir: opts.userDir, flowFile });
+
+    // Loaded lazily: a runtime that never embeds Node-RED does not pay its ~60 MB.
+    const RED = require('node-red') as NodeRedModule;
+    RED.init(server, settings);
+    if (editor) app.use('/', RED.httpAdmin);
+    app.use('/', RED.httpNode);
+    await RED.start();
+    log.info({ flowFile, editor, adminAuth: Boolean(adminAuth) }, 'node-red started');
+
+    let stopped = false;
+    return {
+      flowFile,
+      stop: async () => {
+        if (stopped) return;
+        stopped = true;
+        try {
+          await RED.stop();
+        } finally {
+          active = false;
+          log.info('node-red stopped');
+        }
+      },
+    };
+  } catch (err) {
+    active = false;
+    if (err instanceof EdgewardError) throw err;
+    throw new EdgewardError('EDGE_NODERED_START', `Node-RED failed to start: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}
+
+/**
+ * The Node-RED settings object. Exported for tests and for `edgeward check`,
+ * which shows what the editor will run with.
+ */
+export function buildSettings(opts: {
+  config: SiteConfig;
+  api: EdgewardNodeApi;
+  log: Logger;
+  userDir: string;
+  flowFile: string;
+}): Record<string, unknown> {
+  const { config, api, log } = opts;
+  const adminAuth = config.nodeRed.adminAuth;
+  return {
+    userDir: opts.userDir,
+    flowFile: opts.flowFile,
+    // Pretty-printed so a technician's flow file diffs cleanly in version control.
+    flowFilePretty: true,
+    credentialSecret: credentialSecret(config),
+    httpAdminRoot: config.nodeRed.editor ? '/' : false,
+    httpNodeRoot: '/',
+    // Absent (not undefined) without auth: Node-RED tests the key's presence in places.
+    ...(adminAuth && {
+      adminAuth: {
+        type: 'credentials',
+        users: [{ username: adminAuth.username, password: adminAuth.passwordHash, permissions: '*' }],
+      },
+    }),
+    nodesDir: [nodesDir()],
+    edgeward: api,
+    logging: {
+      // Only this handler: Node-RED's console logger would bypass pino's redaction.
+      edgeward: {
+        level: nodeRedLevel(config.log.level),
+        metrics: false,
+        audit: false,
+        handler: () => (record: NodeRedLogRecord) => logRecord(log, record),
+      },
+    },
+    telemetry: { enabled: false, updateNotification: false },
+    diagnostics: { enabled: false, ui: false },
+    // No palette or function-node module installs on a safety box: what runs is what shipped.
+    externalModules: {
+      autoInstall: false,
+      palette: { allowInstall: false, allowUpload: false },
+      modules: { allowInstall: false },
+    },
+    functionExternalModules: false,
+    editorTheme: {
+      projects: { enabled: false },
+      tours: false,
+      page: { title: `Edgeward ${config.site}/${config.edge}` },
+      header: { title: `Edgeward ${config.site}/${config.edge}` },
+    },
+  };
+}
+
+/** The folder holding the `edgeward-*` node pairs. Plain JS, so the same folder serves tsx sources and `dist`. */
+export function nodesDir(): string {
+  return path.join(repoRoot(), 'edge', 'nodes');
+}
+
+/**
+ * The package root: this file lives in `<root>/edge` (sources under tsx) or
+ * `<root>/dist/edge` (the build). The build does not copy `edge/nodes` or
+ * `flows`, so both layouts point back at the source tree.
+ */
+function repoRoot(): string {
+  const up = path.resolve(__dirname, '..');
+  return path.basename(up) === 'dist' && !existsSync(path.join(up, 'edge', 'nodes')) ? path.dirname(up) : up;
+}
+
+async function resolveFlowFile(configured: string | undefined, userDir: string): Promise<string> {
+  if (configured !== undefined) return path.resolve(configured);
+  const seeded = path.join(userDir, 'flows.json');
+  if (!existsSync(seeded)) await copyFile(DEFAULT_FLOW_FILE, seeded);
+  return seeded;
+}
+
+/**
+ * Credentials in the flow's `_cred.json` are encrypted with this. Taken from
+ * EDGEWARD_CREDENTIAL_SECRET when set, else derived from the site key so a
+ * box needs no extra secret and two sites never share one.
+ */
+function credentialSecret(config: SiteConfig): string {
+  const fromEnv = process.env.EDGEWARD_CREDENTIAL_SECRET;
+  if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
+  return createHmac('sha256', Buffer.from(config.privacy.siteKey, 'utf8'))
+    .update('edgeward/node-red-credentials', 'utf8')
+    .digest('hex');
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
+/** Node-RED is chatty at info (one line per node type loaded): warn unless the site asked for debug. */
+function nodeRedLevel(level: SiteConfig['log']['level']): string {
+  return level === 'debug' || level === 'trace' ? level : 'warn';
+}
+
+const PINO_LEVELS: Record<number, 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace'> = {
+  10: 'fatal',
+  20: 'error',
+  30: 'warn',
+  40: 'info',
+  50: 'debug',
+  60: 'trace',
+};
+
+function logRecord(log: Logger, record: NodeRedLogRecord): void {
+  const level = PINO_LEVELS[record.level];
+  if (!level) return; // audit and metric records are off
+  const m = record.msg;
+  const text = m instanceof Error ? m.message : typeof m === 'string' ? m : safeJson(m);
+  const fields: Record<string, unknown> = {};
+  if (record.type !== undefined) fields.nodeType = record.type;
+  if (record.id !== undefined) fields.nodeId = record.id;
+  if (record.name !== undefined) fields.nodeName = record.name;
+  if (m instanceof Error) fields.err = m;
+  log[level](fields, text);
+}
+
+function safeJson(v: unknown): string {
+  try {
+    return JSON.stringify(v) ?? String(v);
+  } catch {
+    return String(v);
+  }
+}

@@ -1,0 +1,63 @@
+'use strict';
+
+/**
+ * edgeward-event: any msg.payload `{type, data, severity?}` becomes an event,
+ * stored durably by the runtime (then rules, outbox, uplink). A thin adapter:
+ * the runtime validates the event; this node only shapes it and reports.
+ *
+ * Output: the same msg with msg.payload = the stored envelope (with seq).
+ */
+module.exports = function register(RED) {
+  function EdgewardEventNode(config) {
+    RED.nodes.createNode(this, config);
+    const node = this;
+    node.eventType = config.eventType || undefined;
+    node.severity = config.severity || undefined;
+    // Read the getter, not settings.get(): get() deep-clones and the api holds live objects.
+    const api = RED.settings.edgeward;
+    if (!api) {
+      node.status({ fill: 'red', shape: 'ring', text: 'no edgeward runtime' });
+      node.error('edgeward-event needs the Edgeward runtime (RED.settings.edgeward is not set)');
+      return;
+    }
+    node.status({});
+
+    node.on('input', (msg, send, done) => {
+      const p = msg.payload;
+      if (p === null || typeof p !== 'object' || Array.isArray(p)) {
+        fail(new Error('msg.payload must be an object {type, data, severity?}'), done);
+        return;
+      }
+      const type = p.type ?? node.eventType;
+      if (type === undefined || type === '') {
+        fail(new Error('msg.payload.type is missing and the node has no default event type'), done);
+        return;
+      }
+      const input = {
+        type,
+        source: { device: node.name || 'node-red' },
+        data: p.data,
+        severity: p.severity ?? node.severity,
+      };
+      api.ingest([input]).then(
+        (stored) => {
+          const envelope = stored[0];
+          node.status({ fill: 'green', shape: 'dot', text: `stored seq ${envelope.seq}` });
+          msg.payload = envelope;
+          send(msg);
+          done();
+        },
+        (err) => fail(err, done),
+      );
+    });
+
+    function fail(err, done) {
+      node.status({ fill: 'red', shape: 'ring', text: 'rejected' });
+      // done(err) reports through node.error(err, msg): visible in the debug
+      // sidebar and catchable by a catch node. Nothing was stored.
+      done(new Error(`event rejected: ${err.message}`));
+    }
+  }
+
+  RED.nodes.registerType('edgeward-event', EdgewardEventNode);
+};
