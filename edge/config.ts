@@ -1,0 +1,213 @@
+import { readFileSync } from 'node:fs';
+import { isIPv4 } from 'node:net';
+import { dirname, resolve } from 'node:path';
+import Ajv, { type ErrorObject } from 'ajv';
+import { parseDocument } from 'yaml';
+import type { SiteConfig } from './config-types.js';
+import { EdgewardError } from './errors.js';
+import { siteConfigSchema } from './schema.js';
+
+export type { SiteConfig, UplinkConfig } from './config-types.js';
+
+/**
+ * Site config loading (SPEC.md "Site config (contract)").
+ *
+ * Order of work: YAML → `env:NAME` secrets resolved (a missing variable is an
+ * error naming the path and the variable) → JSON schema with defaults →
+ * cross-field rules → paths made absolute. Every error is collected, named by
+ * its dotted path, and thrown together as one `EDGE_CONFIG_INVALID` with
+ * `details.errors: string[]`, so an operator fixes a file in one pass.
+ *
+ * `privacy.siteKey` is required and has no default: a key shipped with the
+ * software, or generated silently, would make card pseudonyms guessable or
+ * change them on a reinstall. `edgeward check` therefore never writes.
+ *
+ * Relative paths (`dataDir`, `nodeRed.flowFile`, `uplink.ca|cert|key`) are
+ * resolved against the folder of the config file (or `opts.baseDir`).
+ */
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: true });
+const validate = ajv.compile(siteConfigSchema);
+
+const ENV_RE = /^env:(.*)$/;
+const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** Read and validate a site config file. Throws EdgewardError('EDGE_CONFIG_INVALID') with every error. */
+export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): SiteConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const msg = `cannot read config file ${path}: ${(err as Error).message}`;
+    throw new EdgewardError('EDGE_CONFIG_INVALID', msg, { cause: err, details: { errors: [msg] } });
+  }
+  return parseConfig(text, env, { baseDir: dirname(resolve(path)) });
+}
+
+/** Validate config text. `baseDir` (default: the working directory) anchors relative paths. */
+export function parseConfig(
+  yamlText: string,
+  env: NodeJS.ProcessEnv = process.env,
+  opts: { baseDir?: string } = {},
+): SiteConfig {
+  const baseDir = opts.baseDir ?? process.cwd();
+  const doc = parseDocument(yamlText, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    fail(doc.errors.map((e) => `yaml: ${e.message.split('\n')[0]}`));
+  }
+  const raw: unknown = doc.toJS();
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    fail(['config must be a YAML mapping (site, edge, dataDir, …)']);
+  }
+
+  const errors: string[] = [];
+  const unresolved = new Set<string>();
+  const resolved = resolveEnv(raw, '', env, errors, unresolved);
+  if (!validate(resolved)) {
+    // A field whose variable is missing already has its error; its `env:` text would only add noise.
+    const schemaErrors = (validate.errors ?? []).filter((e) => !unresolved.has(dottedPath(e.instancePath)));
+    fail(dedupe([...errors, ...schemaErrors.map(formatAjvError)]));
+  }
+  if (errors.length > 0) fail(errors);
+  const config = resolved as SiteConfig;
+  crossFieldRules(config, errors);
+  if (errors.length > 0) fail(errors);
+
+  config.dataDir = resolve(baseDir, config.dataDir);
+  if (config.nodeRed.flowFile !== undefined) config.nodeRed.flowFile = resolve(baseDir, config.nodeRed.flowFile);
+  if (config.uplink) {
+    for (const k of ['ca', 'cert', 'key'] as const) {
+      const v = config.uplink[k];
+      if (v !== undefined) config.uplink[k] = resolve(baseDir, v);
+    }
+  }
+  return config;
+}
+
+/** True for 127.0.0.0/8, ::1 and localhost: addresses no other machine can reach. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, '$1');
+  if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  return isIPv4(h) && h.startsWith('127.');
+}
+
+/** A short, secret-free summary for logs and `edgeward check`. */
+export function describeConfig(c: SiteConfig): string {
+  const up = c.uplink ? `uplink ${redactUrl(c.uplink.url)} (ack ${c.uplink.ack})` : 'no uplink (events stay local)';
+  return `${c.site}/${c.edge}: http ${c.http.host}:${c.http.port}${c.http.token ? ' (token)' : ''}, ${up}, dataDir ${c.dataDir}`;
+}
+
+function redactUrl(url: string): string {
+  return url.replace(/\/\/[^@/]*@/, '//[redacted]@');
+}
+
+function fail(errors: string[]): never {
+  const head = errors.length === 1 ? errors[0] : `${errors.length} errors: ${errors.join('; ')}`;
+  throw new EdgewardError('EDGE_CONFIG_INVALID', `invalid site config: ${head}`, { details: { errors } });
+}
+
+function dedupe(list: string[]): string[] {
+  return [...new Set(list)];
+}
+
+function joinPath(base: string, key: string | number): string {
+  if (typeof key === 'number') return `${base}[${key}]`;
+  return base === '' ? key : `${base}.${key}`;
+}
+
+/** Replace every `env:NAME` string (any field, any depth) by the variable's value. */
+function resolveEnv(
+  value: unknown,
+  path: string,
+  env: NodeJS.ProcessEnv,
+  errors: string[],
+  unresolved: Set<string>,
+): unknown {
+  if (typeof value === 'string') {
+    const m = ENV_RE.exec(value);
+    if (!m) return value;
+    const name = m[1];
+    if (!ENV_NAME_RE.test(name)) {
+      errors.push(`${path}: "env:${name}" is not a valid environment variable reference`);
+      unresolved.add(path);
+      return value;
+    }
+    const v = env[name];
+    if (v === undefined || v === '') {
+      errors.push(`${path}: environment variable ${name} is not set`);
+      unresolved.add(path);
+      return value;
+    }
+    return v;
+  }
+  if (Array.isArray(value)) return value.map((v, i) => resolveEnv(v, joinPath(path, i), env, errors, unresolved));
+  if (value !== null && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = resolveEnv(v, joinPath(path, k), env, errors, unresolved);
+    return out;
+  }
+  return value;
+}
+
+/** `/uplink/batch/maxEvents` → `uplink.batch.maxEvents`, `/commands/publicKeys/0` → `commands.publicKeys[0]`. */
+function dottedPath(instancePath: string): string {
+  let out = '';
+  for (const seg of instancePath.split('/').slice(1)) {
+    const key = seg.replaceAll('~1', '/').replaceAll('~0', '~');
+    out = /^\d+$/.test(key) ? joinPath(out, Number(key)) : joinPath(out, key);
+  }
+  return out;
+}
+
+function formatAjvError(e: ErrorObject): string {
+  const at = dottedPath(e.instancePath);
+  const p = e.params as Record<string, unknown>;
+  const name = (s: string) => (at === '' ? s : joinPath(at, s));
+  switch (e.keyword) {
+    case 'required':
+      return `${name(String(p.missingProperty))} is required`;
+    case 'additionalProperties':
+      return `${name(String(p.additionalProperty))} is not a known setting (typo?)`;
+    case 'pattern':
+      if (at === 'uplink.url') return 'uplink.url must be an mqtt:// or mqtts:// URL';
+      if (at === 'nodeRed.adminAuth.passwordHash') return `${at} must be a bcrypt hash ($2a$/$2b$/$2y$…)`;
+      return `${at} must match pattern ${String(p.pattern)}`;
+    case 'enum':
+      return `${at} must be one of ${(p.allowedValues as unknown[]).join(', ')}`;
+    case 'type':
+      return `${at || 'config'} must be ${String(p.type)}`;
+    default:
+      return `${at || 'config'} ${e.message ?? 'is invalid'}`;
+  }
+}
+
+function crossFieldRules(c: SiteConfig, errors: string[]): void {
+  const loopback = isLoopbackHost(c.http.host);
+  if (!loopback && c.http.token === undefined) {
+    errors.push(`http.token is required when http.host (${c.http.host}) is not a loopback address`);
+  }
+  if (c.nodeRed.editor && c.nodeRed.adminAuth === undefined && !loopback) {
+    errors.push('nodeRed.adminAuth is required when nodeRed.editor is true and http.host is not a loopback address');
+  }
+  c.commands.publicKeys.forEach((k, i) => {
+    const bytes = /^[A-Za-z0-9+/]+={0,2}$/.test(k) ? Buffer.from(k, 'base64') : Buffer.alloc(0);
+    if (bytes.length !== 32 || bytes.toString('base64') !== k) {
+      errors.push(`commands.publicKeys[${i}] must be the base64 of a 32-byte Ed25519 public key`);
+    }
+  });
+  const up = c.uplink;
+  if (up) {
+    if ((up.cert === undefined) !== (up.key === undefined)) {
+      errors.push('uplink.cert and uplink.key must be given together (mutual TLS)');
+    }
+    if (!up.url.startsWith('mqtts://') && (up.ca !== undefined || up.cert !== undefined)) {
+      errors.push('uplink.ca/cert/key need an mqtts:// uplink.url');
+    }
+    try {
+      const u = new URL(up.url);
+      if (u.hostname === '') errors.push('uplink.url has no host');
+    } catch {
+      errors.push(`uplink.url is not a valid URL`);
+    }
+  }
+}

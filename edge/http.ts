@@ -1,0 +1,254 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import express from 'express';
+import type { Envelope, EventInput } from './envelope.js';
+import { isEventType, isSeverity, pseudonymiseCard } from './envelope.js';
+import { isEdgewardError } from './errors.js';
+import type { Logger } from './log.js';
+import type { Metrics } from './metrics.js';
+
+/** The body of `GET /api/v1/status` (SPEC.md "Local HTTP API (contract)"). */
+export interface RuntimeStatus {
+  site: string;
+  edge: string;
+  version: string;
+  uptimeS: number;
+  uplink: { connected: boolean; lastAckAt: string | null; configured: boolean };
+  outbox: { events: number; bytes: number; oldestTs: string | null };
+  devices: Array<{ name: string; driver: string; online: boolean; lastSeen: string | null }>;
+}
+
+/** `GET /healthz`: `ok` false lists what is unhealthy in `problems`. */
+export interface Health {
+  ok: boolean;
+  problems: string[];
+  [k: string]: unknown;
+}
+
+/** What the HTTP API needs from the runtime. */
+export interface HttpApiDeps {
+  log: Logger;
+  metrics: Metrics;
+  /** When set, `/api` and `/metrics` need `Authorization: Bearer <token>`. */
+  token?: string;
+  privacy: { siteKey: string; rawCards: boolean };
+  /** Complete, store durably, resolve with seqs (the runtime's ingest). */
+  ingest(inputs: EventInput[]): Promise<Envelope[]>;
+  recent(limit: number): Envelope[];
+  status(): RuntimeStatus;
+  health(): Health;
+}
+
+/** Request bodies above this are refused with 413 before parsing. */
+export const MAX_BODY_BYTES = 1024 * 1024;
+
+/** A rejected field: `field` is the dotted path (`events[3].type`). */
+class BadField extends Error {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const ISO_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$/;
+const INPUT_KEYS = new Set(['type', 'source', 'data', 'severity', 'ts']);
+const SOURCE_KEYS = new Set(['device', 'driver']);
+// Printable, not starting with a space: names come from Node-RED node names.
+const DEVICE_RE = /^(?!\s)[^\p{Cc}]{1,128}$/u;
+
+/**
+ * Mount the local HTTP API on `app` (Node-RED mounts on the same app later,
+ * so nothing here is a catch-all). Routes: /healthz, /metrics, /api/v1/*.
+ */
+export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
+  const log = deps.log.child({ module: 'edge/http' });
+  const auth = bearerAuth(deps.token);
+
+  app.get('/healthz', (_req, res) => {
+    const h = deps.health();
+    res.status(h.ok ? 200 : 503).json(h);
+  });
+
+  app.get('/metrics', auth, async (_req, res, next) => {
+    try {
+      const text = await deps.metrics.text();
+      res.set('Content-Type', deps.metrics.contentType()).send(text);
+    } catch (err) {
+      next(err);
+    }
+  });
+
+  const api = express.Router();
+  api.use(auth);
+
+  api.get('/status', (_req, res) => {
+    res.json(deps.status());
+  });
+
+  api.get('/events', (req, res) => {
+    const raw = req.query.limit;
+    let limit = 100;
+    if (raw !== undefined) {
+      const n = typeof raw === 'string' && /^\d+$/.test(raw) ? Number(raw) : Number.NaN;
+      if (!(n >= 1 && n <= 1000)) {
+        res.status(400).json({ error: 'limit must be an integer from 1 to 1000', field: 'limit' });
+        return;
+      }
+      limit = n;
+    }
+    res.json({ events: deps.recent(limit) });
+  });
+
+  api.post(
+    '/events',
+    (req, res, next) => {
+      // Checked before parsing: a form or text body would otherwise arrive as `{}` and be "valid".
+      if (!req.is('application/json')) {
+        res.status(415).json({ error: 'Content-Type must be application/json', field: 'body' });
+        return;
+      }
+      next();
+    },
+    express.json({ limit: MAX_BODY_BYTES, strict: false }),
+    async (req, res, next) => {
+      let inputs: EventInput[];
+      try {
+        inputs = parseEventsBody(req.body, deps.privacy);
+      } catch (err) {
+        if (err instanceof BadField) {
+          res.status(400).json({ error: err.message, field: err.field });
+          return;
+        }
+        next(err);
+        return;
+      }
+      try {
+        // 202 only once the outbox append resolved: the events are on disk.
+        const stored = await deps.ingest(inputs);
+        res.status(202).json({ accepted: stored.map((e) => ({ id: e.id, seq: e.seq })) });
+      } catch (err) {
+        next(err);
+      }
+    },
+  );
+
+  // Errors of the API routes only: body-parser's and storage failures, as JSON.
+  api.use((err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+    const e = err as { type?: string; status?: number; message?: string };
+    if (e.type === 'entity.too.large') {
+      res.status(413).json({ error: `request body exceeds ${MAX_BODY_BYTES} bytes`, field: 'body' });
+    } else if (e.type === 'entity.parse.failed') {
+      res.status(400).json({ error: `invalid JSON: ${e.message}`, field: 'body' });
+    } else if (e.type === 'encoding.unsupported' || e.type === 'charset.unsupported') {
+      res.status(415).json({ error: e.message, field: 'body' });
+    } else if (typeof e.status === 'number' && e.status >= 400 && e.status < 500) {
+      res.status(e.status).json({ error: e.message ?? 'bad request', field: 'body' });
+    } else {
+      const code = isEdgewardError(err) ? err.code : 'EDGE_INTERNAL';
+      log.error({ err, code }, 'api request failed');
+      res.status(503).json({ error: 'events could not be stored', code });
+    }
+  });
+
+  app.use('/api/v1', api);
+}
+
+/** Constant-time bearer check; without a configured token every request passes. */
+function bearerAuth(token: string | undefined): express.RequestHandler {
+  if (token === undefined) return (_req, _res, next) => next();
+  // Compare digests: equal lengths for timingSafeEqual, and no length leak.
+  const want = createHash('sha256').update(token, 'utf8').digest();
+  return (req, res, next) => {
+    const h = req.headers.authorization ?? '';
+    const m = /^Bearer (.+)$/i.exec(h);
+    const got = createHash('sha256')
+      .update(m ? m[1] : '', 'utf8')
+      .digest();
+    if (m && timingSafeEqual(want, got)) {
+      next();
+      return;
+    }
+    res.set('WWW-Authenticate', 'Bearer realm="edgeward"').status(401).json({ error: 'missing or wrong bearer token' });
+  };
+}
+
+/**
+ * Validate the whole body before anything is stored: one bad event rejects
+ * the request. A single object names fields plainly (`source.device`), an
+ * array by index (`events[3].type`).
+ */
+export function parseEventsBody(body: unknown, privacy: { siteKey: string; rawCards: boolean }): EventInput[] {
+  if (Array.isArray(body)) {
+    if (body.length === 0) throw new BadField('events', 'no events: the array is empty');
+    return body.map((item, i) => parseEventInput(item, `events[${i}]`, privacy));
+  }
+  return [parseEventInput(body, '', privacy)];
+}
+
+function at(prefix: string, key: string): string {
+  return prefix === '' ? key : `${prefix}.${key}`;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+function parseEventInput(
+  item: unknown,
+  prefix: string,
+  privacy: { siteKey: string; rawCards: boolean },
+): EventInput {
+  if (!isPlainObject(item)) throw new BadField(prefix || 'body', 'an event must be a JSON object');
+  for (const k of Object.keys(item)) {
+    if (!INPUT_KEYS.has(k)) throw new BadField(at(prefix, k), `unknown field "${k}"`);
+  }
+  const { type, source, data, severity, ts } = item;
+  if (!isEventType(type)) {
+    throw new BadField(at(prefix, 'type'), 'type must be a contract event type or alert.<rule>');
+  }
+  if (!isPlainObject(source)) throw new BadField(at(prefix, 'source'), 'source must be an object with device');
+  for (const k of Object.keys(source)) {
+    if (!SOURCE_KEYS.has(k)) throw new BadField(at(prefix, `source.${k}`), `unknown field "${k}"`);
+  }
+  if (typeof source.device !== 'string' || !DEVICE_RE.test(source.device)) {
+    throw new BadField(at(prefix, 'source.device'), 'source.device must be a device name (1-128 characters)');
+  }
+  if (source.driver !== undefined && (typeof source.driver !== 'string' || !DEVICE_RE.test(source.driver))) {
+    throw new BadField(at(prefix, 'source.driver'), 'source.driver must be a string');
+  }
+  if (data !== undefined && !isPlainObject(data)) throw new BadField(at(prefix, 'data'), 'data must be an object');
+  if (severity !== undefined && !isSeverity(severity)) {
+    throw new BadField(at(prefix, 'severity'), 'severity must be info, warning or critical');
+  }
+  let when: string | undefined;
+  if (ts !== undefined) {
+    const t = typeof ts === 'string' && ISO_RE.test(ts) ? Date.parse(ts) : Number.NaN;
+    if (!Number.isFinite(t)) throw new BadField(at(prefix, 'ts'), 'ts must be an ISO 8601 date-time');
+    when = new Date(t).toISOString();
+  }
+  const input: EventInput = {
+    type,
+    source: source.driver === undefined ? { device: source.device } : { device: source.device, driver: source.driver as string },
+  };
+  if (data !== undefined) input.data = protectCard(data, privacy);
+  if (severity !== undefined) input.severity = severity;
+  if (when !== undefined) input.ts = when;
+  return input;
+}
+
+/**
+ * Card numbers never leave the box (SPEC.md "Event envelope"): a number or a
+ * decimal string in `data.card` is replaced by its pseudonym, as a driver does.
+ */
+function protectCard(data: Record<string, unknown>, privacy: { siteKey: string; rawCards: boolean }) {
+  if (privacy.rawCards) return data;
+  const card = data.card;
+  if (typeof card === 'number' && Number.isSafeInteger(card) && card >= 0) {
+    return { ...data, card: pseudonymiseCard(card, privacy.siteKey) };
+  }
+  if (typeof card === 'string' && /^\d{1,40}$/.test(card)) {
+    return { ...data, card: pseudonymiseCard(card, privacy.siteKey) };
+  }
+  return data;
+}
