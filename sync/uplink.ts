@@ -1,0 +1,586 @@
+import { EventEmitter } from 'node:events';
+import { readFile } from 'node:fs/promises';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import type { Severity } from '../edge/envelope.js';
+import { type Clock, systemClock } from '../edge/clock.js';
+import type { UplinkConfig } from '../edge/config-types.js';
+import { EdgewardError } from '../edge/errors.js';
+import type { Logger } from '../edge/log.js';
+import type { Outbox, StoredEvent } from './outbox-api.js';
+import { decodeAck, encodeBatch, encodeStatus, type StatusPayload, toRanges } from './batch-codec.js';
+
+/** What the uplink needs; everything with timing or I/O is injected. */
+export interface UplinkOptions {
+  config: UplinkConfig;
+  site: string;
+  edge: string;
+  /** Runtime version, reported in `P/status`. */
+  version: string;
+  outbox: Outbox;
+  log: Logger;
+  clock?: Clock;
+  /** Refresh the retained `P/status` this often (default 30 s). */
+  statusIntervalMs?: number;
+  /** MQTT keepalive in seconds (default 30): how fast the broker notices a dead link and sends the will. */
+  keepaliveS?: number;
+  /** MQTT client id (default `edgeward-{site}-{edge}`). */
+  clientId?: string;
+  /** Reconnect backoff: first delay and cap in ms (defaults 250 and 10 000), ±30 % jitter. */
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
+  /** Source of jitter, for tests (default Math.random). */
+  random?: () => number;
+}
+
+/** A snapshot for `/healthz`, `/api/v1/status` and metrics. */
+export interface UplinkStatus {
+  connected: boolean;
+  /** ISO time of the last ack (central ack or PUBACK, per `ack` mode), or null. */
+  lastAckAt: string | null;
+  /** Batches published (or being published) and not yet acknowledged. */
+  inflightBatches: number;
+  /** Publish → ack time of the last fully acknowledged batch. */
+  ackLagMs?: number;
+}
+
+/** Events the uplink emits, for metrics and logs. */
+export interface UplinkEvents {
+  connect: [];
+  disconnect: [{ reason: string }];
+  /** A batch went on the wire. */
+  publish: [{ events: number; bytes: number; critical: boolean }];
+  /** Events left the outbox because they were acknowledged. */
+  ack: [{ events: number; lagMs?: number }];
+}
+
+interface InflightBatch {
+  /** Seqs of this batch not yet acknowledged. */
+  pending: Set<number>;
+  /** Lowest seq per severity, to rewind the read cursor when the batch is released. */
+  minSeq: Partial<Record<Severity, number>>;
+  critical: boolean;
+  sentAt: number;
+  /** The PUBACK arrived (ack: broker completes the batch then). */
+  published: boolean;
+  timer?: NodeJS.Timeout;
+}
+
+const DEFAULT_MAX_INFLIGHT = 16;
+const DEFAULT_ACK_TIMEOUT_MS = 10_000;
+const DEFAULT_STATUS_INTERVAL_MS = 30_000;
+const STOP_PUBLISH_TIMEOUT_MS = 2_000;
+
+/**
+ * The MQTT uplink (SPEC.md "MQTT protocol (contract)"): drains the outbox in
+ * batches to `P/events`, deletes events only once acknowledged (by the central
+ * on `P/ack`, or by the broker's PUBACK with `ack: broker`), keeps a bounded
+ * window of unacknowledged batches, resends after a timeout and after every
+ * reconnect, and lets critical events overtake any backlog.
+ *
+ * One `MqttClient` per connection: on close it is ended (its pending publishes
+ * fail) and a fresh one is made after a jittered backoff, so mqtt.js never
+ * queues or replays anything behind our back; resending is ours alone.
+ */
+export class Uplink extends EventEmitter<UplinkEvents> {
+  private readonly cfg: UplinkConfig;
+  private readonly outbox: Outbox;
+  private readonly log: Logger;
+  private readonly clock: Clock;
+  private readonly random: () => number;
+  private readonly prefix: string;
+  private readonly maxInflight: number;
+  private readonly ackTimeoutMs: number;
+  private readonly statusIntervalMs: number;
+
+  private running = false;
+  private client: MqttClient | null = null;
+  private connected = false;
+  private attempts = 0;
+  private tls: Pick<IClientOptions, 'ca' | 'cert' | 'key'> = {};
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private statusTimer: NodeJS.Timeout | null = null;
+  private lingerTimer: NodeJS.Timeout | null = null;
+  private lingerSince: number | null = null;
+  private unsubscribeAppend: (() => void) | null = null;
+
+  private readonly inflight = new Set<InflightBatch>();
+  private readonly inflightSeqs = new Map<number, InflightBatch>();
+  /**
+   * Per severity, every seq up to here is in flight or gone: reads start after
+   * it (`OutboxReadOptions.after`) instead of rescanning the window each time.
+   * Releasing a batch rewinds it so the batch's events are read again.
+   */
+  private readonly cursor: Record<Severity, number> = { critical: 0, warning: 0, info: 0 };
+  private pumping = false;
+  private pumpAgain = false;
+  private pumpDone: Promise<void> = Promise.resolve();
+  /** Acks are applied one after another, in arrival order. */
+  private ackChain: Promise<void> = Promise.resolve();
+
+  private lastAckAt: string | null = null;
+  private ackLagMs: number | undefined;
+
+  constructor(private readonly opts: UplinkOptions) {
+    super();
+    this.cfg = opts.config;
+    this.outbox = opts.outbox;
+    this.log = opts.log.child({ module: 'sync/uplink' });
+    this.clock = opts.clock ?? systemClock;
+    this.random = opts.random ?? Math.random;
+    this.prefix = `edgeward/v1/${opts.site}/${opts.edge}`;
+    this.maxInflight = opts.config.maxInflight ?? DEFAULT_MAX_INFLIGHT;
+    this.ackTimeoutMs = opts.config.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
+    this.statusIntervalMs = opts.statusIntervalMs ?? DEFAULT_STATUS_INTERVAL_MS;
+  }
+
+  /** Topics of this edge. */
+  get topics(): { events: string; status: string; ack: string } {
+    return { events: `${this.prefix}/events`, status: `${this.prefix}/status`, ack: `${this.prefix}/ack` };
+  }
+
+  /** Read TLS files and start connecting; resolves at once (the broker may be down: we keep retrying). */
+  async start(): Promise<void> {
+    if (this.running) return;
+    this.tls = await this.readTlsFiles();
+    this.running = true;
+    this.unsubscribeAppend = this.outbox.onAppend((severities) => this.onAppend(severities));
+    this.connect();
+  }
+
+  /** Publish the offline status (when connected), disconnect, and forget in-flight batches (they stay in the outbox). */
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    this.unsubscribeAppend?.();
+    this.unsubscribeAppend = null;
+    for (const t of [this.reconnectTimer, this.statusTimer, this.lingerTimer])
+      if (t) this.clock.clearTimeout(t);
+    this.reconnectTimer = this.statusTimer = this.lingerTimer = null;
+    await this.pumpDone;
+    const client = this.client;
+    this.client = null;
+    if (client) {
+      if (this.connected) {
+        await this.publishStatus(client, 'offline', STOP_PUBLISH_TIMEOUT_MS);
+        await withTimeout(client.endAsync(), STOP_PUBLISH_TIMEOUT_MS).catch(() => client.end(true));
+      } else {
+        client.end(true);
+      }
+    }
+    const wasConnected = this.connected;
+    this.connected = false;
+    this.releaseAll();
+    await this.ackChain;
+    if (wasConnected) this.emit('disconnect', { reason: 'stopped' });
+  }
+
+  status(): UplinkStatus {
+    const s: UplinkStatus = {
+      connected: this.connected,
+      lastAckAt: this.lastAckAt,
+      inflightBatches: this.inflight.size,
+    };
+    if (this.ackLagMs !== undefined) s.ackLagMs = this.ackLagMs;
+    return s;
+  }
+
+  // ---- connection ----------------------------------------------------------
+
+  private async readTlsFiles(): Promise<Pick<IClientOptions, 'ca' | 'cert' | 'key'>> {
+    const out: Pick<IClientOptions, 'ca' | 'cert' | 'key'> = {};
+    for (const k of ['ca', 'cert', 'key'] as const) {
+      const path = this.cfg[k];
+      if (path === undefined) continue;
+      try {
+        out[k] = await readFile(path);
+      } catch (err) {
+        throw new EdgewardError('EDGE_UPLINK_TLS', `cannot read uplink.${k} file ${path}`, {
+          cause: err,
+          details: { path: `uplink.${k}` },
+        });
+      }
+    }
+    return out;
+  }
+
+  private statusPayload(state: StatusPayload['state']): Buffer {
+    return encodeStatus({
+      state,
+      ts: new Date(this.clock.now()).toISOString(),
+      version: this.opts.version,
+      outbox: { events: this.outbox.stats().events },
+    });
+  }
+
+  private connect(): void {
+    this.reconnectTimer = null;
+    if (!this.running) return;
+    const options: IClientOptions = {
+      protocolVersion: 4,
+      clientId: this.opts.clientId ?? `edgeward-${this.opts.site}-${this.opts.edge}`,
+      clean: true,
+      keepalive: this.opts.keepaliveS ?? 30,
+      // We reconnect ourselves with a fresh client and jittered backoff.
+      reconnectPeriod: 0,
+      connectTimeout: 10_000,
+      queueQoSZero: false,
+      resubscribe: false,
+      username: this.cfg.username,
+      password: this.cfg.password,
+      rejectUnauthorized: true,
+      ...this.tls,
+      will: { topic: this.topics.status, payload: this.statusPayload('offline'), qos: 1, retain: true },
+    };
+    this.log.debug({ url: this.cfg.url, attempt: this.attempts }, 'connecting');
+    const client = mqtt.connect(this.cfg.url, options);
+    this.client = client;
+    client.on('connect', () => void this.onConnect(client));
+    client.on('close', () => this.onClose(client));
+    client.on('error', (err) => {
+      if (client === this.client) this.log.warn({ err: err.message, url: this.cfg.url }, 'mqtt error');
+    });
+    client.on('message', (topic, payload) => {
+      if (client === this.client && topic === this.topics.ack) this.onAckMessage(payload);
+    });
+  }
+
+  private live(client: MqttClient | null = this.client): client is MqttClient {
+    return this.running && this.connected && client !== null && client === this.client && client.connected;
+  }
+
+  private async onConnect(client: MqttClient): Promise<void> {
+    if (client !== this.client || !this.running) return;
+    try {
+      // Subscribe before sending anything, or the acks of the first batches could be missed.
+      if (this.cfg.ack === 'central') await client.subscribeAsync(this.topics.ack, { qos: 1 });
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'cannot subscribe to the ack topic; reconnecting');
+      client.end(true);
+      return;
+    }
+    if (client !== this.client || !this.running || !client.connected) return;
+    this.connected = true;
+    this.attempts = 0;
+    this.log.info({ url: this.cfg.url, backlog: this.outbox.stats().events }, 'uplink connected');
+    void this.publishStatus(client, 'online');
+    this.scheduleStatus();
+    this.emit('connect');
+    // A backlog drains as soon as the link is back, not when the next event arrives.
+    this.pump();
+  }
+
+  private onClose(client: MqttClient): void {
+    if (client !== this.client) return;
+    this.client = null;
+    const wasConnected = this.connected;
+    this.connected = false;
+    // Pending publishes of this client fail now; their events are read again after the reconnect.
+    client.end(true);
+    this.releaseAll();
+    if (this.statusTimer) this.clock.clearTimeout(this.statusTimer);
+    this.statusTimer = null;
+    if (wasConnected) {
+      this.log.warn({ url: this.cfg.url }, 'uplink disconnected');
+      this.emit('disconnect', { reason: 'connection closed' });
+    }
+    if (!this.running) return;
+    const base = Math.min(
+      this.opts.reconnectMaxMs ?? 10_000,
+      (this.opts.reconnectMinMs ?? 250) * 2 ** this.attempts,
+    );
+    const delay = Math.round(base * (0.7 + 0.6 * this.random()));
+    this.attempts = Math.min(this.attempts + 1, 30);
+    this.log.debug({ delayMs: delay, attempt: this.attempts }, 'reconnect scheduled');
+    this.reconnectTimer = this.clock.setTimeout(() => this.connect(), delay);
+  }
+
+  private publishStatus(
+    client: MqttClient,
+    state: StatusPayload['state'],
+    timeoutMs?: number,
+  ): Promise<void> {
+    const done = new Promise<void>((resolve) => {
+      client.publish(this.topics.status, this.statusPayload(state), { qos: 1, retain: true }, (err) => {
+        if (err) this.log.debug({ err: err.message, state }, 'status publish failed');
+        resolve();
+      });
+    });
+    return timeoutMs === undefined ? done : withTimeout(done, timeoutMs).catch(() => undefined);
+  }
+
+  private scheduleStatus(): void {
+    if (this.statusTimer) this.clock.clearTimeout(this.statusTimer);
+    this.statusTimer = this.clock.setTimeout(() => {
+      this.statusTimer = null;
+      const client = this.client;
+      if (!this.live(client)) return;
+      void this.publishStatus(client, 'online');
+      this.scheduleStatus();
+    }, this.statusIntervalMs);
+  }
+
+  // ---- sending -------------------------------------------------------------
+
+  private onAppend(severities: Set<Severity>): void {
+    if (severities.has('critical')) this.log.debug('critical event appended: pumping now');
+    this.pump();
+  }
+
+  /** Fill the window from the outbox. Re-entrant calls while running just ask for one more round. */
+  private pump(): void {
+    if (!this.live()) return;
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    this.pumpDone = (async () => {
+      try {
+        do {
+          this.pumpAgain = false;
+          await this.fill();
+        } while (this.pumpAgain && this.live());
+      } catch (err) {
+        this.log.error({ err }, 'uplink pump failed');
+      } finally {
+        this.pumping = false;
+      }
+    })();
+  }
+
+  private normalInflight(): number {
+    let n = 0;
+    for (const b of this.inflight) if (!b.critical) n++;
+    return n;
+  }
+
+  private async fill(): Promise<void> {
+    const { maxEvents, maxBytes, lingerMs } = this.cfg.batch;
+    const exclude = (seq: number) => this.inflightSeqs.has(seq);
+    for (;;) {
+      if (!this.live()) return;
+      // A full window still lets critical events through: they are never stuck behind a backlog.
+      const windowOpen = this.normalInflight() < this.maxInflight;
+      const events = await this.outbox.read({
+        maxEvents,
+        maxBytes,
+        exclude,
+        severities: windowOpen ? undefined : ['critical'],
+        after: { ...this.cursor },
+      });
+      if (!this.live()) return;
+      if (events.length === 0) {
+        if (windowOpen) this.lingerSince = null;
+        return;
+      }
+      const critical = events.some((e) => e.severity === 'critical');
+      let bytes = 0;
+      for (const e of events) bytes += e.bytes;
+      const full = events.length >= maxEvents || bytes + bytes / events.length > maxBytes;
+      if (!critical && !full) {
+        // A partial batch waits up to lingerMs after we first saw it, for company.
+        const now = this.clock.now();
+        this.lingerSince ??= now;
+        const wait = this.lingerSince + lingerMs - now;
+        if (wait > 0) {
+          this.armLinger(wait);
+          return;
+        }
+      }
+      this.lingerSince = null;
+      if (this.lingerTimer) this.clock.clearTimeout(this.lingerTimer);
+      this.lingerTimer = null;
+      await this.send(this.client!, events, critical);
+    }
+  }
+
+  private armLinger(ms: number): void {
+    if (this.lingerTimer) return;
+    this.lingerTimer = this.clock.setTimeout(() => {
+      this.lingerTimer = null;
+      this.pump();
+    }, ms);
+  }
+
+  private async send(client: MqttClient, events: StoredEvent[], critical: boolean): Promise<void> {
+    const minSeq: Partial<Record<Severity, number>> = {};
+    for (const e of events) {
+      minSeq[e.severity] = Math.min(minSeq[e.severity] ?? e.seq, e.seq);
+      if (e.seq > this.cursor[e.severity]) this.cursor[e.severity] = e.seq;
+    }
+    const batch: InflightBatch = {
+      pending: new Set(events.map((e) => e.seq)),
+      minSeq,
+      critical,
+      sentAt: this.clock.now(),
+      published: false,
+    };
+    // Claimed before the (async) encoding so that no concurrent read picks these seqs again.
+    this.inflight.add(batch);
+    for (const seq of batch.pending) this.inflightSeqs.set(seq, batch);
+    let payload: Buffer;
+    try {
+      payload = await encodeBatch(
+        { site: this.opts.site, edge: this.opts.edge, epoch: this.outbox.epoch },
+        events.map((e) => e.json),
+        this.cfg.compress,
+      );
+    } catch (err) {
+      this.release(batch);
+      throw err;
+    }
+    // Never hand mqtt.js a publish while offline: it would queue it behind our back.
+    if (!this.live(client) || !this.inflight.has(batch)) {
+      this.release(batch);
+      return;
+    }
+    batch.sentAt = this.clock.now();
+    client.publish(this.topics.events, payload, { qos: 1 }, (err) => this.onPuback(client, batch, err));
+    if (this.cfg.ack === 'central') {
+      // Jittered so that a window sent together does not time out (and resend) together.
+      const ms = Math.round(this.ackTimeoutMs * (0.8 + 0.4 * this.random()));
+      batch.timer = this.clock.setTimeout(() => this.onAckTimeout(batch), ms);
+    }
+    this.emit('publish', { events: events.length, bytes: payload.length, critical });
+  }
+
+  private onPuback(client: MqttClient, batch: InflightBatch, err: Error | undefined): void {
+    if (!this.inflight.has(batch)) return;
+    if (err) {
+      // The events stay in the outbox; the batch is resent after the reconnect (or right away if still up).
+      this.log.warn({ err: err.message, events: batch.pending.size }, 'batch publish failed; will resend');
+      this.release(batch);
+      if (client === this.client) this.clock.setTimeout(() => this.pump(), 100);
+      return;
+    }
+    batch.published = true;
+    if (this.cfg.ack === 'broker') {
+      const ranges = toRanges(batch.pending);
+      this.ackChain = this.ackChain.then(() => this.applyAck(ranges));
+    }
+  }
+
+  private onAckTimeout(batch: InflightBatch): void {
+    batch.timer = undefined;
+    if (!this.inflight.has(batch)) return;
+    this.log.info(
+      { events: batch.pending.size, waitedMs: this.clock.now() - batch.sentAt },
+      'no ack from central in time; resending batch',
+    );
+    this.release(batch);
+    this.pump();
+  }
+
+  /** Forget a batch without acknowledging it: its events are read (and sent) again. */
+  private release(batch: InflightBatch, rewind = true): void {
+    if (!this.inflight.delete(batch)) return;
+    if (batch.timer) this.clock.clearTimeout(batch.timer);
+    batch.timer = undefined;
+    for (const seq of batch.pending) if (this.inflightSeqs.get(seq) === batch) this.inflightSeqs.delete(seq);
+    if (!rewind) return;
+    for (const [sev, min] of Object.entries(batch.minSeq) as Array<[Severity, number]>) {
+      if (min - 1 < this.cursor[sev]) this.cursor[sev] = min - 1;
+    }
+  }
+
+  private releaseAll(): void {
+    for (const b of [...this.inflight]) this.release(b);
+    this.lingerSince = null;
+    if (this.lingerTimer) this.clock.clearTimeout(this.lingerTimer);
+    this.lingerTimer = null;
+  }
+
+  // ---- acks ----------------------------------------------------------------
+
+  private onAckMessage(payload: Buffer): void {
+    let ack: ReturnType<typeof decodeAck>;
+    try {
+      ack = decodeAck(payload);
+    } catch (err) {
+      this.log.warn(
+        { err: (err as Error).message, payload: payload.subarray(0, 200).toString('utf8') },
+        'ignoring malformed ack',
+      );
+      return;
+    }
+    if (ack.epoch !== this.outbox.epoch) {
+      this.log.warn(
+        { ackEpoch: ack.epoch, epoch: this.outbox.epoch },
+        'ignoring ack for another outbox epoch',
+      );
+      return;
+    }
+    this.ackChain = this.ackChain.then(() => this.applyAck(ack.seqs));
+  }
+
+  /** Delete acknowledged seqs from the outbox, then settle the batches they complete. */
+  private async applyAck(ranges: Array<[number, number]>): Promise<void> {
+    if (ranges.length === 0) return;
+    let deleted: number;
+    try {
+      deleted = await this.outbox.ack(ranges);
+    } catch (err) {
+      // Nothing is forgotten: the batches stay in flight and time out into a resend.
+      this.log.error({ err }, 'outbox ack failed');
+      return;
+    }
+    const merged = mergeRanges(ranges);
+    const covered = (seq: number): boolean => {
+      let lo = 0;
+      let hi = merged.length - 1;
+      while (lo <= hi) {
+        const mid = (lo + hi) >> 1;
+        const [from, to] = merged[mid];
+        if (seq < from) hi = mid - 1;
+        else if (seq > to) lo = mid + 1;
+        else return true;
+      }
+      return false;
+    };
+    const now = this.clock.now();
+    let lagMs: number | undefined;
+    for (const batch of [...this.inflight]) {
+      for (const seq of batch.pending) {
+        if (!covered(seq)) continue;
+        batch.pending.delete(seq);
+        if (this.inflightSeqs.get(seq) === batch) this.inflightSeqs.delete(seq);
+      }
+      if (batch.pending.size === 0) {
+        lagMs = now - batch.sentAt;
+        this.release(batch, false);
+      }
+    }
+    this.lastAckAt = new Date(now).toISOString();
+    if (lagMs !== undefined) this.ackLagMs = lagMs;
+    this.emit('ack', lagMs === undefined ? { events: deleted } : { events: deleted, lagMs });
+    this.pump();
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (err) => {
+        clearTimeout(t);
+        reject(err);
+      },
+    );
+  });
+}
+
+/** Sort and merge overlapping or adjacent inclusive ranges. */
+function mergeRanges(ranges: Array<[number, number]>): Array<[number, number]> {
+  const sorted = ranges.map(([a, b]): [number, number] => [a, b]).sort((x, y) => x[0] - y[0]);
+  const out: Array<[number, number]> = [];
+  for (const r of sorted) {
+    const last = out[out.length - 1];
+    if (last && r[0] <= last[1] + 1) last[1] = Math.max(last[1], r[1]);
+    else out.push(r);
+  }
+  return out;
+}
