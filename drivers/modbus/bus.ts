@@ -1,0 +1,470 @@
+import type { Clock } from '../../edge/clock.js';
+import { EdgewardError } from '../../edge/errors.js';
+import type { Logger } from '../../edge/log.js';
+import type { Resource } from '../../edge/registry.js';
+import { crcOk, rtuFrame } from './crc.js';
+import { type ByteLink, SerialLink, TcpLink } from './link.js';
+import {
+  decodeReply,
+  FC,
+  isBitRead,
+  MAX_READ_BITS,
+  MAX_READ_REGISTERS,
+  readPdu,
+  rtuReplyLength,
+  writeCoilPdu,
+  writeRegisterPdu,
+  writeRegistersPdu,
+} from './pdu.js';
+
+/** Settings of one Modbus bus (the `edgeward-modbus-bus` config node). */
+export interface ModbusBusOptions {
+  transport: 'rtu' | 'tcp';
+  /** Serial device (rtu). */
+  path?: string;
+  baudRate?: number;
+  parity?: 'none' | 'even' | 'odd';
+  /** Modbus TCP server (tcp). */
+  host?: string;
+  port?: number;
+  /** Per-request reply timeout (default 200 ms). */
+  timeoutMs?: number;
+  /**
+   * RTU: silence after a partial reply that ends it as a short frame
+   * (default max(3.5 characters, 20 ms): USB adapters deliver in 1–16 ms chunks).
+   */
+  frameGapMs?: number;
+  /** Reconnect backoff after the device disappears (defaults 100 ms doubling to 5 s). */
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
+  /** Merge queued reads of the same unit and table whose ranges are at most this many addresses apart (default 8). */
+  coalesceGap?: number;
+}
+
+/** What the bus needs from its owner; `link` replaces the serial/TCP link (tests, benches). */
+export interface ModbusBusContext {
+  clock: Clock;
+  log: Logger;
+  link?: ByteLink;
+}
+
+/** Options of one request. */
+export interface RequestOptions {
+  timeoutMs?: number;
+  /** Commands go before polls: a door unlock must not wait behind a poll round. */
+  priority?: 'high' | 'normal';
+}
+
+/** Counters for status, metrics and benches. */
+export interface ModbusBusStats {
+  transactions: number;
+  timeouts: number;
+  crcErrors: number;
+  exceptions: number;
+  garbled: number;
+  coalesced: number;
+  reconnects: number;
+}
+
+interface Waiter {
+  address: number;
+  count: number;
+  resolve(v: unknown): void;
+  reject(err: Error): void;
+}
+
+interface Job {
+  unit: number;
+  fc: number;
+  /** For reads: the (possibly merged) range; for writes: the prepared PDU. */
+  address: number;
+  count: number;
+  pdu?: Buffer;
+  timeoutMs: number;
+  waiters: Waiter[];
+}
+
+interface InFlight {
+  job: Job;
+  request: Buffer;
+  rx: Buffer[];
+  rxLen: number;
+  txId: number;
+  timer?: NodeJS.Timeout;
+  gapTimer?: NodeJS.Timeout;
+}
+
+const CODES = {
+  timeout: 'EDGE_MODBUS_TIMEOUT',
+  crc: 'EDGE_MODBUS_CRC',
+  garbled: 'EDGE_MODBUS_GARBLED',
+  short: 'EDGE_MODBUS_SHORT_REPLY',
+  disconnected: 'EDGE_MODBUS_DISCONNECTED',
+  notConnected: 'EDGE_MODBUS_NOT_CONNECTED',
+  closed: 'EDGE_MODBUS_CLOSED',
+  badRequest: 'EDGE_MODBUS_BAD_REQUEST',
+} as const;
+
+/**
+ * One Modbus bus (an RS-485 line or a TCP connection) with exactly one
+ * transaction queue. The unit id travels with each request; a timeout, CRC
+ * error, exception or garbled reply fails that request only and the queue
+ * moves on to the next one. Reads of adjacent ranges queued together are
+ * merged into one transaction. After the device disappears the bus reopens
+ * it with exponential backoff; requests made meanwhile fail fast with
+ * `EDGE_MODBUS_NOT_CONNECTED`.
+ */
+export class ModbusBus implements Resource {
+  readonly stats: ModbusBusStats = { transactions: 0, timeouts: 0, crcErrors: 0, exceptions: 0, garbled: 0, coalesced: 0, reconnects: 0 };
+  private link?: ByteLink;
+  private connected = false;
+  private closed = false;
+  private started = false;
+  private readonly high: Job[] = [];
+  private readonly normal: Job[] = [];
+  private inflight?: InFlight;
+  private pumpScheduled = false;
+  private quietUntil = 0;
+  private quietTimer?: NodeJS.Timeout;
+  private reconnectTimer?: NodeJS.Timeout;
+  private reconnectAttempt = 0;
+  private txId = 0;
+  private readonly log: Logger;
+  private readonly listeners = new Set<(connected: boolean) => void>();
+
+  constructor(
+    readonly options: ModbusBusOptions,
+    private readonly ctx: ModbusBusContext,
+  ) {
+    this.log = ctx.log.child({ module: 'drivers/modbus', bus: options.transport === 'rtu' ? options.path : `${options.host}:${options.port}` });
+  }
+
+  get isConnected(): boolean {
+    return this.connected;
+  }
+
+  /** A human-readable name of the line: the serial path or host:port. */
+  get label(): string {
+    return this.options.transport === 'rtu' ? String(this.options.path) : `${this.options.host}:${this.options.port}`;
+  }
+
+  /** Called with true/false whenever the link comes up or goes down. Returns an unsubscribe function. */
+  onConnection(listener: (connected: boolean) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Open the link. Never rejects for a missing device: it keeps retrying in the background. */
+  async start(): Promise<void> {
+    if (this.started) return;
+    this.started = true;
+    this.closed = false;
+    await this.connect();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.reconnectTimer) this.ctx.clock.clearTimeout(this.reconnectTimer);
+    if (this.quietTimer) this.ctx.clock.clearTimeout(this.quietTimer);
+    this.failAll(new EdgewardError(CODES.closed, `bus ${this.label} closed`));
+    const link = this.link;
+    this.link = undefined;
+    this.setConnected(false);
+    await link?.close();
+  }
+
+  readCoils(unit: number, address: number, count: number, opts?: RequestOptions): Promise<boolean[]> {
+    return this.read(unit, FC.readCoils, address, count, opts) as Promise<boolean[]>;
+  }
+  readDiscreteInputs(unit: number, address: number, count: number, opts?: RequestOptions): Promise<boolean[]> {
+    return this.read(unit, FC.readDiscreteInputs, address, count, opts) as Promise<boolean[]>;
+  }
+  readHoldingRegisters(unit: number, address: number, count: number, opts?: RequestOptions): Promise<number[]> {
+    return this.read(unit, FC.readHoldingRegisters, address, count, opts) as Promise<number[]>;
+  }
+  readInputRegisters(unit: number, address: number, count: number, opts?: RequestOptions): Promise<number[]> {
+    return this.read(unit, FC.readInputRegisters, address, count, opts) as Promise<number[]>;
+  }
+  async writeCoil(unit: number, address: number, value: boolean, opts?: RequestOptions): Promise<void> {
+    await this.write(unit, writeCoilPdu(address, value), opts);
+  }
+  async writeRegister(unit: number, address: number, value: number, opts?: RequestOptions): Promise<void> {
+    await this.write(unit, writeRegisterPdu(address, value), opts);
+  }
+  async writeRegisters(unit: number, address: number, values: number[], opts?: RequestOptions): Promise<void> {
+    await this.write(unit, writeRegistersPdu(address, values), opts);
+  }
+
+  private read(unit: number, fc: number, address: number, count: number, opts: RequestOptions = {}): Promise<unknown> {
+    const max = isBitRead(fc) ? MAX_READ_BITS : MAX_READ_REGISTERS;
+    this.checkUnit(unit);
+    if (!Number.isInteger(address) || address < 0 || !Number.isInteger(count) || count < 1 || count > max || address + count > 0x10000) {
+      return Promise.reject(new EdgewardError(CODES.badRequest, `bad read range ${address}+${count} for function ${fc}`));
+    }
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = { address, count, resolve, reject };
+      const queue = opts.priority === 'high' ? this.high : this.normal;
+      if (!this.merge(queue, unit, fc, waiter, max)) {
+        queue.push({ unit, fc, address, count, timeoutMs: opts.timeoutMs ?? this.timeoutMs, waiters: [waiter] });
+      }
+      this.schedule();
+    });
+  }
+
+  private write(unit: number, pdu: Buffer, opts: RequestOptions = {}): Promise<unknown> {
+    this.checkUnit(unit);
+    return new Promise((resolve, reject) => {
+      const queue = opts.priority === 'normal' ? this.normal : this.high;
+      queue.push({ unit, fc: pdu[0], address: 0, count: 0, pdu, timeoutMs: opts.timeoutMs ?? this.timeoutMs, waiters: [{ address: 0, count: 0, resolve, reject }] });
+      this.schedule();
+    });
+  }
+
+  private checkUnit(unit: number): void {
+    // Unit 0 is broadcast (no reply); TCP allows 255 for "the server itself".
+    if (!Number.isInteger(unit) || unit < 1 || unit > 255) throw new EdgewardError(CODES.badRequest, `bad unit id ${unit}`);
+  }
+
+  /** Coalesce a read into a queued one of the same unit and table when the merged range stays small and within limits. */
+  private merge(queue: Job[], unit: number, fc: number, w: Waiter, max: number): boolean {
+    const gap = this.options.coalesceGap ?? 8;
+    for (const job of queue) {
+      if (job.pdu || job.unit !== unit || job.fc !== fc) continue;
+      const lo = Math.min(job.address, w.address);
+      const hi = Math.max(job.address + job.count, w.address + w.count);
+      const apart = Math.max(w.address - (job.address + job.count), job.address - (w.address + w.count));
+      if (apart > gap || hi - lo > max) continue;
+      job.address = lo;
+      job.count = hi - lo;
+      job.waiters.push(w);
+      this.stats.coalesced++;
+      return true;
+    }
+    return false;
+  }
+
+  private get timeoutMs(): number {
+    return this.options.timeoutMs ?? 200;
+  }
+
+  private get charMs(): number {
+    return (11 * 1000) / (this.options.baudRate ?? 9600);
+  }
+
+  private get frameGapMs(): number {
+    return this.options.frameGapMs ?? Math.max(3.5 * this.charMs, 20);
+  }
+
+  /** Dispatch on the next turn, so requests made in the same tick can still be merged. */
+  private schedule(): void {
+    if (this.pumpScheduled || this.inflight) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    if (this.inflight || this.quietTimer) return;
+    if (!this.connected) {
+      this.failAll(new EdgewardError(CODES.notConnected, `bus ${this.label} is not connected`));
+      return;
+    }
+    const wait = this.quietUntil - performance.now();
+    if (wait > 0.05) {
+      // RTU needs 3.5 characters of silence between frames, and a moment after a failed reply for stray bytes to drain.
+      this.quietTimer = this.ctx.clock.setTimeout(() => {
+        this.quietTimer = undefined;
+        this.pump();
+      }, wait);
+      return;
+    }
+    const job = this.high.shift() ?? this.normal.shift();
+    if (!job) return;
+    const pdu = job.pdu ?? readPdu(job.fc, job.address, job.count);
+    const tcp = this.options.transport === 'tcp';
+    this.txId = (this.txId + 1) & 0xffff;
+    const txId = this.txId;
+    let request: Buffer;
+    if (tcp) {
+      request = Buffer.allocUnsafe(7 + pdu.length);
+      request.writeUInt16BE(txId, 0);
+      request.writeUInt16BE(0, 2);
+      request.writeUInt16BE(pdu.length + 1, 4);
+      request[6] = job.unit;
+      pdu.copy(request, 7);
+    } else {
+      request = rtuFrame(job.unit, pdu);
+    }
+    const fl: InFlight = { job, request: pdu, rx: [], rxLen: 0, txId };
+    this.inflight = fl;
+    this.stats.transactions++;
+    fl.timer = this.ctx.clock.setTimeout(() => {
+      this.stats.timeouts++;
+      this.finish(fl, new EdgewardError(CODES.timeout, `unit ${job.unit}: no reply within ${job.timeoutMs} ms`, { details: { unit: job.unit, fc: job.fc } }));
+    }, job.timeoutMs);
+    this.link!.write(request);
+  }
+
+  private onData(chunk: Buffer): void {
+    const fl = this.inflight;
+    if (!fl) return; // stray bytes between transactions (late replies, line noise) are dropped
+    fl.rx.push(chunk);
+    fl.rxLen += chunk.length;
+    if (this.options.transport === 'tcp') this.parseTcp(fl);
+    else this.parseRtu(fl);
+  }
+
+  private parseRtu(fl: InFlight): void {
+    const buf = fl.rx.length === 1 ? fl.rx[0] : Buffer.concat(fl.rx, fl.rxLen);
+    fl.rx = [buf];
+    const unit = fl.job.unit;
+    if (buf[0] !== unit) {
+      this.stats.garbled++;
+      this.finish(fl, new EdgewardError(CODES.garbled, `unit ${unit}: reply from unit ${buf[0]}`, { details: { unit } }));
+      return;
+    }
+    if (buf.length >= 2 && buf[1] !== fl.job.fc && buf[1] !== (fl.job.fc | 0x80)) {
+      this.stats.garbled++;
+      this.finish(fl, new EdgewardError(CODES.garbled, `unit ${unit}: reply with function ${buf[1]}`, { details: { unit } }));
+      return;
+    }
+    const need = rtuReplyLength(fl.job.fc, buf);
+    if (need === undefined || buf.length < need) {
+      // A reply that stops short is ended by line silence, well before the request timeout.
+      if (fl.gapTimer) this.ctx.clock.clearTimeout(fl.gapTimer);
+      fl.gapTimer = this.ctx.clock.setTimeout(() => {
+        this.stats.garbled++;
+        this.finish(fl, new EdgewardError(CODES.short, `unit ${unit}: short reply (${fl.rxLen} bytes)`, { details: { unit } }));
+      }, this.frameGapMs);
+      return;
+    }
+    const frame = buf.subarray(0, need);
+    if (!crcOk(frame)) {
+      this.stats.crcErrors++;
+      this.finish(fl, new EdgewardError(CODES.crc, `unit ${unit}: CRC error in reply`, { details: { unit } }));
+      return;
+    }
+    this.complete(fl, frame.subarray(1, need - 2));
+  }
+
+  private parseTcp(fl: InFlight): void {
+    const buf = fl.rx.length === 1 ? fl.rx[0] : Buffer.concat(fl.rx, fl.rxLen);
+    fl.rx = [buf];
+    if (buf.length < 7) return;
+    const len = buf.readUInt16BE(4);
+    if (buf.length < 6 + len) return;
+    const frame = buf.subarray(0, 6 + len);
+    const rest = buf.subarray(6 + len);
+    if (buf.readUInt16BE(0) !== fl.txId || buf.readUInt16BE(2) !== 0 || len < 2) {
+      // A late reply to an earlier (timed-out) transaction: skip it and keep waiting for ours.
+      fl.rx = rest.length ? [rest] : [];
+      fl.rxLen = rest.length;
+      if (rest.length) this.parseTcp(fl);
+      return;
+    }
+    if (frame[6] !== fl.job.unit) {
+      this.stats.garbled++;
+      this.finish(fl, new EdgewardError(CODES.garbled, `unit ${fl.job.unit}: reply from unit ${frame[6]}`, { details: { unit: fl.job.unit } }));
+      return;
+    }
+    this.complete(fl, frame.subarray(7));
+  }
+
+  private complete(fl: InFlight, replyPdu: Buffer): void {
+    let value: boolean[] | number[] | undefined;
+    try {
+      value = decodeReply(fl.request, Buffer.from(replyPdu), fl.job.unit);
+    } catch (err) {
+      if ((err as EdgewardError).code === 'EDGE_MODBUS_EXCEPTION') this.stats.exceptions++;
+      else this.stats.garbled++;
+      this.finish(fl, err as Error);
+      return;
+    }
+    this.finish(fl, undefined, value);
+  }
+
+  private finish(fl: InFlight, err: Error | undefined, value?: boolean[] | number[]): void {
+    if (this.inflight !== fl) return;
+    this.inflight = undefined;
+    if (fl.timer) this.ctx.clock.clearTimeout(fl.timer);
+    if (fl.gapTimer) this.ctx.clock.clearTimeout(fl.gapTimer);
+    if (this.options.transport === 'rtu') {
+      // After a failure wait for the line to go quiet, so the rest of a bad reply cannot be read as the next one.
+      this.quietUntil = performance.now() + (err ? this.frameGapMs : 3.5 * this.charMs);
+    }
+    const job = fl.job;
+    for (const w of job.waiters) {
+      if (err) w.reject(err);
+      else if (value) w.resolve(value.slice(w.address - job.address, w.address - job.address + w.count));
+      else w.resolve(undefined);
+    }
+    if (err && (err as EdgewardError).code !== CODES.timeout) this.log.debug({ unit: job.unit, code: (err as EdgewardError).code }, 'modbus request failed');
+    this.schedule();
+  }
+
+  private failAll(err: Error): void {
+    const fl = this.inflight;
+    if (fl) this.finish(fl, err);
+    for (const job of this.high.splice(0).concat(this.normal.splice(0))) for (const w of job.waiters) w.reject(err);
+  }
+
+  private setConnected(v: boolean): void {
+    if (this.connected === v) return;
+    this.connected = v;
+    for (const l of this.listeners) l(v);
+  }
+
+  private makeLink(): ByteLink {
+    if (this.ctx.link) return this.ctx.link;
+    const o = this.options;
+    if (o.transport === 'tcp') return new TcpLink({ host: o.host ?? '127.0.0.1', port: o.port ?? 502, connectTimeoutMs: Math.max(1000, this.timeoutMs) });
+    return new SerialLink({ path: o.path ?? '', baudRate: o.baudRate ?? 9600, parity: o.parity ?? 'none' });
+  }
+
+  private async connect(): Promise<void> {
+    if (this.closed) return;
+    const link = this.makeLink();
+    link.onData = (chunk) => this.onData(chunk);
+    link.onLost = (err) => {
+      if (this.link !== link) return;
+      this.link = undefined;
+      this.setConnected(false);
+      this.log.warn({ err: err.message }, 'modbus link lost, reconnecting');
+      this.failAll(new EdgewardError(CODES.disconnected, `bus ${this.label} disconnected: ${err.message}`, { cause: err }));
+      this.reconnectAttempt = 0;
+      this.scheduleReconnect();
+    };
+    try {
+      await link.open();
+    } catch (err) {
+      if (this.reconnectAttempt === 0) this.log.warn({ err: (err as Error).message }, 'modbus link unavailable, retrying');
+      this.scheduleReconnect();
+      return;
+    }
+    if (this.closed) {
+      await link.close();
+      return;
+    }
+    if (this.reconnectAttempt > 0) this.stats.reconnects++;
+    this.reconnectAttempt = 0;
+    this.link = link;
+    this.quietUntil = 0;
+    this.setConnected(true);
+    this.log.info('modbus link open');
+    this.schedule();
+  }
+
+  private scheduleReconnect(): void {
+    if (this.closed || this.reconnectTimer) return;
+    const min = this.options.reconnectMinMs ?? 100;
+    const max = this.options.reconnectMaxMs ?? 5000;
+    const delay = Math.min(max, min * 2 ** this.reconnectAttempt);
+    this.reconnectAttempt++;
+    this.reconnectTimer = this.ctx.clock.setTimeout(() => {
+      this.reconnectTimer = undefined;
+      void this.connect();
+    }, delay);
+  }
+}
