@@ -5,7 +5,9 @@ import type http from 'node:http';
 import path from 'node:path';
 import type express from 'express';
 import type { SiteConfig } from './config-types.js';
+import type { EventInput } from './envelope.js';
 import { EdgewardError } from './errors.js';
+import { parseEventsBody } from './http.js';
 import type { Logger } from './log.js';
 import type { EdgewardNodeApi } from './node-api.js';
 
@@ -158,7 +160,7 @@ export function buildSettings(opts: {
       },
     }),
     nodesDir: [nodesDir()],
-    edgeward: api,
+    edgeward: validatingApi(api, config.privacy),
     logging: {
       // Only this handler: Node-RED's console logger would bypass pino's redaction.
       edgeward: {
@@ -182,6 +184,32 @@ export function buildSettings(opts: {
       tours: false,
       page: { title: `Edgeward ${config.site}/${config.edge}` },
       header: { title: `Edgeward ${config.site}/${config.edge}` },
+    },
+  };
+}
+
+/**
+ * The api as nodes get it: `ingest` first checks each input exactly as
+ * `POST /api/v1/events` does (type, source.device, data, severity, ts) and
+ * pseudonymises a raw `data.card`, so a flow can neither store a malformed
+ * event nor leak a card number. Errors are `EDGE_EVENT_INVALID` naming the field.
+ */
+export function validatingApi(api: EdgewardNodeApi, privacy: SiteConfig['privacy']): EdgewardNodeApi {
+  return {
+    ...api,
+    ingest: async (inputs: EventInput[]) => {
+      let checked: EventInput[];
+      try {
+        checked = parseEventsBody(inputs.length === 1 ? inputs[0] : inputs, privacy);
+      } catch (err) {
+        const field = (err as { field?: unknown }).field;
+        const where = typeof field === 'string' ? `${field}: ` : '';
+        throw new EdgewardError('EDGE_EVENT_INVALID', `${where}${(err as Error).message}`, {
+          cause: err,
+          details: typeof field === 'string' ? { field } : undefined,
+        });
+      }
+      return api.ingest(checked);
     },
   };
 }

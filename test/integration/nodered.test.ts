@@ -1,20 +1,15 @@
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import express from 'express';
 import pino from 'pino';
-import { EventBus } from '../../edge/bus.js';
-import { systemClock } from '../../edge/clock.js';
 import type { SiteConfig } from '../../edge/config-types.js';
-import { type Envelope, type EventInput, isEventType, isSeverity, makeEnvelope } from '../../edge/envelope.js';
-import { EdgewardError, isEdgewardError } from '../../edge/errors.js';
+import { isEdgewardError } from '../../edge/errors.js';
 import type { Logger } from '../../edge/log.js';
-import type { EdgewardNodeApi } from '../../edge/node-api.js';
-import { type EmbeddedNodeRed, embedNodeRed } from '../../edge/nodered.js';
-import { Registry } from '../../edge/registry.js';
+import { embedNodeRed } from '../../edge/nodered.js';
+import { Runtime } from '../../edge/runtime.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -50,40 +45,11 @@ const TEST_FLOW = [
   { id: 't.event', type: 'edgeward-event', z: 't.tab', name: 'flow-sensor', eventType: '', severity: '', wires: [[]] },
 ];
 
-/** Stand-in for the runtime's node api: validates like the runtime and keeps what it stores. */
-function fakeApi(log: Logger): EdgewardNodeApi & { stored: Envelope[] } {
-  const stored: Envelope[] = [];
-  const bus = new EventBus();
-  return {
-    stored,
-    bus,
-    log,
-    registry: new Registry(),
-    driverContext: (device) => ({
-      bus,
-      clock: systemClock,
-      log: log.child({ device }),
-      emit: (e) => bus.emit('event.input', e),
-      privacy: { siteKey: 'k', rawCards: false },
-    }),
-    registerDriver: () => () => undefined,
-    ingest: async (inputs: EventInput[]) => {
-      for (const i of inputs) {
-        if (!isEventType(i.type)) throw new EdgewardError('EDGE_EVENT_INVALID', `type "${String(i.type)}" is not an event type`);
-        if (i.severity !== undefined && !isSeverity(i.severity)) throw new EdgewardError('EDGE_EVENT_INVALID', 'bad severity');
-      }
-      const out = inputs.map((i) => ({ ...makeEnvelope(i, { site: 's', edge: 'e' }), seq: stored.length + 1 }));
-      stored.push(...out);
-      return out;
-    },
-  };
-}
-
-function config(over: Partial<SiteConfig['nodeRed']>, host = '127.0.0.1'): SiteConfig {
+function config(over: Partial<SiteConfig['nodeRed']>, dataDir: string, host = '127.0.0.1'): SiteConfig {
   return {
     site: 'test-site',
     edge: 'test-edge',
-    dataDir: '/nonexistent',
+    dataDir,
     http: { host, port: 0 },
     outbox: { maxBytes: 1 << 20 },
     privacy: { siteKey: 'test-site-key', rawCards: false },
@@ -107,39 +73,24 @@ function captureLogger(): { log: Logger; lines: Array<Record<string, unknown>> }
 
 interface Harness {
   base: string;
-  red: EmbeddedNodeRed;
-  api: EdgewardNodeApi & { stored: Envelope[] };
+  runtime: Runtime;
   lines: Array<Record<string, unknown>>;
   close(): Promise<void>;
 }
 
-async function start(tmp: TmpDir, cfg: SiteConfig, name: string): Promise<Harness> {
+/** A Runtime (real outbox in a temp dataDir, port 0) running a temp copy of TEST_FLOW. */
+async function start(tmp: TmpDir, over: Partial<SiteConfig['nodeRed']>, name: string): Promise<Harness> {
   const flowFile = path.join(tmp.path, `${name}.json`);
   await writeFile(flowFile, JSON.stringify(TEST_FLOW));
-  cfg.nodeRed.flowFile = flowFile;
+  const cfg = config({ ...over, flowFile }, path.join(tmp.path, name));
   const { log, lines } = captureLogger();
-  const api = fakeApi(log);
-  const app = express();
-  const server = http.createServer(app);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  let red: EmbeddedNodeRed;
-  try {
-    red = await embedNodeRed({ app, server, config: cfg, api, log, userDir: path.join(tmp.path, `${name}-user`) });
-  } catch (err) {
-    server.close();
-    throw err;
-  }
+  const runtime = new Runtime({ config: cfg, log });
+  await runtime.start();
   return {
-    base,
-    red,
-    api,
+    base: `http://127.0.0.1:${runtime.port}`,
+    runtime,
     lines,
-    close: async () => {
-      await red.stop();
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
+    close: () => runtime.stop(),
   };
 }
 
@@ -160,8 +111,8 @@ describe('embedded Node-RED (integration)', function () {
       embedNodeRed({
         app: express(),
         server: http.createServer(),
-        config: config({}, '0.0.0.0'),
-        api: fakeApi(log),
+        config: config({}, path.join(tmp.path, 'unsafe'), '0.0.0.0'),
+        api: new Runtime({ config: config({}, path.join(tmp.path, 'unsafe')), log }).nodeApi,
         log,
         userDir: path.join(tmp.path, 'unsafe'),
       }),
@@ -174,7 +125,7 @@ describe('embedded Node-RED (integration)', function () {
     let token: string;
 
     before(async () => {
-      h = await start(tmp, config({ adminAuth: { username: 'tech', passwordHash: PASSWORD_HASH } }), 'auth');
+      h = await start(tmp, { adminAuth: { username: 'tech', passwordHash: PASSWORD_HASH } }, 'auth');
     });
     after(async () => {
       await h?.close();
@@ -185,9 +136,9 @@ describe('embedded Node-RED (integration)', function () {
         embedNodeRed({
           app: express(),
           server: http.createServer(),
-          config: config({}),
-          api: h.api,
-          log: h.api.log,
+          config: config({}, path.join(tmp.path, 'second')),
+          api: h.runtime.nodeApi,
+          log: h.runtime.nodeApi.log,
           userDir: path.join(tmp.path, 'second'),
         }),
         (err) => isEdgewardError(err, 'EDGE_NODERED_RUNNING'),
@@ -219,25 +170,30 @@ describe('embedded Node-RED (integration)', function () {
     it('stores the event a flow sends to edgeward-event', async () => {
       const res = await fetch(`${h.base}/inject/t.good`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
       assert.equal(res.status, 200);
-      const stored = await waitFor(() => h.api.stored.find((e) => e.type === 'sensor.reading'), {
-        message: 'sensor.reading from the flow stored',
+      const stored = await waitFor(() => h.runtime.outbox.recent(10).find((e) => e.type === 'sensor.reading'), {
+        message: 'sensor.reading from the flow stored in the outbox',
       });
+      assert.equal(stored.seq, 1);
+      assert.equal(h.runtime.outbox.stats().events, 1);
       assert.deepEqual(stored.data, { value: 21.5 });
       assert.equal(stored.source.device, 'flow-sensor');
       assert.equal(stored.severity, 'info');
     });
 
     it('rejects a bad payload with an error and stores nothing', async () => {
-      const before = h.api.stored.length;
+      const before = h.runtime.outbox.stats().lastSeq;
       const res = await fetch(`${h.base}/inject/t.bad`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
       assert.equal(res.status, 200);
       const line = await waitFor(
-        () => h.lines.find((l) => l.nodeType === 'edgeward-event' && String(l.msg).includes('not-a-type')),
+        () => h.lines.find((l) => l.nodeType === 'edgeward-event' && String(l.msg).includes('event rejected')),
         { message: 'edgeward-event reported the rejected payload' },
       );
       assert.equal(line.level, 50); // pino error
       assert.match(String(line.msg), /event rejected/);
-      assert.equal(h.api.stored.length, before);
+      assert.match(String(line.msg), /type: type must be a contract event type/);
+      // Nothing stored: let any stray append land first, through the same HTTP server.
+      await fetch(`${h.base}/api/v1/status`);
+      assert.equal(h.runtime.outbox.stats().lastSeq, before);
     });
   });
 
@@ -245,13 +201,14 @@ describe('embedded Node-RED (integration)', function () {
     let h: Harness;
 
     before(async () => {
-      h = await start(tmp, config({ editor: false }), 'noeditor');
+      h = await start(tmp, { editor: false }, 'noeditor');
     });
     after(async () => {
       await h?.close();
     });
 
-    it('serves no editor and no admin API', async () => {
+    it('serves no editor and no admin API, but the runtime API', async () => {
+      assert.equal((await fetch(`${h.base}/api/v1/status`)).status, 200);
       assert.equal((await fetch(`${h.base}/flows`)).status, 404);
       assert.equal((await fetch(`${h.base}/auth/login`)).status, 404);
       assert.equal((await fetch(`${h.base}/`)).status, 404);
