@@ -1,0 +1,151 @@
+import assert from 'node:assert/strict';
+import { makeEnvelope } from '../../edge/envelope.js';
+import { createLogger, type Logger } from '../../edge/log.js';
+import type { UplinkConfig } from '../../edge/config-types.js';
+import { LevelOutbox } from '../../sync/outbox.js';
+import { Uplink } from '../../sync/uplink.js';
+import { type AckPolicy, startTestCentral, type TestCentral } from '../helpers/central.js';
+import { startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
+import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+import { waitFor } from '../helpers/wait.js';
+
+const site = 'pengqu-qumei';
+const edge = 'gate-07';
+
+/** A pino logger whose records the test can read. */
+function captureLogger(): { log: Logger; lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = [];
+  const log = createLogger({
+    level: 'debug',
+    destination: { write: (s: string) => lines.push(JSON.parse(s)) },
+  });
+  return { log, lines };
+}
+
+describe('uplink, ack: central (integration, Mosquitto + LevelOutbox)', function () {
+  this.timeout(30_000);
+  let broker: TestMosquitto;
+  let dir: TmpDir;
+  let outbox: LevelOutbox;
+  let uplink: Uplink;
+  let central: TestCentral;
+  let logs: ReturnType<typeof captureLogger>;
+
+  before(async () => {
+    broker = await startMosquitto();
+  });
+  after(async () => {
+    await broker?.stop();
+  });
+
+  async function setup(ack: AckPolicy, ackEpoch?: string): Promise<void> {
+    dir = await tmpDir('uplink-ack');
+    outbox = new LevelOutbox({ dir: dir.path, maxBytes: 64 * 1024 * 1024, site, edge });
+    await outbox.open();
+    central = await startTestCentral({ url: broker.url, site, edge, ack, ackEpoch });
+    logs = captureLogger();
+    const config: UplinkConfig = {
+      url: broker.url,
+      ack: 'central',
+      batch: { maxEvents: 50, maxBytes: 262144, lingerMs: 20 },
+      compress: 'gzip',
+      ackTimeoutMs: 1000,
+    };
+    uplink = new Uplink({ config, site, edge, version: '0.1.0-test', outbox, log: logs.log });
+    await uplink.start();
+    await waitFor(() => uplink.status().connected, { message: 'uplink connected' });
+  }
+
+  afterEach(async () => {
+    await uplink?.stop();
+    await central?.close();
+    await outbox?.close();
+    await dir?.cleanup();
+  });
+
+  async function append(n: number): Promise<number[]> {
+    const envs = Array.from({ length: n }, (_, i) =>
+      makeEnvelope({ type: 'sensor.reading', source: { device: 'smoke-1' }, data: { i } }, { site, edge }),
+    );
+    const stored = await outbox.append(envs);
+    return stored.map((e) => e.seq!);
+  }
+
+  it('deletes nothing before the central acks, resends after the timeout, drains once acked', async () => {
+    await setup(false);
+    await append(120);
+    await waitFor(() => central.byId.size === 120, { message: 'central received all 120 events' });
+    assert.equal(outbox.stats().events, 120, 'nothing leaves the outbox before an ack');
+    // Unacked batches come again after ackTimeoutMs.
+    await waitFor(() => central.arrivals.length >= 240, {
+      timeoutMs: 8000,
+      message: 'unacked batches resent',
+    });
+    assert.equal(outbox.stats().events, 120, 'still nothing deleted');
+    assert.equal(uplink.status().lastAckAt, null);
+    central.setAck(true);
+    await waitFor(() => outbox.stats().events === 0, {
+      timeoutMs: 8000,
+      message: 'outbox drained after acks',
+    });
+    await waitFor(() => uplink.status().inflightBatches === 0, { message: 'no batch left in flight' });
+    assert.ok(uplink.status().lastAckAt);
+    assert.equal(typeof uplink.status().ackLagMs, 'number');
+  });
+
+  it('a central that ignores every first delivery still gets everything, via resends', async () => {
+    const seen = new Map<string, number>();
+    await setup((batch) => {
+      let again = true;
+      for (const e of batch.events) {
+        const n = (seen.get(e.id) ?? 0) + 1;
+        seen.set(e.id, n);
+        if (n < 2) again = false;
+      }
+      return again;
+    });
+    await append(75);
+    await waitFor(() => outbox.stats().events === 0, { timeoutMs: 10_000, message: 'drained via resends' });
+    assert.equal(central.byId.size, 75);
+    for (const [, n] of seen) assert.ok(n >= 2, 'every event was delivered at least twice');
+  });
+
+  it('ignores (and logs) an ack with another epoch', async () => {
+    await setup(true, 'ANOTHER-EPOCH');
+    const seqs = await append(60);
+    await waitFor(() => central.byId.size === 60, { message: 'central received all' });
+    await waitFor(() => logs.lines.some((l) => l.msg === 'ignoring ack for another outbox epoch'), {
+      message: 'foreign-epoch ack logged',
+    });
+    // A valid ack sent after the foreign ones is applied after them (one publisher, in order).
+    await central.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[seqs[0], seqs[0]]] }));
+    await waitFor(() => outbox.stats().events === 59, { message: 'the valid ack was applied' });
+    assert.equal(outbox.stats().events, 59, 'foreign-epoch acks deleted nothing');
+  });
+
+  it('malformed ack payloads change nothing and are logged', async () => {
+    await setup(false);
+    const seqs = await append(30);
+    await waitFor(() => central.byId.size === 30, { message: 'central received all' });
+    const bad = [
+      'not json at all',
+      '',
+      '[]',
+      '{"epoch":"x"}',
+      JSON.stringify({ epoch: outbox.epoch, seqs: 'all' }),
+      JSON.stringify({ epoch: outbox.epoch, seqs: [[5, 1]] }),
+      JSON.stringify({ epoch: outbox.epoch, seqs: [[0, 10]] }),
+      JSON.stringify({ epoch: outbox.epoch, seqs: [[1, 2, 3]] }),
+      JSON.stringify({ epoch: outbox.epoch, seqs: [['1', '30']] }),
+      JSON.stringify({ epoch: 42, seqs: [[1, 30]] }),
+    ];
+    for (const b of bad) await central.publishRawAck(b);
+    await central.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[seqs[29], seqs[29]]] }));
+    await waitFor(() => outbox.stats().events === 29, {
+      message: 'the valid ack after the bad ones was applied',
+    });
+    const warned = logs.lines.filter((l) => l.msg === 'ignoring malformed ack');
+    assert.equal(warned.length, bad.length, 'each malformed ack logged once');
+    assert.equal(warned[0].level, 40, 'as a warning');
+  });
+});

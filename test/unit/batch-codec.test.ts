@@ -1,0 +1,171 @@
+import assert from 'node:assert/strict';
+import { gzipSync } from 'node:zlib';
+import { makeEnvelope } from '../../edge/envelope.js';
+import { isEdgewardError } from '../../edge/errors.js';
+import {
+  batchJson,
+  decodeAck,
+  decodeBatch,
+  decodeStatus,
+  encodeAck,
+  encodeBatch,
+  encodeStatus,
+  toRanges,
+} from '../../sync/batch-codec.js';
+
+const header = { site: 'pengqu-qumei', edge: 'gate-07', epoch: '01JNH6Y3Q4X5Z7V8W9A0B1C2D3' };
+
+function envJson(seq: number, severity: 'info' | 'critical' = 'info'): string {
+  const e = makeEnvelope(
+    {
+      type: severity === 'critical' ? 'door.forced' : 'door.opened',
+      source: { device: 'door-3' },
+      data: { door: 0 },
+    },
+    header,
+  );
+  return JSON.stringify({ ...e, seq });
+}
+
+async function rejectsWith(p: Promise<unknown>, code: string): Promise<void> {
+  await assert.rejects(p, (err: unknown) => isEdgewardError(err, code));
+}
+
+describe('batch codec', () => {
+  it('splices stored JSON into the batch verbatim and round-trips', async () => {
+    const jsons = [envJson(1), envJson(2, 'critical')];
+    const json = batchJson(header, jsons);
+    assert.ok(
+      json.startsWith(
+        '{"v":1,"site":"pengqu-qumei","edge":"gate-07","epoch":"01JNH6Y3Q4X5Z7V8W9A0B1C2D3","events":[',
+      ),
+    );
+    assert.ok(json.includes(jsons[0]) && json.includes(jsons[1]));
+    const plain = await encodeBatch(header, jsons, 'none');
+    const b = await decodeBatch(plain);
+    assert.equal(b.v, 1);
+    assert.equal(b.epoch, header.epoch);
+    assert.deepEqual(
+      b.events.map((e) => e.seq),
+      [1, 2],
+    );
+    assert.equal(b.events[1].severity, 'critical');
+  });
+
+  it('gzips when asked (payload starts 1f 8b) and decodes it back', async () => {
+    const jsons = Array.from({ length: 100 }, (_, i) => envJson(i + 1));
+    const gz = await encodeBatch(header, jsons, 'gzip');
+    assert.equal(gz[0], 0x1f);
+    assert.equal(gz[1], 0x8b);
+    assert.ok(
+      gz.length < Buffer.byteLength(batchJson(header, jsons)) / 3,
+      'gzip should shrink repetitive JSON',
+    );
+    const b = await decodeBatch(gz);
+    assert.equal(b.events.length, 100);
+  });
+
+  it('an empty batch is valid', async () => {
+    const b = await decodeBatch(await encodeBatch(header, [], 'gzip'));
+    assert.deepEqual(b.events, []);
+  });
+
+  it('rejects garbage with clear codes', async () => {
+    await rejectsWith(decodeBatch(Buffer.from([0x1f, 0x8b, 1, 2, 3])), 'EDGE_BATCH_GZIP');
+    await rejectsWith(decodeBatch(Buffer.from('{"v":1,')), 'EDGE_BATCH_JSON');
+    await rejectsWith(decodeBatch(Buffer.from([0xff, 0xfe, 0x7b])), 'EDGE_BATCH_JSON');
+    await rejectsWith(decodeBatch(Buffer.from('[]')), 'EDGE_BATCH_INVALID');
+    await rejectsWith(
+      decodeBatch(Buffer.from('{"v":2,"site":"a","edge":"b","epoch":"e","events":[]}')),
+      'EDGE_BATCH_INVALID',
+    );
+    await rejectsWith(
+      decodeBatch(Buffer.from('{"v":1,"site":"a","edge":"b","epoch":"e"}')),
+      'EDGE_BATCH_INVALID',
+    );
+    await rejectsWith(decodeBatch(gzipSync(Buffer.from('not json'))), 'EDGE_BATCH_JSON');
+  });
+
+  it('validates every envelope and names the bad field', async () => {
+    const good = JSON.parse(envJson(5));
+    const cases: Array<[Record<string, unknown>, string]> = [
+      [{ ...good, seq: 0 }, 'events[0].seq'],
+      [{ ...good, seq: undefined }, 'events[0].seq'],
+      [{ ...good, type: 'door.exploded' }, 'events[0].type'],
+      [{ ...good, severity: 'huge' }, 'events[0].severity'],
+      [{ ...good, site: 'other' }, 'events[0].site'],
+      [{ ...good, source: {} }, 'events[0].source.device'],
+      [{ ...good, data: [] }, 'events[0].data'],
+      [{ ...good, count: 0 }, 'events[0].count'],
+      [{ ...good, ts: 'yesterday' }, 'events[0].ts'],
+      [{ ...good, msg: { zh: 'x' } }, 'events[0].msg'],
+    ];
+    for (const [event, path] of cases) {
+      const buf = Buffer.from(batchJson(header, [JSON.stringify(event)]));
+      await assert.rejects(
+        decodeBatch(buf),
+        (err: unknown) => {
+          return isEdgewardError(err, 'EDGE_BATCH_INVALID') && err.details?.path === path;
+        },
+        path,
+      );
+    }
+  });
+
+  it('refuses a gzip bomb past the size limit', async () => {
+    const big = gzipSync(Buffer.alloc(2 * 1024 * 1024, 0x20));
+    await rejectsWith(decodeBatch(big, { maxBytes: 1024 * 1024 }), 'EDGE_BATCH_GZIP');
+  });
+
+  it('acks: round trip and strict validation', () => {
+    const ack = {
+      epoch: 'E',
+      seqs: [
+        [1, 3],
+        [7, 7],
+      ] as Array<[number, number]>,
+    };
+    assert.deepEqual(decodeAck(encodeAck(ack)), ack);
+    const bad = [
+      'nope',
+      '[]',
+      '{"seqs":[[1,2]]}',
+      '{"epoch":"","seqs":[[1,2]]}',
+      '{"epoch":"E"}',
+      '{"epoch":"E","seqs":[1,2]}',
+      '{"epoch":"E","seqs":[[2,1]]}',
+      '{"epoch":"E","seqs":[[0,1]]}',
+      '{"epoch":"E","seqs":[[1.5,2]]}',
+      '{"epoch":"E","seqs":[[1,2,3]]}',
+      '{"epoch":"E","seqs":[["1","2"]]}',
+    ];
+    for (const b of bad)
+      assert.throws(
+        () => decodeAck(b),
+        (err: unknown) => isEdgewardError(err, 'EDGE_ACK_INVALID'),
+        b,
+      );
+  });
+
+  it('toRanges collapses seqs', () => {
+    assert.deepEqual(toRanges([7, 1, 2, 3, 9, 8, 2]), [
+      [1, 3],
+      [7, 9],
+    ]);
+    assert.deepEqual(toRanges([]), []);
+  });
+
+  it('status payload round trip and validation', () => {
+    const s = {
+      state: 'online' as const,
+      ts: new Date().toISOString(),
+      version: '0.1.0',
+      outbox: { events: 3 },
+    };
+    assert.deepEqual(decodeStatus(encodeStatus(s)), s);
+    assert.throws(
+      () => decodeStatus('{"state":"maybe"}'),
+      (err: unknown) => isEdgewardError(err, 'EDGE_STATUS_INVALID'),
+    );
+  });
+});
