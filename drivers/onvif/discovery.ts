@@ -1,0 +1,140 @@
+import { randomUUID } from 'node:crypto';
+import dgram from 'node:dgram';
+import { EdgewardError } from '../../edge/errors.js';
+import { child, children, text } from './xml.js';
+import { parseUntrustedXml } from './xml.js';
+
+export const WS_DISCOVERY_GROUP = '239.255.255.250';
+export const WS_DISCOVERY_PORT = 3702;
+
+/** A camera that answered a WS-Discovery probe. */
+export interface DiscoveredCamera {
+  /** Endpoint reference (stable device id, `urn:uuid:…`). */
+  urn: string;
+  /** Device service URLs the camera advertises. */
+  xaddrs: string[];
+  /** Address the answer came from. */
+  address: string;
+  scopes: string[];
+  /** From the `onvif://www.onvif.org/name/…` and `/hardware/…` scopes, when present. */
+  name?: string;
+  hardware?: string;
+  /** How it was found. */
+  via: 'multicast' | 'unicast';
+}
+
+export interface DiscoverOptions {
+  /** How long to listen for answers, ms (default 3000). */
+  timeoutMs?: number;
+  /** Send the multicast probe (default true). */
+  multicast?: boolean;
+  /**
+   * Unicast probe targets, `host` or `host:port` (port default 3702), for
+   * networks where multicast is filtered.
+   */
+  probe?: string[];
+  /** Local address to bind (default all). */
+  bindAddress?: string;
+  /** Resolve as soon as every unicast target answered (only when multicast is off). */
+  earlyExit?: boolean;
+  /** Called for each malformed datagram (it is otherwise ignored). */
+  onBadReply?: (err: EdgewardError, from: string) => void;
+}
+
+/** The WS-Discovery Probe for NetworkVideoTransmitters. */
+export function probeMessage(messageId: string): string {
+  return (
+    '<?xml version="1.0" encoding="UTF-8"?>' +
+    '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" ' +
+    'xmlns:d="http://schemas.xmlsoap.org/ws/2005/04/discovery" xmlns:dn="http://www.onvif.org/ver10/network/wsdl">' +
+    `<s:Header><a:MessageID>${messageId}</a:MessageID><a:To>urn:schemas-xmlsoap-org:ws:2005:04:discovery</a:To>` +
+    '<a:Action>http://schemas.xmlsoap.org/ws/2005/04/discovery/Probe</a:Action></s:Header>' +
+    '<s:Body><d:Probe><d:Types>dn:NetworkVideoTransmitter</d:Types></d:Probe></s:Body></s:Envelope>'
+  );
+}
+
+function parseTarget(t: string): { host: string; port: number } {
+  const m = /^\[?([^\]]+?)\]?(?::(\d+))?$/.exec(t.trim());
+  if (!m) throw new EdgewardError('EDGE_CONFIG_INVALID', `bad probe target "${t}"`);
+  const port = m[2] === undefined ? WS_DISCOVERY_PORT : Number(m[2]);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new EdgewardError('EDGE_CONFIG_INVALID', `bad port in probe target "${t}"`);
+  return { host: m[1] as string, port };
+}
+
+function scopeValue(scopes: string[], kind: string): string | undefined {
+  const prefix = `onvif://www.onvif.org/${kind}/`;
+  const s = scopes.find((x) => x.startsWith(prefix));
+  if (s === undefined) return undefined;
+  try {
+    return decodeURIComponent(s.slice(prefix.length));
+  } catch {
+    return s.slice(prefix.length);
+  }
+}
+
+/**
+ * WS-Discovery: one UDP socket sends the multicast probe and a unicast probe
+ * to each configured target, then collects ProbeMatches until the timeout.
+ * Answers are untrusted XML (size-capped, no DTD) and must relate to our
+ * MessageID; garbage is reported to `onBadReply` and ignored.
+ * Note: like onvif's Discovery.probe, a multicast probe that cannot leave
+ * the host finds nothing rather than failing: use `probe` targets there.
+ */
+export function discoverOnvif(opts: DiscoverOptions = {}): Promise<DiscoveredCamera[]> {
+  const timeoutMs = opts.timeoutMs ?? 3000;
+  const multicast = opts.multicast ?? true;
+  const targets = (opts.probe ?? []).map(parseTarget);
+  const messageId = `urn:uuid:${randomUUID()}`;
+  const msg = Buffer.from(probeMessage(messageId));
+  const found = new Map<string, DiscoveredCamera>();
+  const answered = new Set<string>();
+
+  return new Promise((resolve, reject) => {
+    const sock = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+    let timer: NodeJS.Timeout | undefined;
+    let done = false;
+    const finish = (err?: Error) => {
+      if (done) return;
+      done = true;
+      if (timer) clearTimeout(timer);
+      sock.close();
+      if (err) reject(err);
+      else resolve([...found.values()]);
+    };
+    sock.on('error', (err) => finish(new EdgewardError('EDGE_ONVIF_DISCOVERY', `discovery socket error: ${err.message}`, { cause: err })));
+    sock.on('message', (data, rinfo) => {
+      const from = `${rinfo.address}:${rinfo.port}`;
+      try {
+        const doc = parseUntrustedXml(data, { maxBytes: 64 * 1024, what: `WS-Discovery reply from ${from}` });
+        const env = doc.Envelope;
+        const relates = text(child(env, 'Header'), 'RelatesTo');
+        if (relates !== undefined && relates.trim() !== messageId) return; // an answer to someone else's probe
+        const matches = children(child(child(env, 'Body'), 'ProbeMatches'), 'ProbeMatch');
+        if (matches.length === 0) throw new EdgewardError('EDGE_ONVIF_BAD_XML', `WS-Discovery reply from ${from} has no ProbeMatch`);
+        for (const m of matches) {
+          const urn = text(child(m, 'EndpointReference'), 'Address')?.trim();
+          const xaddrs = (text(m, 'XAddrs') ?? '').split(/\s+/).filter((x) => /^https?:\/\//.test(x));
+          if (!urn || xaddrs.length === 0) continue;
+          const scopes = (text(m, 'Scopes') ?? '').split(/\s+/).filter(Boolean);
+          const via = targets.some((t) => t.host === rinfo.address && t.port === rinfo.port) ? 'unicast' : 'multicast';
+          answered.add(from);
+          if (!found.has(urn)) {
+            found.set(urn, { urn, xaddrs, address: rinfo.address, scopes, name: scopeValue(scopes, 'name'), hardware: scopeValue(scopes, 'hardware'), via });
+          }
+        }
+        if (opts.earlyExit && !multicast && targets.every((t) => answered.has(`${t.host}:${t.port}`))) finish();
+      } catch (err) {
+        opts.onBadReply?.(err as EdgewardError, from);
+      }
+    });
+    sock.bind(0, opts.bindAddress, () => {
+      timer = setTimeout(() => finish(), timeoutMs);
+      const sendErr = (err: Error | null) => {
+        // A multicast probe that cannot be routed is not fatal: unicast targets may still answer.
+        if (err) opts.onBadReply?.(new EdgewardError('EDGE_ONVIF_DISCOVERY', `probe not sent: ${err.message}`, { cause: err }), '');
+      };
+      if (multicast) sock.send(msg, WS_DISCOVERY_PORT, WS_DISCOVERY_GROUP, sendErr);
+      for (const t of targets) sock.send(msg, t.port, t.host, sendErr);
+    });
+  });
+}
