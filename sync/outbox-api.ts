@@ -22,6 +22,22 @@ export interface StoredEvent {
   json: string;
 }
 
+/** Options of `Outbox.read`. */
+export interface OutboxReadOptions {
+  maxEvents: number;
+  /** Byte budget over the events' JSON sizes; at least one event is returned even if it alone is larger. */
+  maxBytes: number;
+  /** Seqs to skip (e.g. those already in flight). */
+  exclude?: (seq: number) => boolean;
+  /** Only these severities (default all). */
+  severities?: Severity[];
+  /**
+   * Per-severity cursor: start after this seq (optional). Lets a reader that
+   * already holds seqs up to N in flight skip them without rescanning.
+   */
+  after?: Partial<Record<Severity, number>>;
+}
+
 /**
  * The durable outbox. `append` resolves only when the events are on disk
  * (group commit: concurrent appends share one synced write). Seqs strictly
@@ -37,7 +53,7 @@ export interface Outbox {
    * Read up to `maxEvents`/`maxBytes` events not in `exclude`, highest
    * priority first (critical, then warning, then info), oldest first within a priority.
    */
-  read(opts: { maxEvents: number; maxBytes: number; exclude?: (seq: number) => boolean; severities?: Severity[] }): Promise<StoredEvent[]>;
+  read(opts: OutboxReadOptions): Promise<StoredEvent[]>;
   /** Delete acknowledged seqs (inclusive ranges). Returns how many were deleted. */
   ack(ranges: Array<[number, number]>): Promise<number>;
   stats(): OutboxStats;

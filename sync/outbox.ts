@@ -1,0 +1,796 @@
+import { join } from 'node:path';
+import { Level } from 'level';
+import { type Clock, systemClock } from '../edge/clock.js';
+import { type Envelope, makeEnvelope, newId, type Severity } from '../edge/envelope.js';
+import { EdgewardError } from '../edge/errors.js';
+import { type Logger, silentLogger } from '../edge/log.js';
+import type { Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
+
+/*
+ * Layout of the LevelDB store (string keys, UTF-8 JSON values):
+ *
+ *   m!meta                 { v, epoch, lastSeq, maxBytes, counts: {sev: {events, bytes}}, heads: {sev: {seq, ts}|null} }
+ *   e!c!<16-digit seq>     critical envelope JSON (with seq)
+ *   e!w!<16-digit seq>     warning  envelope JSON
+ *   e!i!<16-digit seq>     info     envelope JSON
+ *
+ * One key space per severity makes "critical first, oldest first" an ordered
+ * scan, and lets eviction take the oldest info events from the head of `e!i!`.
+ * Every write (events, deletions, the meta record with lastSeq and counters)
+ * goes through one synced `batch`, which LevelDB applies atomically: after a
+ * kill -9 the store is either before or after a batch, never in between, so
+ * seqs are never reused and the counters always match the events.
+ */
+
+/** Severities from highest to lowest priority: the order `read()` serves them in. */
+export const PRIORITY: readonly Severity[] = ['critical', 'warning', 'info'];
+
+const SEV_PREFIX: Record<Severity, string> = { critical: 'e!c!', warning: 'e!w!', info: 'e!i!' };
+const META_KEY = 'm!meta';
+const META_VERSION = 1;
+/** 16 digits cover Number.MAX_SAFE_INTEGER, so lexicographic order is numeric order. */
+const SEQ_DIGITS = 16;
+/** Upper bound of a severity's key space ('~' sorts after every digit). */
+const SEQ_END = '~';
+/** Room kept for the overflow event itself when evicting. */
+const OVERFLOW_RESERVE = 1024;
+/** Most events written in one batch; bigger backlogs of appends take several batches. */
+const MAX_BATCH_EVENTS = 20_000;
+/** Events remembered for `recent()`. */
+const RECENT_SIZE = 1000;
+/** Most read-but-unacked seqs remembered for fast acks; beyond that acks look seqs up. */
+const MAX_TRACKED = 500_000;
+/** Acks for ranges wider than this always look up the store instead of walking the range. */
+const MAX_WALK_RANGE = 100_000;
+
+export function eventKey(severity: Severity, seq: number): string {
+  return SEV_PREFIX[severity] + String(seq).padStart(SEQ_DIGITS, '0');
+}
+
+function seqOfKey(key: string): number {
+  return Number(key.slice(4));
+}
+
+/** Where the outbox store lives inside a site's `dataDir` (runtime and CLI agree on this). */
+export function outboxPath(dataDir: string): string {
+  return join(dataDir, 'outbox');
+}
+
+type Counts = Record<Severity, { events: number; bytes: number }>;
+type Heads = Record<Severity, { seq: number; ts: string } | null>;
+
+interface Meta {
+  v: number;
+  epoch: string;
+  lastSeq: number;
+  maxBytes: number;
+  counts: Counts;
+  heads: Heads;
+}
+
+function emptyCounts(): Counts {
+  return { critical: { events: 0, bytes: 0 }, warning: { events: 0, bytes: 0 }, info: { events: 0, bytes: 0 } };
+}
+
+function cloneCounts(c: Counts): Counts {
+  return { critical: { ...c.critical }, warning: { ...c.warning }, info: { ...c.info } };
+}
+
+function totalBytes(c: Counts): number {
+  return c.critical.bytes + c.warning.bytes + c.info.bytes;
+}
+
+function totalEvents(c: Counts): number {
+  return c.critical.events + c.warning.events + c.info.events;
+}
+
+function oldestOf(heads: Heads): string | null {
+  let oldest: string | null = null;
+  for (const s of PRIORITY) {
+    const h = heads[s];
+    if (h && (oldest === null || h.ts < oldest)) oldest = h.ts;
+  }
+  return oldest;
+}
+
+/** ts and type of a stored envelope, without trusting it to parse (a corrupt value must not stop eviction). */
+function peek(json: string): { ts: string; type: string } {
+  try {
+    const e = JSON.parse(json) as Envelope;
+    return { ts: String(e.ts), type: String(e.type) };
+  } catch {
+    return { ts: '', type: 'unknown' };
+  }
+}
+
+/**
+ * Tally of the events evicted in one write, turned into the data of the
+ * `edge.outbox_overflow` event: how many, of which types and severities, from
+ * when to when. Shared by the LevelDB and the memory outbox.
+ */
+export class OverflowTally {
+  evicted = 0;
+  readonly byType: Record<string, number> = {};
+  readonly bySeverity = { info: 0, warning: 0 };
+  bytes = 0;
+  fromTs: string | null = null;
+  toTs: string | null = null;
+  fromSeq: number | null = null;
+  toSeq: number | null = null;
+
+  add(seq: number, severity: 'info' | 'warning', bytes: number, type: string, ts: string): void {
+    this.evicted++;
+    this.bytes += bytes;
+    this.byType[type] = (this.byType[type] ?? 0) + 1;
+    this.bySeverity[severity]++;
+    if (ts && (this.fromTs === null || ts < this.fromTs)) this.fromTs = ts;
+    if (ts && (this.toTs === null || ts > this.toTs)) this.toTs = ts;
+    if (this.fromSeq === null || seq < this.fromSeq) this.fromSeq = seq;
+    if (this.toSeq === null || seq > this.toSeq) this.toSeq = seq;
+  }
+
+  /** The overflow event (without seq) announcing this eviction. */
+  toEnvelope(ids: { site: string; edge: string }, now: number): Envelope {
+    return makeEnvelope(
+      {
+        type: 'edge.outbox_overflow',
+        severity: 'warning',
+        source: { device: ids.edge, driver: 'outbox' },
+        data: {
+          evicted: this.evicted,
+          evictedBytes: this.bytes,
+          byType: this.byType,
+          bySeverity: this.bySeverity,
+          fromTs: this.fromTs,
+          toTs: this.toTs,
+          fromSeq: this.fromSeq,
+          toSeq: this.toSeq,
+        },
+      },
+      ids,
+      now,
+    );
+  }
+}
+
+/** Fixed-size ring of the newest envelopes, for `recent()`. */
+export class RecentRing {
+  private readonly buf: Envelope[] = [];
+  private next = 0;
+
+  constructor(private readonly size: number = RECENT_SIZE) {}
+
+  push(e: Envelope): void {
+    if (this.buf.length < this.size) this.buf.push(e);
+    else this.buf[this.next] = e;
+    this.next = (this.next + 1) % this.size;
+  }
+
+  /** Newest first. */
+  newest(limit: number): Envelope[] {
+    const n = Math.min(Math.max(0, Math.floor(limit)), this.buf.length);
+    const out: Envelope[] = [];
+    for (let i = 1; i <= n; i++) out.push(this.buf[(this.next - i + this.buf.length * 2) % this.buf.length]);
+    return out;
+  }
+}
+
+/** Options of {@link LevelOutbox}. */
+export interface LevelOutboxOptions {
+  /** Directory of the LevelDB store itself (see {@link outboxPath}). */
+  dir: string;
+  /** Byte bound over the stored JSON sizes; info then warning events are evicted beyond it. */
+  maxBytes: number;
+  site: string;
+  edge: string;
+  log?: Logger;
+  clock?: Clock;
+}
+
+interface AppendJob {
+  kind: 'append';
+  events: Envelope[];
+  resolve: (v: Envelope[]) => void;
+  reject: (e: unknown) => void;
+}
+
+interface AckJob {
+  kind: 'ack';
+  ranges: Array<[number, number]>;
+  resolve: (n: number) => void;
+  reject: (e: unknown) => void;
+}
+
+type Job = AppendJob | AckJob;
+
+type Db = Level<string, string>;
+
+/**
+ * The durable outbox on LevelDB (`level` 10 / classic-level).
+ *
+ * All writes go through one writer loop (group commit): appends and acks that
+ * arrive while a batch is being synced wait, and are then written together as
+ * ONE `batch(ops, { sync: true })`. Each append resolves once the batch holding
+ * it is on disk. Reads run concurrently with the writer on LevelDB snapshots.
+ */
+export class LevelOutbox implements Outbox {
+  /** Number of synced batches written (group commit makes this far smaller than the number of appends). */
+  writes = 0;
+
+  private readonly log: Logger;
+  private readonly clock: Clock;
+  private db: Db | null = null;
+  private meta: Meta | null = null;
+  private closing = false;
+  private readonly queue: Job[] = [];
+  private draining: Promise<void> | null = null;
+  private readonly listeners = new Set<(severities: Set<Severity>) => void>();
+  private readonly recentRing = new RecentRing();
+  /** seq → severity/bytes of events handed out by read() and not yet deleted: acks of them need no lookup. */
+  private readonly tracked = new Map<number, { severity: Severity; bytes: number }>();
+  /** Bumped by every committed batch that deletes; with `deleteLog` it keeps read() from tracking a seq deleted meanwhile. */
+  private deleteGen = 0;
+  private readonly deleteLog: Array<{ gen: number; seqs: Set<number> }> = [];
+  private warnedOverBound = false;
+
+  constructor(private readonly opts: LevelOutboxOptions) {
+    this.log = (opts.log ?? silentLogger()).child({ module: 'sync/outbox' });
+    this.clock = opts.clock ?? systemClock;
+  }
+
+  get epoch(): string {
+    if (!this.meta) throw new EdgewardError('EDGE_OUTBOX_NOT_OPEN', 'outbox is not open');
+    return this.meta.epoch;
+  }
+
+  async open(): Promise<void> {
+    if (this.db) return;
+    const t0 = performance.now();
+    const db: Db = new Level<string, string>(this.opts.dir, { keyEncoding: 'utf8', valueEncoding: 'utf8' });
+    try {
+      await db.open();
+    } catch (err) {
+      throw translateOpenError(err, this.opts.dir);
+    }
+    try {
+      const raw = await db.get(META_KEY);
+      let meta: Meta;
+      if (raw === undefined) {
+        meta = await rebuildMeta(db, null, this.opts.maxBytes);
+        if (meta.lastSeq > 0) this.log.warn({ dir: this.opts.dir }, 'outbox meta record missing: rebuilt from events, new epoch');
+        await db.put(META_KEY, JSON.stringify(meta), { sync: true });
+      } else {
+        meta = JSON.parse(raw) as Meta;
+        if (!(await metaConsistent(db, meta))) {
+          this.log.warn({ dir: this.opts.dir, epoch: meta.epoch }, 'outbox counters inconsistent: rescanning store');
+          meta = await rebuildMeta(db, meta, this.opts.maxBytes);
+          await db.put(META_KEY, JSON.stringify(meta), { sync: true });
+        }
+      }
+      meta.maxBytes = this.opts.maxBytes;
+      this.meta = meta;
+      this.db = db;
+      this.closing = false;
+      await this.seedRecent();
+    } catch (err) {
+      this.db = null;
+      this.meta = null;
+      await db.close().catch(() => undefined);
+      throw new EdgewardError('EDGE_OUTBOX_OPEN_FAILED', `cannot open outbox at ${this.opts.dir}`, { cause: err });
+    }
+    this.log.info(
+      { epoch: this.meta.epoch, lastSeq: this.meta.lastSeq, events: totalEvents(this.meta.counts), ms: Math.round(performance.now() - t0) },
+      'outbox open',
+    );
+  }
+
+  async close(): Promise<void> {
+    if (!this.db) return;
+    this.closing = true;
+    while (this.draining) await this.draining;
+    const db = this.db;
+    this.db = null;
+    await db.close();
+    this.tracked.clear();
+  }
+
+  append(events: Envelope[]): Promise<Envelope[]> {
+    if (!this.db || this.closing) return Promise.reject(notOpen());
+    if (events.length === 0) return Promise.resolve([]);
+    return new Promise<Envelope[]>((resolve, reject) => {
+      this.enqueue({ kind: 'append', events, resolve, reject });
+    });
+  }
+
+  ack(ranges: Array<[number, number]>): Promise<number> {
+    if (!this.db || this.closing) return Promise.reject(notOpen());
+    for (const r of ranges) {
+      if (!Array.isArray(r) || !Number.isSafeInteger(r[0]) || !Number.isSafeInteger(r[1])) {
+        return Promise.reject(new EdgewardError('EDGE_OUTBOX_BAD_ACK', 'ack ranges must be [from, to] integer pairs'));
+      }
+    }
+    if (ranges.length === 0) return Promise.resolve(0);
+    return new Promise<number>((resolve, reject) => {
+      this.enqueue({ kind: 'ack', ranges, resolve, reject });
+    });
+  }
+
+  async read(opts: OutboxReadOptions): Promise<StoredEvent[]> {
+    const db = this.db;
+    const meta = this.meta;
+    if (!db || !meta) throw notOpen();
+    const maxEvents = Math.max(0, Math.floor(opts.maxEvents));
+    const maxBytes = opts.maxBytes;
+    const wanted = opts.severities ?? PRIORITY;
+    const gen = this.deleteGen;
+    const out: StoredEvent[] = [];
+    let bytes = 0;
+    for (const severity of PRIORITY) {
+      if (out.length >= maxEvents || !wanted.includes(severity)) continue;
+      if (meta.counts[severity].events === 0) continue;
+      // Start past the known head (skips the tombstones of acked events) and past the caller's cursor.
+      const head = meta.heads[severity];
+      const after = Math.max(opts.after?.[severity] ?? 0, head ? head.seq - 1 : meta.lastSeq);
+      const it = db.iterator({ gt: eventKey(severity, after), lt: SEV_PREFIX[severity] + SEQ_END });
+      try {
+        let full = false;
+        while (!full) {
+          const chunk = await it.nextv(Math.min(1000, Math.max(64, (maxEvents - out.length) * 2)));
+          if (chunk.length === 0) break;
+          for (const [key, json] of chunk) {
+            const seq = seqOfKey(key);
+            if (opts.exclude?.(seq)) continue;
+            const size = Buffer.byteLength(json);
+            // Always hand out at least one event, so one oversized event cannot block the queue.
+            if (out.length > 0 && bytes + size > maxBytes) {
+              full = true;
+              break;
+            }
+            out.push({ seq, severity, bytes: size, json });
+            bytes += size;
+            if (out.length >= maxEvents) {
+              full = true;
+              break;
+            }
+          }
+        }
+        if (full) break;
+      } finally {
+        await it.close();
+      }
+    }
+    this.track(out, gen);
+    return out;
+  }
+
+  stats(): OutboxStats {
+    const meta = this.meta;
+    if (!meta) throw notOpen();
+    return statsOf(meta);
+  }
+
+  recent(limit: number): Envelope[] {
+    return this.recentRing.newest(limit);
+  }
+
+  onAppend(listener: (severities: Set<Severity>) => void): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  // ---- writer loop -------------------------------------------------------
+
+  private enqueue(job: Job): void {
+    this.queue.push(job);
+    if (!this.draining) this.draining = this.drain();
+  }
+
+  private async drain(): Promise<void> {
+    // `draining` is cleared in the same tick the loop sees an empty queue: a job
+    // enqueued after that starts a new drain, one enqueued before is taken here.
+    while (this.queue.length > 0) {
+      // Take everything queued (up to a cap) into one batch: the group commit.
+      let n = 0;
+      let events = 0;
+      while (n < this.queue.length && (n === 0 || events < MAX_BATCH_EVENTS)) {
+        const j = this.queue[n];
+        if (j.kind === 'append') events += j.events.length;
+        n++;
+      }
+      const jobs = this.queue.splice(0, n);
+      try {
+        await this.writeBatch(jobs);
+      } catch (err) {
+        const e =
+          err instanceof EdgewardError ? err : new EdgewardError('EDGE_OUTBOX_WRITE_FAILED', 'outbox write failed', { cause: err });
+        this.log.error({ err: e, jobs: jobs.length }, 'outbox batch failed');
+        for (const j of jobs) j.reject(e);
+      }
+    }
+    this.draining = null;
+  }
+
+  /** Build one batch from the queued jobs, sync it, then commit the in-memory state and settle the jobs. */
+  private async writeBatch(jobs: Job[]): Promise<void> {
+    const db = this.db!;
+    const meta = this.meta!;
+    const counts = cloneCounts(meta.counts);
+    let lastSeq = meta.lastSeq;
+    const ops: Array<{ type: 'put'; key: string; value: string } | { type: 'del'; key: string }> = [];
+    const deleted = new Map<number, Severity>();
+    /** Bytes and first event of each severity added by this batch (not yet in the store, so not evictable). */
+    const added = emptyCounts();
+    const firstAdded: Heads = { critical: null, warning: null, info: null };
+    const appended: Envelope[] = [];
+    const ackResults = new Map<AckJob, number>();
+    const appendResults = new Map<AppendJob, Envelope[] | EdgewardError>();
+
+    const del = (seq: number, severity: Severity, bytes: number) => {
+      ops.push({ type: 'del', key: eventKey(severity, seq) });
+      deleted.set(seq, severity);
+      counts[severity].events--;
+      counts[severity].bytes -= bytes;
+    };
+
+    // Acks first: they free room before anything is evicted.
+    for (const job of jobs) {
+      if (job.kind !== 'ack') continue;
+      let n = 0;
+      for (const [from, to] of job.ranges) n += await this.collectAck(db, from, to, deleted, counts, del);
+      ackResults.set(job, n);
+    }
+
+    let tally: OverflowTally | null = null;
+    const evictCursor: Record<'info' | 'warning', number> = {
+      info: (meta.heads.info?.seq ?? lastSeq + 1) - 1,
+      warning: (meta.heads.warning?.seq ?? lastSeq + 1) - 1,
+    };
+    /** Evict stored info, then warning events (oldest first) until `need` bytes are freed; returns bytes freed. */
+    const evict = async (need: number): Promise<number> => {
+      let freed = 0;
+      for (const severity of ['info', 'warning'] as const) {
+        if (freed >= need) break;
+        const it = db.iterator({ gt: eventKey(severity, evictCursor[severity]), lt: SEV_PREFIX[severity] + SEQ_END });
+        try {
+          while (freed < need) {
+            const chunk = await it.nextv(256);
+            if (chunk.length === 0) break;
+            for (const [key, json] of chunk) {
+              const seq = seqOfKey(key);
+              evictCursor[severity] = seq;
+              if (deleted.has(seq)) continue;
+              const size = Buffer.byteLength(json);
+              const { ts, type } = peek(json);
+              del(seq, severity, size);
+              tally ??= new OverflowTally();
+              tally.add(seq, severity, size, type, ts);
+              freed += size;
+              if (freed >= need) break;
+            }
+          }
+        } finally {
+          await it.close();
+        }
+      }
+      return freed;
+    };
+
+    const put = (env: Envelope): void => {
+      const json = JSON.stringify(env);
+      const size = Buffer.byteLength(json);
+      ops.push({ type: 'put', key: eventKey(env.severity, env.seq!), value: json });
+      counts[env.severity].events++;
+      counts[env.severity].bytes += size;
+      added[env.severity].events++;
+      added[env.severity].bytes += size;
+      firstAdded[env.severity] ??= { seq: env.seq!, ts: env.ts };
+      appended.push(env);
+    };
+
+    for (const job of jobs) {
+      if (job.kind !== 'append') continue;
+      const seqd = job.events.map((e, i) => ({ ...e, seq: lastSeq + 1 + i }));
+      let size = 0;
+      let hasCritical = false;
+      for (const e of seqd) {
+        size += Buffer.byteLength(JSON.stringify(e));
+        if (e.severity === 'critical') hasCritical = true;
+      }
+      const over = totalBytes(counts) + size - meta.maxBytes;
+      if (over > 0) {
+        const evictable = counts.info.bytes - added.info.bytes + counts.warning.bytes - added.warning.bytes;
+        const need = over + OVERFLOW_RESERVE;
+        if (!hasCritical && evictable < over) {
+          appendResults.set(
+            job,
+            new EdgewardError('EDGE_OUTBOX_FULL', 'outbox full: event does not fit even after evicting all info and warning events', {
+              details: { bytes: size, maxBytes: meta.maxBytes, storedBytes: totalBytes(counts), evictableBytes: evictable },
+            }),
+          );
+          continue;
+        }
+        const freed = await evict(need);
+        // Critical events are never refused nor evicted: above the bound only criticals (and this write) remain.
+        if (freed < over && !this.warnedOverBound) {
+          this.warnedOverBound = true;
+          this.log.warn({ maxBytes: meta.maxBytes, bytes: totalBytes(counts) + size }, 'outbox over its byte bound with critical events only');
+        }
+      }
+      lastSeq += seqd.length;
+      for (const e of seqd) put(e);
+      appendResults.set(job, seqd);
+    }
+
+    if (tally) {
+      const overflow = (tally as OverflowTally).toEnvelope({ site: this.opts.site, edge: this.opts.edge }, this.clock.now());
+      overflow.seq = ++lastSeq;
+      put(overflow);
+    }
+    if (totalBytes(counts) <= meta.maxBytes) this.warnedOverBound = false;
+
+    // New heads: the first live stored key not deleted here, else the first event added here.
+    const heads: Heads = { ...meta.heads };
+    for (const severity of PRIORITY) {
+      const h = heads[severity];
+      if (h && deleted.has(h.seq)) heads[severity] = await this.findHead(db, severity, h.seq, deleted);
+      heads[severity] ??= firstAdded[severity];
+    }
+
+    const next: Meta = { v: META_VERSION, epoch: meta.epoch, lastSeq, maxBytes: meta.maxBytes, counts, heads };
+    if (ops.length === 0) {
+      // Nothing to write (acks of unknown seqs, rejected appends): no need to touch the disk.
+      this.settle(jobs, ackResults, appendResults);
+      return;
+    }
+    ops.push({ type: 'put', key: META_KEY, value: JSON.stringify(next) });
+    await db.batch(ops, { sync: true });
+    this.writes++;
+
+    // Committed: publish the new state.
+    this.meta = next;
+    if (deleted.size > 0) {
+      this.deleteGen++;
+      this.deleteLog.push({ gen: this.deleteGen, seqs: new Set(deleted.keys()) });
+      if (this.deleteLog.length > 16) this.deleteLog.shift();
+      for (const seq of deleted.keys()) this.tracked.delete(seq);
+    }
+    for (const e of appended) this.recentRing.push(e);
+    if (tally) {
+      const t = tally as OverflowTally;
+      this.log.warn(
+        { evicted: t.evicted, bySeverity: t.bySeverity, fromSeq: t.fromSeq, toSeq: t.toSeq },
+        'outbox full: oldest events evicted',
+      );
+    }
+    this.settle(jobs, ackResults, appendResults);
+    if (appended.length > 0) {
+      const sevs = new Set<Severity>(appended.map((e) => e.severity));
+      for (const l of this.listeners) {
+        try {
+          l(sevs);
+        } catch (err) {
+          this.log.error({ err }, 'outbox append listener threw');
+        }
+      }
+    }
+  }
+
+  private settle(jobs: Job[], acks: Map<AckJob, number>, appends: Map<AppendJob, Envelope[] | EdgewardError>): void {
+    for (const j of jobs) {
+      if (j.kind === 'ack') j.resolve(acks.get(j) ?? 0);
+      else {
+        const r = appends.get(j)!;
+        if (r instanceof EdgewardError) j.reject(r);
+        else j.resolve(r);
+      }
+    }
+  }
+
+  /** Find the live events in [from, to]; calls `del` for each. Tracked seqs need no lookup. */
+  private async collectAck(
+    db: Db,
+    from: number,
+    to: number,
+    deleted: Map<number, Severity>,
+    counts: Counts,
+    del: (seq: number, severity: Severity, bytes: number) => void,
+  ): Promise<number> {
+    if (to < from) return 0;
+    const lo = Math.max(from, 1);
+    const hi = Math.min(to, this.meta!.lastSeq);
+    if (hi < lo) return 0;
+    let n = 0;
+    let missing = hi - lo + 1 > MAX_WALK_RANGE;
+    if (!missing) {
+      for (let seq = lo; seq <= hi; seq++) {
+        if (deleted.has(seq)) continue;
+        const t = this.tracked.get(seq);
+        if (t) {
+          del(seq, t.severity, t.bytes);
+          n++;
+        } else missing = true;
+      }
+    }
+    if (!missing) return n;
+    // Some seqs were never read (or read before a restart): look them up in each key space.
+    for (const severity of PRIORITY) {
+      if (counts[severity].events === 0) continue;
+      const it = db.iterator({ gte: eventKey(severity, lo), lte: eventKey(severity, hi) });
+      try {
+        for (;;) {
+          const chunk = await it.nextv(1000);
+          if (chunk.length === 0) break;
+          for (const [key, json] of chunk) {
+            const seq = seqOfKey(key);
+            if (deleted.has(seq)) continue;
+            del(seq, severity, Buffer.byteLength(json));
+            n++;
+          }
+        }
+      } finally {
+        await it.close();
+      }
+    }
+    return n;
+  }
+
+  /** First stored key of `severity` after `from` that is not deleted by the batch being built. */
+  private async findHead(
+    db: Db,
+    severity: Severity,
+    from: number,
+    deleted: Map<number, Severity>,
+  ): Promise<{ seq: number; ts: string } | null> {
+    const it = db.iterator({ gte: eventKey(severity, from), lt: SEV_PREFIX[severity] + SEQ_END });
+    try {
+      for (;;) {
+        const chunk = await it.nextv(256);
+        if (chunk.length === 0) return null;
+        for (const [key, json] of chunk) {
+          const seq = seqOfKey(key);
+          if (!deleted.has(seq)) return { seq, ts: peek(json).ts };
+        }
+      }
+    } finally {
+      await it.close();
+    }
+  }
+
+  private track(events: StoredEvent[], gen: number): void {
+    if (events.length === 0 || this.tracked.size + events.length > MAX_TRACKED) return;
+    // A batch committed while we were reading may have deleted some of these: never track those.
+    const since = this.deleteGen === gen ? [] : this.deleteLog.filter((d) => d.gen > gen);
+    if (this.deleteGen !== gen && (since.length === 0 || since[0].gen !== gen + 1)) return;
+    for (const e of events) {
+      if (since.some((d) => d.seqs.has(e.seq))) continue;
+      this.tracked.set(e.seq, { severity: e.severity, bytes: e.bytes });
+    }
+  }
+
+  /** Fill the `recent()` ring from the newest stored events (by seq, across severities). */
+  private async seedRecent(): Promise<void> {
+    const db = this.db!;
+    const all: Envelope[] = [];
+    for (const severity of PRIORITY) {
+      if (this.meta!.counts[severity].events === 0) continue;
+      const it = db.iterator({ gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END, reverse: true, limit: RECENT_SIZE });
+      try {
+        for (const [, json] of await it.nextv(RECENT_SIZE)) {
+          try {
+            all.push(JSON.parse(json) as Envelope);
+          } catch {
+            // A value that does not parse is still sent as stored; it just does not show in recent().
+          }
+        }
+      } finally {
+        await it.close();
+      }
+    }
+    all.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
+    for (const e of all.slice(-RECENT_SIZE)) this.recentRing.push(e);
+  }
+}
+
+function notOpen(): EdgewardError {
+  return new EdgewardError('EDGE_OUTBOX_NOT_OPEN', 'outbox is not open');
+}
+
+function translateOpenError(err: unknown, dir: string): EdgewardError {
+  const code = (err as { code?: string; cause?: { code?: string } })?.cause?.code ?? (err as { code?: string })?.code;
+  if (code === 'LEVEL_LOCKED') {
+    return new EdgewardError('EDGE_OUTBOX_LOCKED', `outbox at ${dir} is in use by another process`, { cause: err });
+  }
+  return new EdgewardError('EDGE_OUTBOX_OPEN_FAILED', `cannot open outbox at ${dir}`, { cause: err });
+}
+
+function statsOf(meta: Meta): OutboxStats {
+  return {
+    epoch: meta.epoch,
+    events: totalEvents(meta.counts),
+    bytes: totalBytes(meta.counts),
+    bySeverity: cloneCounts(meta.counts),
+    oldestTs: oldestOf(meta.heads),
+    lastSeq: meta.lastSeq,
+    maxBytes: meta.maxBytes,
+  };
+}
+
+/** First and last stored key of a severity (two seeks). */
+async function edges(db: Db, severity: Severity): Promise<{ first: [number, string] | null; last: number | null }> {
+  const range = { gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END };
+  const first = await db.iterator({ ...range, limit: 1 }).all();
+  const last = await db.keys({ ...range, limit: 1, reverse: true }).all();
+  return {
+    first: first.length ? [seqOfKey(first[0][0]), first[0][1]] : null,
+    last: last.length ? seqOfKey(last[0]) : null,
+  };
+}
+
+/** Cheap check of the meta record against the store: heads, emptiness and no seq above lastSeq. */
+async function metaConsistent(db: Db, meta: Meta): Promise<boolean> {
+  if (meta.v !== META_VERSION || typeof meta.epoch !== 'string' || !Number.isSafeInteger(meta.lastSeq)) return false;
+  for (const severity of PRIORITY) {
+    const { first, last } = await edges(db, severity);
+    const c = meta.counts?.[severity];
+    const h = meta.heads?.[severity];
+    if (!c) return false;
+    if (first === null) {
+      if (c.events !== 0 || c.bytes !== 0 || h) return false;
+      continue;
+    }
+    if (c.events <= 0 || !h || h.seq !== first[0] || last === null || last > meta.lastSeq) return false;
+  }
+  return true;
+}
+
+/** Full scan: recount everything (only after a failed consistency check, or a store without meta). */
+async function rebuildMeta(db: Db, old: Meta | null, maxBytes: number): Promise<Meta> {
+  const counts = emptyCounts();
+  const heads: Heads = { critical: null, warning: null, info: null };
+  let lastSeq = old?.lastSeq ?? 0;
+  for (const severity of PRIORITY) {
+    const it = db.iterator({ gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END });
+    try {
+      for (;;) {
+        const chunk = await it.nextv(1000);
+        if (chunk.length === 0) break;
+        for (const [key, json] of chunk) {
+          const seq = seqOfKey(key);
+          heads[severity] ??= { seq, ts: peek(json).ts };
+          counts[severity].events++;
+          counts[severity].bytes += Buffer.byteLength(json);
+          if (seq > lastSeq) lastSeq = seq;
+        }
+      }
+    } finally {
+      await it.close();
+    }
+  }
+  // Without a trustworthy epoch the seqs cannot be trusted to be fresh: start a new epoch.
+  const epoch = old && typeof old.epoch === 'string' ? old.epoch : newId();
+  return { v: META_VERSION, epoch, lastSeq, maxBytes, counts, heads };
+}
+
+/**
+ * Open the outbox store at `dir` just long enough to read its stats (for
+ * `edgeward outbox stats`). Fails with EDGE_OUTBOX_LOCKED while the runtime
+ * holds the store, EDGE_OUTBOX_OPEN_FAILED when there is none.
+ */
+export async function readOutboxStats(dir: string): Promise<OutboxStats> {
+  const db: Db = new Level<string, string>(dir, { keyEncoding: 'utf8', valueEncoding: 'utf8', createIfMissing: false });
+  try {
+    await db.open();
+  } catch (err) {
+    throw translateOpenError(err, dir);
+  }
+  try {
+    const raw = await db.get(META_KEY);
+    let meta = raw === undefined ? null : (JSON.parse(raw) as Meta);
+    if (!meta || !(await metaConsistent(db, meta))) meta = await rebuildMeta(db, meta, meta?.maxBytes ?? 0);
+    return statsOf(meta);
+  } finally {
+    await db.close();
+  }
+}

@@ -1,0 +1,499 @@
+import assert from 'node:assert/strict';
+import { type Envelope, type EventType, makeEnvelope, type Severity } from '../../edge/envelope.js';
+import { isEdgewardError } from '../../edge/errors.js';
+import { MemoryOutbox } from '../../sync/memory-outbox.js';
+import { LevelOutbox, readOutboxStats } from '../../sync/outbox.js';
+import type { Outbox, StoredEvent } from '../../sync/outbox-api.js';
+import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+
+const IDS = { site: 'test-site', edge: 'gate-01' };
+
+function ev(severity: Severity, type: EventType = 'door.opened', data: Record<string, unknown> = { door: 0 }): Envelope {
+  return makeEnvelope({ type, severity, source: { device: 'door-1', driver: 'modbus-door' }, data }, IDS);
+}
+
+/** Stored size of an envelope once it has a seq (seqs here stay below 100, so 2 digits). */
+function sizeOf(e: Envelope): number {
+  return Buffer.byteLength(JSON.stringify({ ...e, seq: 10 }));
+}
+
+function sumSize(es: Envelope[]): number {
+  return es.reduce((n, e) => n + sizeOf(e), 0);
+}
+
+function parsed(events: StoredEvent[]): Envelope[] {
+  return events.map((e) => JSON.parse(e.json) as Envelope);
+}
+
+async function readAll(ob: Outbox): Promise<StoredEvent[]> {
+  return ob.read({ maxEvents: 1_000_000, maxBytes: Number.MAX_SAFE_INTEGER });
+}
+
+/** A factory gives a fresh, unopened outbox; `reopen` gives a new instance over the same storage, if it has one. */
+interface Harness {
+  create(maxBytes: number): Promise<Outbox>;
+  cleanup(): Promise<void>;
+}
+
+/**
+ * One suite, run against every implementation (as MQTT.js does for its
+ * stores): both must behave the same for everything but durability.
+ */
+function outboxSuite(name: string, makeHarness: () => Harness): void {
+  describe(`Outbox contract: ${name}`, () => {
+    let h: Harness;
+    const opened: Outbox[] = [];
+    async function make(maxBytes = 1 << 30): Promise<Outbox> {
+      const ob = await h.create(maxBytes);
+      await ob.open();
+      opened.push(ob);
+      return ob;
+    }
+
+    beforeEach(() => {
+      h = makeHarness();
+    });
+    afterEach(async () => {
+      for (const ob of opened.splice(0)) await ob.close();
+      await h.cleanup();
+    });
+
+    it('has a ULID epoch and assigns strictly increasing seqs in input order', async () => {
+      const ob = await make();
+      assert.match(ob.epoch, /^[0-9A-HJKMNP-TV-Z]{26}$/);
+      const a = await ob.append([ev('info')]);
+      const b = await ob.append([ev('info'), ev('critical'), ev('warning')]);
+      const c = await Promise.all([ob.append([ev('info')]), ob.append([ev('info')])]);
+      const seqs = [...a, ...b, ...c.flat()].map((e) => e.seq);
+      assert.deepEqual(seqs, [1, 2, 3, 4, 5, 6]);
+      assert.equal(b[1].severity, 'critical');
+      assert.equal(ob.stats().lastSeq, 6);
+      // The stored JSON carries the seq.
+      const stored = parsed(await readAll(ob));
+      assert.deepEqual(stored.map((e) => e.seq).sort((x, y) => x! - y!), [1, 2, 3, 4, 5, 6]);
+    });
+
+    it('does not mutate the caller envelopes', async () => {
+      const ob = await make();
+      const e = ev('info');
+      const [stored] = await ob.append([e]);
+      assert.equal(e.seq, undefined);
+      assert.equal(stored.seq, 1);
+      assert.equal(stored.id, e.id);
+    });
+
+    it('reads critical first, then warning, then info, oldest first within each', async () => {
+      const ob = await make();
+      await ob.append([ev('info'), ev('warning'), ev('critical'), ev('info'), ev('critical'), ev('warning')]);
+      const got = await readAll(ob);
+      assert.deepEqual(
+        got.map((e) => [e.severity, e.seq]),
+        [
+          ['critical', 3],
+          ['critical', 5],
+          ['warning', 2],
+          ['warning', 6],
+          ['info', 1],
+          ['info', 4],
+        ],
+      );
+      for (const e of got) assert.equal(e.bytes, Buffer.byteLength(e.json));
+    });
+
+    it('honours maxEvents, maxBytes (at least one event) and severities', async () => {
+      const ob = await make();
+      await ob.append([ev('info'), ev('info'), ev('info'), ev('critical')]);
+      assert.deepEqual(
+        (await ob.read({ maxEvents: 2, maxBytes: 1e9 })).map((e) => e.seq),
+        [4, 1],
+      );
+      const one = await ob.read({ maxEvents: 10, maxBytes: 1 });
+      assert.deepEqual(
+        one.map((e) => e.seq),
+        [4],
+      );
+      const size = one[0].bytes;
+      const two = await ob.read({ maxEvents: 10, maxBytes: size * 2 + 10 });
+      assert.equal(two.length, 2);
+      assert.deepEqual(
+        (await ob.read({ maxEvents: 10, maxBytes: 1e9, severities: ['info'] })).map((e) => e.seq),
+        [1, 2, 3],
+      );
+      assert.deepEqual(await ob.read({ maxEvents: 0, maxBytes: 1e9 }), []);
+    });
+
+    it('skips excluded seqs and starts after the per-severity cursor', async () => {
+      const ob = await make();
+      await ob.append([ev('info'), ev('critical'), ev('info'), ev('critical'), ev('info')]);
+      const inFlight = new Set([2, 3]);
+      assert.deepEqual(
+        (await ob.read({ maxEvents: 10, maxBytes: 1e9, exclude: (s) => inFlight.has(s) })).map((e) => e.seq),
+        [4, 1, 5],
+      );
+      assert.deepEqual(
+        (await ob.read({ maxEvents: 10, maxBytes: 1e9, after: { critical: 2, info: 3 } })).map((e) => e.seq),
+        [4, 5],
+      );
+    });
+
+    it('ack deletes inclusive ranges; unknown and repeated acks are harmless', async () => {
+      const ob = await make();
+      await ob.append([ev('info'), ev('warning'), ev('critical'), ev('info'), ev('info'), ev('info')]);
+      // Seqs 1..3 were read (tracked), 4..6 were not: both paths must work.
+      await ob.read({ maxEvents: 3, maxBytes: 1e9, severities: ['critical', 'warning'] });
+      assert.equal(await ob.ack([[2, 3]]), 2);
+      assert.equal(
+        await ob.ack([
+          [1, 1],
+          [5, 5],
+        ]),
+        2,
+      );
+      assert.equal(await ob.ack([[1, 3]]), 0);
+      assert.equal(await ob.ack([[100, 200]]), 0);
+      assert.equal(await ob.ack([[7, 3]]), 0);
+      assert.deepEqual(
+        (await readAll(ob)).map((e) => e.seq),
+        [4, 6],
+      );
+      const s = ob.stats();
+      assert.equal(s.events, 2);
+      assert.equal(s.bySeverity.info.events, 2);
+      assert.equal(s.bySeverity.critical.events, 0);
+      assert.equal(s.bySeverity.warning.bytes, 0);
+      assert.equal(await ob.ack([[0, Number.MAX_SAFE_INTEGER]]), 2);
+      assert.equal(ob.stats().events, 0);
+      assert.equal(ob.stats().bytes, 0);
+      assert.equal(ob.stats().oldestTs, null);
+      await assert.rejects(
+        ob.ack([[1.5, 2] as [number, number]]),
+        (e) => isEdgewardError(e, 'EDGE_OUTBOX_BAD_ACK'),
+      );
+    });
+
+    it('keeps stats: events and bytes per severity, oldest ts, last seq', async () => {
+      const ob = await make(123_456);
+      const s0 = ob.stats();
+      assert.equal(s0.events, 0);
+      assert.equal(s0.oldestTs, null);
+      assert.equal(s0.maxBytes, 123_456);
+      assert.equal(s0.epoch, ob.epoch);
+      const early = makeEnvelope({ type: 'door.opened', source: { device: 'd' }, ts: '2020-01-01T00:00:00.000Z' }, IDS);
+      await ob.append([ev('warning'), early, ev('critical')]);
+      const all = await readAll(ob);
+      const s = ob.stats();
+      assert.equal(s.events, 3);
+      assert.equal(
+        s.bytes,
+        all.reduce((n, e) => n + e.bytes, 0),
+      );
+      for (const sev of ['info', 'warning', 'critical'] as const) {
+        const mine = all.filter((e) => e.severity === sev);
+        assert.deepEqual(s.bySeverity[sev], { events: mine.length, bytes: mine.reduce((n, e) => n + e.bytes, 0) });
+      }
+      assert.equal(s.oldestTs, '2020-01-01T00:00:00.000Z');
+      assert.equal(s.lastSeq, 3);
+      await ob.ack([[2, 2]]);
+      assert.notEqual(ob.stats().oldestTs, '2020-01-01T00:00:00.000Z');
+    });
+
+    it('recent() gives the newest appended envelopes first, acked or not', async () => {
+      const ob = await make();
+      await ob.append([ev('info'), ev('critical')]);
+      await ob.append([ev('warning')]);
+      await ob.ack([[1, 3]]);
+      assert.deepEqual(
+        ob.recent(10).map((e) => e.seq),
+        [3, 2, 1],
+      );
+      assert.deepEqual(
+        ob.recent(2).map((e) => e.seq),
+        [3, 2],
+      );
+      const many = Array.from({ length: 1100 }, () => ev('info'));
+      await ob.append(many);
+      const r = ob.recent(5000);
+      assert.equal(r.length, 1000);
+      assert.equal(r[0].seq, 1103);
+      assert.equal(r[999].seq, 104);
+    });
+
+    it('notifies onAppend with the severities written; unsubscribe stops it', async () => {
+      const ob = await make();
+      const seen: Severity[][] = [];
+      const off = ob.onAppend((s) => seen.push([...s].sort()));
+      await ob.append([ev('info'), ev('critical')]);
+      off();
+      await ob.append([ev('warning')]);
+      assert.deepEqual(seen, [['critical', 'info']]);
+    });
+
+    it('evicts the oldest info events first and appends an overflow event', async () => {
+      const batches = [
+        Array.from({ length: 15 }, () => ev('info')),
+        Array.from({ length: 5 }, () => ev('warning', 'door.held_open')),
+        [ev('critical', 'door.forced')],
+        Array.from({ length: 5 }, () => ev('info', 'sensor.reading', { v: 1 })),
+      ];
+      const pending = Array.from({ length: 8 }, () => ev('info', 'sensor.reading', { v: 2 }));
+      // Room for everything but `pending` (plus a little): that last write must evict.
+      const maxBytes = sumSize(batches.flat()) + 100;
+      const ob = await make(maxBytes);
+      const [firstInfo, warnings, crits, sensors] = [
+        await ob.append(batches[0]),
+        await ob.append(batches[1]),
+        await ob.append(batches[2]),
+        await ob.append(batches[3]),
+      ];
+      assert.ok(ob.stats().bytes <= maxBytes, 'not yet full');
+      assert.equal(ob.stats().events, 26, 'nothing evicted yet');
+      const lastSeqBefore = ob.stats().lastSeq;
+      // This needs room: some of the oldest door.opened (info) events must go, nothing else.
+      const more = await ob.append(pending);
+      const stored = parsed(await readAll(ob));
+      const storedSeqs = new Set(stored.map((e) => e.seq));
+      const overflow = stored.filter((e) => e.type === 'edge.outbox_overflow');
+      assert.equal(overflow.length, 1, 'one overflow event');
+      const o = overflow[0];
+      assert.equal(o.severity, 'warning');
+      assert.equal(o.seq, lastSeqBefore + 9, 'overflow event follows the events of the write');
+      assert.deepEqual(o.source, { device: IDS.edge, driver: 'outbox' });
+      assert.ok(o.msg?.zh && o.msg.bo && o.msg.en, 'trilingual message');
+      const d = o.data as {
+        evicted: number;
+        byType: Record<string, number>;
+        bySeverity: { info: number; warning: number };
+        fromSeq: number;
+        toSeq: number;
+        fromTs: string;
+        toTs: string;
+      };
+      assert.ok(d.evicted > 0);
+      assert.deepEqual(d.byType, { 'door.opened': d.evicted });
+      assert.deepEqual(d.bySeverity, { info: d.evicted, warning: 0 });
+      assert.equal(d.fromSeq, firstInfo[0].seq);
+      assert.equal(d.toSeq, firstInfo[d.evicted - 1].seq);
+      assert.equal(d.fromTs, firstInfo[0].ts);
+      assert.equal(d.toTs, firstInfo[d.evicted - 1].ts);
+      // Exactly the oldest info events are gone.
+      for (const e of firstInfo) assert.equal(storedSeqs.has(e.seq), e.seq! > d.toSeq, `info seq ${e.seq}`);
+      for (const e of [...warnings, ...crits, ...sensors, ...more]) assert.ok(storedSeqs.has(e.seq), `seq ${e.seq} kept`);
+      assert.ok(ob.stats().bytes <= maxBytes, `${ob.stats().bytes} <= ${maxBytes}`);
+      assert.equal(ob.stats().events, stored.length);
+      assert.ok(ob.recent(1)[0].type === 'edge.outbox_overflow');
+    });
+
+    it('evicts the oldest warnings once no info is left, and never a critical', async () => {
+      const c4 = Array.from({ length: 4 }, () => ev('critical', 'fire.alarm'));
+      const w6 = Array.from({ length: 6 }, () => ev('warning', 'door.held_open'));
+      const i3 = Array.from({ length: 3 }, () => ev('info'));
+      const maxBytes = sumSize([...c4, ...w6]) + 100;
+      const ob = await make(maxBytes);
+      const crits = await ob.append(c4);
+      const warns = await ob.append(w6);
+      assert.equal(ob.stats().events, 10, 'nothing evicted yet');
+      const extra = await ob.append(i3);
+      const stored = parsed(await readAll(ob));
+      const seqs = new Set(stored.map((e) => e.seq));
+      for (const e of crits) assert.ok(seqs.has(e.seq), 'critical kept');
+      const o = stored.find((e) => e.type === 'edge.outbox_overflow');
+      assert.ok(o, 'overflow event present');
+      const d = o.data as { evicted: number; bySeverity: { info: number; warning: number }; byType: Record<string, number> };
+      assert.equal(d.bySeverity.info, 0);
+      assert.equal(d.bySeverity.warning, d.evicted);
+      assert.deepEqual(d.byType, { 'door.held_open': d.evicted });
+      for (const [i, e] of warns.entries()) assert.equal(seqs.has(e.seq), i >= d.evicted, `warning ${i}`);
+      for (const e of extra) assert.ok(seqs.has(e.seq));
+    });
+
+    it('never evicts criticals: accepts them over the bound, then refuses non-critical with EDGE_OUTBOX_FULL', async () => {
+      const probe = JSON.stringify({ ...ev('critical', 'fire.alarm'), seq: 10 }).length;
+      const maxBytes = probe * 5;
+      const ob = await make(maxBytes);
+      await ob.append(Array.from({ length: 3 }, () => ev('info')));
+      const crits = await ob.append(Array.from({ length: 8 }, () => ev('critical', 'fire.alarm')));
+      assert.equal(crits.length, 8);
+      const s = ob.stats();
+      assert.equal(s.bySeverity.critical.events, 8);
+      assert.equal(s.bySeverity.info.events, 0, 'info evicted to make room for criticals');
+      assert.ok(s.bytes > maxBytes, 'over the bound with criticals');
+      // The overflow warning itself is evictable: a further critical can push it out, never a critical.
+      await assert.rejects(ob.append([ev('info')]), (e) => isEdgewardError(e, 'EDGE_OUTBOX_FULL'));
+      await assert.rejects(ob.append([ev('warning', 'door.held_open')]), (e) => isEdgewardError(e, 'EDGE_OUTBOX_FULL'));
+      const c = await ob.append([ev('critical', 'door.forced')]);
+      const seqs = new Set((await readAll(ob)).map((e) => e.seq));
+      for (const e of [...crits, ...c]) assert.ok(seqs.has(e.seq!));
+      // A refused append consumed no seq beyond what was stored.
+      assert.equal(Math.max(...seqs), ob.stats().lastSeq);
+    });
+
+    it('refuses a single non-critical event larger than the whole bound', async () => {
+      const ob = await make(2000);
+      await assert.rejects(ob.append([ev('info', 'sensor.reading', { blob: 'x'.repeat(5000) })]), (e) =>
+        isEdgewardError(e, 'EDGE_OUTBOX_FULL'),
+      );
+      assert.equal(ob.stats().events, 0);
+      assert.equal(ob.stats().lastSeq, 0);
+    });
+
+    it('rejects use before open with EDGE_OUTBOX_NOT_OPEN', async () => {
+      const ob = await h.create(1e6);
+      await assert.rejects(ob.append([ev('info')]), (e) => isEdgewardError(e, 'EDGE_OUTBOX_NOT_OPEN'));
+    });
+  });
+}
+
+outboxSuite('MemoryOutbox', () => ({
+  create: async (maxBytes) => new MemoryOutbox({ maxBytes, ...IDS }),
+  cleanup: async () => undefined,
+}));
+
+const levelDirs: TmpDir[] = [];
+outboxSuite('LevelOutbox', () => ({
+  create: async (maxBytes) => {
+    const d = await tmpDir('outbox');
+    levelDirs.push(d);
+    return new LevelOutbox({ dir: d.path, maxBytes, ...IDS });
+  },
+  cleanup: async () => {
+    for (const d of levelDirs.splice(0)) await d.cleanup();
+  },
+}));
+
+describe('LevelOutbox (durable)', () => {
+  let dir: TmpDir;
+  const toClose: LevelOutbox[] = [];
+  beforeEach(async () => {
+    dir = await tmpDir('outbox');
+  });
+  afterEach(async () => {
+    for (const ob of toClose.splice(0)) await ob.close();
+    await dir.cleanup();
+  });
+  async function open(maxBytes = 1 << 30): Promise<LevelOutbox> {
+    const ob = new LevelOutbox({ dir: dir.path, maxBytes, ...IDS });
+    await ob.open();
+    toClose.push(ob);
+    return ob;
+  }
+  async function closeIt(ob: LevelOutbox): Promise<void> {
+    await ob.close();
+    toClose.splice(toClose.indexOf(ob), 1);
+  }
+
+  it('reopen keeps epoch, counters, recent and continues seq', async () => {
+    const a = await open();
+    const epoch = a.epoch;
+    await a.append([ev('info'), ev('critical'), ev('warning'), ev('info')]);
+    await a.ack([[1, 1]]);
+    const statsBefore = a.stats();
+    await closeIt(a);
+    const b = await open();
+    assert.equal(b.epoch, epoch);
+    assert.deepEqual(b.stats(), statsBefore);
+    assert.deepEqual(
+      b.recent(10).map((e) => e.seq),
+      [4, 3, 2],
+    );
+    const [e] = await b.append([ev('info')]);
+    assert.equal(e.seq, 5);
+    assert.deepEqual(
+      (await readAll(b)).map((x) => x.seq),
+      [2, 3, 4, 5],
+    );
+    // Seqs acked before the restart are not tracked any more: acks look them up.
+    assert.equal(await b.ack([[2, 5]]), 4);
+    assert.equal(b.stats().events, 0);
+  });
+
+  it('group commit: many concurrent appends share few synced batches', async () => {
+    const ob = await open();
+    const n = 2000;
+    const results = await Promise.all(Array.from({ length: n }, () => ob.append([ev('info')])));
+    const seqs = results.map((r) => r[0].seq!);
+    assert.deepEqual(
+      [...seqs].sort((x, y) => x - y),
+      Array.from({ length: n }, (_, i) => i + 1),
+    );
+    // Appends resolve in seq order (one writer, FIFO).
+    assert.deepEqual(
+      seqs,
+      Array.from({ length: n }, (_, i) => i + 1),
+    );
+    assert.ok(ob.writes < n / 20, `${ob.writes} batches for ${n} appends`);
+    assert.equal(ob.stats().events, n);
+  });
+
+  it('acks and appends interleaved concurrently keep counters exact', async () => {
+    const ob = await open();
+    await ob.append(Array.from({ length: 300 }, (_, i) => ev(i % 10 === 0 ? 'critical' : 'info')));
+    const batch = await ob.read({ maxEvents: 100, maxBytes: 1e9 });
+    const ops: Promise<unknown>[] = [];
+    for (const e of batch) ops.push(ob.ack([[e.seq, e.seq]]));
+    for (let i = 0; i < 50; i++) ops.push(ob.append([ev('warning', 'door.held_open')]));
+    ops.push(ob.ack([[250, 260]]));
+    const deleted = new Set([...batch.map((e) => e.seq), ...Array.from({ length: 11 }, (_, i) => 250 + i)]);
+    await Promise.all(ops);
+    const all = await readAll(ob);
+    const s = ob.stats();
+    assert.equal(s.events, all.length);
+    assert.equal(
+      s.bytes,
+      all.reduce((n, e) => n + e.bytes, 0),
+    );
+    assert.equal(s.events, 300 - deleted.size + 50);
+    await closeIt(ob);
+    const again = await open();
+    assert.deepEqual(again.stats(), s);
+  });
+
+  it('readOutboxStats reads a closed store, and reports a locked one', async () => {
+    const ob = await open(5555);
+    await ob.append([ev('info'), ev('critical')]);
+    const live = ob.stats();
+    await assert.rejects(readOutboxStats(dir.path), (e) => isEdgewardError(e, 'EDGE_OUTBOX_LOCKED'));
+    await closeIt(ob);
+    assert.deepEqual(await readOutboxStats(dir.path), live);
+    await assert.rejects(readOutboxStats(`${dir.path}/nope`), (e) => isEdgewardError(e, 'EDGE_OUTBOX_OPEN_FAILED'));
+  });
+
+  it('measures throughput: concurrent single appends, 500-event appends, reads over a backlog', async function () {
+    this.timeout(60_000);
+    const ob = await open();
+    const singles = 10_000;
+    let t = performance.now();
+    await Promise.all(Array.from({ length: singles }, () => ob.append([ev('info', 'sensor.reading', { v: 1 })])));
+    const singleRate = singles / ((performance.now() - t) / 1000);
+    const singleWrites = ob.writes;
+
+    const batches = 200;
+    const fiveHundred = Array.from({ length: batches }, () =>
+      Array.from({ length: 500 }, () => ev('info', 'sensor.reading', { v: 2 })),
+    );
+    t = performance.now();
+    for (const b of fiveHundred) await ob.append(b);
+    const batchRate = (batches * 500) / ((performance.now() - t) / 1000);
+
+    // Backlog: 110k info events now stored, plus a few criticals at the end.
+    await ob.append([ev('critical', 'fire.alarm')]);
+    t = performance.now();
+    const reads = 20;
+    for (let i = 0; i < reads; i++) {
+      const got = await ob.read({ maxEvents: 500, maxBytes: 262_144 });
+      assert.equal(got[0].severity, 'critical');
+    }
+    const readMs = (performance.now() - t) / reads;
+    // Reading past 100k in-flight seqs with the cursor is as fast as from the head.
+    t = performance.now();
+    const far = await ob.read({ maxEvents: 500, maxBytes: 262_144, after: { info: 100_000 }, severities: ['info'] });
+    const cursorMs = performance.now() - t;
+    assert.equal(far[0].seq, 100_001);
+    console.log(
+      `      outbox: ${Math.round(singleRate)} ev/s concurrent single appends (${singleWrites} batches for ${singles}), ` +
+        `${Math.round(batchRate)} ev/s in 500-event appends, read(500) ${readMs.toFixed(2)} ms over ${ob.stats().events} stored, ` +
+        `read(500, after 100k) ${cursorMs.toFixed(2)} ms`,
+    );
+    assert.ok(singleRate > 5000, `concurrent single appends too slow: ${singleRate}`);
+    assert.ok(readMs < 100, `read too slow: ${readMs} ms`);
+  });
+});
