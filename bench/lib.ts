@@ -226,7 +226,7 @@ export function benchInput(i: number, severity: 'info' | 'critical' = 'info') {
     type: severity === 'critical' ? ('door.forced' as const) : ('access.granted' as const),
     severity,
     source: { device: `door-${i % 33}`, driver: 'modbus-door' },
-    data: { door: i % 4, card: 'a1b2c3d4e5f60718', n: i },
+    data: { door: i % 4, reader: 'entrance-north', credential: 'a1b2c3d4e5f60718', n: i },
   };
 }
 

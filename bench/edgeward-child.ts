@@ -1,0 +1,72 @@
+/**
+ * The Edgeward runtime as its own process, for the bench: the pipeline is
+ * measured the way it runs in production (its own event loop, not sharing
+ * one with the load generator and the central), and it can be `kill -9`ed.
+ *
+ * Started by bench/pipeline.ts with `fork()`; the site config arrives as JSON
+ * in BENCH_CHILD_CONFIG (validated by parseConfig like any site.yaml).
+ * IPC protocol (parent → child): `{ cmd: 'rss' }`, `{ cmd: 'ingest', n, batch,
+ * concurrency }` (the driver path: runtime.ingest directly), `{ cmd: 'stop' }`.
+ * Child → parent: `{ type: 'ready', port }`, `{ type: 'rss', rss }`,
+ * `{ type: 'ingested', n, ms }`, `{ type: 'error', message }`.
+ */
+import { parseConfig } from '../edge/config.js';
+import { createLogger } from '../edge/log.js';
+import { Runtime } from '../edge/runtime.js';
+import { benchInput } from './lib.js';
+
+type ParentMessage =
+  | { cmd: 'rss' }
+  | { cmd: 'ingest'; n: number; batch: number; concurrency: number; offset?: number }
+  | { cmd: 'stop' };
+
+function send(msg: Record<string, unknown>): void {
+  process.send?.(msg);
+}
+
+async function ingestLoad(runtime: Runtime, n: number, batch: number, concurrency: number, offset: number) {
+  let next = 0;
+  const t0 = performance.now();
+  const worker = async () => {
+    while (next < n) {
+      const from = next;
+      next = Math.min(n, next + batch);
+      const inputs = [];
+      for (let i = from; i < next; i++) inputs.push(benchInput(offset + i));
+      await runtime.ingest(inputs);
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return performance.now() - t0;
+}
+
+async function main(): Promise<void> {
+  const raw = process.env.BENCH_CHILD_CONFIG;
+  if (!raw) throw new Error('BENCH_CHILD_CONFIG is not set');
+  const config = parseConfig(raw, {});
+  const log = createLogger({ level: config.log.level });
+  const runtime = new Runtime({ config, log, version: 'bench' });
+  await runtime.start();
+  process.on('message', (m: ParentMessage) => {
+    if (m.cmd === 'rss') {
+      send({ type: 'rss', rss: process.memoryUsage().rss });
+    } else if (m.cmd === 'ingest') {
+      ingestLoad(runtime, m.n, m.batch, m.concurrency, m.offset ?? 0).then(
+        (ms) => send({ type: 'ingested', n: m.n, ms }),
+        (err) => send({ type: 'error', message: String(err) }),
+      );
+    } else if (m.cmd === 'stop') {
+      runtime.stop().finally(() => process.exit(0));
+    }
+  });
+  // The parent going away (it crashed, or was interrupted) must not leave us behind.
+  process.on('disconnect', () => {
+    runtime.stop().finally(() => process.exit(0));
+  });
+  send({ type: 'ready', port: runtime.port });
+}
+
+main().catch((err) => {
+  send({ type: 'error', message: String(err?.stack ?? err) });
+  process.exit(1);
+});

@@ -1,0 +1,588 @@
+/**
+ * Edgeward's side of the bench: the durable pipeline (HTTP → outbox → uplink
+ * → local Mosquitto → a central that acks), the outbox alone with the same
+ * durability, critical-event latency with a 1,000,000-event backlog draining,
+ * RSS, and delivered/acknowledged after a `kill -9` of the runtime during an
+ * uplink outage. The runtime runs as a child process (bench/edgeward-child.ts).
+ */
+import { type ChildProcess, fork } from 'node:child_process';
+import http from 'node:http';
+import { join } from 'node:path';
+import mqtt, { type MqttClient } from 'mqtt';
+import type { Envelope } from '../edge/envelope.js';
+import { LevelOutbox, outboxPath } from '../sync/outbox.js';
+import { decodeBatch, encodeAck, toRanges } from '../sync/batch-codec.js';
+import { startMosquitto, type TestMosquitto } from '../test/helpers/mosquitto.js';
+import {
+  BENCH_IDS,
+  benchEnvelope,
+  benchInput,
+  delay,
+  envInt,
+  percentile,
+  progress,
+  tmpDir,
+  waitFor,
+} from './lib.js';
+
+// ---- a central that acks -----------------------------------------------------
+
+/** A minimal central receiver: counts events (optionally their ids) and acks every batch at once. */
+export interface BenchCentral {
+  /** Events received, duplicates included. */
+  readonly received: number;
+  /** Distinct ids received (only when started with `recordIds`). */
+  readonly ids: Set<string>;
+  readonly connected: boolean;
+  close(): Promise<void>;
+}
+
+export async function startBenchCentral(
+  url: string,
+  opts: { recordIds?: boolean; onCritical?: (e: Envelope, arrivedAt: number) => void } = {},
+): Promise<BenchCentral> {
+  const ids = new Set<string>();
+  let received = 0;
+  let connected = false;
+  const client: MqttClient = mqtt.connect(url, {
+    protocolVersion: 4,
+    clientId: `bench-central-${process.pid}-${Math.random().toString(16).slice(2, 8)}`,
+    clean: true,
+    reconnectPeriod: 100,
+  });
+  client.on('error', () => undefined);
+  client.on('close', () => {
+    connected = false;
+  });
+  client.on('message', (_topic, payload) => {
+    // Arrival is stamped before decoding: the central's own parsing is not the edge's latency.
+    const at = performance.now();
+    decodeBatch(payload).then(
+      (batch) => {
+        const seqs: number[] = [];
+        for (const e of batch.events) {
+          received++;
+          if (opts.recordIds) ids.add(e.id);
+          if (e.seq !== undefined) seqs.push(e.seq);
+          if (e.severity === 'critical') opts.onCritical?.(e, at);
+        }
+        client.publish(
+          `edgeward/v1/${batch.site}/${batch.edge}/ack`,
+          encodeAck({ epoch: batch.epoch, seqs: toRanges(seqs) }),
+          { qos: 1 },
+        );
+      },
+      () => undefined,
+    );
+  });
+  // Test brokers keep no sessions: subscribe again on every connect.
+  client.on('connect', () => {
+    client.subscribeAsync('edgeward/v1/+/+/events', { qos: 1 }).then(
+      () => {
+        connected = true;
+      },
+      () => undefined,
+    );
+  });
+  await waitFor(() => connected, { timeoutMs: 10_000, message: `bench central subscribed at ${url}` });
+  return {
+    get received() {
+      return received;
+    },
+    ids,
+    get connected() {
+      return connected;
+    },
+    close: () => client.endAsync(true),
+  };
+}
+
+// ---- the runtime as a child process -------------------------------------------
+
+interface ChildMessage {
+  type: 'ready' | 'rss' | 'ingested' | 'error';
+  port?: number;
+  rss?: number;
+  ms?: number;
+  message?: string;
+}
+
+/** A runtime child process (bench/edgeward-child.ts). */
+export interface RuntimeChild {
+  readonly port: number;
+  readonly pid: number | undefined;
+  rss(): Promise<number>;
+  /** The driver path: `runtime.ingest` inside the child, `n` events; resolves with the child's ms. */
+  ingest(n: number, batch: number, concurrency: number, offset?: number): Promise<number>;
+  stop(): Promise<void>;
+  kill(): Promise<void>;
+}
+
+function siteConfig(dataDir: string, brokerUrl: string | undefined, editor = false): string {
+  return JSON.stringify({
+    site: BENCH_IDS.site,
+    edge: BENCH_IDS.edge,
+    dataDir,
+    http: { host: '127.0.0.1', port: 0 },
+    ...(brokerUrl
+      ? {
+          uplink: {
+            url: brokerUrl,
+            ack: 'central',
+            compress: process.env.BENCH_COMPRESS === 'none' ? 'none' : 'gzip',
+            // Resend sooner than the default after the bench's broker restarts.
+            ackTimeoutMs: 3000,
+          },
+        }
+      : {}),
+    privacy: { siteKey: 'bench-site-key-not-secret' },
+    nodeRed: { editor },
+    log: { level: 'error' },
+  });
+}
+
+export async function startRuntimeChild(opts: {
+  dataDir: string;
+  brokerUrl?: string;
+  editor?: boolean;
+}): Promise<RuntimeChild> {
+  const child: ChildProcess = fork(join(__dirname, 'edgeward-child.ts'), [], {
+    execArgv: ['--import', 'tsx'],
+    env: { ...process.env, BENCH_CHILD_CONFIG: siteConfig(opts.dataDir, opts.brokerUrl, opts.editor) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const waiters: Array<(m: ChildMessage) => boolean> = [];
+  child.on('message', (m: ChildMessage) => {
+    const i = waiters.findIndex((w) => w(m));
+    if (i >= 0) waiters.splice(i, 1);
+  });
+  const expect = (type: ChildMessage['type'], timeoutMs: number): Promise<ChildMessage> =>
+    new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`runtime child: no '${type}' within ${timeoutMs} ms`)), timeoutMs);
+      const onExit = () => reject(new Error(`runtime child exited while waiting for '${type}'`));
+      child.once('exit', onExit);
+      waiters.push((m) => {
+        if (m.type === 'error') {
+          clearTimeout(t);
+          child.off('exit', onExit);
+          reject(new Error(`runtime child: ${m.message}`));
+          return true;
+        }
+        if (m.type !== type) return false;
+        clearTimeout(t);
+        child.off('exit', onExit);
+        resolve(m);
+        return true;
+      });
+    });
+  const ready = await expect('ready', 60_000);
+  return {
+    port: ready.port ?? 0,
+    pid: child.pid,
+    async rss() {
+      const p = expect('rss', 10_000);
+      child.send({ cmd: 'rss' });
+      return (await p).rss ?? 0;
+    },
+    async ingest(n, batch, concurrency, offset = 0) {
+      const p = expect('ingested', 600_000);
+      child.send({ cmd: 'ingest', n, batch, concurrency, offset });
+      return (await p).ms ?? 0;
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.send({ cmd: 'stop' });
+      const t = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      await exited;
+      clearTimeout(t);
+    },
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+// ---- HTTP load -------------------------------------------------------------------
+
+function request(
+  agent: http.Agent,
+  port: number,
+  method: 'GET' | 'POST',
+  path: string,
+  body?: string,
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        agent,
+        host: '127.0.0.1',
+        port,
+        method,
+        path,
+        headers: body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/**
+ * POST `n` events to /api/v1/events, `batch` per request over `concurrency`
+ * keep-alive connections. Resolves with the ids the runtime accepted (202),
+ * the failed requests, and the elapsed time.
+ */
+async function postEvents(
+  port: number,
+  opts: { n: number; batch: number; concurrency: number; offset?: number; stop?: () => boolean },
+): Promise<{ accepted: string[]; failed: number; ms: number }> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: opts.concurrency });
+  const accepted: string[] = [];
+  let failed = 0;
+  let next = 0;
+  const offset = opts.offset ?? 0;
+  const t0 = performance.now();
+  const worker = async () => {
+    while (next < opts.n && !(opts.stop?.() ?? false)) {
+      const from = next;
+      next = Math.min(opts.n, next + opts.batch);
+      const inputs = [];
+      for (let i = from; i < next; i++) inputs.push(benchInput(offset + i));
+      try {
+        const res = await request(agent, port, 'POST', '/api/v1/events', JSON.stringify(inputs));
+        if (res.status === 202) {
+          for (const a of (JSON.parse(res.body) as { accepted: Array<{ id: string }> }).accepted) accepted.push(a.id);
+        } else failed++;
+      } catch {
+        failed++;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: opts.concurrency }, worker));
+  const ms = performance.now() - t0;
+  agent.destroy();
+  return { accepted, failed, ms };
+}
+
+async function runtimeStatus(port: number): Promise<{ uplink: { connected: boolean }; outbox: { events: number } }> {
+  const agent = new http.Agent({ keepAlive: false });
+  try {
+    const res = await request(agent, port, 'GET', '/api/v1/status');
+    return JSON.parse(res.body);
+  } finally {
+    agent.destroy();
+  }
+}
+
+async function awaitUplink(port: number, timeoutMs = 30_000): Promise<void> {
+  await waitFor(async () => (await runtimeStatus(port)).uplink.connected, {
+    timeoutMs,
+    intervalMs: 50,
+    message: 'runtime uplink connected',
+  });
+}
+
+/**
+ * Critical-event latency: every `intervalMs` POST one critical event, and
+ * time it from just before the request to its arrival at the central.
+ */
+async function criticalLatency(
+  port: number,
+  setOnCritical: (f: (e: Envelope, at: number) => void) => void,
+  samples: number,
+  intervalMs: number,
+): Promise<number[]> {
+  const sent = new Map<number, number>();
+  const lat: number[] = [];
+  setOnCritical((e, at) => {
+    const n = (e.data as { n?: number }).n ?? -1;
+    const t0 = sent.get(n);
+    if (t0 !== undefined) {
+      sent.delete(n);
+      lat.push(at - t0);
+    }
+  });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+  const base = 2_000_000_000 + Math.floor(Math.random() * 1_000_000);
+  const posts: Promise<unknown>[] = [];
+  for (let i = 0; i < samples; i++) {
+    const n = base + i;
+    const body = JSON.stringify([benchInput(n, 'critical')]);
+    sent.set(n, performance.now());
+    posts.push(request(agent, port, 'POST', '/api/v1/events', body).catch(() => undefined));
+    await delay(intervalMs);
+  }
+  await Promise.all(posts);
+  await waitFor(() => sent.size === 0, { timeoutMs: 30_000, intervalMs: 20, message: 'critical events at the central' }).catch(
+    () => undefined,
+  );
+  agent.destroy();
+  // A critical event that never arrived counts as the worst possible sample.
+  for (let i = 0; i < sent.size; i++) lat.push(Number.POSITIVE_INFINITY);
+  return lat;
+}
+
+// ---- sections ---------------------------------------------------------------------
+
+export interface PipelineResult {
+  events: number;
+  batch: number;
+  concurrency: number;
+  /** LevelOutbox.append alone, same batches and concurrency, sync writes. */
+  outboxAlonePerS: number;
+  /** HTTP → outbox → uplink → Mosquitto → central ack, first POST to last event at the central. */
+  pipelinePerS: number;
+  /** Same, but only up to the last 202 (stored durably). */
+  httpAcceptedPerS: number;
+  /** Driver path: runtime.ingest in the runtime process → … → central. */
+  driverPathPerS: number;
+  /** Critical event POST → arrival at the central, idle system (ms). */
+  idleLatency: { p50: number; p99: number; samples: number };
+  /** RSS of the runtime process after the throughput runs (bytes), without the editor. */
+  rssNoEditor: number;
+  /** RSS of a runtime with the Node-RED editor loaded (bytes), idle. */
+  rssEditor: number;
+}
+
+export interface BacklogResult {
+  backlog: number;
+  preloadPerS: number;
+  latency: { p50: number; p99: number; max: number; samples: number };
+  /** Backlog events drained per second while the samples were taken. */
+  drainPerS: number;
+}
+
+export interface EdgewardKillResult {
+  acknowledged: number;
+  delivered: number;
+  acceptedPerS: number;
+}
+
+/** The outbox alone: appends of `batch` fresh envelopes from `concurrency` writers, synced like the runtime's. */
+export async function runOutboxAlone(n: number, batch: number, concurrency: number): Promise<number> {
+  const dir = await tmpDir('bench-outbox');
+  const outbox = new LevelOutbox({ dir: outboxPath(dir.path), maxBytes: 4 * 1024 ** 3, ...BENCH_IDS });
+  try {
+    await outbox.open();
+    let next = 0;
+    const t0 = performance.now();
+    const worker = async () => {
+      while (next < n) {
+        const from = next;
+        next = Math.min(n, next + batch);
+        const envs = [];
+        for (let i = from; i < next; i++) envs.push(benchEnvelope(i));
+        await outbox.append(envs);
+      }
+    };
+    await Promise.all(Array.from({ length: concurrency }, worker));
+    return (n / (performance.now() - t0)) * 1000;
+  } finally {
+    await outbox.close();
+    await dir.cleanup();
+  }
+}
+
+export async function runPipelineBench(): Promise<PipelineResult> {
+  const n = envInt('BENCH_EVENTS', 200_000);
+  const batch = envInt('BENCH_BATCH', 100);
+  const concurrency = envInt('BENCH_CONCURRENCY', 8);
+
+  progress(`outbox alone: ${n} events, ${batch} per append, ${concurrency} writers`);
+  const outboxAlonePerS = await runOutboxAlone(n, batch, concurrency);
+
+  const broker = await startMosquitto();
+  let onCritical: (e: Envelope, at: number) => void = () => undefined;
+  const central = await startBenchCentral(broker.url, { recordIds: true, onCritical: (e, at) => onCritical(e, at) });
+  const dir = await tmpDir('bench-pipeline');
+  let child: RuntimeChild | undefined;
+  let editorChild: RuntimeChild | undefined;
+  try {
+    child = await startRuntimeChild({ dataDir: dir.path, brokerUrl: broker.url });
+    await awaitUplink(child.port);
+
+    progress('critical latency, idle');
+    const idle = await criticalLatency(child.port, (f) => (onCritical = f), 100, 20);
+
+    progress(`pipeline: POST ${n} events over HTTP`);
+    const before = central.ids.size;
+    const t0 = performance.now();
+    const posted = await postEvents(child.port, { n, batch, concurrency });
+    const accepted = new Set(posted.accepted);
+    if (posted.failed > 0) progress(`pipeline: ${posted.failed} requests failed`);
+    await waitFor(() => central.ids.size - before >= accepted.size, {
+      timeoutMs: 300_000,
+      intervalMs: 10,
+      message: 'every accepted event at the central',
+    });
+    const pipelineMs = performance.now() - t0;
+
+    progress(`driver path: runtime.ingest ${n} events`);
+    const before2 = central.ids.size;
+    const t1 = performance.now();
+    await child.ingest(n, batch, concurrency, n);
+    await waitFor(() => central.ids.size - before2 >= n, {
+      timeoutMs: 300_000,
+      intervalMs: 10,
+      message: 'every ingested event at the central',
+    });
+    const driverMs = performance.now() - t1;
+    const rssNoEditor = await child.rss();
+    await child.stop();
+    child = undefined;
+
+    progress('RSS with the Node-RED editor');
+    const dir2 = await tmpDir('bench-editor');
+    try {
+      editorChild = await startRuntimeChild({ dataDir: dir2.path, brokerUrl: broker.url, editor: true });
+      await awaitUplink(editorChild.port);
+      const rssEditor = await editorChild.rss();
+      await editorChild.stop();
+      editorChild = undefined;
+      return {
+        events: n,
+        batch,
+        concurrency,
+        outboxAlonePerS,
+        pipelinePerS: (accepted.size / pipelineMs) * 1000,
+        httpAcceptedPerS: (accepted.size / posted.ms) * 1000,
+        driverPathPerS: (n / driverMs) * 1000,
+        idleLatency: { p50: percentile(idle, 50), p99: percentile(idle, 99), samples: idle.length },
+        rssNoEditor,
+        rssEditor,
+      };
+    } finally {
+      await editorChild?.kill();
+      await dir2.cleanup();
+    }
+  } finally {
+    await child?.kill();
+    await central.close();
+    await broker.stop();
+    await dir.cleanup();
+  }
+}
+
+/** Critical latency while a backlog of `BENCH_BACKLOG` (default 1,000,000) info events drains. */
+export async function runBacklogBench(): Promise<BacklogResult> {
+  const backlog = envInt('BENCH_BACKLOG', 1_000_000);
+  const samples = envInt('BENCH_LATENCY_SAMPLES', 200);
+  const dir = await tmpDir('bench-backlog');
+  let broker: TestMosquitto | undefined;
+  let central: BenchCentral | undefined;
+  let child: RuntimeChild | undefined;
+  try {
+    progress(`backlog: preloading ${backlog} info events into the outbox`);
+    const outbox = new LevelOutbox({ dir: outboxPath(dir.path), maxBytes: 4 * 1024 ** 3, ...BENCH_IDS });
+    await outbox.open();
+    const t0 = performance.now();
+    let next = 0;
+    const worker = async () => {
+      while (next < backlog) {
+        const from = next;
+        next = Math.min(backlog, next + 5000);
+        const envs = [];
+        for (let i = from; i < next; i++) envs.push(benchEnvelope(i));
+        await outbox.append(envs);
+      }
+    };
+    await Promise.all([worker(), worker()]);
+    const preloadPerS = (backlog / (performance.now() - t0)) * 1000;
+    await outbox.close();
+
+    broker = await startMosquitto();
+    let onCritical: (e: Envelope, at: number) => void = () => undefined;
+    central = await startBenchCentral(broker.url, { onCritical: (e, at) => onCritical(e, at) });
+    const c = central;
+    child = await startRuntimeChild({ dataDir: dir.path, brokerUrl: broker.url });
+    await awaitUplink(child.port);
+    await waitFor(() => c.received > 0, { timeoutMs: 30_000, message: 'the backlog starting to drain' });
+    progress(`backlog: ${samples} critical events while it drains`);
+    const r0 = c.received;
+    const t1 = performance.now();
+    const lat = await criticalLatency(child.port, (f) => (onCritical = f), samples, 20);
+    const drainPerS = ((c.received - r0) / (performance.now() - t1)) * 1000;
+    const left = (await runtimeStatus(child.port)).outbox.events;
+    progress(`backlog: ${left} events still queued after the samples (draining at ${Math.round(drainPerS)}/s)`);
+    if (left === 0) progress('backlog: WARNING the backlog drained before the samples ended');
+    return {
+      backlog,
+      preloadPerS,
+      latency: { p50: percentile(lat, 50), p99: percentile(lat, 99), max: Math.max(...lat), samples: lat.length },
+      drainPerS,
+    };
+  } finally {
+    await child?.kill();
+    await central?.close();
+    await broker?.stop();
+    await dir.cleanup();
+  }
+}
+
+/**
+ * Edgeward in the peer's scenario: uplink outage (broker down), POST
+ * `BENCH_PEER_EVENTS` events (the 202s are the acknowledged ones), `kill -9`
+ * the runtime, bring the broker back, restart the runtime on the same data
+ * dir, and count acknowledged ids that reach the central.
+ */
+export async function runEdgewardKill(): Promise<EdgewardKillResult> {
+  const n = envInt('BENCH_PEER_EVENTS', 50_000);
+  const dir = await tmpDir('bench-kill');
+  const broker = await startMosquitto();
+  let central: BenchCentral | undefined;
+  let child: RuntimeChild | undefined;
+  try {
+    central = await startBenchCentral(broker.url, { recordIds: true });
+    const c = central;
+    child = await startRuntimeChild({ dataDir: dir.path, brokerUrl: broker.url });
+    await awaitUplink(child.port);
+    // The outage: the broker goes away with the runtime's uplink connected.
+    await broker.kill();
+    await waitFor(async () => !(await runtimeStatus(child!.port)).uplink.connected, {
+      timeoutMs: 10_000,
+      message: 'the runtime noticing the outage',
+    });
+    progress(`edgeward: outage; POST ${n} events`);
+    const posted = await postEvents(child.port, { n, batch: 100, concurrency: 4 });
+    const acknowledged = new Set(posted.accepted);
+    progress(`edgeward: ${acknowledged.size} acknowledged (202) during the outage; kill -9 of the runtime`);
+    await child.kill();
+    child = undefined;
+    await broker.restart();
+    await waitFor(() => c.connected, { timeoutMs: 10_000, message: 'bench central back' });
+    child = await startRuntimeChild({ dataDir: dir.path, brokerUrl: broker.url });
+    let lastCount = -1;
+    let lastChange = performance.now();
+    const delivered = () => {
+      let d = 0;
+      for (const id of acknowledged) if (c.ids.has(id)) d++;
+      return d;
+    };
+    await waitFor(
+      () => {
+        const d = delivered();
+        if (d !== lastCount) {
+          lastCount = d;
+          lastChange = performance.now();
+        }
+        return d >= acknowledged.size || performance.now() - lastChange > 15_000;
+      },
+      { timeoutMs: 120_000, intervalMs: 200, message: 'deliveries after the restart' },
+    ).catch(() => undefined);
+    return { acknowledged: acknowledged.size, delivered: delivered(), acceptedPerS: (acknowledged.size / posted.ms) * 1000 };
+  } finally {
+    await child?.kill();
+    await central?.close();
+    await broker.stop();
+    await dir.cleanup();
+  }
+}
