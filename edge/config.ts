@@ -66,12 +66,12 @@ export function parseConfig(
   if (!validate(resolved)) {
     // A field whose variable is missing already has its error; its `env:` text would only add noise.
     const schemaErrors = (validate.errors ?? []).filter((e) => !unresolved.has(dottedPath(e.instancePath)));
-    fail(dedupe([...errors, ...schemaErrors.map(formatAjvError)]));
+    errors.push(...schemaErrors.map(formatAjvError));
   }
-  if (errors.length > 0) fail(errors);
+  // Cross-field rules run even on a config with schema errors, so one pass shows everything.
+  crossFieldRules(resolved as Partial<SiteConfig>, errors);
+  if (errors.length > 0) fail(dedupe(errors));
   const config = resolved as SiteConfig;
-  crossFieldRules(config, errors);
-  if (errors.length > 0) fail(errors);
 
   config.dataDir = resolve(baseDir, config.dataDir);
   if (config.nodeRed.flowFile !== undefined) config.nodeRed.flowFile = resolve(baseDir, config.nodeRed.flowFile);
@@ -181,33 +181,40 @@ function formatAjvError(e: ErrorObject): string {
   }
 }
 
-function crossFieldRules(c: SiteConfig, errors: string[]): void {
-  const loopback = isLoopbackHost(c.http.host);
-  if (!loopback && c.http.token === undefined) {
-    errors.push(`http.token is required when http.host (${c.http.host}) is not a loopback address`);
+/** Rules across fields. Written defensively: it also runs on configs that failed the schema. */
+function crossFieldRules(c: Partial<SiteConfig>, errors: string[]): void {
+  const host = typeof c.http?.host === 'string' ? c.http.host : '127.0.0.1';
+  const loopback = isLoopbackHost(host);
+  if (!loopback && c.http?.token === undefined) {
+    errors.push(`http.token is required when http.host (${host}) is not a loopback address`);
   }
-  if (c.nodeRed.editor && c.nodeRed.adminAuth === undefined && !loopback) {
+  if (c.nodeRed?.editor === true && c.nodeRed.adminAuth === undefined && !loopback) {
     errors.push('nodeRed.adminAuth is required when nodeRed.editor is true and http.host is not a loopback address');
   }
-  c.commands.publicKeys.forEach((k, i) => {
-    const bytes = /^[A-Za-z0-9+/]+={0,2}$/.test(k) ? Buffer.from(k, 'base64') : Buffer.alloc(0);
-    if (bytes.length !== 32 || bytes.toString('base64') !== k) {
-      errors.push(`commands.publicKeys[${i}] must be the base64 of a 32-byte Ed25519 public key`);
-    }
-  });
+  const keys = c.commands?.publicKeys;
+  if (Array.isArray(keys)) {
+    keys.forEach((k: unknown, i) => {
+      if (typeof k !== 'string') return; // the schema reports the type
+      const bytes = /^[A-Za-z0-9+/]+={0,2}$/.test(k) ? Buffer.from(k, 'base64') : Buffer.alloc(0);
+      if (bytes.length !== 32 || bytes.toString('base64') !== k) {
+        errors.push(`commands.publicKeys[${i}] must be the base64 of a 32-byte Ed25519 public key`);
+      }
+    });
+  }
   const up = c.uplink;
-  if (up) {
+  if (up && typeof up === 'object' && typeof up.url === 'string') {
     if ((up.cert === undefined) !== (up.key === undefined)) {
       errors.push('uplink.cert and uplink.key must be given together (mutual TLS)');
     }
-    if (!up.url.startsWith('mqtts://') && (up.ca !== undefined || up.cert !== undefined)) {
+    if (!up.url.startsWith('mqtts://') && (up.ca !== undefined || up.cert !== undefined || up.key !== undefined)) {
       errors.push('uplink.ca/cert/key need an mqtts:// uplink.url');
     }
-    try {
-      const u = new URL(up.url);
-      if (u.hostname === '') errors.push('uplink.url has no host');
-    } catch {
-      errors.push(`uplink.url is not a valid URL`);
+    if (/^mqtts?:\/\//.test(up.url)) {
+      try {
+        if (new URL(up.url).hostname === '') errors.push('uplink.url has no host');
+      } catch {
+        errors.push('uplink.url is not a valid URL');
+      }
     }
   }
 }

@@ -1,0 +1,207 @@
+#!/usr/bin/env node
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { Command, CommanderError } from 'commander';
+import { readOutboxStats, outboxPath } from '../sync/outbox.js';
+import { describeConfig, loadConfig } from './config.js';
+import type { SiteConfig } from './config-types.js';
+import { isEdgewardError } from './errors.js';
+import { createLogger } from './log.js';
+import { Runtime } from './runtime.js';
+
+/**
+ * The `edgeward` command line (SPEC.md "CLI (contract)").
+ *
+ * Each subcommand is one small registration function taking the program;
+ * other modules add theirs to {@link COMMANDS} (scan, discover, keygen, sign,
+ * central, sim). Exit codes: 0 ok, 1 runtime error, 2 usage or config error.
+ */
+
+export const EXIT_OK = 0;
+export const EXIT_RUNTIME = 1;
+export const EXIT_USAGE = 2;
+
+/** A failure that already carries its exit code and message lines. */
+export class CliExit extends Error {
+  constructor(
+    readonly exitCode: number,
+    readonly lines: string[] = [],
+  ) {
+    super(lines.join('\n') || `exit ${exitCode}`);
+  }
+}
+
+/** Registers one subcommand on the program. */
+export type CommandRegistration = (program: Command) => void;
+
+/** Load a config or turn its errors into exit 2 with one error per line. */
+export function loadConfigOrExit(path: string): SiteConfig {
+  try {
+    return loadConfig(path);
+  } catch (err) {
+    if (isEdgewardError(err, 'EDGE_CONFIG_INVALID')) {
+      const errors = (err.details?.errors as string[] | undefined) ?? [err.message];
+      throw new CliExit(EXIT_USAGE, [`${path}: invalid config`, ...errors.map((e) => `  ${e}`)]);
+    }
+    throw err;
+  }
+}
+
+/** The version in package.json (source tree under tsx, or `dist/edge` in the build). */
+export function packageVersion(): string {
+  let dir = __dirname;
+  for (let i = 0; i < 4; i++) {
+    const p = join(dir, 'package.json');
+    if (existsSync(p)) {
+      const pkg = JSON.parse(readFileSync(p, 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'edgeward') return pkg.version ?? '0.0.0';
+    }
+    dir = dirname(dir);
+  }
+  return '0.0.0';
+}
+
+const registerStart: CommandRegistration = (program) => {
+  program
+    .command('start')
+    .description('run the edge runtime for a site config')
+    .requiredOption('-c, --config <file>', 'site config (YAML)')
+    .action(async (opts: { config: string }) => {
+      const config = loadConfigOrExit(opts.config);
+      const log = createLogger({ level: config.log.level });
+      const runtime = new Runtime({ config, log, version: packageVersion() });
+      try {
+        await runtime.start();
+      } catch (err) {
+        log.fatal({ err }, 'runtime failed to start');
+        throw new CliExit(EXIT_RUNTIME, [`edgeward: ${(err as Error).message}`]);
+      }
+      await new Promise<void>((resolve) => {
+        let stopping = false;
+        const onSignal = (signal: NodeJS.Signals) => {
+          if (stopping) {
+            // A second signal: the operator does not want to wait for a graceful stop.
+            log.warn({ signal }, 'second signal, exiting now');
+            process.exit(EXIT_RUNTIME);
+          }
+          stopping = true;
+          log.info({ signal }, 'stopping');
+          runtime.stop().finally(resolve);
+        };
+        process.on('SIGINT', onSignal);
+        process.on('SIGTERM', onSignal);
+      });
+    });
+};
+
+const registerCheck: CommandRegistration = (program) => {
+  program
+    .command('check')
+    .description('validate a site config and print every error (touches no data)')
+    .requiredOption('-c, --config <file>', 'site config (YAML)')
+    .action((opts: { config: string }) => {
+      const config = loadConfigOrExit(opts.config);
+      process.stdout.write(`ok: ${describeConfig(config)}\n`);
+    });
+};
+
+const registerOutbox: CommandRegistration = (program) => {
+  const outbox = program.command('outbox').description('inspect the local outbox');
+  outbox
+    .command('stats')
+    .description('events and bytes held, by severity (works only while the runtime is stopped)')
+    .requiredOption('-c, --config <file>', 'site config (YAML)')
+    .option('--json', 'print JSON')
+    .action(async (opts: { config: string; json?: boolean }) => {
+      const config = loadConfigOrExit(opts.config);
+      let stats: Awaited<ReturnType<typeof readOutboxStats>>;
+      try {
+        stats = await readOutboxStats(outboxPath(config.dataDir));
+      } catch (err) {
+        throw new CliExit(EXIT_RUNTIME, [`edgeward: ${(err as Error).message}`]);
+      }
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(stats, null, 2)}\n`);
+        return;
+      }
+      const lines = [
+        `outbox of ${config.site}/${config.edge} (${outboxPath(config.dataDir)})`,
+        `epoch:    ${stats.epoch}`,
+        `events:   ${stats.events} (${stats.bytes} bytes of ${stats.maxBytes})`,
+        ...(['critical', 'warning', 'info'] as const).map(
+          (s) => `  ${s.padEnd(8)} ${stats.bySeverity[s].events} events, ${stats.bySeverity[s].bytes} bytes`,
+        ),
+        `oldest:   ${stats.oldestTs ?? '-'}`,
+        `last seq: ${stats.lastSeq}`,
+      ];
+      process.stdout.write(`${lines.join('\n')}\n`);
+    });
+};
+
+const registerDemo: CommandRegistration = (program) => {
+  program
+    .command('demo')
+    .description('run the whole loop in one process: simulated devices, flows, broker, central')
+    .action(async () => {
+      // edge/demo.ts is written by another helper; loaded lazily so the CLI works without it.
+      // TODO(demo): switch to a static import of runDemo once edge/demo.ts exists.
+      const demoPath = './demo.js';
+      const mod = (await import(demoPath).catch((err: unknown) => {
+        throw new CliExit(EXIT_RUNTIME, [`edgeward demo is not available: ${(err as Error).message}`]);
+      })) as { runDemo(opts: Record<string, unknown>): Promise<unknown> };
+      await mod.runDemo({});
+    });
+};
+
+/** Every subcommand. Other modules append their registration here. */
+export const COMMANDS: CommandRegistration[] = [registerStart, registerCheck, registerOutbox, registerDemo];
+
+export function buildProgram(): Command {
+  const program = new Command('edgeward')
+    .description('Edgeward edge gateway runtime')
+    .version(packageVersion())
+    .exitOverride()
+    .showHelpAfterError();
+  for (const register of COMMANDS) register(program);
+  // Subcommands inherit exitOverride only when set before they are created: set it on all.
+  for (const cmd of program.commands) propagateExitOverride(cmd);
+  return program;
+}
+
+function propagateExitOverride(cmd: Command): void {
+  cmd.exitOverride();
+  for (const sub of cmd.commands) propagateExitOverride(sub);
+}
+
+/** Run the CLI; resolves with the exit code (never calls process.exit itself, except on a second signal). */
+export async function main(argv: string[] = process.argv): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return EXIT_OK;
+  } catch (err) {
+    if (err instanceof CliExit) {
+      if (err.lines.length > 0) process.stderr.write(`${err.lines.join('\n')}\n`);
+      return err.exitCode;
+    }
+    if (err instanceof CommanderError) {
+      // Help and version "errors" are exit 0; anything else is a usage error (already printed).
+      return err.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
+    }
+    process.stderr.write(`edgeward: ${(err as Error).stack ?? String(err)}\n`);
+    return EXIT_RUNTIME;
+  }
+}
+
+if (require.main === module) {
+  main().then(
+    (code) => {
+      process.exitCode = code;
+      // A library timer left behind (Node-RED, mqtt) must not keep a stopped runtime alive.
+      setTimeout(() => process.exit(code), 2000).unref();
+    },
+    () => {
+      process.exitCode = EXIT_RUNTIME;
+    },
+  );
+}

@@ -1,0 +1,493 @@
+import { mkdir } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import express from 'express';
+import type { CommandRequest, Driver, DriverContext } from '../drivers/driver.js';
+import type { Outbox } from '../sync/outbox-api.js';
+import { LevelOutbox, outboxPath } from '../sync/outbox.js';
+import { Uplink } from '../sync/uplink.js';
+import { EventBus } from './bus.js';
+import { type Clock, systemClock } from './clock.js';
+import type { SiteConfig } from './config-types.js';
+import { type Envelope, type EventInput, isEventType, makeEnvelope } from './envelope.js';
+import { EdgewardError, isEdgewardError } from './errors.js';
+import { registerFamilies } from './families.js';
+import { type Health, mountHttpApi, type RuntimeStatus } from './http.js';
+import type { Logger } from './log.js';
+import { Metrics } from './metrics.js';
+import type { EdgewardNodeApi } from './node-api.js';
+import { embedNodeRed } from './nodered.js';
+import { Registry } from './registry.js';
+
+/** Options of {@link Runtime}. */
+export interface RuntimeOptions {
+  config: SiteConfig;
+  log: Logger;
+  clock?: Clock;
+  /** Reported in status, `P/status` and /api/v1/status. */
+  version?: string;
+  /** Inject an outbox (tests, bench); default a LevelOutbox in `<dataDir>/outbox`. */
+  outbox?: Outbox;
+}
+
+/** The uplink may be down this long before /healthz says so (a weak cellular link drops often). */
+export const UPLINK_UNHEALTHY_AFTER_MS = 60_000;
+
+/** `stop()` gives up on a step after this long so the whole stop stays within 15 s. */
+const STOP_STEP_MS = 4_000;
+
+interface DeviceRecord {
+  name: string;
+  driver: string;
+  online: boolean;
+  lastSeen: string | null;
+  instance?: Driver;
+}
+
+/**
+ * The process that wires everything: outbox, bus, registry, uplink, HTTP API,
+ * Node-RED and the drivers the flows register. One broken device never takes
+ * it down: drivers start in try/catch and their faults become events.
+ */
+export class Runtime {
+  readonly config: SiteConfig;
+  readonly version: string;
+  readonly bus = new EventBus();
+  readonly registry = new Registry();
+  readonly metrics = new Metrics();
+  private readonly log: Logger;
+  private readonly clock: Clock;
+  private outboxImpl?: Outbox;
+  private uplink?: Uplink;
+  private server?: http.Server;
+  private nodeRed?: { stop(): Promise<void> };
+  private readonly devices = new Map<string, DeviceRecord>();
+  private readonly driverTasks = new Set<Promise<unknown>>();
+  private readonly inflight = new Set<Promise<unknown>>();
+  private pendingInputs: EventInput[] = [];
+  private flushScheduled = false;
+  private startedAt = 0;
+  /** Since when the uplink is down (undefined while connected). */
+  private uplinkDownSince?: number;
+  private boundPort = 0;
+  private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
+  private nodeApiValue?: EdgewardNodeApi;
+
+  constructor(opts: RuntimeOptions) {
+    this.config = opts.config;
+    this.log = opts.log.child({ module: 'edge/runtime' });
+    this.clock = opts.clock ?? systemClock;
+    this.version = opts.version ?? '0.0.0';
+    this.outboxImpl = opts.outbox;
+  }
+
+  /** The bound HTTP port (useful with `http.port: 0`). */
+  get port(): number {
+    return this.boundPort;
+  }
+
+  get outbox(): Outbox {
+    if (!this.outboxImpl) throw new EdgewardError('EDGE_NOT_STARTED', 'runtime not started');
+    return this.outboxImpl;
+  }
+
+  /** What Node-RED nodes get as `RED.settings.edgeward`. */
+  get nodeApi(): EdgewardNodeApi {
+    this.nodeApiValue ??= {
+      bus: this.bus,
+      log: this.log,
+      registry: this.registry,
+      driverContext: (device) => this.driverContext(device),
+      registerDriver: (driver) => this.registerDriver(driver),
+      ingest: (inputs) => this.ingest(inputs),
+    };
+    return this.nodeApiValue;
+  }
+
+  async start(): Promise<void> {
+    if (this.state !== 'new') throw new EdgewardError('EDGE_RUNTIME_STATE', `cannot start a runtime that is ${this.state}`);
+    this.state = 'starting';
+    this.startedAt = this.clock.now();
+    const c = this.config;
+    try {
+      await mkdir(c.dataDir, { recursive: true });
+      this.outboxImpl ??= new LevelOutbox({
+        dir: outboxPath(c.dataDir),
+        maxBytes: c.outbox.maxBytes,
+        log: this.log,
+        clock: this.clock,
+        site: c.site,
+        edge: c.edge,
+      });
+      await this.outboxImpl.open();
+      const outbox = meterOutbox(this.outboxImpl, this.metrics);
+      this.metrics.setSources({
+        outboxStats: () => this.outboxImpl?.stats(),
+        uplink: () => this.uplink?.status(),
+        now: () => this.clock.now(),
+      });
+
+      registerFamilies(this.registry);
+      this.bus.on('event.input', this, (input) => this.enqueue(input));
+      this.bus.on('device.state', this, (s) => this.deviceState(s.name, s.driver, s.online, s.lastSeen));
+      this.bus.on('command', this, (cmd) => {
+        this.executeCommand(cmd).catch(() => undefined); // logged and counted inside
+      });
+
+      if (c.uplink) {
+        this.uplink = new Uplink({
+          config: c.uplink,
+          site: c.site,
+          edge: c.edge,
+          version: this.version,
+          outbox,
+          log: this.log,
+          clock: this.clock,
+        });
+        this.uplinkDownSince = this.clock.now();
+        this.uplink.on('connect', () => {
+          this.uplinkDownSince = undefined;
+        });
+        this.uplink.on('disconnect', () => {
+          this.uplinkDownSince ??= this.clock.now();
+        });
+        await this.uplink.start();
+      }
+
+      const app = express();
+      app.disable('x-powered-by');
+      mountHttpApi(app, {
+        log: this.log,
+        metrics: this.metrics,
+        token: c.http.token,
+        privacy: c.privacy,
+        ingest: (inputs) => this.ingest(inputs),
+        recent: (limit) => this.outbox.recent(limit),
+        status: () => this.status(),
+        health: () => this.health(),
+      });
+      this.server = http.createServer(app);
+      await listen(this.server, c.http.host, c.http.port);
+      this.boundPort = (this.server.address() as AddressInfo).port;
+
+      if (c.nodeRed.flowFile !== undefined || c.nodeRed.editor) {
+        this.nodeRed = await embedNodeRed({
+          app,
+          server: this.server,
+          config: c,
+          api: this.nodeApi,
+          log: this.log,
+          userDir: join(c.dataDir, 'node-red'),
+        });
+      }
+      this.state = 'running';
+      this.log.info(
+        { site: c.site, edge: c.edge, port: this.boundPort, host: c.http.host, uplink: Boolean(c.uplink) },
+        'runtime started',
+      );
+    } catch (err) {
+      this.log.error({ err }, 'runtime failed to start; closing what was opened');
+      await this.stop().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Close everything in reverse order; each step is bounded so the whole stop ends within 15 s. */
+  async stop(): Promise<void> {
+    if (this.state === 'stopped' || this.state === 'stopping') return;
+    this.state = 'stopping';
+    await this.step('node-red', async () => this.nodeRed?.stop());
+    await this.step('drivers', async () => {
+      const stops = [...this.devices.values()].map((d) => d.instance?.stop());
+      await Promise.allSettled([...stops, ...this.driverTasks]);
+    });
+    this.bus.removeOwner(this);
+    await this.step('http', async () => {
+      const server = this.server;
+      if (!server) return;
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      });
+    });
+    await this.step('ingest', async () => {
+      this.flush();
+      await Promise.allSettled([...this.inflight]);
+    });
+    await this.step('uplink', async () => this.uplink?.stop());
+    await this.step('outbox', async () => this.outboxImpl?.close());
+    this.server?.closeAllConnections();
+    this.state = 'stopped';
+    this.log.info('runtime stopped');
+  }
+
+  /**
+   * Complete inputs into envelopes, store them durably (one group commit),
+   * and announce each on the bus as 'event.stored'. Resolves with seqs set.
+   */
+  async ingest(inputs: EventInput[]): Promise<Envelope[]> {
+    if (this.state !== 'running' && this.state !== 'starting' && this.state !== 'stopping') {
+      throw new EdgewardError('EDGE_NOT_RUNNING', 'runtime is not running');
+    }
+    const ids = { site: this.config.site, edge: this.config.edge };
+    const now = this.clock.now();
+    const envelopes = inputs.map((i) => makeEnvelope(i, ids, now));
+    const p = this.outbox.append(envelopes);
+    this.inflight.add(p);
+    try {
+      const stored = await p;
+      for (const e of stored) {
+        this.metrics.eventIn(e.type);
+        this.bus.emit('event.stored', e);
+      }
+      return stored;
+    } finally {
+      this.inflight.delete(p);
+    }
+  }
+
+  /**
+   * Register a driver; the runtime starts it (a failing start is logged and
+   * marks the device offline, never thrown) and stops it on unregister.
+   */
+  registerDriver(driver: Driver): () => void {
+    if (this.devices.get(driver.name)?.instance) {
+      throw new EdgewardError('EDGE_DUPLICATE_DEVICE', `a device named "${driver.name}" is already registered`);
+    }
+    const rec: DeviceRecord = { name: driver.name, driver: driver.driver, online: false, lastSeen: null, instance: driver };
+    this.devices.set(driver.name, rec);
+    this.metrics.deviceState(driver.name, driver.driver, false);
+    const started = this.track(
+      driver.start().catch((err) => {
+        const code = isEdgewardError(err) ? err.code : 'EDGE_DRIVER_START';
+        this.metrics.driverError(driver.name, code);
+        this.log.error({ err, device: driver.name, driver: driver.driver, code }, 'driver failed to start');
+      }),
+    );
+    let registered = true;
+    return () => {
+      if (!registered) return;
+      registered = false;
+      if (this.devices.get(driver.name) === rec) this.devices.delete(driver.name);
+      this.metrics.removeDevice(driver.name, driver.driver);
+      this.track(
+        started
+          .then(() => driver.stop())
+          .catch((err) => this.log.warn({ err, device: driver.name }, 'driver failed to stop')),
+      );
+    };
+  }
+
+  /** Route a verified command to the driver named by `target`. Rejects with an EdgewardError. */
+  async executeCommand(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
+    const driver = this.devices.get(cmd.target)?.instance;
+    if (!driver) throw new EdgewardError('EDGE_UNKNOWN_TARGET', `no device named "${cmd.target}"`);
+    if (!driver.actions.includes(cmd.action)) {
+      throw new EdgewardError('EDGE_ACTION_UNSUPPORTED', `${cmd.target} does not accept ${cmd.action}`);
+    }
+    try {
+      return await driver.execute(cmd);
+    } catch (err) {
+      const code = isEdgewardError(err) ? err.code : 'EDGE_COMMAND_FAILED';
+      this.metrics.driverError(cmd.target, code);
+      this.log.warn({ err, id: cmd.id, action: cmd.action, target: cmd.target, code }, 'command failed');
+      throw err;
+    }
+  }
+
+  /** The names of registered devices (the command verifier checks targets against these). */
+  deviceNames(): string[] {
+    return [...this.devices.values()].filter((d) => d.instance).map((d) => d.name);
+  }
+
+  driverContext(device: string): DriverContext {
+    return {
+      bus: this.bus,
+      clock: this.clock,
+      log: this.log.child({ module: 'drivers', device }),
+      emit: (event) => this.bus.emit('event.input', event),
+      privacy: this.config.privacy,
+    };
+  }
+
+  status(): RuntimeStatus {
+    const stats = this.outboxImpl?.stats();
+    const up = this.uplink?.status();
+    const devices = [...this.devices.values()].map((d) => {
+      const live = d.instance?.state();
+      return {
+        name: d.name,
+        driver: d.driver,
+        online: live?.online ?? d.online,
+        lastSeen: live?.lastSeen ?? d.lastSeen,
+      };
+    });
+    return {
+      site: this.config.site,
+      edge: this.config.edge,
+      version: this.version,
+      uptimeS: Math.floor((this.clock.now() - this.startedAt) / 1000),
+      uplink: { connected: up?.connected ?? false, lastAckAt: isoOrNull(up?.lastAckAt), configured: Boolean(this.uplink) },
+      outbox: { events: stats?.events ?? 0, bytes: stats?.bytes ?? 0, oldestTs: stats?.oldestTs ?? null },
+      devices,
+    };
+  }
+
+  health(): Health {
+    const problems: string[] = [];
+    if (this.state !== 'running') problems.push(`runtime is ${this.state}`);
+    let outbox: string | { events: number; bytes: number; maxBytes: number } = 'not open';
+    try {
+      const s = this.outboxImpl?.stats();
+      if (s) outbox = { events: s.events, bytes: s.bytes, maxBytes: s.maxBytes };
+    } catch (err) {
+      outbox = `error: ${(err as Error).message}`;
+    }
+    if (typeof outbox === 'string') problems.push(`outbox ${outbox}`);
+    let uplink: Record<string, unknown> = { configured: false };
+    if (this.uplink) {
+      const connected = this.uplink.status().connected;
+      const downMs = connected ? 0 : this.clock.now() - (this.uplinkDownSince ?? this.clock.now());
+      uplink = { configured: true, connected, downS: Math.floor(downMs / 1000) };
+      if (downMs > UPLINK_UNHEALTHY_AFTER_MS) {
+        problems.push(`uplink disconnected for ${Math.floor(downMs / 1000)} s`);
+      }
+    }
+    return {
+      ok: problems.length === 0,
+      problems,
+      site: this.config.site,
+      edge: this.config.edge,
+      version: this.version,
+      uptimeS: Math.floor((this.clock.now() - this.startedAt) / 1000),
+      outbox,
+      uplink,
+    };
+  }
+
+  private enqueue(input: EventInput): void {
+    if (!input || !isEventType(input.type) || typeof input.source?.device !== 'string') {
+      this.metrics.ingestError();
+      this.log.warn({ type: input?.type, device: input?.source?.device }, 'dropped malformed bus event');
+      return;
+    }
+    this.pendingInputs.push(input);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      // Everything emitted in one tick goes out as one append (one synced write).
+      setImmediate(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.pendingInputs.length === 0) return;
+    const batch = this.pendingInputs;
+    this.pendingInputs = [];
+    this.ingest(batch).catch((err) => {
+      this.metrics.ingestError(batch.length);
+      this.log.error({ err, events: batch.length }, 'could not store bus events');
+    });
+  }
+
+  private deviceState(name: string, driver: string, online: boolean, lastSeen?: string): void {
+    const rec = this.devices.get(name) ?? { name, driver, online, lastSeen: null };
+    rec.online = online;
+    if (lastSeen !== undefined) rec.lastSeen = lastSeen;
+    this.devices.set(name, rec);
+    this.metrics.deviceState(name, driver, online);
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.driverTasks.add(p);
+    p.finally(() => this.driverTasks.delete(p)).catch(() => undefined);
+    return p;
+  }
+
+  private async step(what: string, fn: () => Promise<unknown>): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), STOP_STEP_MS);
+    });
+    try {
+      const r = await Promise.race([fn().then(() => 'ok' as const), timeout]);
+      if (r === 'timeout') this.log.warn({ step: what }, 'stop step timed out');
+    } catch (err) {
+      this.log.warn({ err, step: what }, 'stop step failed');
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+function listen(server: http.Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => {
+      reject(new EdgewardError('EDGE_HTTP_LISTEN', `cannot listen on ${host}:${port}: ${err.message}`, { cause: err }));
+    };
+    server.once('error', onError);
+    server.listen(port, host, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+function isoOrNull(v: unknown): string | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v === 'number') return Number.isFinite(v) && v > 0 ? new Date(v).toISOString() : null;
+  if (v instanceof Date) return v.toISOString();
+  return typeof v === 'string' ? v : null;
+}
+
+/**
+ * Count `edgeward_events_out_total{type}` without the uplink knowing about
+ * metrics: remember the type of every seq handed out by `read()` and count it
+ * when `ack()` covers it. Memory is bounded by what is in flight.
+ */
+function meterOutbox(inner: Outbox, metrics: Metrics): Outbox {
+  const typeOf = new Map<number, string>();
+  const TYPE_RE = /"type":"([^"]+)"/;
+  return {
+    open: () => inner.open(),
+    close: () => inner.close(),
+    get epoch() {
+      return inner.epoch;
+    },
+    append: (events) => inner.append(events),
+    read: async (opts) => {
+      const got = await inner.read(opts);
+      // A reader that never acks (or a crash of its batches) must not grow this forever.
+      if (typeOf.size > 200_000) typeOf.clear();
+      for (const s of got) {
+        // The envelope's own `type` is its first "type" key (makeEnvelope's key order).
+        const m = TYPE_RE.exec(s.json);
+        if (m) typeOf.set(s.seq, m[1]);
+      }
+      return got;
+    },
+    ack: async (ranges) => {
+      const n = await inner.ack(ranges);
+      for (const [from, to] of ranges) {
+        if (to - from < typeOf.size) {
+          for (let s = from; s <= to; s++) count(s);
+        } else {
+          for (const s of [...typeOf.keys()]) if (s >= from && s <= to) count(s);
+        }
+      }
+      return n;
+    },
+    stats: () => inner.stats(),
+    recent: (limit) => inner.recent(limit),
+    onAppend: (listener) => inner.onAppend(listener),
+  };
+
+  function count(seq: number): void {
+    const t = typeOf.get(seq);
+    if (t !== undefined) {
+      typeOf.delete(seq);
+      metrics.eventOut(t);
+    }
+  }
+}

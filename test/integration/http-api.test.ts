@@ -1,0 +1,294 @@
+import assert from 'node:assert/strict';
+import { parseConfig } from '../../edge/config.js';
+import type { Envelope } from '../../edge/envelope.js';
+import { silentLogger } from '../../edge/log.js';
+import { Runtime } from '../../edge/runtime.js';
+import { readOutboxStats, outboxPath } from '../../sync/outbox.js';
+import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+import { waitFor } from '../helpers/wait.js';
+
+const TOKEN = 'test-token-0123456789';
+const SITE_KEY = 'site-key-for-tests-0123456789';
+
+function configFor(dir: string, extra = '') {
+  return parseConfig(
+    `site: test-site\nedge: gate-01\ndataDir: ${dir}\nhttp: { host: 127.0.0.1, port: 0${extra} }\nprivacy: { siteKey: ${SITE_KEY} }\nlog: { level: silent }\n`,
+    {},
+  );
+}
+
+describe('local HTTP API (integration)', function () {
+  this.timeout(30_000);
+  let dir: TmpDir;
+  let runtime: Runtime;
+  let base: string;
+
+  const post = (body: unknown, headers: Record<string, string> = {}) =>
+    fetch(`${base}/api/v1/events`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...headers },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+
+  before(async () => {
+    dir = await tmpDir('http');
+    runtime = new Runtime({ config: configFor(dir.path), log: silentLogger(), version: '9.9.9' });
+    await runtime.start();
+    base = `http://127.0.0.1:${runtime.port}`;
+  });
+
+  after(async () => {
+    await runtime?.stop();
+    await dir?.cleanup();
+  });
+
+  it('stores one event durably and answers 202 with its id and seq', async () => {
+    const before = runtime.outbox.stats();
+    const res = await post({ type: 'door.opened', source: { device: 'door-1' }, data: { door: 0 } });
+    assert.equal(res.status, 202);
+    const body = (await res.json()) as { accepted: Array<{ id: string; seq: number }> };
+    assert.equal(body.accepted.length, 1);
+    assert.match(body.accepted[0].id, /^[0-9A-HJKMNP-TV-Z]{26}$/);
+    assert.equal(body.accepted[0].seq, before.lastSeq + 1);
+    // Durable: the 202 came after the append resolved, so the outbox already counts it.
+    assert.equal(runtime.outbox.stats().events, before.events + 1);
+    const [latest] = runtime.outbox.recent(1);
+    assert.equal(latest.id, body.accepted[0].id);
+    assert.equal(latest.site, 'test-site');
+    assert.equal(latest.edge, 'gate-01');
+    assert.equal(latest.severity, 'info');
+    assert.deepEqual(latest.data, { door: 0 });
+  });
+
+  it('stores an array in order, with increasing seqs, severity and ts as given', async () => {
+    const ts = '2025-03-05T08:12:03.120Z';
+    const res = await post([
+      { type: 'door.forced', source: { device: 'door-2', driver: 'modbus-door' } },
+      { type: 'sensor.reading', source: { device: 's-1' }, data: { v: 1 }, severity: 'warning', ts },
+      { type: 'alert.after_hours', source: { device: 'door-2' } },
+    ]);
+    assert.equal(res.status, 202);
+    const { accepted } = (await res.json()) as { accepted: Array<{ id: string; seq: number }> };
+    assert.equal(accepted.length, 3);
+    assert.ok(accepted[0].seq < accepted[1].seq && accepted[1].seq < accepted[2].seq);
+    const recent = runtime.outbox.recent(3);
+    const byId = new Map(recent.map((e) => [e.id, e]));
+    const forced = byId.get(accepted[0].id)!;
+    assert.equal(forced.severity, 'critical');
+    assert.ok(forced.msg?.zh && forced.msg.bo && forced.msg.en, 'critical events carry msg in three languages');
+    assert.deepEqual(forced.source, { device: 'door-2', driver: 'modbus-door' });
+    const reading = byId.get(accepted[1].id)!;
+    assert.equal(reading.severity, 'warning');
+    assert.equal(reading.ts, ts);
+    assert.equal(byId.get(accepted[2].id)!.type, 'alert.after_hours');
+  });
+
+  it('pseudonymises a raw card number posted in data.card', async () => {
+    const res = await post({ type: 'access.granted', source: { device: 'door-1' }, data: { card: 12345678 } });
+    assert.equal(res.status, 202);
+    const [e] = runtime.outbox.recent(1);
+    assert.match(String(e.data.card), /^[0-9a-f]{16}$/);
+    assert.notEqual(e.data.card, 12345678);
+  });
+
+  it('rejects every bad body with 400 naming the field, and stores nothing of the request', async () => {
+    const good = { type: 'door.opened', source: { device: 'door-1' } };
+    const cases: Array<[unknown, string]> = [
+      [{ source: { device: 'd' } }, 'type'],
+      [{ type: 'door.exploded', source: { device: 'd' } }, 'type'],
+      [{ type: 'alert.', source: { device: 'd' } }, 'type'],
+      [{ type: 42, source: { device: 'd' } }, 'type'],
+      [{ type: 'door.opened' }, 'source'],
+      [{ type: 'door.opened', source: 'door-1' }, 'source'],
+      [{ type: 'door.opened', source: {} }, 'source.device'],
+      [{ type: 'door.opened', source: { device: '' } }, 'source.device'],
+      [{ type: 'door.opened', source: { device: 7 } }, 'source.device'],
+      [{ type: 'door.opened', source: { device: 'd', port: 1 } }, 'source.port'],
+      [{ type: 'door.opened', source: { device: 'd' }, data: [1] }, 'data'],
+      [{ type: 'door.opened', source: { device: 'd' }, data: 'x' }, 'data'],
+      [{ type: 'door.opened', source: { device: 'd' }, severity: 'fatal' }, 'severity'],
+      [{ type: 'door.opened', source: { device: 'd' }, ts: 'yesterday' }, 'ts'],
+      [{ type: 'door.opened', source: { device: 'd' }, ts: '2025-13-45T99:00:00Z' }, 'ts'],
+      [{ type: 'door.opened', source: { device: 'd' }, seq: 5 }, 'seq'],
+      [{ type: 'door.opened', source: { device: 'd' }, id: '01JNH6Y3Q4X5Z7V8W9A0B1C2D3' }, 'id'],
+      [[good, good, good, { ...good, type: 'nope' }], 'events[3].type'],
+      [[good, { type: 'door.opened', source: { device: 'x' }, severity: 'loud' }], 'events[1].severity'],
+      [[good, null], 'events[1]'],
+      [[], 'events'],
+      [null, 'body'],
+      ['"a string"', 'body'],
+      [42, 'body'],
+    ];
+    const before = runtime.outbox.stats();
+    for (const [body, field] of cases) {
+      const res = await post(body === null ? 'null' : body);
+      const text = await res.text();
+      assert.equal(res.status, 400, `${JSON.stringify(body)} → ${res.status} ${text}`);
+      const json = JSON.parse(text) as { error: string; field: string };
+      assert.equal(json.field, field, `${JSON.stringify(body)} → ${text}`);
+      assert.ok(json.error.length > 0);
+    }
+    const after = runtime.outbox.stats();
+    assert.equal(after.events, before.events);
+    assert.equal(after.lastSeq, before.lastSeq);
+  });
+
+  it('rejects invalid JSON (400) and a wrong content type (415), storing nothing', async () => {
+    const before = runtime.outbox.stats();
+    const bad = await post('{"type": "door.opened", ');
+    assert.equal(bad.status, 400);
+    assert.equal(((await bad.json()) as { field: string }).field, 'body');
+    const text = await fetch(`${base}/api/v1/events`, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain' },
+      body: JSON.stringify({ type: 'door.opened', source: { device: 'd' } }),
+    });
+    assert.equal(text.status, 415);
+    assert.match(((await text.json()) as { error: string }).error, /application\/json/);
+    assert.equal(runtime.outbox.stats().lastSeq, before.lastSeq);
+  });
+
+  it('answers 413 over 1 MiB and stores nothing', async () => {
+    const before = runtime.outbox.stats();
+    const big = Array.from({ length: 12_000 }, (_, i) => ({
+      type: 'sensor.reading',
+      source: { device: 'bulk' },
+      data: { i, pad: 'x'.repeat(80) },
+    }));
+    const body = JSON.stringify(big);
+    assert.ok(Buffer.byteLength(body) > 1024 * 1024);
+    const res = await post(body);
+    assert.equal(res.status, 413);
+    await res.text();
+    assert.equal(runtime.outbox.stats().lastSeq, before.lastSeq);
+    // Just under the limit is fine.
+    const fits = JSON.stringify(big.slice(0, 5000));
+    assert.ok(Buffer.byteLength(fits) < 1024 * 1024);
+    const ok = await post(fits);
+    assert.equal(ok.status, 202);
+    assert.equal(((await ok.json()) as { accepted: unknown[] }).accepted.length, 5000);
+  });
+
+  it('lists the newest local events first, limit 1..1000 (default 100)', async () => {
+    const res = await post([1, 2, 3].map((n) => ({ type: 'sensor.reading', source: { device: 'order' }, data: { n } })));
+    const { accepted } = (await res.json()) as { accepted: Array<{ id: string; seq: number }> };
+    const list = await fetch(`${base}/api/v1/events?limit=3`);
+    assert.equal(list.status, 200);
+    const { events } = (await list.json()) as { events: Envelope[] };
+    assert.deepEqual(
+      events.map((e) => e.id),
+      accepted.map((a) => a.id).reverse(),
+    );
+    assert.deepEqual(
+      events.map((e) => e.seq),
+      accepted.map((a) => a.seq).reverse(),
+    );
+    const dflt = (await (await fetch(`${base}/api/v1/events`)).json()) as { events: Envelope[] };
+    assert.equal(dflt.events.length, 100);
+    for (const bad of ['0', '1001', 'abc', '-1', '1.5']) {
+      const r = await fetch(`${base}/api/v1/events?limit=${bad}`);
+      assert.equal(r.status, 400, bad);
+      assert.equal(((await r.json()) as { field: string }).field, 'limit');
+    }
+  });
+
+  it('reports health, status and metrics', async () => {
+    const h = await fetch(`${base}/healthz`);
+    assert.equal(h.status, 200);
+    const health = (await h.json()) as { ok: boolean };
+    assert.equal(health.ok, true);
+
+    const s = await fetch(`${base}/api/v1/status`);
+    assert.equal(s.status, 200);
+    const status = (await s.json()) as Record<string, any>;
+    assert.equal(status.site, 'test-site');
+    assert.equal(status.edge, 'gate-01');
+    assert.equal(status.version, '9.9.9');
+    assert.equal(typeof status.uptimeS, 'number');
+    assert.equal(status.uplink.connected, false);
+    assert.equal(status.uplink.lastAckAt, null);
+    assert.equal(status.outbox.events, runtime.outbox.stats().events);
+    assert.equal(typeof status.outbox.bytes, 'number');
+    assert.match(status.outbox.oldestTs, /^\d{4}-\d{2}-\d{2}T/);
+    assert.ok(Array.isArray(status.devices));
+
+    const m = await fetch(`${base}/metrics`);
+    assert.equal(m.status, 200);
+    assert.match(m.headers.get('content-type') ?? '', /text\/plain/);
+    const text = await m.text();
+    for (const name of [
+      'edgeward_events_in_total{type="door.opened"}',
+      'edgeward_events_out_total',
+      'edgeward_outbox_events',
+      'edgeward_outbox_bytes',
+      'edgeward_uplink_connected 0',
+      'edgeward_ack_lag_seconds',
+      'edgeward_device_online',
+      'edgeward_driver_errors_total',
+      'edgeward_rule_firings_total',
+    ]) {
+      assert.ok(text.includes(name), `metrics lack ${name}`);
+    }
+    const depth = /^edgeward_outbox_events (\d+)$/m.exec(text);
+    assert.equal(Number(depth?.[1]), runtime.outbox.stats().events);
+  });
+
+  it('stores events emitted on the bus through the same ingest path', async () => {
+    const before = runtime.outbox.stats().lastSeq;
+    runtime.bus.emit('event.input', { type: 'device.online', source: { device: 'bus-dev', driver: 'test' } });
+    runtime.bus.emit('event.input', { type: 'device.online', source: { device: 'bus-dev-2', driver: 'test' } });
+    await waitFor(() => runtime.outbox.stats().lastSeq >= before + 2, { message: 'bus events stored' });
+    const devices = runtime.outbox.recent(2).map((e) => e.source.device);
+    assert.deepEqual(devices.sort(), ['bus-dev', 'bus-dev-2']);
+  });
+
+  describe('with a token', () => {
+    let dir2: TmpDir;
+    let rt: Runtime;
+    let url: string;
+
+    before(async () => {
+      dir2 = await tmpDir('http-token');
+      rt = new Runtime({ config: configFor(dir2.path, `, token: ${TOKEN}`), log: silentLogger() });
+      await rt.start();
+      url = `http://127.0.0.1:${rt.port}`;
+    });
+
+    after(async () => {
+      await rt?.stop();
+      await dir2?.cleanup();
+    });
+
+    it('answers 401 without the bearer token on /api and /metrics, 200 with it; /healthz stays open', async () => {
+      const event = JSON.stringify({ type: 'door.opened', source: { device: 'd' } });
+      const json = { 'content-type': 'application/json' };
+      for (const auth of [undefined, 'Bearer wrong-token-0123456789', `Basic ${TOKEN}`, TOKEN, 'Bearer ']) {
+        const headers: Record<string, string> = auth === undefined ? {} : { authorization: auth };
+        assert.equal((await fetch(`${url}/api/v1/status`, { headers })).status, 401, String(auth));
+        assert.equal((await fetch(`${url}/metrics`, { headers })).status, 401, String(auth));
+        const p = await fetch(`${url}/api/v1/events`, { method: 'POST', headers: { ...json, ...headers }, body: event });
+        assert.equal(p.status, 401, String(auth));
+      }
+      assert.equal(rt.outbox.stats().lastSeq, 0, 'nothing stored without the token');
+      const authz = { authorization: `Bearer ${TOKEN}` };
+      assert.equal((await fetch(`${url}/api/v1/status`, { headers: authz })).status, 200);
+      assert.equal((await fetch(`${url}/metrics`, { headers: authz })).status, 200);
+      const p = await fetch(`${url}/api/v1/events`, { method: 'POST', headers: { ...json, ...authz }, body: event });
+      assert.equal(p.status, 202);
+      assert.equal((await fetch(`${url}/healthz`)).status, 200);
+    });
+  });
+
+  it('keeps what it acknowledged across a restart on the same dataDir', async () => {
+    const res = await post({ type: 'door.closed', source: { device: 'door-9' } });
+    const { accepted } = (await res.json()) as { accepted: Array<{ id: string; seq: number }> };
+    const events = runtime.outbox.stats().events;
+    await runtime.stop();
+    const stats = await readOutboxStats(outboxPath(dir.path));
+    assert.equal(stats.events, events);
+    assert.equal(stats.lastSeq, accepted[0].seq);
+    runtime = new Runtime({ config: configFor(dir.path), log: silentLogger() });
+    await runtime.start();
+    assert.equal(runtime.outbox.stats().events, events);
+  });
+});
