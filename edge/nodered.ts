@@ -61,6 +61,9 @@ let active = false;
 /** The default entrance flow shipped with the runtime, seeded when a site names no flow file. */
 export const DEFAULT_FLOW_FILE = path.join(repoRoot(), 'flows', 'entrance.json');
 
+/** The demo flow of `edgeward demo` (copied into the demo's data dir before use). */
+export const DEMO_FLOW_FILE = path.join(repoRoot(), 'flows', 'demo.json');
+
 /**
  * Embed Node-RED 4 in the runtime's HTTP server and start the flows.
  *
@@ -267,11 +270,19 @@ const PINO_LEVELS: Record<number, 'fatal' | 'error' | 'warn' | 'info' | 'debug' 
   60: 'trace',
 };
 
+/**
+ * Warnings Node-RED gives about states we chose on purpose (projects off) or
+ * that are normal on a first start (no credentials file yet): logged at info
+ * so a warning in an Edgeward log always means something.
+ */
+const EXPECTED_WARNINGS = [/^Projects disabled/, /^Encrypted credentials not found/];
+
 function logRecord(log: Logger, record: NodeRedLogRecord): void {
-  const level = PINO_LEVELS[record.level];
+  let level = PINO_LEVELS[record.level];
   if (!level) return; // audit and metric records are off
   const m = record.msg;
   const text = m instanceof Error ? m.message : typeof m === 'string' ? m : safeJson(m);
+  if (level === 'warn' && EXPECTED_WARNINGS.some((re) => re.test(text))) level = 'info';
   const fields: Record<string, unknown> = {};
   if (record.type !== undefined) fields.nodeType = record.type;
   if (record.id !== undefined) fields.nodeId = record.id;
