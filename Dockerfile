@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1
+#
+# Edgeward edge runtime.
+#
+#   docker build -t edgeward .
+#   docker run -d --init --name edgeward \
+#     -p 1880:1880 \
+#     -v edgeward-data:/data \
+#     -v /etc/edgeward:/config \
+#     --device /dev/ttyUSB0 \
+#     -e EDGEWARD_TOKEN -e EDGEWARD_SITE_KEY -e EDGEWARD_MQTT_PASSWORD \
+#     edgeward
+#
+# The site config is /config/site.yaml. In a container set `dataDir: /data`
+# (the volume: outbox, Node-RED user dir, command replay state) and
+# `http.host: 0.0.0.0` (which the config only accepts with `http.token` and
+# `nodeRed.adminAuth`). Node-RED writes deploys back to `nodeRed.flowFile`:
+# keep it on a writable mount (/config or /data). The health check below
+# assumes the default `http.port: 1880`.
+
+# ---- build: all dependencies, compile TypeScript, then drop dev dependencies
+FROM node:20-bookworm-slim AS build
+WORKDIR /app
+# serialport and classic-level ship prebuilt binaries; the toolchain is only
+# the fallback for a dependency that has to compile (node-gyp).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY . .
+RUN npm run build \
+ && npm prune --omit=dev --no-audit --no-fund
+
+# ---- runtime: compiled code, production node_modules, and the plain files read at run time
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production
+WORKDIR /app
+# Serial ports (RS-485 adapters, card readers, Firmata boards) belong to group dialout.
+RUN groupadd --system edgeward \
+ && useradd --system --gid edgeward --groups dialout --home-dir /data --no-create-home \
+      --shell /usr/sbin/nologin edgeward \
+ && mkdir -p /data /config \
+ && chown edgeward:edgeward /data
+COPY --from=build /app/package.json /app/package-lock.json ./
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+# Read from the source layout at run time (the build does not copy them into dist):
+# Node-RED nodes (.js + .html), the default and demo flows, device profiles.
+COPY --from=build /app/edge/nodes ./edge/nodes
+COPY --from=build /app/flows ./flows
+COPY --from=build /app/hardware/profiles ./hardware/profiles
+USER edgeward
+VOLUME ["/data"]
+EXPOSE 1880
+# No curl in the slim image: Node 20's fetch does the probe.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:1880/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+CMD ["node", "dist/edge/cli.js", "start", "-c", "/config/site.yaml"]
