@@ -1,0 +1,174 @@
+import assert from 'node:assert/strict';
+import type { UplinkConfig } from '../../edge/config-types.js';
+import { type EventType, makeEnvelope } from '../../edge/envelope.js';
+import { isEdgewardError } from '../../edge/errors.js';
+import { silentLogger } from '../../edge/log.js';
+import { MemoryOutbox } from '../../sync/memory-outbox.js';
+import { Uplink } from '../../sync/uplink.js';
+import { startTestCentral, type TestCentral } from '../helpers/central.js';
+import { freePort, startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
+import { delay, waitFor } from '../helpers/wait.js';
+
+const site = 'pengqu-qumei';
+const edge = 'gate-07';
+
+describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
+  this.timeout(20_000);
+  let broker: TestMosquitto;
+  let outbox: MemoryOutbox;
+  let uplink: Uplink | undefined;
+  let central: TestCentral | undefined;
+
+  before(async () => {
+    broker = await startMosquitto();
+  });
+  after(async () => {
+    await broker?.stop();
+  });
+  beforeEach(async () => {
+    outbox = new MemoryOutbox({ maxBytes: 64 * 1024 * 1024, site, edge });
+    await outbox.open();
+  });
+  afterEach(async () => {
+    await uplink?.stop();
+    await central?.close();
+    await outbox.close();
+    uplink = central = undefined;
+  });
+
+  function make(config: Partial<UplinkConfig>, url = broker.url): Uplink {
+    const full: UplinkConfig = {
+      url,
+      ack: 'central',
+      batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 20 },
+      compress: 'gzip',
+      ...config,
+    };
+    uplink = new Uplink({
+      config: full,
+      site,
+      edge,
+      version: 't',
+      outbox,
+      log: silentLogger(),
+      reconnectMinMs: 50,
+      reconnectMaxMs: 300,
+    });
+    return uplink;
+  }
+
+  function append(n: number, type: EventType = 'sensor.reading') {
+    return outbox.append(
+      Array.from({ length: n }, (_, i) =>
+        makeEnvelope({ type, source: { device: 'd1' }, data: { i } }, { site, edge }),
+      ),
+    );
+  }
+
+  it('sends full batches at once and holds a partial one for lingerMs', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: true });
+    const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 3000 } });
+    await u.start();
+    await waitFor(() => u.status().connected, { message: 'connected' });
+    const c = central;
+    const t0 = Date.now();
+    await append(25);
+    await waitFor(() => c.byId.size >= 20, {
+      timeoutMs: 2500,
+      message: 'two full batches without lingering',
+    });
+    if (Date.now() - t0 < 2900) assert.equal(c.byId.size, 20, 'the partial batch lingers');
+    await waitFor(() => c.byId.size === 25, { timeoutMs: 6000, message: 'partial batch after linger' });
+    assert.ok(Date.now() - t0 >= 2900, 'the partial batch waited for lingerMs');
+    assert.deepEqual(
+      c.batches.map((b) => b.events.length),
+      [10, 10, 5],
+    );
+  });
+
+  it('critical events do not wait for linger', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: true });
+    const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 5000 } });
+    await u.start();
+    await waitFor(() => u.status().connected, { message: 'connected' });
+    const c = central;
+    const t0 = Date.now();
+    const [crit] = await append(1, 'fire.alarm');
+    await waitFor(() => c.byId.has(crit.id), { timeoutMs: 3000, message: 'critical sent at once' });
+    assert.ok(Date.now() - t0 < 3000);
+  });
+
+  it('keeps at most maxInflight unacked batches, lets a critical past a full window', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
+    const u = make({ maxInflight: 2, ackTimeoutMs: 60_000 });
+    await u.start();
+    await waitFor(() => u.status().connected, { message: 'connected' });
+    const c = central;
+    await append(100);
+    await waitFor(() => c.byId.size === 20, { message: 'window filled' });
+    assert.equal(u.status().inflightBatches, 2);
+    const [crit] = await append(1, 'door.forced');
+    await waitFor(() => c.byId.has(crit.id), { message: 'critical past the full window' });
+    assert.equal(c.byId.size, 21, 'no info batch beyond the window');
+    assert.equal(u.status().inflightBatches, 3);
+    assert.equal(outbox.stats().events, 101, 'nothing acked, nothing deleted');
+    // Ack what was sent: the window slides and the rest follows.
+    const first = c.batches.map((b) => b.events.map((e) => e.seq!) as number[]).flat();
+    c.setAck(true);
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: first.map((s) => [s, s]) }));
+    await waitFor(() => outbox.stats().events === 0, { message: 'drained after acks' });
+    assert.equal(c.byId.size, 101);
+  });
+
+  it('ack: broker deletes on PUBACK', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
+    const u = make({ ack: 'broker' });
+    let acked = 0;
+    u.on('ack', (a) => {
+      acked += a.events;
+    });
+    await append(55);
+    await u.start();
+    const c = central;
+    await waitFor(() => outbox.stats().events === 0, { message: 'PUBACKs emptied the outbox' });
+    assert.equal(acked, 55);
+    await waitFor(() => c.byId.size === 55, { message: 'central got everything' });
+  });
+
+  it('keeps retrying while the broker is absent, publishes nothing, drains the backlog once it is up', async () => {
+    const port = await freePort();
+    const u = make({}, `mqtt://127.0.0.1:${port}`);
+    let published = 0;
+    u.on('publish', () => {
+      published++;
+    });
+    await append(35);
+    await u.start();
+    // An observation window for a negative check (several reconnect attempts fit in it), not synchronization.
+    await delay(600);
+    assert.equal(u.status().connected, false);
+    assert.equal(published, 0, 'nothing published while disconnected');
+    const late = await startMosquitto({ port });
+    try {
+      central = await startTestCentral({ url: late.url, site, edge, ack: true });
+      const c = central;
+      // No new event is appended: the backlog must drain on connect.
+      await waitFor(() => outbox.stats().events === 0, {
+        timeoutMs: 10_000,
+        message: 'backlog drained on connect',
+      });
+      assert.equal(c.byId.size, 35);
+      await u.stop();
+      await c.close();
+      central = undefined;
+    } finally {
+      await late.stop();
+    }
+  });
+
+  it('start() fails clearly when a TLS file is missing', async () => {
+    const u = make({ url: 'mqtts://127.0.0.1:8883', ca: '/nonexistent/ca.pem' });
+    await assert.rejects(u.start(), (err: unknown) => isEdgewardError(err, 'EDGE_UPLINK_TLS'));
+    assert.equal(u.status().connected, false);
+  });
+});
