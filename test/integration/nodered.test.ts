@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -17,7 +17,11 @@ import { waitFor } from '../helpers/wait.js';
 const PASSWORD = 'tech-secret-1';
 const PASSWORD_HASH = '$2b$08$ujWrDslAELZpvNPRtE4j/eY4tTzVVDNjhyr5Ia0vXie3jrkQ8Pwl2';
 
-/** inject (good) → edgeward-event, inject (bad) → the same node. Injects fire only when POSTed. */
+/**
+ * inject (good) → edgeward-event, inject (bad) → the same node (injects fire
+ * only when POSTed to the admin API); http in → edgeward-event → http response,
+ * to see the node's output (the stored envelope).
+ */
 const TEST_FLOW = [
   { id: 't.tab', type: 'tab', label: 'test' },
   {
@@ -43,6 +47,9 @@ const TEST_FLOW = [
     wires: [['t.event']],
   },
   { id: 't.event', type: 'edgeward-event', z: 't.tab', name: 'flow-sensor', eventType: '', severity: '', wires: [[]] },
+  { id: 't.http', type: 'http in', z: 't.tab', url: '/test/event', method: 'post', upload: false, wires: [['t.event2']] },
+  { id: 't.event2', type: 'edgeward-event', z: 't.tab', name: 'http-door', eventType: 'door.opened', severity: '', wires: [['t.res']] },
+  { id: 't.res', type: 'http response', z: 't.tab', statusCode: '', headers: {}, wires: [] },
 ];
 
 function config(over: Partial<SiteConfig['nodeRed']>, dataDir: string, host = '127.0.0.1'): SiteConfig {
@@ -180,6 +187,24 @@ describe('embedded Node-RED (integration)', function () {
       assert.equal(stored.severity, 'info');
     });
 
+    it('sends the stored envelope on its output, with the default type and card pseudonymised', async () => {
+      const res = await fetch(`${h.base}/test/event`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ data: { door: 1, card: 10045821 } }),
+      });
+      assert.equal(res.status, 200);
+      const env = (await res.json()) as Record<string, any>;
+      assert.equal(env.type, 'door.opened');
+      assert.equal(env.site, 'test-site');
+      assert.equal(env.source.device, 'http-door');
+      assert.equal(typeof env.seq, 'number');
+      assert.match(env.id, /^[0-9A-HJKMNP-TV-Z]{26}$/);
+      assert.match(env.data.card, /^[0-9a-f]{16}$/);
+      assert.equal(env.data.door, 1);
+      assert.equal(h.runtime.outbox.recent(1)[0].id, env.id);
+    });
+
     it('rejects a bad payload with an error and stores nothing', async () => {
       const before = h.runtime.outbox.stats().lastSeq;
       const res = await fetch(`${h.base}/inject/t.bad`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
@@ -191,9 +216,24 @@ describe('embedded Node-RED (integration)', function () {
       assert.equal(line.level, 50); // pino error
       assert.match(String(line.msg), /event rejected/);
       assert.match(String(line.msg), /type: type must be a contract event type/);
-      // Nothing stored: let any stray append land first, through the same HTTP server.
-      await fetch(`${h.base}/api/v1/status`);
+      // The error is reported after ingest rejected, so an append would already show in lastSeq.
       assert.equal(h.runtime.outbox.stats().lastSeq, before);
+    });
+
+    it('writes a deploy back to the technician\'s flow file', async () => {
+      const flows = [...TEST_FLOW, { id: 't.note', type: 'comment', z: 't.tab', name: 'deployed from the editor', wires: [] }];
+      const res = await fetch(`${h.base}/flows`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${token}`,
+          'content-type': 'application/json',
+          'node-red-deployment-type': 'full',
+        },
+        body: JSON.stringify(flows),
+      });
+      assert.equal(res.status, 204);
+      const saved = JSON.parse(await readFile(path.join(tmp.path, 'auth.json'), 'utf8')) as Array<{ id: string }>;
+      assert.ok(saved.some((n) => n.id === 't.note'));
     });
   });
 
