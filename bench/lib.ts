@@ -266,6 +266,10 @@ export function fmtNum(v: number | string): string {
   return v.toFixed(2);
 }
 
+export function fmtInt(v: number): string {
+  return Math.round(v).toLocaleString('en-US');
+}
+
 /** Human-readable elapsed time since `t0` (performance.now()). */
 export function since(t0: number): string {
   return `${((performance.now() - t0) / 1000).toFixed(1)} s`;

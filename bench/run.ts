@@ -1,0 +1,311 @@
+/**
+ * `npm run bench [-- section…]`: measures the quality bars of SPEC.md in one
+ * run and prints them next to the peer (a Mosquitto bridge) measured in the
+ * same minute. Sections: `pipeline`, `backlog`, `peer`, and `modbus` when
+ * bench/modbus.ts exports `runModbusBench()`. Default: all available.
+ * Results also go to bench/results.json (not committed).
+ *
+ * Counts (env): BENCH_EVENTS (200000), BENCH_BATCH (100), BENCH_CONCURRENCY (8),
+ * BENCH_BACKLOG (1000000), BENCH_LATENCY_SAMPLES (200), BENCH_PEER_EVENTS (50000),
+ * BENCH_PEER_MAX_S (20), BENCH_COMPRESS (gzip | none).
+ */
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { cpus, loadavg } from 'node:os';
+import { join } from 'node:path';
+import { type Figure, fmtInt, fmtNum, mb, progress } from './lib.js';
+import { type PeerResult, runPeerBench } from './peer-mosquitto-bridge.js';
+import {
+  type BacklogResult,
+  type EdgewardKillResult,
+  type PipelineResult,
+  runBacklogBench,
+  runEdgewardKill,
+  runPipelineBench,
+} from './pipeline.js';
+
+const SECTIONS = ['pipeline', 'backlog', 'peer', 'modbus'] as const;
+type Section = (typeof SECTIONS)[number];
+
+interface Results {
+  startedAt: string;
+  node: string;
+  cpus: number;
+  loadavgAtStart: number[];
+  env: Record<string, string>;
+  pipeline?: PipelineResult;
+  backlog?: BacklogResult;
+  peer?: { mosquitto: PeerResult[]; edgeward: EdgewardKillResult };
+  modbus?: unknown;
+  figures: Figure[];
+  errors: Array<{ section: string; error: string }>;
+}
+
+/** bench/modbus.ts is another helper's: load it only if it is there. */
+async function loadModbus(): Promise<(() => Promise<unknown>) | undefined> {
+  if (!existsSync(join(__dirname, 'modbus.ts')) && !existsSync(join(__dirname, 'modbus.js'))) return undefined;
+  const spec = './modbus.js';
+  const mod = (await import(spec)) as { runModbusBench?: () => Promise<unknown>; default?: { runModbusBench?: () => Promise<unknown> } };
+  return mod.runModbusBench ?? mod.default?.runModbusBench;
+}
+
+function pipelineFigures(p: PipelineResult): Figure[] {
+  const ratio = p.outboxAlonePerS / p.pipelinePerS;
+  return [
+    {
+      section: 'pipeline',
+      name: 'HTTP → outbox → uplink → Mosquitto → central ack',
+      value: p.pipelinePerS,
+      unit: 'events/s',
+      target: '≥ 30,000',
+      pass: p.pipelinePerS >= 30_000,
+      note: `${fmtNum(p.events)} events, ${p.batch}/request, ${p.concurrency} connections`,
+    },
+    {
+      section: 'pipeline',
+      name: 'outbox alone (same batches, sync writes)',
+      value: p.outboxAlonePerS,
+      unit: 'events/s',
+    },
+    {
+      section: 'pipeline',
+      name: 'outbox alone / pipeline',
+      value: ratio,
+      unit: '×',
+      target: '≤ 1.5',
+      ratio: `${fmtNum(ratio)}×`,
+      pass: ratio <= 1.5,
+    },
+    {
+      section: 'pipeline',
+      name: 'driver path (runtime.ingest) → … → central ack',
+      value: p.driverPathPerS,
+      unit: 'events/s',
+      target: '≥ 30,000',
+      ratio: `${fmtNum(p.outboxAlonePerS / p.driverPathPerS)}× below outbox alone`,
+      pass: p.driverPathPerS >= 30_000,
+    },
+    {
+      section: 'pipeline',
+      name: 'HTTP accepted (202 = stored durably)',
+      value: p.httpAcceptedPerS,
+      unit: 'events/s',
+    },
+    {
+      section: 'pipeline',
+      name: 'critical event POST → central, idle: p50',
+      value: p.idleLatency.p50,
+      unit: 'ms',
+    },
+    {
+      section: 'pipeline',
+      name: 'critical event POST → central, idle: p99',
+      value: p.idleLatency.p99,
+      unit: 'ms',
+      target: '< 50',
+      pass: p.idleLatency.p99 < 50,
+      note: `${p.idleLatency.samples} samples, one per 20 ms`,
+    },
+    {
+      section: 'pipeline',
+      name: 'RSS runtime, no editor, after the load',
+      value: mb(p.rssNoEditor),
+      unit: 'MB',
+    },
+    {
+      section: 'pipeline',
+      name: 'RSS runtime with the Node-RED editor, idle',
+      value: mb(p.rssEditor),
+      unit: 'MB',
+      target: '< 150',
+      pass: p.rssEditor < 150 * 1024 * 1024,
+      note: 'no simulated devices loaded (the bar says 33)',
+    },
+  ];
+}
+
+function backlogFigures(b: BacklogResult): Figure[] {
+  return [
+    {
+      section: 'backlog',
+      name: `critical event POST → central, ${fmtNum(b.backlog)} backlog draining: p50`,
+      value: b.latency.p50,
+      unit: 'ms',
+    },
+    {
+      section: 'backlog',
+      name: `critical event POST → central, ${fmtNum(b.backlog)} backlog draining: p99`,
+      value: b.latency.p99,
+      unit: 'ms',
+      target: '< 50',
+      pass: b.latency.p99 < 50,
+      note: `${b.latency.samples} samples, max ${fmtNum(b.latency.max)} ms`,
+    },
+    { section: 'backlog', name: 'backlog drain rate during the samples', value: b.drainPerS, unit: 'events/s' },
+    { section: 'backlog', name: 'backlog preload (outbox, 5000/append)', value: b.preloadPerS, unit: 'events/s' },
+  ];
+}
+
+function peerFigures(peers: PeerResult[], ew: EdgewardKillResult, p?: PipelineResult): Figure[] {
+  const out: Figure[] = [];
+  for (const r of peers) {
+    out.push({
+      section: 'peer',
+      name: `Mosquitto bridge (${r.flavour}): QoS 1 accepted, bridge up`,
+      value: r.throughput.ackedPerS,
+      unit: 'msg/s',
+      ratio: p ? `Edgeward pipeline / this: ${fmtNum(p.pipelinePerS / r.throughput.ackedPerS)}×` : undefined,
+      note: `${fmtInt(r.throughput.delivered)}/${fmtInt(r.throughput.acked)} at central`,
+    });
+    out.push({
+      section: 'peer',
+      name: `Mosquitto bridge (${r.flavour}): delivered/acknowledged after kill -9 in outage`,
+      value: `${fmtInt(r.kill.delivered)}/${fmtInt(r.kill.acknowledged)}`,
+      unit: pct(r.kill.delivered, r.kill.acknowledged),
+      note: `${fmtNum(r.kill.ackedPerS)} msg/s accepted during the outage`,
+    });
+  }
+  out.push({
+    section: 'peer',
+    name: 'Edgeward: delivered/acknowledged after kill -9 in outage',
+    value: `${fmtInt(ew.delivered)}/${fmtInt(ew.acknowledged)}`,
+    unit: pct(ew.delivered, ew.acknowledged),
+    target: '100 %',
+    pass: ew.acknowledged > 0 && ew.delivered === ew.acknowledged,
+    note: `${fmtNum(ew.acceptedPerS)} events/s accepted (HTTP 202) during the outage`,
+  });
+  return out;
+}
+
+function pct(a: number, b: number): string {
+  if (b === 0) return 'n/a';
+  // 2,413 of 2,414 must not print as 100 %: show what was lost.
+  return a === b ? '100 %' : `${((a / b) * 100).toFixed(2)} %, ${fmtInt(b - a)} lost`;
+}
+
+function modbusFigures(r: unknown): Figure[] {
+  if (Array.isArray(r) && r.every((f) => f && typeof f === 'object' && 'name' in f && 'value' in f)) {
+    return (r as Figure[]).map((f) => ({ ...f, section: f.section ?? 'modbus', unit: f.unit ?? '' }));
+  }
+  return [{ section: 'modbus', name: 'result', value: JSON.stringify(r), unit: '' }];
+}
+
+function printTable(figures: Figure[]): void {
+  const rows = figures.map((f) => [
+    f.section,
+    f.name,
+    `${fmtNum(f.value)} ${f.unit}`.trim(),
+    f.target ?? '',
+    f.ratio ?? '',
+    f.pass === undefined ? '' : f.pass ? 'PASS' : 'FAIL',
+  ]);
+  const head = ['section', 'figure', 'value', 'target', 'ratio', 'bar'];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  console.log(line(head));
+  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const r of rows) console.log(line(r));
+  const notes = figures.filter((f) => f.note);
+  if (notes.length > 0) {
+    console.log('\nnotes:');
+    for (const f of notes) console.log(`  ${f.section} / ${f.name}: ${f.note}`);
+  }
+}
+
+function printSideBySide(peers: PeerResult[], ew: EdgewardKillResult, p?: PipelineResult): void {
+  console.log('\nside by side (same run): what a user would otherwise install vs Edgeward');
+  const rows = [
+    ['', 'accepted/s, link up', 'accepted/s, outage', 'kill -9 in outage: delivered/acked'],
+    ...peers.map((r) => [
+      `Mosquitto bridge, ${r.flavour}`,
+      fmtNum(r.throughput.ackedPerS),
+      fmtNum(r.kill.ackedPerS),
+      `${fmtInt(r.kill.delivered)}/${fmtInt(r.kill.acknowledged)} (${pct(r.kill.delivered, r.kill.acknowledged)})`,
+    ]),
+    [
+      'Edgeward (HTTP → outbox → uplink)',
+      p ? fmtNum(p.pipelinePerS) : 'n/a',
+      fmtNum(ew.acceptedPerS),
+      `${fmtInt(ew.delivered)}/${fmtInt(ew.acknowledged)} (${pct(ew.delivered, ew.acknowledged)})`,
+    ],
+  ];
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd());
+}
+
+async function main(argv: string[]): Promise<number> {
+  const asked = argv.filter((a) => !a.startsWith('-'));
+  for (const a of asked) {
+    if (!(SECTIONS as readonly string[]).includes(a)) {
+      console.error(`unknown section "${a}"; sections: ${SECTIONS.join(', ')}`);
+      return 2;
+    }
+  }
+  const modbus = await loadModbus();
+  const wanted = new Set<Section>(asked.length > 0 ? (asked as Section[]) : SECTIONS.filter((s) => s !== 'modbus' || modbus));
+  if (wanted.has('modbus') && !modbus) {
+    console.error('section "modbus" asked for, but bench/modbus.ts exports no runModbusBench()');
+    return 2;
+  }
+
+  const res: Results = {
+    startedAt: new Date().toISOString(),
+    node: process.version,
+    cpus: cpus().length,
+    loadavgAtStart: loadavg(),
+    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('BENCH_')) as Array<[string, string]>),
+    figures: [],
+    errors: [],
+  };
+  const t0 = performance.now();
+  const attempt = async <T>(section: string, fn: () => Promise<T>): Promise<T | undefined> => {
+    try {
+      return await fn();
+    } catch (err) {
+      progress(`${section} failed: ${(err as Error).stack ?? err}`);
+      res.errors.push({ section, error: String((err as Error).message ?? err) });
+      return undefined;
+    }
+  };
+
+  if (wanted.has('pipeline')) {
+    res.pipeline = await attempt('pipeline', runPipelineBench);
+    if (res.pipeline) res.figures.push(...pipelineFigures(res.pipeline));
+  }
+  if (wanted.has('backlog')) {
+    res.backlog = await attempt('backlog', runBacklogBench);
+    if (res.backlog) res.figures.push(...backlogFigures(res.backlog));
+  }
+  if (wanted.has('peer')) {
+    const mosquitto = await attempt('peer', runPeerBench);
+    const edgeward = await attempt('peer', runEdgewardKill);
+    if (mosquitto && edgeward) {
+      res.peer = { mosquitto, edgeward };
+      res.figures.push(...peerFigures(mosquitto, edgeward, res.pipeline));
+    }
+  }
+  if (wanted.has('modbus') && modbus) {
+    res.modbus = await attempt('modbus', modbus);
+    if (res.modbus !== undefined) res.figures.push(...modbusFigures(res.modbus));
+  }
+
+  console.log(
+    `\nEdgeward bench — ${res.startedAt}, Node ${res.node}, ${res.cpus} CPUs, load at start ${res.loadavgAtStart
+      .map((l) => l.toFixed(2))
+      .join(' ')}, took ${((performance.now() - t0) / 1000).toFixed(0)} s\n`,
+  );
+  printTable(res.figures);
+  if (res.peer) printSideBySide(res.peer.mosquitto, res.peer.edgeward, res.pipeline);
+  for (const e of res.errors) console.log(`\nERROR in ${e.section}: ${e.error}`);
+  await writeFile(join(__dirname, 'results.json'), `${JSON.stringify(res, null, 2)}\n`);
+  console.log('\nresults: bench/results.json');
+  return res.errors.length > 0 ? 1 : 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
