@@ -477,9 +477,7 @@ export class LevelOutbox implements Outbox {
       return freed;
     };
 
-    const put = (env: Envelope): void => {
-      const json = JSON.stringify(env);
-      const size = Buffer.byteLength(json);
+    const put = (env: Envelope, json: string, size: number): void => {
       ops.push({ type: 'put', key: eventKey(env.severity, env.seq!), value: json });
       counts[env.severity].events++;
       counts[env.severity].bytes += size;
@@ -492,11 +490,13 @@ export class LevelOutbox implements Outbox {
     for (const job of jobs) {
       if (job.kind !== 'append') continue;
       const seqd = job.events.map((e, i) => ({ ...e, seq: lastSeq + 1 + i }));
+      const jsons = seqd.map((e) => JSON.stringify(e));
+      const sizes = jsons.map((j) => Buffer.byteLength(j));
       let size = 0;
       let hasCritical = false;
-      for (const e of seqd) {
-        size += Buffer.byteLength(JSON.stringify(e));
-        if (e.severity === 'critical') hasCritical = true;
+      for (let i = 0; i < seqd.length; i++) {
+        size += sizes[i];
+        if (seqd[i].severity === 'critical') hasCritical = true;
       }
       const over = totalBytes(counts) + size - meta.maxBytes;
       if (over > 0) {
@@ -519,14 +519,15 @@ export class LevelOutbox implements Outbox {
         }
       }
       lastSeq += seqd.length;
-      for (const e of seqd) put(e);
+      for (let i = 0; i < seqd.length; i++) put(seqd[i], jsons[i], sizes[i]);
       appendResults.set(job, seqd);
     }
 
     if (tally) {
       const overflow = (tally as OverflowTally).toEnvelope({ site: this.opts.site, edge: this.opts.edge }, this.clock.now());
       overflow.seq = ++lastSeq;
-      put(overflow);
+      const json = JSON.stringify(overflow);
+      put(overflow, json, Buffer.byteLength(json));
     }
     if (totalBytes(counts) <= meta.maxBytes) this.warnedOverBound = false;
 
