@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { Envelope } from '../../edge/envelope.js';
 import {
@@ -19,6 +20,8 @@ export interface TestCentralOptions {
   ack: AckPolicy;
   /** Ack with this epoch instead of the batch's (to test foreign-epoch acks). */
   ackEpoch?: string;
+  /** PEM file paths for an `mqtts://` broker. */
+  tls?: { ca?: string; cert?: string; key?: string };
 }
 
 /** A minimal central receiver for tests: records every batch, optionally acks it. */
@@ -70,6 +73,9 @@ export async function startTestCentral(opts: TestCentralOptions): Promise<TestCe
     clean: true,
     reconnectPeriod: 100,
     connectTimeout: 5000,
+    ...(opts.tls?.ca ? { ca: readFileSync(opts.tls.ca) } : {}),
+    ...(opts.tls?.cert ? { cert: readFileSync(opts.tls.cert) } : {}),
+    ...(opts.tls?.key ? { key: readFileSync(opts.tls.key) } : {}),
   });
   client.on('error', () => undefined);
   client.on('close', () => {

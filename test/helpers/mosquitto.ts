@@ -7,7 +7,7 @@ import { join } from 'node:path';
 /** A Mosquitto broker run by a test. */
 export interface TestMosquitto {
   port: number;
-  /** `mqtt://127.0.0.1:{port}` */
+  /** `mqtt://127.0.0.1:{port}` (`mqtts://` with TLS) */
   url: string;
   /** Pid of the current process (changes on restart). */
   readonly pid: number;
@@ -43,6 +43,14 @@ function portAccepts(port: number): Promise<boolean> {
   });
 }
 
+/** A TLS listener: PEM file paths; with `requireCertificate` clients must present a cert signed by `cafile`. */
+export interface MosquittoTls {
+  cafile: string;
+  certfile: string;
+  keyfile: string;
+  requireCertificate?: boolean;
+}
+
 let checked = false;
 
 /**
@@ -51,7 +59,9 @@ let checked = false;
  * bursts to a slow subscriber are dropped; see NOTES.md). Throws — never
  * skips — when mosquitto is not installed or does not come up within 5 s.
  */
-export async function startMosquitto(opts: { port?: number; dir?: string } = {}): Promise<TestMosquitto> {
+export async function startMosquitto(
+  opts: { port?: number; dir?: string; tls?: MosquittoTls } = {},
+): Promise<TestMosquitto> {
   if (!checked) {
     const r = spawnSync('mosquitto', ['-h']);
     if (r.error)
@@ -71,6 +81,14 @@ export async function startMosquitto(opts: { port?: number; dir?: string } = {})
       conf,
       [
         `listener ${port} 127.0.0.1`,
+        ...(opts.tls
+          ? [
+              `cafile ${opts.tls.cafile}`,
+              `certfile ${opts.tls.certfile}`,
+              `keyfile ${opts.tls.keyfile}`,
+              `require_certificate ${opts.tls.requireCertificate ? 'true' : 'false'}`,
+            ]
+          : []),
         'allow_anonymous true',
         'persistence false',
         'max_queued_messages 0',
@@ -120,7 +138,7 @@ export async function startMosquitto(opts: { port?: number; dir?: string } = {})
   await launch();
   return {
     port,
-    url: `mqtt://127.0.0.1:${port}`,
+    url: `${opts.tls ? 'mqtts' : 'mqtt'}://127.0.0.1:${port}`,
     get pid() {
       return proc?.pid ?? -1;
     },

@@ -113,7 +113,7 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     assert.equal(u.status().inflightBatches, 3);
     assert.equal(outbox.stats().events, 101, 'nothing acked, nothing deleted');
     // Ack what was sent: the window slides and the rest follows.
-    const first = c.batches.map((b) => b.events.map((e) => e.seq!) as number[]).flat();
+    const first = c.batches.flatMap((b) => b.events.map((e) => e.seq!));
     c.setAck(true);
     await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: first.map((s) => [s, s]) }));
     await waitFor(() => outbox.stats().events === 0, { message: 'drained after acks' });
