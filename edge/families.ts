@@ -1,9 +1,11 @@
+import { register as registerDoor } from '../drivers/door/index.js';
 import type { Registry } from './registry.js';
 
 /**
  * Every device family the runtime knows. Each driver folder exports a
  * `register(registry)`; add one line here per family.
  */
-export function registerFamilies(_registry: Registry): void {
+export function registerFamilies(registry: Registry): void {
   // drivers register here, e.g. registerModbus(registry); registerDoor(registry);
+  registerDoor(registry); // modbus-bus resource + modbus-door family
 }

@@ -272,12 +272,21 @@ export class ModbusBus implements Resource {
       return;
     }
     const wait = this.quietUntil - performance.now();
-    if (wait > 0.05) {
+    if (wait > 0.02) {
       // RTU needs 3.5 characters of silence between frames, and a moment after a failed reply for stray bytes to drain.
+      // Timers round up to 1 ms, so short gaps are waited out by yielding turns instead.
+      if (wait < 1.5) {
+        this.pumpScheduled = true;
+        setImmediate(() => {
+          this.pumpScheduled = false;
+          this.pump();
+        });
+        return;
+      }
       this.quietTimer = this.ctx.clock.setTimeout(() => {
         this.quietTimer = undefined;
         this.pump();
-      }, wait);
+      }, wait - 0.5);
       return;
     }
     const job = this.high.shift() ?? this.normal.shift();

@@ -126,6 +126,14 @@ export class DoorUnit {
     }, seconds * 1000);
   }
 
+  /** Writing 0 to the pulse coil ends a running pulse (door.lock). */
+  private endPulse(door: number): void {
+    if (this.pulseTimers[door]) clearTimeout(this.pulseTimers[door]);
+    this.pulseTimers[door] = undefined;
+    this.coils[this.bit(door, this.profile.coils.unlockPulse)] = false;
+    this.setReleased(door, this.coils[this.bit(door, this.profile.coils.holdUnlocked)]);
+  }
+
   private setReleased(door: number, v: boolean): void {
     this.di[this.bit(door, this.profile.discreteInputs.lockReleased)] = v;
   }
@@ -136,6 +144,7 @@ export class DoorUnit {
     const off = address % this.profile.doors.stride;
     if (off === this.profile.coils.unlockPulse) {
       if (value) this.pulse(door);
+      else this.endPulse(door);
       return undefined;
     }
     if (off === this.profile.coils.holdUnlocked) {

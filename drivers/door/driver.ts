@@ -1,0 +1,264 @@
+import type { CommandRequest, Driver, DriverContext } from '../driver.js';
+import type { EventInput } from '../../edge/envelope.js';
+import { pseudonymiseCard } from '../../edge/envelope.js';
+import { EdgewardError } from '../../edge/errors.js';
+import type { Logger } from '../../edge/log.js';
+import type { ModbusBus } from '../modbus/bus.js';
+import type { DoorProfile } from './profile.js';
+
+/** How a door driver gets its bus: acquired in start(), released in stop() (the bus is shared by every unit on the line). */
+export type BusProvider = () => { resource: ModbusBus; release(): Promise<void> };
+
+/** Settings of one door controller (the `edgeward-door` node). */
+export interface DoorDriverOptions {
+  unitId: number;
+  profile: DoorProfile;
+  /** Doors on this controller, 1…profile.doors.max. */
+  doors: number;
+  /** Poll interval while online (ms). */
+  pollMs: number;
+  /** Consecutive failed polls before device.offline (default 3). */
+  offlineAfter?: number;
+  /** Longest pause between polls of a failing unit (default 5000 ms). */
+  maxBackoffMs?: number;
+}
+
+interface DoorState {
+  contact: boolean;
+  released: boolean;
+  tamper: boolean;
+}
+
+const ACTIONS = ['door.unlock', 'door.lock', 'door.hold'] as const;
+
+/**
+ * A Modbus door access controller (1–4 doors) read through its profile's
+ * register map. Each poll reads the discrete inputs (door contact, lock,
+ * tamper) and the event counter, then the new entries of the event ring.
+ * A unit that stops answering is polled with exponential backoff, so it
+ * costs its bus at most one timeout per backoff period.
+ */
+export class ModbusDoorDriver implements Driver {
+  readonly driver = 'modbus-door';
+  readonly actions = ACTIONS;
+  private bus?: ModbusBus;
+  private release?: () => Promise<void>;
+  private unsubscribe?: () => void;
+  private timer?: NodeJS.Timeout;
+  private running = false;
+  private polling = false;
+  private online?: boolean;
+  private lastSeen?: string;
+  private failures = 0;
+  private doorsState?: DoorState[];
+  private counter?: number;
+  private readonly log: Logger;
+
+  constructor(
+    readonly name: string,
+    private readonly opts: DoorDriverOptions,
+    private readonly getBus: BusProvider,
+    private readonly ctx: DriverContext,
+  ) {
+    this.log = ctx.log.child({ module: 'drivers/door', device: name, unit: opts.unitId });
+  }
+
+  async start(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    const { resource, release } = this.getBus();
+    this.bus = resource;
+    this.release = release;
+    // A replugged bus is probed at once instead of waiting out each unit's backoff.
+    this.unsubscribe = resource.onConnection((up) => {
+      if (up && this.failures > 0) this.schedule(0);
+    });
+    this.schedule(0);
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    if (this.timer) this.ctx.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    this.unsubscribe?.();
+    const release = this.release;
+    this.release = undefined;
+    this.bus = undefined;
+    await release?.();
+  }
+
+  state(): { online: boolean; lastSeen?: string } {
+    return { online: this.online === true, lastSeen: this.lastSeen };
+  }
+
+  async execute(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
+    const bus = this.bus;
+    if (!bus) throw new EdgewardError('EDGE_DRIVER_STOPPED', `${this.name} is not running`);
+    const door = cmd.args.door ?? 0;
+    if (typeof door !== 'number' || !Number.isInteger(door) || door < 0 || door >= this.opts.doors) {
+      throw new EdgewardError('EDGE_COMMAND_INVALID', `${this.name}: args.door must be 0…${this.opts.doors - 1}`);
+    }
+    const p = this.opts.profile;
+    const unit = this.opts.unitId;
+    const base = p.doors.stride * door;
+    const high = { priority: 'high' as const };
+    switch (cmd.action) {
+      case 'door.unlock': {
+        const seconds = cmd.args.seconds;
+        if (seconds !== undefined) {
+          if (typeof seconds !== 'number' || !Number.isInteger(seconds) || seconds < 1 || seconds > 3600) {
+            throw new EdgewardError('EDGE_COMMAND_INVALID', `${this.name}: args.seconds must be an integer 1…3600`);
+          }
+          await bus.writeRegister(unit, p.holdingRegisters.unlockSeconds, seconds, high);
+        }
+        await bus.writeCoil(unit, base + p.coils.unlockPulse, true, high);
+        this.log.info({ door, seconds, command: cmd.id }, 'door unlocked by command');
+        return { door, ...(seconds === undefined ? {} : { seconds }) };
+      }
+      case 'door.lock':
+        await bus.writeCoil(unit, base + p.coils.holdUnlocked, false, high);
+        await bus.writeCoil(unit, base + p.coils.unlockPulse, false, high);
+        this.log.info({ door, command: cmd.id }, 'door locked by command');
+        return { door };
+      case 'door.hold': {
+        // args.hold (default true) holds the door unlocked; hold:false or release:true returns it to normal.
+        const hold = cmd.args.release === true ? false : cmd.args.hold !== false;
+        await bus.writeCoil(unit, base + p.coils.holdUnlocked, hold, high);
+        this.log.info({ door, hold, command: cmd.id }, hold ? 'door held unlocked by command' : 'door hold released by command');
+        return { door, hold };
+      }
+      default:
+        throw new EdgewardError('EDGE_COMMAND_UNSUPPORTED', `${this.name} does not execute ${cmd.action}`);
+    }
+  }
+
+  private schedule(delayMs: number): void {
+    if (!this.running) return;
+    if (this.timer) this.ctx.clock.clearTimeout(this.timer);
+    this.timer = this.ctx.clock.setTimeout(() => {
+      this.timer = undefined;
+      void this.poll();
+    }, delayMs);
+  }
+
+  private async poll(): Promise<void> {
+    if (!this.running || this.polling || !this.bus) return;
+    this.polling = true;
+    const started = this.ctx.clock.now();
+    let next: number;
+    try {
+      await this.pollOnce(this.bus);
+      this.succeeded();
+      next = this.opts.pollMs;
+    } catch (err) {
+      next = this.failed(err as Error);
+    } finally {
+      this.polling = false;
+    }
+    // Fixed rate: the poll's own duration counts against the interval.
+    this.schedule(Math.max(0, next - (this.ctx.clock.now() - started)));
+  }
+
+  private async pollOnce(bus: ModbusBus): Promise<void> {
+    const p = this.opts.profile;
+    const unit = this.opts.unitId;
+    const di = p.discreteInputs;
+    const width = p.doors.stride * (this.opts.doors - 1) + Math.max(di.contact, di.requestToExit, di.lockReleased, di.tamper) + 1;
+    // One after the other: a unit that does not answer costs one timeout per poll, not two.
+    const [counter] = await bus.readInputRegisters(unit, p.inputRegisters.eventCounter, 1);
+    const bits = await bus.readDiscreteInputs(unit, 0, width);
+    if (this.counter !== undefined && counter !== this.counter) await this.readRing(bus, this.counter, counter);
+    this.counter = counter;
+    this.applyInputs(bits);
+  }
+
+  /** Read ring events after `from` up to `to` (u16 counters, wrapping); report what the ring overwrote. */
+  private async readRing(bus: ModbusBus, from: number, to: number): Promise<void> {
+    const ring = this.opts.profile.inputRegisters.ring;
+    const n = (to - from) & 0xffff;
+    const lost = Math.max(0, n - ring.size);
+    const ks: number[] = [];
+    for (let i = lost + 1; i <= n; i++) ks.push((from + i) & 0xffff);
+    // One request per entry: the bus merges adjacent entries into as few transactions as the limits allow.
+    const entries = await Promise.all(ks.map((k) => bus.readInputRegisters(this.opts.unitId, ring.base + ring.stride * (k % ring.size), ring.stride)));
+    if (lost > 0) {
+      this.log.warn({ lost }, 'device event ring overran between polls');
+      this.emit({ type: 'edge.events_lost', data: { count: lost, unit: this.opts.unitId } });
+    }
+    for (const e of entries) this.ringEvent(e);
+  }
+
+  private ringEvent(e: number[]): void {
+    const f = this.opts.profile.inputRegisters.ring.fields;
+    const code = e[f.code];
+    const meaning = this.opts.profile.eventCodes[String(code)];
+    if (!meaning) {
+      this.log.warn({ code }, 'unknown event code in device ring');
+      return;
+    }
+    const data: Record<string, unknown> = { door: e[f.door] };
+    if (meaning.card) data.card = this.card(e[f.cardHigh] * 0x10000 + e[f.cardLow]);
+    if (meaning.reason) data.reason = meaning.reason;
+    if (meaning.via) data.via = meaning.via;
+    this.emit({ type: meaning.type, data });
+  }
+
+  /** The card as events may carry it: the site pseudonym, or the raw number only when privacy.rawCards allows. */
+  private card(raw: number): string {
+    return this.ctx.privacy.rawCards ? String(raw) : pseudonymiseCard(raw, this.ctx.privacy.siteKey);
+  }
+
+  private applyInputs(bits: boolean[]): void {
+    const p = this.opts.profile;
+    const now: DoorState[] = [];
+    for (let d = 0; d < this.opts.doors; d++) {
+      const b = p.doors.stride * d;
+      now.push({ contact: bits[b + p.discreteInputs.contact], released: bits[b + p.discreteInputs.lockReleased], tamper: bits[b + p.discreteInputs.tamper] });
+    }
+    const before = this.doorsState;
+    this.doorsState = now;
+    if (!before) return; // the first poll is the baseline, not a change
+    now.forEach((s, door) => {
+      const was = before[door];
+      if (s.released !== was.released) this.emit({ type: s.released ? 'door.unlocked' : 'door.locked', data: { door } });
+      if (s.contact !== was.contact) this.emit({ type: s.contact ? 'door.opened' : 'door.closed', data: { door } });
+      if (s.tamper !== was.tamper) {
+        this.emit({ type: 'alert.door_tamper', data: { door, active: s.tamper }, severity: s.tamper ? 'critical' : 'info' });
+      }
+    });
+  }
+
+  private succeeded(): void {
+    this.failures = 0;
+    this.lastSeen = new Date(this.ctx.clock.now()).toISOString();
+    if (this.online !== true) {
+      this.online = true;
+      this.log.info('door controller online');
+      this.emit({ type: 'device.online', data: { unit: this.opts.unitId } });
+      this.presence();
+    }
+  }
+
+  /** Count a failed poll; returns the delay before the next one (exponential backoff, capped). */
+  private failed(err: Error): number {
+    this.failures++;
+    const code = (err as EdgewardError).code ?? 'EDGE_DRIVER_ERROR';
+    if (this.failures >= (this.opts.offlineAfter ?? 3) && this.online !== false) {
+      this.online = false;
+      this.log.warn({ code, failures: this.failures }, 'door controller offline');
+      this.emit({ type: 'device.offline', data: { unit: this.opts.unitId, error: code } });
+      this.presence();
+    } else {
+      this.log.debug({ code, failures: this.failures }, 'door poll failed');
+    }
+    return Math.min(this.opts.maxBackoffMs ?? 5000, this.opts.pollMs * 2 ** (this.failures - 1));
+  }
+
+  private presence(): void {
+    this.ctx.bus.emit('device.state', { name: this.name, driver: this.driver, online: this.online === true, lastSeen: this.lastSeen });
+  }
+
+  private emit(e: Omit<EventInput, 'source'>): void {
+    this.ctx.emit({ ...e, source: { device: this.name, driver: this.driver } });
+  }
+}
