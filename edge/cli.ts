@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { readOutboxStats, outboxPath } from '../sync/outbox.js';
 import { describeConfig, loadConfig } from './config.js';
 import type { SiteConfig } from './config-types.js';
@@ -142,16 +142,26 @@ const registerDemo: CommandRegistration = (program) => {
   program
     .command('demo')
     .description('run the whole loop in one process: simulated devices, flows, broker, central')
-    .action(async () => {
-      // edge/demo.ts is written by another helper; loaded lazily so the CLI works without it.
-      // TODO(demo): switch to a static import of runDemo once edge/demo.ts exists.
-      const demoPath = './demo.js';
-      const mod = (await import(demoPath).catch((err: unknown) => {
-        throw new CliExit(EXIT_RUNTIME, [`edgeward demo is not available: ${(err as Error).message}`]);
-      })) as { runDemo(opts: Record<string, unknown>): Promise<unknown> };
-      await mod.runDemo({});
+    .option('--port <n>', 'HTTP port of the API and editor (0 picks a free one)', parseIntOption, 1880)
+    .option('--data-dir <dir>', 'keep the outbox and flow copy here (default: a temp dir, removed at the end)')
+    .option('--duration <s>', 'stop after this many seconds (default: until Ctrl-C)', parseIntOption)
+    .option('--rate <n>', 'synthetic events per second', parseIntOption)
+    .action(async (opts: { port: number; dataDir?: string; duration?: number; rate?: number }) => {
+      // Loaded lazily: the demo pulls in the broker, simulators and Node-RED, which `check` must not pay for.
+      const { runDemo } = await import('./demo.js');
+      await runDemo({
+        httpPort: opts.port,
+        dataDir: opts.dataDir,
+        durationMs: opts.duration === undefined ? undefined : opts.duration * 1000,
+        ratePerSec: opts.rate,
+      });
     });
 };
+
+function parseIntOption(v: string): number {
+  if (!/^\d+$/.test(v)) throw new InvalidArgumentError('must be a non-negative integer');
+  return Number(v);
+}
 
 /** Every subcommand. Other modules append their registration here. */
 export const COMMANDS: CommandRegistration[] = [registerStart, registerCheck, registerOutbox, registerDemo];

@@ -57,6 +57,8 @@ export class Runtime {
   readonly registry = new Registry();
   readonly metrics = new Metrics();
   private readonly log: Logger;
+  /** Handed to the modules we create: each makes its own `{ module }` child. */
+  private readonly rootLog: Logger;
   private readonly clock: Clock;
   private outboxImpl?: Outbox;
   private uplink?: Uplink;
@@ -76,6 +78,7 @@ export class Runtime {
 
   constructor(opts: RuntimeOptions) {
     this.config = opts.config;
+    this.rootLog = opts.log;
     this.log = opts.log.child({ module: 'edge/runtime' });
     this.clock = opts.clock ?? systemClock;
     this.version = opts.version ?? '0.0.0';
@@ -96,7 +99,7 @@ export class Runtime {
   get nodeApi(): EdgewardNodeApi {
     this.nodeApiValue ??= {
       bus: this.bus,
-      log: this.log,
+      log: this.rootLog,
       registry: this.registry,
       driverContext: (device) => this.driverContext(device),
       registerDriver: (driver) => this.registerDriver(driver),
@@ -115,7 +118,7 @@ export class Runtime {
       this.outboxImpl ??= new LevelOutbox({
         dir: outboxPath(c.dataDir),
         maxBytes: c.outbox.maxBytes,
-        log: this.log,
+        log: this.rootLog,
         clock: this.clock,
         site: c.site,
         edge: c.edge,
@@ -142,7 +145,7 @@ export class Runtime {
           edge: c.edge,
           version: this.version,
           outbox,
-          log: this.log,
+          log: this.rootLog,
           clock: this.clock,
         });
         this.uplinkDownSince = this.clock.now();
@@ -158,7 +161,7 @@ export class Runtime {
       const app = express();
       app.disable('x-powered-by');
       mountHttpApi(app, {
-        log: this.log,
+        log: this.rootLog,
         metrics: this.metrics,
         token: c.http.token,
         privacy: c.privacy,
@@ -177,7 +180,7 @@ export class Runtime {
           server: this.server,
           config: c,
           api: this.nodeApi,
-          log: this.log,
+          log: this.rootLog,
           userDir: join(c.dataDir, 'node-red'),
         });
       }
@@ -305,7 +308,7 @@ export class Runtime {
     return {
       bus: this.bus,
       clock: this.clock,
-      log: this.log.child({ module: 'drivers', device }),
+      log: this.rootLog.child({ module: 'drivers', device }),
       emit: (event) => this.bus.emit('event.input', event),
       privacy: this.config.privacy,
     };

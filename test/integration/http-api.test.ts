@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
+import type { Driver } from '../../drivers/driver.js';
+import { systemClock } from '../../edge/clock.js';
 import { parseConfig } from '../../edge/config.js';
 import type { Envelope } from '../../edge/envelope.js';
 import { silentLogger } from '../../edge/log.js';
 import { Runtime } from '../../edge/runtime.js';
 import { readOutboxStats, outboxPath } from '../../sync/outbox.js';
+import { freePort } from '../helpers/mosquitto.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -242,6 +245,56 @@ describe('local HTTP API (integration)', function () {
     assert.deepEqual(devices.sort(), ['bus-dev', 'bus-dev-2']);
   });
 
+  it('starts registered drivers, survives a broken one, shows them in status and routes commands', async () => {
+    const executed: string[] = [];
+    const healthy: Driver = {
+      name: 'door-ok',
+      driver: 'fake',
+      actions: ['door.unlock'],
+      start: async () => undefined,
+      stop: async () => undefined,
+      execute: async (cmd) => {
+        executed.push(`${cmd.action}:${cmd.target}`);
+        return { ok: 1 };
+      },
+      state: () => ({ online: true, lastSeen: '2025-03-05T08:12:03.120Z' }),
+    };
+    const broken: Driver = {
+      ...healthy,
+      name: 'door-broken',
+      start: async () => {
+        throw new Error('serial port vanished');
+      },
+      state: () => ({ online: false }),
+    };
+    const unregisterOk = runtime.registerDriver(healthy);
+    const unregisterBroken = runtime.registerDriver(broken);
+    assert.throws(() => runtime.registerDriver(healthy), /already registered/);
+    const status = (await (await fetch(`${base}/api/v1/status`)).json()) as { devices: Array<Record<string, unknown>> };
+    const byName = new Map(status.devices.map((d) => [d.name, d]));
+    assert.deepEqual(byName.get('door-ok'), {
+      name: 'door-ok',
+      driver: 'fake',
+      online: true,
+      lastSeen: '2025-03-05T08:12:03.120Z',
+    });
+    assert.equal(byName.get('door-broken')?.online, false);
+    assert.equal((await fetch(`${base}/healthz`)).status, 200, 'a broken device does not make the runtime unhealthy');
+    await waitFor(async () => (await runtime.metrics.text()).includes('edgeward_driver_errors_total{device="door-broken"'), {
+      message: 'driver start error counted',
+    });
+
+    assert.deepEqual(await runtime.executeCommand({ id: 'c1', action: 'door.unlock', target: 'door-ok', args: {} }), { ok: 1 });
+    await assert.rejects(runtime.executeCommand({ id: 'c2', action: 'door.unlock', target: 'nope', args: {} }), /no device/);
+    await assert.rejects(runtime.executeCommand({ id: 'c3', action: 'fire.silence', target: 'door-ok', args: {} }), /does not accept/);
+    runtime.bus.emit('command', { id: 'c4', action: 'door.unlock', target: 'door-ok', args: {} });
+    await waitFor(() => executed.length === 2, { message: 'bus command routed to the driver' });
+
+    unregisterOk();
+    unregisterBroken();
+    assert.deepEqual(runtime.deviceNames(), []);
+  });
+
   describe('with a token', () => {
     let dir2: TmpDir;
     let rt: Runtime;
@@ -276,6 +329,45 @@ describe('local HTTP API (integration)', function () {
       const p = await fetch(`${url}/api/v1/events`, { method: 'POST', headers: { ...json, ...authz }, body: event });
       assert.equal(p.status, 202);
       assert.equal((await fetch(`${url}/healthz`)).status, 200);
+    });
+  });
+
+  describe('with an uplink that cannot connect', () => {
+    let dir3: TmpDir;
+    let rt: Runtime;
+    let offset = 0;
+
+    before(async () => {
+      dir3 = await tmpDir('http-uplink');
+      const deadPort = await freePort(); // nothing listens there
+      const config = configFor(dir3.path);
+      config.uplink = parseConfig(
+        `site: a\nedge: b\ndataDir: d\nprivacy: { siteKey: ${SITE_KEY} }\nuplink: { url: "mqtt://127.0.0.1:${deadPort}" }\n`,
+        {},
+      ).uplink;
+      // Time is driven by the test: only now() is shifted, timers run for real.
+      const clock = { ...systemClock, now: () => Date.now() + offset };
+      rt = new Runtime({ config, log: silentLogger(), clock });
+      await rt.start();
+    });
+
+    after(async () => {
+      await rt?.stop();
+      await dir3?.cleanup();
+    });
+
+    it('says 503 on /healthz once the uplink has been down for over 60 s', async () => {
+      const url = `http://127.0.0.1:${rt.port}`;
+      const early = await fetch(`${url}/healthz`);
+      assert.equal(early.status, 200, 'a short outage is normal on a cellular link');
+      offset = 61_000;
+      const late = await fetch(`${url}/healthz`);
+      assert.equal(late.status, 503);
+      const body = (await late.json()) as { ok: boolean; problems: string[] };
+      assert.equal(body.ok, false);
+      assert.ok(body.problems.some((p) => /^uplink disconnected for 6\d s$/.test(p)), body.problems.join('; '));
+      const status = (await (await fetch(`${url}/api/v1/status`)).json()) as { uplink: Record<string, unknown> };
+      assert.deepEqual(status.uplink, { connected: false, lastAckAt: null, configured: true });
     });
   });
 
