@@ -138,6 +138,11 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     return { events: `${this.prefix}/events`, status: `${this.prefix}/status`, ack: `${this.prefix}/ack` };
   }
 
+  /** The broker URL without any user:password part, for logs. */
+  private get safeUrl(): string {
+    return this.cfg.url.replace(/\/\/[^/@]*@/, '//');
+  }
+
   /** Read TLS files and start connecting; resolves at once (the broker may be down: we keep retrying). */
   async start(): Promise<void> {
     if (this.running) return;
@@ -231,13 +236,16 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       ...this.tls,
       will: { topic: this.topics.status, payload: this.statusPayload('offline'), qos: 1, retain: true },
     };
-    this.log.debug({ url: this.cfg.url, attempt: this.attempts }, 'connecting');
+    this.log.debug({ url: this.safeUrl, attempt: this.attempts }, 'connecting');
     const client = mqtt.connect(this.cfg.url, options);
     this.client = client;
     client.on('connect', () => void this.onConnect(client));
     client.on('close', () => this.onClose(client));
     client.on('error', (err) => {
-      if (client === this.client) this.log.warn({ err: err.message, url: this.cfg.url }, 'mqtt error');
+      if (client !== this.client) return;
+      // Loud for the first failure, quiet while retrying through a long outage.
+      const level = this.attempts === 0 ? 'warn' : 'debug';
+      this.log[level]({ err: err.message, url: this.safeUrl }, 'mqtt error');
     });
     client.on('message', (topic, payload) => {
       if (client === this.client && topic === this.topics.ack) this.onAckMessage(payload);
@@ -252,7 +260,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (client !== this.client || !this.running) return;
     try {
       // Subscribe before sending anything, or the acks of the first batches could be missed.
-      if (this.cfg.ack === 'central') await client.subscribeAsync(this.topics.ack, { qos: 1 });
+      if (this.cfg.ack === 'central') {
+        const granted = await client.subscribeAsync(this.topics.ack, { qos: 1 });
+        // MQTT 3.1.1 refuses a subscription with SUBACK code 0x80 rather than an error.
+        if (granted.some((g) => g.qos === 128))
+          throw new Error(`broker refused the subscription to ${this.topics.ack}`);
+      }
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'cannot subscribe to the ack topic; reconnecting');
       client.end(true);
@@ -261,7 +274,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (client !== this.client || !this.running || !client.connected) return;
     this.connected = true;
     this.attempts = 0;
-    this.log.info({ url: this.cfg.url, backlog: this.outbox.stats().events }, 'uplink connected');
+    this.log.info({ url: this.safeUrl, backlog: this.outbox.stats().events }, 'uplink connected');
     void this.publishStatus(client, 'online');
     this.scheduleStatus();
     this.emit('connect');
@@ -274,13 +287,14 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.client = null;
     const wasConnected = this.connected;
     this.connected = false;
-    // Pending publishes of this client fail now; their events are read again after the reconnect.
-    client.end(true);
+    // Forget in-flight batches first (their events are read again after the reconnect), then end
+    // the client: its pending publishes fail quietly instead of being replayed by mqtt.js.
     this.releaseAll();
+    client.end(true);
     if (this.statusTimer) this.clock.clearTimeout(this.statusTimer);
     this.statusTimer = null;
     if (wasConnected) {
-      this.log.warn({ url: this.cfg.url }, 'uplink disconnected');
+      this.log.warn({ url: this.safeUrl }, 'uplink disconnected');
       this.emit('disconnect', { reason: 'connection closed' });
     }
     if (!this.running) return;
