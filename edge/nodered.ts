@@ -40,7 +40,11 @@ interface NodeRedModule {
   stop(): Promise<void>;
   readonly httpAdmin: express.Handler;
   readonly httpNode: express.Handler;
+  readonly events: NodeJS.EventEmitter;
 }
+
+/** How long `embedNodeRed` waits for the flows to start before it carries on with a warning. */
+const FLOWS_START_TIMEOUT_MS = 30_000;
 
 /** Node-RED's log record as handed to a custom logging handler. */
 interface NodeRedLogRecord {
@@ -108,8 +112,19 @@ export async function embedNodeRed(opts: EmbedNodeRedOptions): Promise<EmbeddedN
     RED.init(server, settings);
     if (editor) app.use('/', RED.httpAdmin);
     app.use('/', RED.httpNode);
+    // RED.start() resolves before the flows run (it starts them in the
+    // background): wait for them, so `http in` routes and device nodes are
+    // live when the runtime reports started.
+    const flows = flowsStarted(RED.events);
     await RED.start();
-    log.info({ flowFile, editor, adminAuth: Boolean(adminAuth) }, 'node-red started');
+    const outcome = await flows;
+    if (outcome.ok) {
+      log.info({ flowFile, editor, adminAuth: Boolean(adminAuth) }, 'node-red started');
+    } else {
+      // A flow with an unknown node type does not run at all. The runtime keeps
+      // running (events over HTTP are still stored) and says so loudly.
+      log.error({ flowFile, problem: outcome.problem, types: outcome.types }, 'node-red flows are not running');
+    }
 
     let stopped = false;
     return {
@@ -132,6 +147,27 @@ export async function embedNodeRed(opts: EmbedNodeRedOptions): Promise<EmbeddedN
       cause: err,
     });
   }
+}
+
+/** Resolve when Node-RED reports the flows started, or why they did not. */
+function flowsStarted(events: NodeJS.EventEmitter): Promise<{ ok: boolean; problem?: string; types?: unknown }> {
+  return new Promise((resolve) => {
+    const done = (outcome: { ok: boolean; problem?: string; types?: unknown }) => {
+      clearTimeout(timer);
+      events.off('flows:started', onStarted);
+      events.off('runtime-event', onRuntimeEvent);
+      resolve(outcome);
+    };
+    const onStarted = () => done({ ok: true });
+    const onRuntimeEvent = (ev: { id?: string; payload?: { error?: string; types?: unknown } }) => {
+      // e.g. error 'missing-types' with the list of unknown node types, or 'safe-mode'.
+      if (ev?.id === 'runtime-state' && ev.payload?.error) done({ ok: false, problem: ev.payload.error, types: ev.payload.types });
+    };
+    const timer = setTimeout(() => done({ ok: false, problem: 'flows did not start in time' }), FLOWS_START_TIMEOUT_MS);
+    timer.unref();
+    events.on('flows:started', onStarted);
+    events.on('runtime-event', onRuntimeEvent);
+  });
 }
 
 /**

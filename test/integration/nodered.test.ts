@@ -86,9 +86,14 @@ interface Harness {
 }
 
 /** A Runtime (real outbox in a temp dataDir, port 0) running a temp copy of TEST_FLOW. */
-async function start(tmp: TmpDir, over: Partial<SiteConfig['nodeRed']>, name: string): Promise<Harness> {
+async function start(
+  tmp: TmpDir,
+  over: Partial<SiteConfig['nodeRed']>,
+  name: string,
+  flow: unknown[] = TEST_FLOW,
+): Promise<Harness> {
   const flowFile = path.join(tmp.path, `${name}.json`);
-  await writeFile(flowFile, JSON.stringify(TEST_FLOW));
+  await writeFile(flowFile, JSON.stringify(flow));
   const cfg = config({ ...over, flowFile }, path.join(tmp.path, name));
   const { log, lines } = captureLogger();
   const runtime = new Runtime({ config: cfg, log });
@@ -252,6 +257,30 @@ describe('embedded Node-RED (integration)', function () {
       assert.equal((await fetch(`${h.base}/flows`)).status, 404);
       assert.equal((await fetch(`${h.base}/auth/login`)).status, 404);
       assert.equal((await fetch(`${h.base}/`)).status, 404);
+    });
+  });
+
+  describe('with a node type this box does not have', () => {
+    let h: Harness;
+
+    before(async () => {
+      const flow = [
+        { id: 'm.tab', type: 'tab', label: 'm' },
+        { id: 'm.x', type: 'no-such-node', z: 'm.tab', wires: [] },
+      ];
+      h = await start(tmp, { editor: false }, 'missing', flow);
+    });
+    after(async () => {
+      await h?.close();
+    });
+
+    it('still starts the runtime and says loudly that the flows are not running', async () => {
+      assert.equal((await fetch(`${h.base}/api/v1/status`)).status, 200);
+      const line = h.lines.find((l) => l.msg === 'node-red flows are not running');
+      assert.ok(line, 'error logged');
+      assert.equal(line.level, 50);
+      assert.equal(line.problem, 'missing-types');
+      assert.deepEqual(line.types, ['no-such-node']);
     });
   });
 });
