@@ -1,3 +1,4 @@
+import { register as registerCardReader } from '../drivers/card-reader/index.js';
 import { register as registerDoor } from '../drivers/door/index.js';
 import type { Registry } from './registry.js';
 
@@ -8,4 +9,5 @@ import type { Registry } from './registry.js';
 export function registerFamilies(registry: Registry): void {
   // drivers register here, e.g. registerModbus(registry); registerDoor(registry);
   registerDoor(registry); // modbus-bus resource + modbus-door family
+  registerCardReader(registry);
 }

@@ -1,0 +1,88 @@
+import assert from 'node:assert/strict';
+import { SerialPort } from 'serialport';
+import type { Driver } from '../../drivers/driver.js';
+import { register as registerCardReader } from '../../drivers/card-reader/index.js';
+import { EventBus } from '../../edge/bus.js';
+import { systemClock } from '../../edge/clock.js';
+import { type EventInput, pseudonymiseCard } from '../../edge/envelope.js';
+import { createLogger } from '../../edge/log.js';
+import { Registry } from '../../edge/registry.js';
+import { openPtyPair, type PtyPair } from '../helpers/pty.js';
+import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+import { waitFor } from '../helpers/wait.js';
+
+/** A serial card reader on one end of a socat PTY pair; the test writes reader lines on the other end. */
+describe('card reader over a serial PTY', function () {
+  this.timeout(20_000);
+  let tmp: TmpDir;
+  let pty: PtyPair;
+  let reader: SerialPort;
+  let driver: Driver;
+  let registry: Registry;
+  const events: EventInput[] = [];
+  const logs: string[] = [];
+
+  async function openReaderEnd(): Promise<SerialPort> {
+    const p = new SerialPort({ path: pty.b, baudRate: 9600, autoOpen: false });
+    await new Promise<void>((res, rej) => p.open((e) => (e ? rej(e) : res())));
+    p.on('error', () => undefined);
+    return p;
+  }
+
+  before(async () => {
+    tmp = await tmpDir('card');
+    pty = await openPtyPair(tmp.path);
+    reader = await openReaderEnd();
+    registry = new Registry();
+    registerCardReader(registry);
+    const ctx = {
+      bus: new EventBus(),
+      clock: systemClock,
+      log: createLogger({ level: 'debug', destination: { write: (s: string) => void logs.push(s) } }),
+      emit: (e: EventInput) => void events.push(e),
+      privacy: { siteKey: 'site', rawCards: false },
+    };
+    driver = registry.createDriver('card-reader', 'reader-1', { path: pty.a, baudRate: '9600', pattern: '^W26:(?<card>\\d+)$', door: 2 }, ctx);
+    await driver.start();
+    await waitFor(() => driver.state().online, { message: 'reader online' });
+  });
+
+  after(async () => {
+    await driver?.stop();
+    if (reader?.isOpen) await new Promise<void>((r) => reader.close(() => r()));
+    await pty?.kill();
+    await tmp?.cleanup();
+  });
+
+  it('turns matching lines into pseudonymised card events, split across chunks, ignoring other lines', async () => {
+    events.length = 0;
+    reader.write('W26:0012');
+    reader.write('3456\r\nnoise 999888\r\nW26:77\n');
+    await waitFor(() => events.length >= 2, { message: 'two card events' });
+    assert.deepEqual(
+      events.map((e) => [e.type, e.data]),
+      [
+        ['sensor.reading', { kind: 'card', door: 2, card: pseudonymiseCard(123456, 'site') }],
+        ['sensor.reading', { kind: 'card', door: 2, card: pseudonymiseCard(77, 'site') }],
+      ],
+    );
+    const all = logs.join('');
+    assert.ok(!all.includes('123456') && !all.includes('999888'), 'raw card or line in logs');
+  });
+
+  it('reports offline on unplug and comes back with the port', async () => {
+    events.length = 0;
+    await new Promise<void>((r) => reader.close(() => r()));
+    await pty.kill();
+    await waitFor(() => events.some((e) => e.type === 'device.offline'), { message: 'offline' });
+    await pty.restart();
+    reader = await openReaderEnd();
+    await waitFor(() => events.some((e) => e.type === 'device.online'), { message: 'online again', timeoutMs: 8000 });
+    reader.write('W26:5\n');
+    await waitFor(() => events.some((e) => e.type === 'sensor.reading'), { message: 'card after replug' });
+  });
+
+  it('rejects a pattern without a card group, naming the field', () => {
+    assert.throws(() => registry.createDriver('card-reader', 'r', { path: '/dev/null', pattern: '\\d+' }, {} as never), /pattern/);
+  });
+});
