@@ -34,8 +34,10 @@ export interface RuntimeOptions {
 /** The uplink may be down this long before /healthz says so (a weak cellular link drops often). */
 export const UPLINK_UNHEALTHY_AFTER_MS = 60_000;
 
-/** `stop()` gives up on a step after this long so the whole stop stays within 15 s. */
+/** `stop()` gives up on a step after this long, and on the whole after STOP_BUDGET_MS (+ the outbox close). */
 const STOP_STEP_MS = 4_000;
+const STOP_BUDGET_MS = 12_000;
+const OUTBOX_CLOSE_MIN_MS = 2_500;
 
 interface DeviceRecord {
   name: string;
@@ -75,6 +77,7 @@ export class Runtime {
   private boundPort = 0;
   private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
   private nodeApiValue?: EdgewardNodeApi;
+  private stopDeadline = 0;
 
   constructor(opts: RuntimeOptions) {
     this.config = opts.config;
@@ -131,6 +134,14 @@ export class Runtime {
         now: () => this.clock.now(),
       });
 
+      // Drivers that expose `health()` (ONVIF: subscription age, renew failures…) get their
+      // numeric and boolean fields exported without knowing about Prometheus.
+      this.metrics.registerGauge({
+        name: 'edgeward_driver_health',
+        help: 'Numeric and boolean fields of each driver health() report',
+        labelNames: ['device', 'driver', 'metric'],
+        collect: () => this.driverHealthSamples(),
+      });
       registerFamilies(this.registry);
       this.bus.on('event.input', this, (input) => this.enqueue(input));
       this.bus.on('device.state', this, (s) => this.deviceState(s.name, s.driver, s.online, s.lastSeen));
@@ -200,6 +211,7 @@ export class Runtime {
   async stop(): Promise<void> {
     if (this.state === 'stopped' || this.state === 'stopping') return;
     this.state = 'stopping';
+    this.stopDeadline = Date.now() + STOP_BUDGET_MS;
     await this.step('node-red', async () => this.nodeRed?.stop());
     await this.step('drivers', async () => {
       const stops = [...this.devices.values()].map((d) => d.instance?.stop());
@@ -219,7 +231,8 @@ export class Runtime {
       await Promise.allSettled([...this.inflight]);
     });
     await this.step('uplink', async () => this.uplink?.stop());
-    await this.step('outbox', async () => this.outboxImpl?.close());
+    // The outbox close always gets time of its own: it is what makes the last appends durable.
+    await this.step('outbox', async () => this.outboxImpl?.close(), OUTBOX_CLOSE_MIN_MS);
     this.server?.closeAllConnections();
     this.state = 'stopped';
     this.log.info('runtime stopped');
@@ -369,6 +382,28 @@ export class Runtime {
     };
   }
 
+  private driverHealthSamples(): Array<{ labels: { device: string; driver: string; metric: string }; value: number }> {
+    const out: Array<{ labels: { device: string; driver: string; metric: string }; value: number }> = [];
+    for (const d of this.devices.values()) {
+      const health = (d.instance as { health?: () => unknown } | undefined)?.health;
+      if (typeof health !== 'function') continue;
+      let report: unknown;
+      try {
+        report = health.call(d.instance);
+      } catch {
+        continue; // a scrape must never fail because of one driver
+      }
+      if (report === null || typeof report !== 'object') continue;
+      for (const [metric, v] of Object.entries(report)) {
+        const value = typeof v === 'boolean' ? Number(v) : v;
+        if (typeof value === 'number' && Number.isFinite(value)) {
+          out.push({ labels: { device: d.name, driver: d.driver, metric }, value });
+        }
+      }
+    }
+    return out;
+  }
+
   private enqueue(input: EventInput): void {
     if (!input || !isEventType(input.type) || typeof input.source?.device !== 'string') {
       this.metrics.ingestError();
@@ -408,10 +443,11 @@ export class Runtime {
     return p;
   }
 
-  private async step(what: string, fn: () => Promise<unknown>): Promise<void> {
+  private async step(what: string, fn: () => Promise<unknown>, minMs = 100): Promise<void> {
+    const budget = Math.max(minMs, Math.min(STOP_STEP_MS, this.stopDeadline - Date.now()));
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), STOP_STEP_MS);
+      timer = setTimeout(() => resolve('timeout'), budget);
     });
     try {
       const r = await Promise.race([fn().then(() => 'ok' as const), timeout]);

@@ -259,6 +259,7 @@ describe('local HTTP API (integration)', function () {
       },
       state: () => ({ online: true, lastSeen: '2025-03-05T08:12:03.120Z' }),
     };
+    Object.assign(healthy, { health: () => ({ renewFailures: 2, online: true, lastError: 'x' }) });
     const broken: Driver = {
       ...healthy,
       name: 'door-broken',
@@ -283,6 +284,11 @@ describe('local HTTP API (integration)', function () {
     await waitFor(async () => (await runtime.metrics.text()).includes('edgeward_driver_errors_total{device="door-broken"'), {
       message: 'driver start error counted',
     });
+
+    const text = await runtime.metrics.text();
+    assert.match(text, /edgeward_driver_health\{device="door-ok",driver="fake",metric="renewFailures"\} 2/);
+    assert.match(text, /edgeward_driver_health\{device="door-ok",driver="fake",metric="online"\} 1/);
+    assert.doesNotMatch(text, /metric="lastError"/);
 
     assert.deepEqual(await runtime.executeCommand({ id: 'c1', action: 'door.unlock', target: 'door-ok', args: {} }), { ok: 1 });
     await assert.rejects(runtime.executeCommand({ id: 'c2', action: 'door.unlock', target: 'nope', args: {} }), /no device/);
