@@ -1,5 +1,5 @@
 import { type Clock, systemClock } from '../edge/clock.js';
-import { type Envelope, newId, type Severity } from '../edge/envelope.js';
+import { type Envelope, isSeverity, newId, type Severity } from '../edge/envelope.js';
 import { EdgewardError } from '../edge/errors.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
@@ -73,6 +73,11 @@ export class MemoryOutbox implements Outbox {
 
   append(events: Envelope[]): Promise<Envelope[]> {
     if (!this.isOpen) return Promise.reject(notOpen());
+    for (const e of events) {
+      if (!e || !isSeverity(e.severity) || typeof e.id !== 'string') {
+        return Promise.reject(new EdgewardError('EDGE_OUTBOX_INVALID', 'outbox events need an id and a valid severity'));
+      }
+    }
     return this.serial(() => this.doAppend(events));
   }
 

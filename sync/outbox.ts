@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { Level } from 'level';
 import { type Clock, systemClock } from '../edge/clock.js';
-import { type Envelope, makeEnvelope, newId, type Severity } from '../edge/envelope.js';
+import { type Envelope, isSeverity, makeEnvelope, newId, type Severity } from '../edge/envelope.js';
 import { EdgewardError } from '../edge/errors.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
@@ -38,8 +38,8 @@ const OVERFLOW_RESERVE = 1024;
 const MAX_BATCH_EVENTS = 20_000;
 /** Events remembered for `recent()`. */
 const RECENT_SIZE = 1000;
-/** Most read-but-unacked seqs remembered for fast acks; beyond that acks look seqs up. */
-const MAX_TRACKED = 500_000;
+/** Most read-but-unacked seqs remembered for fast acks (~4 MB); beyond that acks look seqs up. */
+const MAX_TRACKED = 200_000;
 /** Acks for ranges wider than this always look up the store instead of walking the range. */
 const MAX_WALK_RANGE = 100_000;
 
@@ -225,9 +225,13 @@ export class LevelOutbox implements Outbox {
   private readonly queue: Job[] = [];
   private draining: Promise<void> | null = null;
   private readonly listeners = new Set<(severities: Set<Severity>) => void>();
-  private readonly recentRing = new RecentRing();
-  /** seq → severity/bytes of events handed out by read() and not yet deleted: acks of them need no lookup. */
-  private readonly tracked = new Map<number, { severity: Severity; bytes: number }>();
+  private recentRing = new RecentRing();
+  /**
+   * seq → (bytes × 4 + severity index) of events handed out by read() and not
+   * yet deleted, so acking them needs no lookup. A small integer, not an object,
+   * to keep a large in-flight window cheap.
+   */
+  private readonly tracked = new Map<number, number>();
   /** Bumped by every committed batch that deletes; with `deleteLog` it keeps read() from tracking a seq deleted meanwhile. */
   private deleteGen = 0;
   private readonly deleteLog: Array<{ gen: number; seqs: Set<number> }> = [];
@@ -271,6 +275,7 @@ export class LevelOutbox implements Outbox {
       this.meta = meta;
       this.db = db;
       this.closing = false;
+      this.recentRing = new RecentRing();
       await this.seedRecent();
     } catch (err) {
       this.db = null;
@@ -297,6 +302,12 @@ export class LevelOutbox implements Outbox {
   append(events: Envelope[]): Promise<Envelope[]> {
     if (!this.db || this.closing) return Promise.reject(notOpen());
     if (events.length === 0) return Promise.resolve([]);
+    for (const e of events) {
+      // The severity picks the key space: a bad one must not reach the store.
+      if (!e || !isSeverity(e.severity) || typeof e.id !== 'string') {
+        return Promise.reject(new EdgewardError('EDGE_OUTBOX_INVALID', 'outbox events need an id and a valid severity'));
+      }
+    }
     return new Promise<Envelope[]>((resolve, reject) => {
       this.enqueue({ kind: 'append', events, resolve, reject });
     });
@@ -608,8 +619,8 @@ export class LevelOutbox implements Outbox {
       for (let seq = lo; seq <= hi; seq++) {
         if (deleted.has(seq)) continue;
         const t = this.tracked.get(seq);
-        if (t) {
-          del(seq, t.severity, t.bytes);
+        if (t !== undefined) {
+          del(seq, PRIORITY[t & 3], t >>> 2);
           n++;
         } else missing = true;
       }
@@ -666,7 +677,7 @@ export class LevelOutbox implements Outbox {
     if (this.deleteGen !== gen && (since.length === 0 || since[0].gen !== gen + 1)) return;
     for (const e of events) {
       if (since.some((d) => d.seqs.has(e.seq))) continue;
-      this.tracked.set(e.seq, { severity: e.severity, bytes: e.bytes });
+      this.tracked.set(e.seq, e.bytes * 4 + PRIORITY.indexOf(e.severity));
     }
   }
 
@@ -718,30 +729,23 @@ function statsOf(meta: Meta): OutboxStats {
   };
 }
 
-/** First and last stored key of a severity (two seeks). */
-async function edges(db: Db, severity: Severity): Promise<{ first: [number, string] | null; last: number | null }> {
-  const range = { gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END };
-  const first = await db.iterator({ ...range, limit: 1 }).all();
-  const last = await db.keys({ ...range, limit: 1, reverse: true }).all();
-  return {
-    first: first.length ? [seqOfKey(first[0][0]), first[0][1]] : null,
-    last: last.length ? seqOfKey(last[0]) : null,
-  };
-}
-
-/** Cheap check of the meta record against the store: heads, emptiness and no seq above lastSeq. */
+/**
+ * Cheap check of the meta record against the store (per severity: one get and
+ * one seek over a range that never held keys, so no tombstones to wade
+ * through): the recorded head exists, and no event lies above lastSeq (a seq
+ * that could be handed out again). Batches are atomic, so this only catches
+ * a store changed behind our back or a meta record of another format.
+ */
 async function metaConsistent(db: Db, meta: Meta): Promise<boolean> {
   if (meta.v !== META_VERSION || typeof meta.epoch !== 'string' || !Number.isSafeInteger(meta.lastSeq)) return false;
   for (const severity of PRIORITY) {
-    const { first, last } = await edges(db, severity);
     const c = meta.counts?.[severity];
     const h = meta.heads?.[severity];
-    if (!c) return false;
-    if (first === null) {
-      if (c.events !== 0 || c.bytes !== 0 || h) return false;
-      continue;
-    }
-    if (c.events <= 0 || !h || h.seq !== first[0] || last === null || last > meta.lastSeq) return false;
+    if (!c || typeof c.events !== 'number' || typeof c.bytes !== 'number') return false;
+    if ((c.events === 0) !== !h) return false;
+    if (h && (await db.get(eventKey(severity, h.seq))) === undefined) return false;
+    const above = await db.keys({ gt: eventKey(severity, meta.lastSeq), lt: SEV_PREFIX[severity] + SEQ_END, limit: 1 }).all();
+    if (above.length > 0) return false;
   }
   return true;
 }

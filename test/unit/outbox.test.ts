@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { type Envelope, type EventType, makeEnvelope, type Severity } from '../../edge/envelope.js';
 import { isEdgewardError } from '../../edge/errors.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
-import { LevelOutbox, readOutboxStats } from '../../sync/outbox.js';
+import { Level } from 'level';
+import { eventKey, LevelOutbox, readOutboxStats } from '../../sync/outbox.js';
 import type { Outbox, StoredEvent } from '../../sync/outbox-api.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 
@@ -336,6 +337,14 @@ function outboxSuite(name: string, makeHarness: () => Harness): void {
       assert.equal(ob.stats().lastSeq, 0);
     });
 
+    it('rejects events without a valid severity (EDGE_OUTBOX_INVALID) and stores nothing', async () => {
+      const ob = await make();
+      const bad = { ...ev('info'), severity: 'urgent' } as unknown as Envelope;
+      await assert.rejects(ob.append([ev('info'), bad]), (e) => isEdgewardError(e, 'EDGE_OUTBOX_INVALID'));
+      assert.equal(ob.stats().events, 0);
+      assert.equal(ob.stats().lastSeq, 0);
+    });
+
     it('rejects use before open with EDGE_OUTBOX_NOT_OPEN', async () => {
       const ob = await h.create(1e6);
       await assert.rejects(ob.append([ev('info')]), (e) => isEdgewardError(e, 'EDGE_OUTBOX_NOT_OPEN'));
@@ -404,6 +413,36 @@ describe('LevelOutbox (durable)', () => {
     // Seqs acked before the restart are not tracked any more: acks look them up.
     assert.equal(await b.ack([[2, 5]]), 4);
     assert.equal(b.stats().events, 0);
+  });
+
+  it('recovers from a meta record that does not match the store (rescan, never reuse a seq)', async () => {
+    const a = await open();
+    const epoch = a.epoch;
+    await a.append([ev('info'), ev('critical'), ev('info')]);
+    await closeIt(a);
+    // An event above lastSeq that the meta record does not know of.
+    const raw = new Level<string, string>(dir.path);
+    await raw.open();
+    const stray = JSON.stringify({ ...ev('warning', 'door.held_open'), seq: 10 });
+    await raw.put(eventKey('warning', 10), stray);
+    await raw.close();
+    const b = await open();
+    assert.equal(b.epoch, epoch, 'epoch kept when only counters were off');
+    assert.equal(b.stats().events, 4);
+    assert.equal(b.stats().bySeverity.warning.bytes, Buffer.byteLength(stray));
+    assert.equal(b.stats().lastSeq, 10);
+    assert.equal((await b.append([ev('info')]))[0].seq, 11);
+    await closeIt(b);
+    // Meta record lost: counters rebuilt, a new epoch (the old seqs cannot be trusted fresh).
+    const raw2 = new Level<string, string>(dir.path);
+    await raw2.open();
+    await raw2.del('m!meta');
+    await raw2.close();
+    const c = await open();
+    assert.notEqual(c.epoch, epoch);
+    assert.equal(c.stats().events, 5);
+    assert.equal(c.stats().lastSeq, 11);
+    assert.equal((await c.append([ev('info')]))[0].seq, 12);
   });
 
   it('group commit: many concurrent appends share few synced batches', async () => {
