@@ -62,7 +62,7 @@ export class RtuServer {
   private staleTimer?: NodeJS.Timeout;
   private readonly timers = new Set<NodeJS.Timeout>();
   /** Requests answered and requests dropped for a bad CRC (tests check that the master's CRCs are right). */
-  readonly counters = { requests: 0, badCrc: 0 };
+  readonly counters = { requests: 0, badCrc: 0, byUnit: new Map<number, number>() };
 
   constructor(
     private readonly backend: SimBackend,
@@ -118,6 +118,7 @@ export class RtuServer {
     const unit = frame[0];
     if (unit === 0 || !this.backend.hasUnit(unit)) return;
     this.counters.requests++;
+    this.counters.byUnit.set(unit, (this.counters.byUnit.get(unit) ?? 0) + 1);
     const reply = rtuReply(this.backend, unit, Buffer.from(frame.subarray(1, frame.length - 2)));
     if (!reply) return;
     const send = (): void => {
