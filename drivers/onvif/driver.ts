@@ -85,6 +85,8 @@ export class OnvifCameraDriver implements Driver {
   private subscriptions = 0;
   private lastEventAt: number | null = null;
   private lastError: string | null = null;
+  /** Keys of recently emitted notifications (insertion-ordered), to drop duplicates across subscriptions. */
+  private readonly recent = new Set<string>();
 
   constructor(name: string, props: OnvifCameraProps, ctx: DriverContext) {
     this.name = name;
@@ -220,7 +222,9 @@ export class OnvifCameraDriver implements Driver {
     if (!this.announcedOffline) this.markOnline();
     const pullS = this.props.pullTimeoutS ?? 20;
     while (!this.stopped && this.sub === sub) {
-      const pulled = client.pull(pp, pullS).then((msgs) => this.onMessages(msgs));
+      // While reported offline, pull briefly: one good round trip brings the camera back online without waiting a full hold.
+      const holdS = this.announcedOffline ? 1 : pullS;
+      const pulled = client.pull(pp, holdS).then((msgs) => this.onMessages(msgs));
       pulled.catch(() => undefined); // observed through Promise.race below, even when the race is lost
       await Promise.race([pulled, sub.dead]);
       // A good pull proves the camera and the subscription are healthy.
@@ -271,6 +275,11 @@ export class OnvifCameraDriver implements Driver {
           this.log.debug({ topic: n.topic }, 'unmapped camera topic');
           continue;
         }
+        // An abandoned subscription's last pull and its replacement can both carry the same notification.
+        const key = `${n.topic}|${n.utcTime}|${n.operation}|${JSON.stringify(n.source)}|${JSON.stringify(n.data)}`;
+        if (n.utcTime !== undefined && this.recent.has(key)) continue;
+        this.recent.add(key);
+        if (this.recent.size > 256) this.recent.delete(this.recent.values().next().value as string);
         this.lastEventAt = this.ctx.clock.now();
         this.ctx.emit({ type: ev.type, severity: ev.severity, source: { device: this.name, driver: this.driver }, data: ev.data });
       } catch (err) {

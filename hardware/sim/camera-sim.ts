@@ -107,6 +107,9 @@ export class CameraSim {
   private httpPort = 0;
   private udpPort = 0;
   private down = false;
+  /** PullMessages requests being held open right now, and when the latest one started (ms epoch). */
+  pullsHeld = 0;
+  lastPullStartedAt = 0;
 
   constructor(opts: CameraSimOptions = {}) {
     this.opts = {
@@ -494,7 +497,9 @@ export class CameraSim {
     // PullMessages: answer at once when messages are queued, else hold until one arrives or the timeout ends.
     const timeoutMs = Math.min((parseDurationS(text(req, 'Timeout')) ?? 10) * 1000, this.opts.maxPullHoldMs);
     const limit = Number(text(req, 'MessageLimit') ?? 10) || 10;
+    this.lastPullStartedAt = Date.now();
     if (sub.queue.length === 0 && timeoutMs > 0) {
+      this.pullsHeld++;
       await new Promise<void>((resolve) => {
         const t = setTimeout(done, timeoutMs);
         function done() {
@@ -504,6 +509,7 @@ export class CameraSim {
         sub.waiter = done;
       });
       sub.waiter = undefined;
+      this.pullsHeld--;
     }
     if (!this.subs.has(sub.id)) return undefined; // lost in a reboot while held: the connection is already cut
     const msgs = sub.queue.splice(0, limit);

@@ -1,0 +1,215 @@
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { DriverContext } from '../../drivers/driver.js';
+import { OnvifCameraDriver, type OnvifCameraProps } from '../../drivers/onvif/driver.js';
+import { EventBus } from '../../edge/bus.js';
+import { systemClock } from '../../edge/clock.js';
+import type { EventInput } from '../../edge/envelope.js';
+import { createLogger, silentLogger } from '../../edge/log.js';
+import { CameraSim } from '../../hardware/sim/camera-sim.js';
+import { waitFor } from '../helpers/wait.js';
+
+/** A driver context that records what the driver emits. */
+function recordingContext(): DriverContext & { events: EventInput[] } {
+  const events: EventInput[] = [];
+  const bus = new EventBus();
+  return {
+    bus,
+    clock: systemClock,
+    log: process.env.ONVIF_DEBUG ? createLogger({ level: 'debug' }) : silentLogger(),
+    privacy: { siteKey: 'k', rawCards: false },
+    events,
+    emit: (e) => {
+      events.push(e);
+      bus.emit('event.input', e);
+    },
+  };
+}
+
+const USER = 'officer';
+const PASS = 's3cret-pw';
+// Short lifetimes so renewals happen within the test: granted 3 s ⇒ renew every 2.4 s.
+const FAST: Partial<OnvifCameraProps> = { subscriptionS: 3, pullTimeoutS: 8, timeoutMs: 3000, backoffMinMs: 100, backoffMaxMs: 1000 };
+
+describe('onvif driver against the camera simulator (real HTTP)', function () {
+  this.timeout(30_000);
+  let sim: CameraSim;
+  let ctx: ReturnType<typeof recordingContext>;
+  let driver: OnvifCameraDriver;
+
+  async function startDriver(props: Partial<OnvifCameraProps> = {}): Promise<void> {
+    ctx = recordingContext();
+    driver = new OnvifCameraDriver('gate-cam-1', { host: '127.0.0.1', port: sim.port, username: USER, password: PASS, ...FAST, ...props }, ctx);
+    await driver.start();
+  }
+
+  const ofType = (t: string) => ctx.events.filter((e) => e.type === t);
+
+  beforeEach(async () => {
+    sim = new CameraSim({ username: USER, password: PASS, model: 'DS-2CD2143', firmware: 'V5.7.3' });
+    await sim.start();
+  });
+
+  afterEach(async () => {
+    await driver?.stop();
+    await sim.stop();
+  });
+
+  it('reports model, firmware, profiles, stream and snapshot URIs in device.online', async () => {
+    await startDriver();
+    const online = await waitFor(() => ofType('device.online')[0], { message: 'device.online' });
+    assert.deepEqual(online.source, { device: 'gate-cam-1', driver: 'onvif' });
+    const d = online.data as Record<string, any>;
+    assert.equal(d.model, 'DS-2CD2143');
+    assert.equal(d.firmware, 'V5.7.3');
+    assert.equal(d.serial, 'SIM0001');
+    assert.equal(d.streamUri, sim.streamUri);
+    assert.ok(d.streamUri.includes('&profile='), 'entities in the URI are decoded');
+    assert.equal(d.snapshotUri, sim.snapshotUri);
+    assert.deepEqual(
+      d.profiles.map((p: any) => [p.token, p.width, p.height]),
+      [
+        ['Profile_1', 1920, 1080],
+        ['Profile_2', 640, 360],
+      ],
+    );
+    assert.equal(driver.state().online, true);
+  });
+
+  it('subscribes with credentials and turns motion, tamper and analytics into contracted events', async () => {
+    await startDriver();
+    await waitFor(() => sim.subscriptionCount === 1 && sim.pullsHeld === 1, { message: 'subscription and a held pull' });
+    assert.equal(sim.stats.authedCreates, 1);
+    sim.motion(true);
+    sim.tamper(true);
+    sim.cellMotion(false);
+    sim.lineCrossed('42');
+    sim.fieldInside(true);
+    sim.emitEvent('tns1:Monitoring/ProcessorUsage', { data: { Value: '12' } }); // unmapped: ignored
+    await waitFor(() => ctx.events.filter((e) => e.type.startsWith('camera.')).length >= 5, { message: 'five camera events' });
+    const cams = ctx.events.filter((e) => e.type.startsWith('camera.'));
+    assert.equal(cams.length, 5);
+    for (const e of cams) assert.deepEqual(e.source, { device: 'gate-cam-1', driver: 'onvif' });
+    const [motion, tamper, cell, line, field] = cams as EventInput[];
+    assert.equal(motion?.type, 'camera.motion');
+    assert.equal(motion?.data?.topic, 'tns1:VideoSource/MotionAlarm');
+    assert.equal(motion?.data?.state, true);
+    assert.equal(tamper?.type, 'camera.tamper');
+    assert.equal(tamper?.data?.topic, 'tns1:VideoSource/GlobalSceneChange/ImagingService');
+    assert.equal(tamper?.data?.state, true);
+    assert.equal(tamper?.severity, undefined, 'default (warning) severity for an active tamper');
+    assert.equal(cell?.type, 'camera.motion');
+    assert.equal(cell?.data?.state, false);
+    assert.equal(cell?.data?.rule, 'MyMotionDetectorRule');
+    assert.equal(line?.type, 'camera.analytics');
+    assert.equal(line?.data?.analytic, 'line-crossed');
+    assert.equal(line?.data?.objectId, '42');
+    assert.equal(field?.type, 'camera.analytics');
+    assert.equal(field?.data?.analytic, 'objects-inside');
+    assert.equal(field?.data?.state, true);
+    assert.ok(driver.health().lastEventAt);
+  });
+
+  it('holds a PullMessages open longer than 5 s on its own agent and still receives the event', async () => {
+    await startDriver();
+    await waitFor(() => sim.pullsHeld === 1, { message: 'a held pull' });
+    const heldSince = sim.lastPullStartedAt;
+    // The pull must not ride Node's global keep-alive agent (5 s socket timeout).
+    const key = Object.keys(http.globalAgent.sockets).find((k) => k.includes(`:${sim.port}`));
+    assert.equal(key, undefined, 'no socket of the global agent goes to the camera');
+    await waitFor(() => Date.now() - heldSince > 6000, { timeoutMs: 8000, intervalMs: 100, message: 'pull held for 6 s' });
+    assert.equal(sim.lastPullStartedAt, heldSince, 'still the same pull');
+    assert.equal(sim.pullsHeld, 1);
+    sim.motion(true);
+    await waitFor(() => ofType('camera.motion').length === 1, { message: 'motion over the long-held pull' });
+    const h = driver.health();
+    assert.equal(h.consecutiveFailures, 0);
+    assert.equal(h.lastError, null);
+    assert.ok(h.renewals >= 2, `renewed while the pull was held (renewals=${h.renewals})`);
+    assert.equal(h.resubscriptions, 0);
+  });
+
+  it('recovers from a camera reboot that loses the subscription within one renew period', async () => {
+    await startDriver();
+    await waitFor(() => sim.pullsHeld === 1, { message: 'a held pull' });
+    const t0 = Date.now();
+    await sim.reboot();
+    await waitFor(() => sim.subscriptionCount === 1 && sim.pullsHeld === 1, { timeoutMs: 2400, message: 'resubscribed within 2.4 s' });
+    const recoveredMs = Date.now() - t0;
+    sim.motion(true);
+    await waitFor(() => ofType('camera.motion').length === 1, { message: 'motion after reboot' });
+    assert.ok(driver.health().resubscriptions >= 1);
+    assert.ok(recoveredMs < 2400, `recovered in ${recoveredMs} ms`);
+    assert.equal(ofType('device.offline').length, 0, 'a quick reboot is not an outage');
+  });
+
+  it('recovers from a reboot with downtime, and reports device.offline while the camera is gone', async () => {
+    await startDriver({ offlineAfter: 2 });
+    await waitFor(() => sim.pullsHeld === 1, { message: 'a held pull' });
+    const rebooting = sim.reboot(1500);
+    await waitFor(() => ofType('device.offline').length === 1, { message: 'device.offline during downtime' });
+    assert.equal(ofType('device.offline')[0]?.data?.error, 'EDGE_ONVIF_UNREACHABLE');
+    await rebooting;
+    await waitFor(() => ofType('device.online').length === 2 && sim.pullsHeld === 1, { timeoutMs: 5000, message: 'back online' });
+    sim.tamper(true);
+    await waitFor(() => ofType('camera.tamper').length === 1, { message: 'tamper after reboot' });
+  });
+
+  it('re-subscribes with credentials after a 401 on renew', async () => {
+    await startDriver();
+    await waitFor(() => sim.pullsHeld === 1, { message: 'a held pull' });
+    const creates = sim.stats.authedCreates;
+    sim.setFault({ kind: 'http-401', action: 'Renew', times: 1 });
+    await waitFor(() => driver.health().renewFailures === 1, { timeoutMs: 4000, message: 'renew failure' });
+    await waitFor(() => sim.stats.authedCreates === creates + 1 && driver.health().resubscriptions === 1, { message: 'authenticated re-subscription' });
+    assert.equal(sim.stats.authFailures, 0, 'the new subscription carried valid WS-UsernameToken credentials');
+    // The abandoned subscription's pull is still held by the camera: both get the next event.
+    await waitFor(() => sim.pullsHeld === 2, { message: 'old and new pulls held' });
+    sim.motion(true);
+    await waitFor(() => ofType('camera.motion').length === 1 && sim.pullsHeld === 1, { message: 'motion after re-subscription' });
+    await waitFor(() => sim.pullsHeld === 1 && (sim.stats.requests.PullMessages ?? 0) >= 3, { message: 'pulling again' });
+    assert.equal(ofType('camera.motion').length, 1, 'the same notification from two subscriptions is emitted once');
+  });
+
+  it('turns malformed, oversized and unexpected XML into clear errors and keeps going', async () => {
+    await startDriver({ maxXmlBytes: 64 * 1024 });
+    await waitFor(() => sim.pullsHeld === 1, { message: 'a held pull' });
+    const errors: string[] = [];
+    const seenErr = () => {
+      const e = driver.health().lastError;
+      if (e && !errors.includes(e)) errors.push(e);
+    };
+    const timer = setInterval(seenErr, 5);
+    try {
+      sim.setFault({ kind: 'malformed', action: 'PullMessages', times: 1 });
+      sim.motion(true); // wakes the held pull; the next pull gets garbage
+      await waitFor(() => errors.some((e) => e.startsWith('EDGE_ONVIF_BAD_XML') && e.includes('not well-formed')), { message: 'bad XML error' });
+      sim.setFault({ kind: 'huge', action: 'PullMessages', times: 1, bytes: 200 * 1024 });
+      sim.motion(false);
+      await waitFor(() => errors.some((e) => e.startsWith('EDGE_ONVIF_BAD_XML') && e.includes('larger than')), { message: 'oversize error' });
+      await waitFor(() => sim.pullsHeld === 1, { message: 'pulling again' });
+      sim.tamper(true);
+      await waitFor(() => ofType('camera.tamper').length === 1, { message: 'events flow after garbage' });
+    } finally {
+      clearInterval(timer);
+    }
+    assert.equal(driver.state().online, true);
+  });
+
+  it('survives a camera whose replies make the onvif library throw, and backs off', async () => {
+    // GetVideoSources with the wrong shape makes onvif throw inside its own callback ("Unrecognized configuration").
+    sim.setFault({ kind: 'wrong-shape', action: 'GetVideoSources' });
+    await startDriver({ offlineAfter: 3 });
+    await waitFor(() => ofType('device.offline').length === 1, { message: 'device.offline after repeated failures' });
+    const err = String(ofType('device.offline')[0]?.data?.error);
+    assert.equal(err, 'EDGE_ONVIF_BAD_REPLY', 'the throw inside onvif became a clear error');
+    assert.match(String(ofType('device.offline')[0]?.data?.reason), /not understood/);
+    const connectsAtOffline = sim.stats.requests.GetSystemDateAndTime ?? 0;
+    // Back-off (100, 200, 400… ms capped at 1 s) keeps the retry rate low.
+    await new Promise((r) => setTimeout(r, 1500));
+    const retries = (sim.stats.requests.GetSystemDateAndTime ?? 0) - connectsAtOffline;
+    assert.ok(retries <= 4, `backed off (${retries} retries in 1.5 s)`);
+    sim.clearFaults();
+    await waitFor(() => ofType('device.online').length === 1, { timeoutMs: 5000, message: 'online once the camera behaves' });
+  });
+});
