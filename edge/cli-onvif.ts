@@ -1,0 +1,154 @@
+import { Command, Option } from 'commander';
+import { OnvifClient } from '../drivers/onvif/client.js';
+import { type DiscoveredCamera, discoverOnvif } from '../drivers/onvif/discovery.js';
+import { isEdgewardError } from './errors.js';
+import { CameraSim } from '../hardware/sim/camera-sim.js';
+
+/** Where the commands write (tests capture it). */
+export interface CliIo {
+  out(line: string): void;
+  err(line: string): void;
+}
+
+const stdio: CliIo = {
+  out: (l) => process.stdout.write(`${l}\n`),
+  err: (l) => process.stderr.write(`${l}\n`),
+};
+
+/** One discovered camera with what it told us (or why it did not). */
+export interface DescribedCamera extends DiscoveredCamera {
+  host: string;
+  port: number;
+  manufacturer?: string;
+  model?: string;
+  firmware?: string;
+  serial?: string;
+  streamUri?: string;
+  snapshotUri?: string;
+  error?: string;
+}
+
+/** Probe, then ask each camera for device information and its stream URI. */
+export async function discoverAndDescribe(opts: {
+  timeoutMs: number;
+  probe?: string[];
+  multicast?: boolean;
+  username?: string;
+  password?: string;
+}): Promise<DescribedCamera[]> {
+  const found = await discoverOnvif({ timeoutMs: opts.timeoutMs, probe: opts.probe, multicast: opts.multicast });
+  return Promise.all(
+    found.map(async (cam): Promise<DescribedCamera> => {
+      const url = new URL(cam.xaddrs.find((x) => new URL(x).hostname === cam.address) ?? (cam.xaddrs[0] as string));
+      const host = url.hostname;
+      const port = Number(url.port || 80);
+      const client = new OnvifClient({ host, port, path: url.pathname, username: opts.username, password: opts.password, timeoutMs: 5000 });
+      try {
+        const info = await client.connect();
+        return { ...cam, host, port, ...info };
+      } catch (err) {
+        return { ...cam, host, port, model: cam.hardware, error: isEdgewardError(err) ? `${err.code}: ${err.message}` : String(err) };
+      } finally {
+        client.close();
+      }
+    }),
+  );
+}
+
+/** `discover onvif [--timeout S] [--probe HOST[:PORT]...]` */
+export function discoverOnvifCommand(io: CliIo = stdio): Command {
+  return new Command('onvif')
+    .description('find ONVIF cameras (WS-Discovery multicast, plus unicast probes) and print model, firmware and stream URI')
+    .option('--timeout <s>', 'seconds to wait for answers', '3')
+    .option('--probe <host...>', 'also probe these addresses by unicast (host or host:port, default port 3702), for LANs that filter multicast')
+    .option('--no-multicast', 'send unicast probes only')
+    .option('-u, --username <user>', 'camera user for device information', process.env.EDGEWARD_ONVIF_USERNAME)
+    .addOption(new Option('-p, --password <password>', 'camera password (or EDGEWARD_ONVIF_PASSWORD)').env('EDGEWARD_ONVIF_PASSWORD'))
+    .option('--json', 'print JSON')
+    .action(async (o: { timeout: string; probe?: string[]; multicast: boolean; username?: string; password?: string; json?: boolean }) => {
+      const timeoutS = Number(o.timeout);
+      if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
+        io.err('--timeout must be a positive number of seconds');
+        process.exitCode = 2;
+        return;
+      }
+      const cams = await discoverAndDescribe({
+        timeoutMs: timeoutS * 1000,
+        probe: o.probe,
+        multicast: o.multicast,
+        username: o.username,
+        password: o.password,
+      });
+      if (o.json) {
+        io.out(JSON.stringify(cams, null, 2));
+        return;
+      }
+      if (cams.length === 0) {
+        io.out('no ONVIF cameras found (multicast may be filtered on this LAN: try --probe HOST)');
+        return;
+      }
+      io.out(`${cams.length} camera(s):`);
+      for (const c of cams) {
+        io.out(`${c.host}:${c.port}  ${c.manufacturer ?? ''} ${c.model ?? '?'}  firmware ${c.firmware ?? '?'}  serial ${c.serial ?? '?'}`.replace(/ {3,}/g, '  '));
+        io.out(`  stream   ${c.streamUri ?? '-'}`);
+        io.out(`  snapshot ${c.snapshotUri ?? '-'}`);
+        io.out(`  id       ${c.urn}  (${c.via})`);
+        if (c.error) io.out(`  error    ${c.error}`);
+      }
+    });
+}
+
+/** `sim camera [--port N] [--discovery-port N] [--multicast] …`: run a simulated ONVIF camera until interrupted. */
+export function simCameraCommand(io: CliIo = stdio): Command {
+  return new Command('camera')
+    .description('run a simulated ONVIF camera (HTTP SOAP + WS-Discovery) until Ctrl-C')
+    .option('--host <addr>', 'address to listen on', '127.0.0.1')
+    .option('--port <n>', 'HTTP port (0 = any)', '8899')
+    .option('--discovery-port <n>', 'UDP port answering unicast WS-Discovery probes (0 = any)', '0')
+    .option('--multicast', 'also answer multicast probes on 239.255.255.250:3702')
+    .option('--username <user>', 'camera user', 'admin')
+    .option('--password <password>', 'camera password', 'admin')
+    .option('--model <model>', 'model', 'SimCam-200')
+    .option('--firmware <v>', 'firmware version', '1.4.2')
+    .option('--name <name>', 'name in discovery scopes', 'entrance-cam')
+    .option('--motion-every <s>', 'emit motion on/off every S seconds (0 = never)', '0')
+    .action(async (o: Record<string, string | boolean | undefined>) => {
+      const sim = new CameraSim({
+        host: String(o.host),
+        port: Number(o.port),
+        username: String(o.username),
+        password: String(o.password),
+        model: String(o.model),
+        firmware: String(o.firmware),
+        name: String(o.name),
+        discovery: o.multicast ? { multicast: true } : { port: Number(o.discoveryPort) },
+      });
+      await sim.start();
+      io.out(`simulated camera ${sim.opts.model} at ${sim.deviceUrl}`);
+      io.out(`WS-Discovery on udp ${o.multicast ? `239.255.255.250:${sim.discoveryPort}` : `${sim.opts.host}:${sim.discoveryPort}`}`);
+      io.out(`stream ${sim.streamUri}`);
+      const every = Number(o.motionEvery ?? 0);
+      let on = false;
+      const timer = every > 0 ? setInterval(() => sim.motion((on = !on)), every * 1000) : undefined;
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', () => resolve());
+        process.once('SIGTERM', () => resolve());
+      });
+      if (timer) clearInterval(timer);
+      await sim.stop();
+    });
+}
+
+/**
+ * The ONVIF commands for edge/cli.ts: `discover onvif …` and `sim camera …`.
+ * Each is returned under its parent (`discover`, `sim`); if the CLI already
+ * has a parent of that name, add the parent's subcommands to it instead:
+ * `for (const sub of cmd.commands) existing.addCommand(sub)`.
+ */
+export function onvifCommands(io: CliIo = stdio): Command[] {
+  const discover = new Command('discover').description('discover devices on the LAN');
+  discover.addCommand(discoverOnvifCommand(io));
+  const sim = new Command('sim').description('run device simulators');
+  sim.addCommand(simCameraCommand(io));
+  return [discover, sim];
+}
