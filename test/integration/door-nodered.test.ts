@@ -1,0 +1,125 @@
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { SerialPort } from 'serialport';
+import type { SiteConfig } from '../../edge/config-types.js';
+import { pseudonymiseCard } from '../../edge/envelope.js';
+import { silentLogger } from '../../edge/log.js';
+import { Runtime } from '../../edge/runtime.js';
+import { DoorSim } from '../../hardware/sim/door-sim.js';
+import { openPtyPair, type PtyPair } from '../helpers/pty.js';
+import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+import { waitFor } from '../helpers/wait.js';
+
+const SITE_KEY = 'node-test-key';
+
+/**
+ * The three node types in a flow run by the embedded Node-RED of a real
+ * Runtime: door controllers on a simulated RTU bus (socat PTY) and a card
+ * reader on a second PTY. door-1 is unwired and still reaches the outbox;
+ * door-2's output is wired to an http request node posting to this test.
+ */
+describe('edgeward-modbus-bus, edgeward-door and edgeward-card-reader nodes in the runtime (integration)', function () {
+  this.timeout(40_000);
+  let tmp: TmpDir;
+  let busPty: PtyPair;
+  let readerPty: PtyPair;
+  let sim: DoorSim;
+  let runtime: Runtime;
+  let sink: http.Server;
+  const posted: Array<{ topic?: string; type?: string; source?: { device: string } }> = [];
+  let reader: SerialPort;
+
+  before(async () => {
+    tmp = await tmpDir('door-nodes');
+    busPty = await openPtyPair(tmp.path, ['busA', 'busB']);
+    readerPty = await openPtyPair(tmp.path, ['rdA', 'rdB']);
+    sim = new DoorSim({ units: [1, 2] });
+    for (const u of sim.units.values()) u.hr[0] = 1;
+    await sim.serveRtu(busPty.b);
+    sink = http.createServer((req, res) => {
+      let body = '';
+      req.on('data', (d) => {
+        body += d;
+      });
+      req.on('end', () => {
+        posted.push(JSON.parse(body));
+        res.end('ok');
+      });
+    });
+    await new Promise<void>((r) => sink.listen(0, '127.0.0.1', () => r()));
+    const sinkPort = (sink.address() as AddressInfo).port;
+    const flow = [
+      { id: 'tab', type: 'tab', label: 'doors' },
+      { id: 'mb1', type: 'edgeward-modbus-bus', name: 'line A', transport: 'rtu', path: busPty.a, baudRate: '115200', parity: 'none', host: '', port: '502', timeoutMs: '100' },
+      { id: 'd1', type: 'edgeward-door', z: 'tab', name: 'door-1', bus: 'mb1', unitId: '1', profile: 'generic-door', doors: '1', pollMs: '50', wires: [[]] },
+      { id: 'd2', type: 'edgeward-door', z: 'tab', name: 'door-2', bus: 'mb1', unitId: '2', profile: 'generic-door', doors: '1', pollMs: '50', wires: [['post']] },
+      { id: 'r1', type: 'edgeward-card-reader', z: 'tab', name: 'reader-1', path: readerPty.a, baudRate: '9600', pattern: '^(?<card>\\d+)$', door: '0', wires: [[]] },
+      { id: 'post', type: 'http request', z: 'tab', method: 'POST', ret: 'txt', paytoqs: 'ignore', url: `http://127.0.0.1:${sinkPort}/out`, wires: [[]] },
+    ];
+    const flowFile = path.join(tmp.path, 'flow.json');
+    await writeFile(flowFile, JSON.stringify(flow));
+    const config: SiteConfig = {
+      site: 'test-site',
+      edge: 'test-edge',
+      dataDir: path.join(tmp.path, 'data'),
+      http: { host: '127.0.0.1', port: 0 },
+      outbox: { maxBytes: 1 << 24 },
+      privacy: { siteKey: SITE_KEY, rawCards: false },
+      commands: { publicKeys: [], allow: ['door.unlock', 'door.lock', 'door.hold'] },
+      nodeRed: { editor: false, flowFile },
+      log: { level: 'warn' },
+    };
+    runtime = new Runtime({ config, log: silentLogger() });
+    await runtime.start();
+    reader = new SerialPort({ path: readerPty.b, baudRate: 9600, autoOpen: false });
+    await new Promise<void>((res, rej) => reader.open((e) => (e ? rej(e) : res())));
+  });
+
+  after(async () => {
+    await runtime?.stop();
+    if (reader?.isOpen) await new Promise<void>((r) => reader.close(() => r()));
+    await sim?.stop();
+    await busPty?.kill();
+    await readerPty?.kill();
+    await new Promise<void>((r) => (sink ? sink.close(() => r()) : r()));
+    await tmp?.cleanup();
+  });
+
+  const stored = (device: string, type: string) => runtime.outbox.recent(200).find((e) => e.source.device === device && e.type === type);
+
+  it('brings every device online (status and device.online events)', async () => {
+    await waitFor(() => ['door-1', 'door-2', 'reader-1'].every((d) => stored(d, 'device.online')), { message: 'device.online from all three', timeoutMs: 10_000 });
+    const devices = runtime.status().devices;
+    for (const name of ['door-1', 'door-2', 'reader-1']) assert.ok(devices.find((d) => d.name === name)?.online, `${name} online in status`);
+  });
+
+  it('stores events of an unwired door node, with the card pseudonymised', async () => {
+    sim.unit(1).swipe(0, 987654, 'unknown');
+    const ev = await waitFor(() => stored('door-1', 'access.denied'), { message: 'access.denied from door-1 stored' });
+    assert.equal(ev.data.card, pseudonymiseCard(987654, SITE_KEY));
+    assert.equal(ev.severity, 'warning');
+    assert.ok(ev.msg?.zh && ev.msg.bo && ev.msg.en);
+  });
+
+  it('mirrors a door’s stored events on its output', async () => {
+    sim.unit(2).force(0);
+    await waitFor(() => stored('door-2', 'door.forced'), { message: 'door.forced stored' });
+    await waitFor(() => posted.some((p) => p.type === 'door.forced' && p.source?.device === 'door-2'), { message: 'door.forced on door-2 output' });
+    assert.ok(posted.every((p) => p.source?.device === 'door-2'));
+  });
+
+  it('routes a command to the door driver by name', async () => {
+    await runtime.executeCommand({ id: 'cmd-1', action: 'door.hold', target: 'door-1', args: {} });
+    await waitFor(() => stored('door-1', 'door.unlocked'), { message: 'door.unlocked after door.hold' });
+    assert.ok(sim.unit(1).isReleased(0));
+  });
+
+  it('stores card reader events', async () => {
+    reader.write('4242\n');
+    const ev = await waitFor(() => stored('reader-1', 'sensor.reading'), { message: 'card read stored' });
+    assert.deepEqual(ev.data, { kind: 'card', door: 0, card: pseudonymiseCard(4242, SITE_KEY) });
+  });
+});
