@@ -100,11 +100,15 @@ export async function startBenchCentral(
 // ---- the runtime as a child process -------------------------------------------
 
 interface ChildMessage {
-  type: 'ready' | 'rss' | 'ingested' | 'error';
+  type: 'ready' | 'rss' | 'ingested' | 'error' | 'critical' | 'counts';
   port?: number;
   rss?: number;
   ms?: number;
   message?: string;
+  n?: number;
+  at?: number;
+  received?: number;
+  distinct?: number;
 }
 
 /** A runtime child process (bench/edgeward-child.ts). */
@@ -141,32 +145,39 @@ function siteConfig(dataDir: string, brokerUrl: string | undefined, editor = fal
   });
 }
 
-export async function startRuntimeChild(opts: {
-  dataDir: string;
-  brokerUrl?: string;
-  editor?: boolean;
-}): Promise<RuntimeChild> {
-  const child: ChildProcess = fork(join(__dirname, 'edgeward-child.ts'), [], {
+interface Forked {
+  child: ChildProcess;
+  exited: Promise<void>;
+  expect(type: ChildMessage['type'], timeoutMs: number): Promise<ChildMessage>;
+  /** Every message, for streams such as the central's critical arrivals. */
+  onMessage(f: (m: ChildMessage) => void): void;
+}
+
+/** Fork a bench/*.ts script under tsx with an IPC channel. */
+function forkTs(script: string, env: Record<string, string>): Forked {
+  const child: ChildProcess = fork(join(__dirname, script), [], {
     execArgv: ['--import', 'tsx'],
-    env: { ...process.env, BENCH_CHILD_CONFIG: siteConfig(opts.dataDir, opts.brokerUrl, opts.editor) },
+    env: { ...process.env, ...env },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const waiters: Array<(m: ChildMessage) => boolean> = [];
+  const listeners: Array<(m: ChildMessage) => void> = [];
   child.on('message', (m: ChildMessage) => {
+    for (const l of listeners) l(m);
     const i = waiters.findIndex((w) => w(m));
     if (i >= 0) waiters.splice(i, 1);
   });
   const expect = (type: ChildMessage['type'], timeoutMs: number): Promise<ChildMessage> =>
     new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`runtime child: no '${type}' within ${timeoutMs} ms`)), timeoutMs);
-      const onExit = () => reject(new Error(`runtime child exited while waiting for '${type}'`));
+      const t = setTimeout(() => reject(new Error(`${script}: no '${type}' within ${timeoutMs} ms`)), timeoutMs);
+      const onExit = () => reject(new Error(`${script} exited while waiting for '${type}'`));
       child.once('exit', onExit);
       waiters.push((m) => {
         if (m.type === 'error') {
           clearTimeout(t);
           child.off('exit', onExit);
-          reject(new Error(`runtime child: ${m.message}`));
+          reject(new Error(`${script}: ${m.message}`));
           return true;
         }
         if (m.type !== type) return false;
@@ -176,6 +187,21 @@ export async function startRuntimeChild(opts: {
         return true;
       });
     });
+  return { child, exited, expect, onMessage: (f) => listeners.push(f) };
+}
+
+function isRunning(child: ChildProcess): boolean {
+  return child.exitCode === null && child.signalCode === null;
+}
+
+export async function startRuntimeChild(opts: {
+  dataDir: string;
+  brokerUrl?: string;
+  editor?: boolean;
+}): Promise<RuntimeChild> {
+  const { child, exited, expect } = forkTs('edgeward-child.ts', {
+    BENCH_CHILD_CONFIG: siteConfig(opts.dataDir, opts.brokerUrl, opts.editor),
+  });
   const ready = await expect('ready', 60_000);
   return {
     port: ready.port ?? 0,
@@ -191,16 +217,51 @@ export async function startRuntimeChild(opts: {
       return (await p).ms ?? 0;
     },
     async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
+      if (!isRunning(child)) return;
       child.send({ cmd: 'stop' });
       const t = setTimeout(() => child.kill('SIGKILL'), 20_000);
       await exited;
       clearTimeout(t);
     },
     async kill() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
+      if (!isRunning(child)) return;
       child.kill('SIGKILL');
       await exited;
+    },
+  };
+}
+
+/** The central receiver in its own process (bench/central-child.ts). */
+export interface CentralChild {
+  counts(): Promise<{ received: number; distinct: number }>;
+  /** Called with the marker `data.n` and the wall-clock arrival time of each critical event. */
+  onCritical(f: (n: number, at: number) => void): void;
+  stop(): Promise<void>;
+}
+
+export async function startCentralChild(brokerUrl: string): Promise<CentralChild> {
+  const { child, exited, expect, onMessage } = forkTs('central-child.ts', { BENCH_CENTRAL_URL: brokerUrl });
+  let critical: (n: number, at: number) => void = () => undefined;
+  onMessage((m) => {
+    if (m.type === 'critical') critical(m.n ?? -1, m.at ?? 0);
+  });
+  await expect('ready', 30_000);
+  return {
+    async counts() {
+      const p = expect('counts', 10_000);
+      child.send({ cmd: 'counts' });
+      const m = await p;
+      return { received: m.received ?? 0, distinct: m.distinct ?? 0 };
+    },
+    onCritical(f) {
+      critical = f;
+    },
+    async stop() {
+      if (!isRunning(child)) return;
+      child.send({ cmd: 'stop' });
+      const t = setTimeout(() => child.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(t);
     },
   };
 }
@@ -291,24 +352,51 @@ async function awaitUplink(port: number, timeoutMs = 30_000): Promise<void> {
   });
 }
 
+/** Wall-clock ms with sub-ms precision: comparable across the bench's processes. */
+function wallNow(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+/** p50/p99/max of latency samples (ms). */
+export interface LatencyFigures {
+  p50: number;
+  p99: number;
+  max: number;
+  samples: number;
+  /** Samples that never arrived within the deadline (counted as infinite in the percentiles). */
+  missing: number;
+}
+
+function latencyFigures(lat: number[], missing: number): LatencyFigures {
+  const all = [...lat, ...Array.from({ length: missing }, () => Number.POSITIVE_INFINITY)];
+  return {
+    p50: percentile(all, 50),
+    p99: percentile(all, 99),
+    max: all.length ? Math.max(...all) : Number.NaN,
+    samples: all.length,
+    missing,
+  };
+}
+
 /**
  * Critical-event latency: every `intervalMs` POST one critical event, and
- * time it from just before the request to its arrival at the central.
+ * time it from just before the request to its arrival at the central
+ * (`total`); `stored` is the same event's request → 202 (durably stored).
  */
 async function criticalLatency(
   port: number,
-  setOnCritical: (f: (e: Envelope, at: number) => void) => void,
+  central: CentralChild,
   samples: number,
   intervalMs: number,
-): Promise<number[]> {
+): Promise<{ total: LatencyFigures; stored: LatencyFigures }> {
   const sent = new Map<number, number>();
-  const lat: number[] = [];
-  setOnCritical((e, at) => {
-    const n = (e.data as { n?: number }).n ?? -1;
+  const total: number[] = [];
+  const stored: number[] = [];
+  central.onCritical((n, at) => {
     const t0 = sent.get(n);
     if (t0 !== undefined) {
       sent.delete(n);
-      lat.push(at - t0);
+      total.push(at - t0);
     }
   });
   const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
@@ -317,8 +405,16 @@ async function criticalLatency(
   for (let i = 0; i < samples; i++) {
     const n = base + i;
     const body = JSON.stringify([benchInput(n, 'critical')]);
-    sent.set(n, performance.now());
-    posts.push(request(agent, port, 'POST', '/api/v1/events', body).catch(() => undefined));
+    const t0 = wallNow();
+    sent.set(n, t0);
+    posts.push(
+      request(agent, port, 'POST', '/api/v1/events', body).then(
+        (res) => {
+          if (res.status === 202) stored.push(wallNow() - t0);
+        },
+        () => undefined,
+      ),
+    );
     await delay(intervalMs);
   }
   await Promise.all(posts);
@@ -326,9 +422,16 @@ async function criticalLatency(
     () => undefined,
   );
   agent.destroy();
-  // A critical event that never arrived counts as the worst possible sample.
-  for (let i = 0; i < sent.size; i++) lat.push(Number.POSITIVE_INFINITY);
-  return lat;
+  central.onCritical(() => undefined);
+  return { total: latencyFigures(total, sent.size), stored: latencyFigures(stored, samples - stored.length) };
+}
+
+async function awaitDistinct(central: CentralChild, atLeast: number, what: string): Promise<void> {
+  await waitFor(async () => (await central.counts()).distinct >= atLeast, {
+    timeoutMs: 300_000,
+    intervalMs: 20,
+    message: what,
+  });
 }
 
 // ---- sections ---------------------------------------------------------------------
@@ -345,8 +448,8 @@ export interface PipelineResult {
   httpAcceptedPerS: number;
   /** Driver path: runtime.ingest in the runtime process → … → central. */
   driverPathPerS: number;
-  /** Critical event POST → arrival at the central, idle system (ms). */
-  idleLatency: { p50: number; p99: number; samples: number };
+  /** Critical event POST → arrival at the central (and → 202), idle system (ms). */
+  idleLatency: { total: LatencyFigures; stored: LatencyFigures };
   /** RSS of the runtime process after the throughput runs (bytes), without the editor. */
   rssNoEditor: number;
   /** RSS of a runtime with the Node-RED editor loaded (bytes), idle. */
@@ -356,9 +459,11 @@ export interface PipelineResult {
 export interface BacklogResult {
   backlog: number;
   preloadPerS: number;
-  latency: { p50: number; p99: number; max: number; samples: number };
+  latency: { total: LatencyFigures; stored: LatencyFigures };
   /** Backlog events drained per second while the samples were taken. */
   drainPerS: number;
+  /** Backlog events still queued when the samples ended (0 means it drained too early). */
+  left: number;
 }
 
 export interface EdgewardKillResult {
@@ -401,40 +506,32 @@ export async function runPipelineBench(): Promise<PipelineResult> {
   const outboxAlonePerS = await runOutboxAlone(n, batch, concurrency);
 
   const broker = await startMosquitto();
-  let onCritical: (e: Envelope, at: number) => void = () => undefined;
-  const central = await startBenchCentral(broker.url, { recordIds: true, onCritical: (e, at) => onCritical(e, at) });
+  let central: CentralChild | undefined;
   const dir = await tmpDir('bench-pipeline');
   let child: RuntimeChild | undefined;
   let editorChild: RuntimeChild | undefined;
   try {
+    central = await startCentralChild(broker.url);
     child = await startRuntimeChild({ dataDir: dir.path, brokerUrl: broker.url });
     await awaitUplink(child.port);
 
     progress('critical latency, idle');
-    const idle = await criticalLatency(child.port, (f) => (onCritical = f), 100, 20);
+    const idle = await criticalLatency(child.port, central, 100, 20);
 
     progress(`pipeline: POST ${n} events over HTTP`);
-    const before = central.ids.size;
+    const before = (await central.counts()).distinct;
     const t0 = performance.now();
     const posted = await postEvents(child.port, { n, batch, concurrency });
-    const accepted = new Set(posted.accepted);
     if (posted.failed > 0) progress(`pipeline: ${posted.failed} requests failed`);
-    await waitFor(() => central.ids.size - before >= accepted.size, {
-      timeoutMs: 300_000,
-      intervalMs: 10,
-      message: 'every accepted event at the central',
-    });
+    const accepted = posted.accepted.length;
+    await awaitDistinct(central, before + accepted, 'every accepted event at the central');
     const pipelineMs = performance.now() - t0;
 
     progress(`driver path: runtime.ingest ${n} events`);
-    const before2 = central.ids.size;
+    const before2 = (await central.counts()).distinct;
     const t1 = performance.now();
     await child.ingest(n, batch, concurrency, n);
-    await waitFor(() => central.ids.size - before2 >= n, {
-      timeoutMs: 300_000,
-      intervalMs: 10,
-      message: 'every ingested event at the central',
-    });
+    await awaitDistinct(central, before2 + n, 'every ingested event at the central');
     const driverMs = performance.now() - t1;
     const rssNoEditor = await child.rss();
     await child.stop();
@@ -453,10 +550,10 @@ export async function runPipelineBench(): Promise<PipelineResult> {
         batch,
         concurrency,
         outboxAlonePerS,
-        pipelinePerS: (accepted.size / pipelineMs) * 1000,
-        httpAcceptedPerS: (accepted.size / posted.ms) * 1000,
+        pipelinePerS: (accepted / pipelineMs) * 1000,
+        httpAcceptedPerS: (accepted / posted.ms) * 1000,
         driverPathPerS: (n / driverMs) * 1000,
-        idleLatency: { p50: percentile(idle, 50), p99: percentile(idle, 99), samples: idle.length },
+        idleLatency: idle,
         rssNoEditor,
         rssEditor,
       };
@@ -466,7 +563,7 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     }
   } finally {
     await child?.kill();
-    await central.close();
+    await central?.stop();
     await broker.stop();
     await dir.cleanup();
   }
@@ -478,7 +575,7 @@ export async function runBacklogBench(): Promise<BacklogResult> {
   const samples = envInt('BENCH_LATENCY_SAMPLES', 200);
   const dir = await tmpDir('bench-backlog');
   let broker: TestMosquitto | undefined;
-  let central: BenchCentral | undefined;
+  let central: CentralChild | undefined;
   let child: RuntimeChild | undefined;
   try {
     progress(`backlog: preloading ${backlog} info events into the outbox`);
@@ -500,29 +597,26 @@ export async function runBacklogBench(): Promise<BacklogResult> {
     await outbox.close();
 
     broker = await startMosquitto();
-    let onCritical: (e: Envelope, at: number) => void = () => undefined;
-    central = await startBenchCentral(broker.url, { onCritical: (e, at) => onCritical(e, at) });
+    central = await startCentralChild(broker.url);
     const c = central;
     child = await startRuntimeChild({ dataDir: dir.path, brokerUrl: broker.url });
     await awaitUplink(child.port);
-    await waitFor(() => c.received > 0, { timeoutMs: 30_000, message: 'the backlog starting to drain' });
+    await waitFor(async () => (await c.counts()).received > 0, {
+      timeoutMs: 30_000,
+      message: 'the backlog starting to drain',
+    });
     progress(`backlog: ${samples} critical events while it drains`);
-    const r0 = c.received;
+    const r0 = (await c.counts()).received;
     const t1 = performance.now();
-    const lat = await criticalLatency(child.port, (f) => (onCritical = f), samples, 20);
-    const drainPerS = ((c.received - r0) / (performance.now() - t1)) * 1000;
+    const latency = await criticalLatency(child.port, c, samples, 20);
+    const drainPerS = (((await c.counts()).received - r0) / (performance.now() - t1)) * 1000;
     const left = (await runtimeStatus(child.port)).outbox.events;
     progress(`backlog: ${left} events still queued after the samples (draining at ${Math.round(drainPerS)}/s)`);
     if (left === 0) progress('backlog: WARNING the backlog drained before the samples ended');
-    return {
-      backlog,
-      preloadPerS,
-      latency: { p50: percentile(lat, 50), p99: percentile(lat, 99), max: Math.max(...lat), samples: lat.length },
-      drainPerS,
-    };
+    return { backlog, preloadPerS, latency, drainPerS, left };
   } finally {
     await child?.kill();
-    await central?.close();
+    await central?.stop();
     await broker?.stop();
     await dir.cleanup();
   }
