@@ -129,7 +129,13 @@ export function simCameraCommand(io: CliIo = stdio): Command {
       io.out(`stream ${sim.streamUri}`);
       const every = Number(o.motionEvery ?? 0);
       let on = false;
-      const timer = every > 0 ? setInterval(() => sim.motion((on = !on)), every * 1000) : undefined;
+      const timer =
+        every > 0
+          ? setInterval(() => {
+              on = !on;
+              sim.motion(on);
+            }, every * 1000)
+          : undefined;
       await new Promise<void>((resolve) => {
         process.once('SIGINT', () => resolve());
         process.once('SIGTERM', () => resolve());

@@ -1,5 +1,6 @@
 import { register as registerCardReader } from '../drivers/card-reader/index.js';
 import { register as registerDoor } from '../drivers/door/index.js';
+import { register as registerOnvif } from '../drivers/onvif/index.js';
 import type { Registry } from './registry.js';
 
 /**
@@ -10,4 +11,5 @@ export function registerFamilies(registry: Registry): void {
   // drivers register here, e.g. registerModbus(registry); registerDoor(registry);
   registerDoor(registry); // modbus-bus resource + modbus-door family
   registerCardReader(registry);
+  registerOnvif(registry); // onvif-camera family (node edgeward-camera)
 }

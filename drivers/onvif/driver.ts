@@ -37,6 +37,8 @@ export interface OnvifHealth {
   /** Subscriptions created after the first one (reboots, faults, failed renewals). */
   resubscriptions: number;
   lastEventAt: string | null;
+  /** Seconds since the last camera event (numeric twin of lastEventAt, for /metrics). */
+  lastEventAgeS: number | null;
   renewals: number;
   consecutiveFailures: number;
   online: boolean;
@@ -148,6 +150,7 @@ export class OnvifCameraDriver implements Driver {
       renewFailures: this.renewFailures,
       resubscriptions: Math.max(0, this.subscriptions - 1),
       lastEventAt: this.lastEventAt === null ? null : new Date(this.lastEventAt).toISOString(),
+      lastEventAgeS: this.lastEventAt === null ? null : (this.ctx.clock.now() - this.lastEventAt) / 1000,
       renewals: this.renewals,
       consecutiveFailures: this.failures,
       online: this.online,

@@ -55,7 +55,7 @@ describe('ONVIF WS-Discovery over real UDP', function () {
     }
   });
 
-  it('finds a camera by multicast inside a network namespace (unicast fallback when namespaces are unavailable)', function () {
+  it('finds a camera by multicast inside a network namespace (unicast fallback when namespaces are unavailable)', () => {
     const probe = spawnSync('unshare', ['-n', 'true']);
     if (probe.status !== 0) {
       // Said loudly, not skipped: the unicast test above then stands for discovery.
