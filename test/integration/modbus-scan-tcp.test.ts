@@ -1,0 +1,92 @@
+import assert from 'node:assert/strict';
+import { Command } from 'commander';
+import { ModbusBus } from '../../drivers/modbus/bus.js';
+import { modbusCommands, parseUnits } from '../../edge/cli-modbus.js';
+import { systemClock } from '../../edge/clock.js';
+import { silentLogger } from '../../edge/log.js';
+import { DoorSim } from '../../hardware/sim/door-sim.js';
+import { openPtyPair, type PtyPair } from '../helpers/pty.js';
+import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+import { waitFor } from '../helpers/wait.js';
+
+describe('edgeward scan modbus over a PTY pair (integration)', function () {
+  this.timeout(20_000);
+  let tmp: TmpDir;
+  let pty: PtyPair;
+  let sim: DoorSim;
+
+  before(async () => {
+    tmp = await tmpDir('scan');
+    pty = await openPtyPair(tmp.path);
+    sim = new DoorSim({ units: [3, 5, 9] });
+    sim.setFault(5, 'exception');
+    await sim.serveRtu(pty.b);
+  });
+  after(async () => {
+    await sim?.stop();
+    await pty?.kill();
+    await tmp?.cleanup();
+  });
+
+  it('lists the answering units with device type, firmware and profile', async () => {
+    const out: string[] = [];
+    const program = new Command('edgeward').exitOverride();
+    for (const c of modbusCommands({ out: (l) => out.push(l), err: (l) => out.push(l) })) program.addCommand(c);
+    await program.parseAsync(['scan', 'modbus', '--serial', pty.a, '--baud', '19200', '--units', '1-10', '--timeout', '50'], { from: 'user' });
+    const rows = out.filter((l) => /^\d+ {2,}/.test(l));
+    assert.equal(rows.length, 3, out.join('\n'));
+    assert.match(rows[0], /^3\s+0x0D01\s+1\.2\s+generic-door$/);
+    assert.match(rows[1], /^5\s+.*answers, no identity registers/);
+    assert.match(rows[2], /^9\s+0x0D01/);
+    assert.equal(out.at(-1), '3 unit(s) answered');
+  });
+
+  it('parses unit ranges and rejects bad ones', () => {
+    assert.deepEqual(parseUnits('1-3,7,2'), [1, 2, 3, 7]);
+    assert.throws(() => parseUnits('0-4'));
+    assert.throws(() => parseUnits('a'));
+  });
+});
+
+describe('Modbus TCP bus (integration)', function () {
+  this.timeout(20_000);
+  let sim: DoorSim;
+  let bus: ModbusBus;
+  let server: Awaited<ReturnType<DoorSim['serveTcp']>>['server'];
+
+  before(async () => {
+    sim = new DoorSim({ units: [1, 2] });
+    const served = await sim.serveTcp(0);
+    server = served.server;
+    bus = new ModbusBus({ transport: 'tcp', host: '127.0.0.1', port: served.port, timeoutMs: 100, reconnectMinMs: 50 }, { clock: systemClock, log: silentLogger() });
+    await bus.start();
+  });
+  after(async () => {
+    await bus?.close();
+    await sim?.stop();
+  });
+
+  it('reads and writes with the unit id in the MBAP header', async () => {
+    sim.unit(2).swipe(0, 70000, 'unknown');
+    assert.deepEqual(await bus.readInputRegisters(2, 0, 1), [1]);
+    assert.deepEqual(await bus.readInputRegisters(1, 0, 1), [0]);
+    await bus.writeRegister(1, 1, 12);
+    assert.equal(sim.unit(1).hr[1], 12);
+  });
+
+  it('a silent unit times out alone and a late reply never answers the next request', async () => {
+    sim.setFault(1, 'silent');
+    await assert.rejects(bus.readInputRegisters(1, 200, 2), { code: 'EDGE_MODBUS_TIMEOUT' });
+    assert.deepEqual(await bus.readInputRegisters(2, 200, 2), [0x0d01, 0x0102]);
+    sim.setFault(1, 'exception');
+    await assert.rejects(bus.readInputRegisters(1, 200, 2), { code: 'EDGE_MODBUS_EXCEPTION' });
+    sim.setFault(1, 'none');
+  });
+
+  it('reconnects after the server drops the connection', async () => {
+    server.dropClients();
+    await waitFor(() => !bus.isConnected, { message: 'drop noticed' });
+    await waitFor(async () => (await bus.readInputRegisters(1, 200, 1).catch(() => undefined))?.[0] === 0x0d01, { message: 'reads again after reconnect' });
+    assert.ok(bus.stats.reconnects >= 1);
+  });
+});
