@@ -34,8 +34,11 @@ const SEQ_DIGITS = 16;
 const SEQ_END = '~';
 /** Room kept for the overflow event itself when evicting. */
 const OVERFLOW_RESERVE = 1024;
-/** Most events written in one batch; bigger backlogs of appends take several batches. */
-const MAX_BATCH_EVENTS = 20_000;
+/**
+ * Most events written in one batch; bigger backlogs of appends take several
+ * batches. Bounds how long one batch (and so a critical event behind it) takes.
+ */
+const MAX_BATCH_EVENTS = 5000;
 /** Events remembered for `recent()`. */
 const RECENT_SIZE = 1000;
 /** Most read-but-unacked seqs remembered for fast acks (~4 MB); beyond that acks look seqs up. */
@@ -190,6 +193,7 @@ export interface LevelOutboxOptions {
 interface AppendJob {
   kind: 'append';
   events: Envelope[];
+  critical: boolean;
   resolve: (v: Envelope[]) => void;
   reject: (e: unknown) => void;
 }
@@ -302,14 +306,16 @@ export class LevelOutbox implements Outbox {
   append(events: Envelope[]): Promise<Envelope[]> {
     if (!this.db || this.closing) return Promise.reject(notOpen());
     if (events.length === 0) return Promise.resolve([]);
+    let critical = false;
     for (const e of events) {
       // The severity picks the key space: a bad one must not reach the store.
       if (!e || !isSeverity(e.severity) || typeof e.id !== 'string') {
         return Promise.reject(new EdgewardError('EDGE_OUTBOX_INVALID', 'outbox events need an id and a valid severity'));
       }
+      if (e.severity === 'critical') critical = true;
     }
     return new Promise<Envelope[]>((resolve, reject) => {
-      this.enqueue({ kind: 'append', events, resolve, reject });
+      this.enqueue({ kind: 'append', events, critical, resolve, reject });
     });
   }
 
@@ -402,15 +408,7 @@ export class LevelOutbox implements Outbox {
     // `draining` is cleared in the same tick the loop sees an empty queue: a job
     // enqueued after that starts a new drain, one enqueued before is taken here.
     while (this.queue.length > 0) {
-      // Take everything queued (up to a cap) into one batch: the group commit.
-      let n = 0;
-      let events = 0;
-      while (n < this.queue.length && (n === 0 || events < MAX_BATCH_EVENTS)) {
-        const j = this.queue[n];
-        if (j.kind === 'append') events += j.events.length;
-        n++;
-      }
-      const jobs = this.queue.splice(0, n);
+      const jobs = this.takeBatch();
       try {
         await this.writeBatch(jobs);
       } catch (err) {
@@ -421,6 +419,36 @@ export class LevelOutbox implements Outbox {
       }
     }
     this.draining = null;
+  }
+
+  /**
+   * The jobs of the next batch: everything queued (the group commit) up to
+   * MAX_BATCH_EVENTS. Past the cap, acks and appends holding a critical event
+   * go first, so a critical event waits for at most one batch, not a backlog.
+   */
+  private takeBatch(): Job[] {
+    const size = (j: Job) => (j.kind === 'append' ? j.events.length : 0);
+    let total = 0;
+    for (const j of this.queue) total += size(j);
+    if (total <= MAX_BATCH_EVENTS) return this.queue.splice(0);
+    const urgent = (j: Job) => j.kind === 'ack' || j.critical;
+    const taken = new Set<Job>();
+    let events = 0;
+    const take = (j: Job): boolean => {
+      if (taken.size > 0 && events + size(j) > MAX_BATCH_EVENTS) return false;
+      taken.add(j);
+      events += size(j);
+      return true;
+    };
+    for (const j of this.queue) if (urgent(j)) take(j);
+    // Then the others in arrival order, stopping at the first that does not fit.
+    for (const j of this.queue) if (!urgent(j) && !take(j)) break;
+    const jobs = this.queue.filter((j) => taken.has(j));
+    const rest = this.queue.filter((j) => !taken.has(j));
+    // No spread: the queue can hold more jobs than a call takes arguments.
+    this.queue.length = 0;
+    for (const j of rest) this.queue.push(j);
+    return jobs;
   }
 
   /** Build one batch from the queued jobs, sync it, then commit the in-memory state and settle the jobs. */

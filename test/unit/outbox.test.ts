@@ -463,6 +463,36 @@ describe('LevelOutbox (durable)', () => {
     assert.equal(ob.stats().events, n);
   });
 
+  it('a critical append overtakes a backlog of queued appends (at most one batch behind)', async () => {
+    const ob = await open();
+    const order: string[] = [];
+    const infos = Array.from({ length: 40 }, (_, i) =>
+      ob.append(Array.from({ length: 500 }, () => ev('info'))).then((r) => {
+        order.push(`info${i}`);
+        return r;
+      }),
+    );
+    const crit = ob.append([ev('critical', 'fire.alarm')]).then((r) => {
+      order.push('critical');
+      return r;
+    });
+    const [c] = await crit;
+    const all = (await Promise.all(infos)).flat();
+    assert.ok(order.indexOf('critical') <= 11, `critical resolved ${order.indexOf('critical')}th: ${order.join(',')}`);
+    assert.ok(c.seq! < Math.max(...all.map((e) => e.seq!)));
+    // Seqs stay unique and dense.
+    const seqs = [c, ...all].map((e) => e.seq!).sort((x, y) => x - y);
+    assert.deepEqual(
+      seqs,
+      Array.from({ length: 20_001 }, (_, i) => i + 1),
+    );
+    // The other appends kept their arrival order.
+    assert.deepEqual(
+      order.filter((o) => o !== 'critical'),
+      Array.from({ length: 40 }, (_, i) => `info${i}`),
+    );
+  });
+
   it('acks and appends interleaved concurrently keep counters exact', async () => {
     const ob = await open();
     await ob.append(Array.from({ length: 300 }, (_, i) => ev(i % 10 === 0 ? 'critical' : 'info')));
