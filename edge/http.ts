@@ -155,7 +155,7 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
 }
 
 /** Constant-time bearer check; without a configured token every request passes. */
-function bearerAuth(token: string | undefined): express.RequestHandler {
+export function bearerAuth(token: string | undefined): express.RequestHandler {
   if (token === undefined) return (_req, _res, next) => next();
   // Compare digests: equal lengths for timingSafeEqual, and no length leak.
   const want = createHash('sha256').update(token, 'utf8').digest();

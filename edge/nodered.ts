@@ -4,10 +4,11 @@ import { copyFile, mkdir } from 'node:fs/promises';
 import type http from 'node:http';
 import path from 'node:path';
 import type express from 'express';
+import { isLoopbackHost } from './config.js';
 import type { SiteConfig } from './config-types.js';
 import type { EventInput } from './envelope.js';
 import { EdgewardError } from './errors.js';
-import { parseEventsBody } from './http.js';
+import { bearerAuth, parseEventsBody } from './http.js';
 import type { Logger } from './log.js';
 import type { EdgewardNodeApi } from './node-api.js';
 
@@ -90,7 +91,7 @@ export async function embedNodeRed(opts: EmbedNodeRedOptions): Promise<EmbeddedN
   const log = opts.log.child({ module: 'edge/nodered' });
   const editor = config.nodeRed.editor;
   const adminAuth = config.nodeRed.adminAuth;
-  if (editor && !adminAuth && !isLoopback(config.http.host)) {
+  if (editor && !adminAuth && !isLoopbackHost(config.http.host)) {
     // The config loader refuses this too; this is the second lock on the door,
     // because an open editor off loopback is remote code execution.
     throw new EdgewardError(
@@ -191,6 +192,8 @@ export function buildSettings(opts: {
     credentialSecret: credentialSecret(config),
     httpAdminRoot: config.nodeRed.editor ? '/' : false,
     httpNodeRoot: '/',
+    // Flow endpoints (`http in`) are as exposed as the API: with a token configured they need it too.
+    ...(config.http.token !== undefined && { httpNodeMiddleware: bearerAuth(config.http.token) }),
     // Absent (not undefined) without auth: Node-RED tests the key's presence in places.
     ...(adminAuth && {
       adminAuth: {
@@ -286,10 +289,6 @@ function credentialSecret(config: SiteConfig): string {
   return createHmac('sha256', Buffer.from(config.privacy.siteKey, 'utf8'))
     .update('edgeward/node-red-credentials', 'utf8')
     .digest('hex');
-}
-
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
 /** Node-RED is chatty at info (one line per node type loaded): warn unless the site asked for debug. */

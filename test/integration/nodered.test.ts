@@ -91,10 +91,12 @@ async function start(
   over: Partial<SiteConfig['nodeRed']>,
   name: string,
   flow: unknown[] = TEST_FLOW,
+  token?: string,
 ): Promise<Harness> {
   const flowFile = path.join(tmp.path, `${name}.json`);
   await writeFile(flowFile, JSON.stringify(flow));
   const cfg = config({ ...over, flowFile }, path.join(tmp.path, name));
+  if (token !== undefined) cfg.http.token = token;
   const { log, lines } = captureLogger();
   const runtime = new Runtime({ config: cfg, log });
   await runtime.start();
@@ -257,6 +259,34 @@ describe('embedded Node-RED (integration)', function () {
       assert.equal((await fetch(`${h.base}/flows`)).status, 404);
       assert.equal((await fetch(`${h.base}/auth/login`)).status, 404);
       assert.equal((await fetch(`${h.base}/`)).status, 404);
+    });
+  });
+
+  describe('with an HTTP token configured', () => {
+    let h: Harness;
+    const TOKEN = 'flow-endpoint-token-0123';
+
+    before(async () => {
+      h = await start(tmp, { editor: false }, 'token', TEST_FLOW, TOKEN);
+    });
+    after(async () => {
+      await h?.close();
+    });
+
+    it('protects flow endpoints (http in) with the same bearer token as the API', async () => {
+      const post = (headers: Record<string, string>) =>
+        fetch(`${h.base}/test/event`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...headers },
+          body: JSON.stringify({ data: { door: 0 } }),
+        });
+      const before = h.runtime.outbox.stats().lastSeq;
+      assert.equal((await post({})).status, 401);
+      assert.equal((await post({ authorization: 'Bearer wrong-token-wrong-token' })).status, 401);
+      assert.equal(h.runtime.outbox.stats().lastSeq, before, 'nothing stored without the token');
+      const ok = await post({ authorization: `Bearer ${TOKEN}` });
+      assert.equal(ok.status, 200);
+      assert.equal(((await ok.json()) as { type: string }).type, 'door.opened');
     });
   });
 
