@@ -445,6 +445,29 @@ describe('LevelOutbox (durable)', () => {
     assert.equal((await c.append([ev('info')]))[0].seq, 12);
   });
 
+  it('a failed write (e.g. disk full) rejects with EDGE_OUTBOX_WRITE_FAILED and changes nothing', async () => {
+    const ob = await open();
+    await ob.append([ev('info'), ev('critical')]);
+    const before = ob.stats();
+    // Stand-in for ENOSPC from LevelDB: the synced batch fails.
+    const db = (ob as unknown as { db: { batch: (...a: unknown[]) => Promise<void> } }).db;
+    const realBatch = db.batch;
+    db.batch = async () => {
+      throw Object.assign(new Error('IO error: No space left on device'), { code: 'LEVEL_IO_ERROR' });
+    };
+    const failed = await Promise.allSettled([ob.append([ev('info')]), ob.append([ev('warning')]), ob.ack([[1, 2]])]);
+    for (const r of failed) {
+      assert.equal(r.status, 'rejected');
+      assert.ok(isEdgewardError((r as PromiseRejectedResult).reason, 'EDGE_OUTBOX_WRITE_FAILED'));
+    }
+    assert.deepEqual(ob.stats(), before);
+    db.batch = realBatch;
+    const [e] = await ob.append([ev('info')]);
+    assert.equal(e.seq, 3, 'seqs of failed writes were never handed out');
+    assert.equal(await ob.ack([[1, 2]]), 2);
+    assert.equal(ob.stats().events, 1);
+  });
+
   it('group commit: many concurrent appends share few synced batches', async () => {
     const ob = await open();
     const n = 2000;
