@@ -150,6 +150,7 @@ export function simDoorCommand(io: CliIo = stdio): Command {
     .option('--baud <n>', 'baud rate (and wire pacing with --pace)', '9600')
     .option('--pace', 'delay replies by their wire time at --baud')
     .option('--profile <name>', 'device profile', 'generic-door')
+    .option('--autoplay <ms>', 'lifelike activity (cards, doors, an occasional forced entry) every MS (0 = off)', '0')
     .action(async (o: Record<string, string | boolean | undefined>) => {
       if (!o.serial === (o.tcp === undefined)) throw new InvalidArgumentError('give exactly one of --serial PATH or --tcp PORT');
       const sim = new DoorSim({ units: parseUnits(String(o.units)), doors: Number(o.doors), profile: String(o.profile) });
@@ -160,6 +161,7 @@ export function simDoorCommand(io: CliIo = stdio): Command {
         const { port } = await sim.serveTcp(Number(o.tcp), String(o.host));
         io.out(`simulating units ${o.units} (Modbus TCP) on ${o.host}:${port}`);
       }
+      if (Number(o.autoplay) > 0) sim.autoplay(Number(o.autoplay));
       io.out('commands: open U D | close U D | swipe U D CARD [granted|unknown|schedule] | force U D | exit U D | tamper U D on|off | held U D | flood U N | fault U none|silent|bad-crc|exception|short|wrong-unit');
       const rl = createInterface({ input: process.stdin, terminal: false });
       rl.on('line', (line) => {

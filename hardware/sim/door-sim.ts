@@ -175,6 +175,7 @@ export interface DoorSimOptions {
 export class DoorSim implements SimBackend {
   readonly units = new Map<number, DoorUnit>();
   private readonly servers: Array<RtuServer | TcpServer> = [];
+  private readonly stopAutoplay = new Set<() => void>();
 
   constructor(opts: DoorSimOptions = {}) {
     const profile = loadDoorProfile(opts.profile ?? 'generic-door');
@@ -244,7 +245,59 @@ export class DoorSim implements SimBackend {
     return { server, port: bound };
   }
 
+  /**
+   * Lifelike activity for the demo: every `everyMs` one random door sees a
+   * granted card then opens and closes (most often), an unknown card, the exit
+   * button, a forced entry or a door held open. Returns a function that stops it.
+   */
+  autoplay(everyMs = 3000, random: () => number = Math.random): () => void {
+    const timers = new Set<NodeJS.Timeout>();
+    const later = (ms: number, fn: () => void) => {
+      const t = setTimeout(() => {
+        timers.delete(t);
+        fn();
+      }, ms);
+      timers.add(t);
+    };
+    const units = [...this.units.values()];
+    const tick = setInterval(() => {
+      const u = units[Math.floor(random() * units.length)];
+      const door = Math.floor(random() * u.doors);
+      if (u.isOpen(door)) return;
+      const r = random();
+      const card = 10_000_000 + Math.floor(random() * 900);
+      if (r < 0.6) {
+        u.swipe(door, card, 'granted');
+        later(800, () => u.open(door));
+        later(3000, () => u.close(door));
+      } else if (r < 0.8) {
+        u.swipe(door, card, r < 0.75 ? 'unknown' : 'schedule');
+      } else if (r < 0.9) {
+        u.exit(door);
+        later(600, () => u.open(door));
+        later(2500, () => u.close(door));
+      } else if (r < 0.95) {
+        u.force(door);
+        later(4000, () => u.close(door));
+      } else {
+        u.swipe(door, card, 'granted');
+        later(500, () => u.open(door));
+        later(1500, () => u.heldOpen(door));
+        later(6000, () => u.close(door));
+      }
+    }, everyMs);
+    const stop = () => {
+      clearInterval(tick);
+      for (const t of timers) clearTimeout(t);
+      timers.clear();
+      this.stopAutoplay.delete(stop);
+    };
+    this.stopAutoplay.add(stop);
+    return stop;
+  }
+
   async stop(): Promise<void> {
+    for (const s of [...this.stopAutoplay]) s();
     for (const s of this.servers.splice(0)) await s.stop();
     for (const u of this.units.values()) u.stop();
   }
