@@ -1,7 +1,5 @@
 import { Command, Option } from 'commander';
-import { OnvifClient } from '../drivers/onvif/client.js';
-import { type DiscoveredCamera, discoverOnvif } from '../drivers/onvif/discovery.js';
-import { isEdgewardError } from './errors.js';
+import { discoverAndDescribe } from '../drivers/onvif/discovery.js';
 import { CameraSim } from '../hardware/sim/camera-sim.js';
 
 /** Where the commands write (tests capture it). */
@@ -14,46 +12,6 @@ const stdio: CliIo = {
   out: (l) => process.stdout.write(`${l}\n`),
   err: (l) => process.stderr.write(`${l}\n`),
 };
-
-/** One discovered camera with what it told us (or why it did not). */
-export interface DescribedCamera extends DiscoveredCamera {
-  host: string;
-  port: number;
-  manufacturer?: string;
-  model?: string;
-  firmware?: string;
-  serial?: string;
-  streamUri?: string;
-  snapshotUri?: string;
-  error?: string;
-}
-
-/** Probe, then ask each camera for device information and its stream URI. */
-export async function discoverAndDescribe(opts: {
-  timeoutMs: number;
-  probe?: string[];
-  multicast?: boolean;
-  username?: string;
-  password?: string;
-}): Promise<DescribedCamera[]> {
-  const found = await discoverOnvif({ timeoutMs: opts.timeoutMs, probe: opts.probe, multicast: opts.multicast });
-  return Promise.all(
-    found.map(async (cam): Promise<DescribedCamera> => {
-      const url = new URL(cam.xaddrs.find((x) => new URL(x).hostname === cam.address) ?? (cam.xaddrs[0] as string));
-      const host = url.hostname;
-      const port = Number(url.port || 80);
-      const client = new OnvifClient({ host, port, path: url.pathname, username: opts.username, password: opts.password, timeoutMs: 5000 });
-      try {
-        const info = await client.connect();
-        return { ...cam, host, port, ...info };
-      } catch (err) {
-        return { ...cam, host, port, model: cam.hardware, error: isEdgewardError(err) ? `${err.code}: ${err.message}` : String(err) };
-      } finally {
-        client.close();
-      }
-    }),
-  );
-}
 
 /** `discover onvif [--timeout S] [--probe HOST[:PORT]...]` */
 export function discoverOnvifCommand(io: CliIo = stdio): Command {

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import dgram from 'node:dgram';
-import { EdgewardError } from '../../edge/errors.js';
+import { EdgewardError, isEdgewardError } from '../../edge/errors.js';
+import { OnvifClient } from './client.js';
 import { child, children, text } from './xml.js';
 import { parseUntrustedXml } from './xml.js';
 
@@ -138,3 +139,44 @@ export function discoverOnvif(opts: DiscoverOptions = {}): Promise<DiscoveredCam
     });
   });
 }
+
+/** One discovered camera with what it told us (or why it did not). */
+export interface DescribedCamera extends DiscoveredCamera {
+  host: string;
+  port: number;
+  manufacturer?: string;
+  model?: string;
+  firmware?: string;
+  serial?: string;
+  streamUri?: string;
+  snapshotUri?: string;
+  error?: string;
+}
+
+/** Probe, then ask each camera for device information and its stream URI. */
+export async function discoverAndDescribe(opts: {
+  timeoutMs: number;
+  probe?: string[];
+  multicast?: boolean;
+  username?: string;
+  password?: string;
+}): Promise<DescribedCamera[]> {
+  const found = await discoverOnvif({ timeoutMs: opts.timeoutMs, probe: opts.probe, multicast: opts.multicast });
+  return Promise.all(
+    found.map(async (cam): Promise<DescribedCamera> => {
+      const url = new URL(cam.xaddrs.find((x) => new URL(x).hostname === cam.address) ?? (cam.xaddrs[0] as string));
+      const host = url.hostname;
+      const port = Number(url.port || 80);
+      const client = new OnvifClient({ host, port, path: url.pathname, username: opts.username, password: opts.password, timeoutMs: 5000 });
+      try {
+        const info = await client.connect();
+        return { ...cam, host, port, ...info };
+      } catch (err) {
+        return { ...cam, host, port, model: cam.hardware, error: isEdgewardError(err) ? `${err.code}: ${err.message}` : String(err) };
+      } finally {
+        client.close();
+      }
+    }),
+  );
+}
+

@@ -1,9 +1,10 @@
 import { EdgewardError } from '../../edge/errors.js';
 import type { Registry } from '../../edge/registry.js';
+import { type DiscoveredCamera, type DiscoverOptions, discoverOnvif } from './discovery.js';
 import { OnvifCameraDriver, type OnvifCameraProps } from './driver.js';
 
 export { type CameraInfo, OnvifClient, type OnvifClientOptions } from './client.js';
-export { type DiscoveredCamera, type DiscoverOptions, discoverOnvif } from './discovery.js';
+export { type DescribedCamera, type DiscoveredCamera, type DiscoverOptions, discoverAndDescribe, discoverOnvif } from './discovery.js';
 export { OnvifCameraDriver, type OnvifCameraProps, type OnvifHealth } from './driver.js';
 export { mapNotification } from './topics.js';
 
@@ -36,7 +37,17 @@ export function parseCameraProps(props: Record<string, unknown>): OnvifCameraPro
   return out;
 }
 
-/** Register the ONVIF camera family. */
+/** Resource kind giving Node-RED nodes WS-Discovery without importing protocol code (`registry.acquire(ONVIF_DISCOVERY, …)`). */
+export const ONVIF_DISCOVERY = 'onvif-discovery';
+
+/** The discovery resource: stateless, so `close()` has nothing to release. */
+export interface OnvifDiscoveryResource {
+  discover(opts: DiscoverOptions): Promise<DiscoveredCamera[]>;
+  close(): Promise<void>;
+}
+
+/** Register the ONVIF camera family and the discovery resource. */
 export function register(registry: Registry): void {
   registry.registerFamily(ONVIF_FAMILY, (name, props, ctx) => new OnvifCameraDriver(name, parseCameraProps(props), ctx));
+  registry.registerResource(ONVIF_DISCOVERY, (): OnvifDiscoveryResource => ({ discover: (opts) => discoverOnvif(opts), close: async () => undefined }));
 }
