@@ -3,7 +3,7 @@ import { type Envelope, isSeverity, newId, type Severity } from '../edge/envelop
 import { EdgewardError } from '../edge/errors.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
-import { OverflowTally, PRIORITY, RecentRing } from './outbox.js';
+import { type OverflowData, OverflowTally, PRIORITY, RecentRing } from './outbox.js';
 
 /** Options of {@link MemoryOutbox}. */
 export interface MemoryOutboxOptions {
@@ -47,6 +47,7 @@ export class MemoryOutbox implements Outbox {
   private readonly bytesBy: Record<Severity, number> = { critical: 0, warning: 0, info: 0 };
   private readonly listeners = new Set<(severities: Set<Severity>) => void>();
   private readonly recentRing = new RecentRing();
+  private pendingOverflow: { seq: number; data: OverflowData } | null = null;
   /** Serializes writes like the LevelDB writer loop, so awaits inside never interleave. */
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -93,6 +94,12 @@ export class MemoryOutbox implements Outbox {
 
   async read(opts: OutboxReadOptions): Promise<StoredEvent[]> {
     if (!this.isOpen) throw notOpen();
+    const out = this.collect(opts);
+    if (this.pendingOverflow && out.some((e) => e.seq === this.pendingOverflow!.seq)) this.pendingOverflow = null;
+    return out;
+  }
+
+  private collect(opts: OutboxReadOptions): StoredEvent[] {
     const wanted = opts.severities ?? PRIORITY;
     const out: StoredEvent[] = [];
     let bytes = 0;
@@ -190,10 +197,17 @@ export class MemoryOutbox implements Outbox {
       this.put(e, jsons[i]);
     });
     if (tally) {
+      // Same as LevelOutbox: an overflow event no reader has seen yet is replaced by a merged one.
+      const prev = this.pendingOverflow;
+      if (prev && this.store.warning.has(prev.seq)) {
+        this.remove('warning', prev.seq);
+        tally.merge(prev.data);
+      }
       const overflow = tally.toEnvelope({ site: this.opts.site, edge: this.opts.edge }, this.clock.now());
       overflow.seq = ++this.lastSeq;
       this.put(overflow, JSON.stringify(overflow));
       stored.push(overflow);
+      this.pendingOverflow = { seq: overflow.seq, data: tally.data() };
     }
     this.writes++;
     for (const e of stored) this.recentRing.push(e);

@@ -106,10 +106,27 @@ function peek(json: string): { ts: string; type: string } {
   }
 }
 
+/** `data` of an `edge.outbox_overflow` event. */
+export interface OverflowData {
+  evicted: number;
+  evictedBytes: number;
+  byType: Record<string, number>;
+  bySeverity: { info: number; warning: number };
+  fromTs: string | null;
+  toTs: string | null;
+  fromSeq: number | null;
+  toSeq: number | null;
+}
+
 /**
  * Tally of the events evicted in one write, turned into the data of the
  * `edge.outbox_overflow` event: how many, of which types and severities, from
  * when to when. Shared by the LevelDB and the memory outbox.
+ *
+ * While the latest overflow event has not been handed to a reader yet, the
+ * next eviction replaces it (in the same atomic write) with one merged event,
+ * so a full outbox holds one growing overflow event instead of one per write
+ * crowding out the events it should make room for.
  */
 export class OverflowTally {
   evicted = 0;
@@ -132,6 +149,32 @@ export class OverflowTally {
     if (this.toSeq === null || seq > this.toSeq) this.toSeq = seq;
   }
 
+  /** Fold in the data of an earlier overflow event this one replaces. */
+  merge(d: OverflowData): void {
+    this.evicted += d.evicted;
+    this.bytes += d.evictedBytes;
+    for (const [type, n] of Object.entries(d.byType)) this.byType[type] = (this.byType[type] ?? 0) + n;
+    this.bySeverity.info += d.bySeverity.info;
+    this.bySeverity.warning += d.bySeverity.warning;
+    if (d.fromTs && (this.fromTs === null || d.fromTs < this.fromTs)) this.fromTs = d.fromTs;
+    if (d.toTs && (this.toTs === null || d.toTs > this.toTs)) this.toTs = d.toTs;
+    if (d.fromSeq !== null && (this.fromSeq === null || d.fromSeq < this.fromSeq)) this.fromSeq = d.fromSeq;
+    if (d.toSeq !== null && (this.toSeq === null || d.toSeq > this.toSeq)) this.toSeq = d.toSeq;
+  }
+
+  data(): OverflowData {
+    return {
+      evicted: this.evicted,
+      evictedBytes: this.bytes,
+      byType: { ...this.byType },
+      bySeverity: { ...this.bySeverity },
+      fromTs: this.fromTs,
+      toTs: this.toTs,
+      fromSeq: this.fromSeq,
+      toSeq: this.toSeq,
+    };
+  }
+
   /** The overflow event (without seq) announcing this eviction. */
   toEnvelope(ids: { site: string; edge: string }, now: number): Envelope {
     return makeEnvelope(
@@ -139,16 +182,7 @@ export class OverflowTally {
         type: 'edge.outbox_overflow',
         severity: 'warning',
         source: { device: ids.edge, driver: 'outbox' },
-        data: {
-          evicted: this.evicted,
-          evictedBytes: this.bytes,
-          byType: this.byType,
-          bySeverity: this.bySeverity,
-          fromTs: this.fromTs,
-          toTs: this.toTs,
-          fromSeq: this.fromSeq,
-          toSeq: this.toSeq,
-        },
+        data: this.data() as unknown as Record<string, unknown>,
       },
       ids,
       now,
@@ -240,6 +274,12 @@ export class LevelOutbox implements Outbox {
   private deleteGen = 0;
   private readonly deleteLog: Array<{ gen: number; seqs: Set<number> }> = [];
   private warnedOverBound = false;
+  /** The latest overflow event while no reader has seen it: the next eviction replaces it. */
+  private pendingOverflow: { seq: number; bytes: number; data: OverflowData } | null = null;
+  /** Seq of the overflow event being replaced by the batch in flight: read() must not hand it out. */
+  private replacingOverflow: number | null = null;
+  private lastEvictLogAt = Number.NEGATIVE_INFINITY;
+  private evictedSinceLog = 0;
 
   constructor(private readonly opts: LevelOutboxOptions) {
     this.log = (opts.log ?? silentLogger()).child({ module: 'sync/outbox' });
@@ -280,6 +320,8 @@ export class LevelOutbox implements Outbox {
       this.db = db;
       this.closing = false;
       this.recentRing = new RecentRing();
+      // An overflow event from before a restart may have been sent already: never replace it.
+      this.pendingOverflow = null;
       await this.seedRecent();
     } catch (err) {
       this.db = null;
@@ -376,8 +418,12 @@ export class LevelOutbox implements Outbox {
         await it.close();
       }
     }
-    this.track(out, gen);
-    return out;
+    // Checked synchronously after the last await, so the writer's decision to
+    // replace the pending overflow event and this hand-out cannot interleave.
+    const result = this.replacingOverflow === null ? out : out.filter((e) => e.seq !== this.replacingOverflow);
+    if (this.pendingOverflow && result.some((e) => e.seq === this.pendingOverflow!.seq)) this.pendingOverflow = null;
+    this.track(result, gen);
+    return result;
   }
 
   stats(): OutboxStats {
@@ -416,6 +462,8 @@ export class LevelOutbox implements Outbox {
           err instanceof EdgewardError ? err : new EdgewardError('EDGE_OUTBOX_WRITE_FAILED', 'outbox write failed', { cause: err });
         this.log.error({ err: e, jobs: jobs.length }, 'outbox batch failed');
         for (const j of jobs) j.reject(e);
+      } finally {
+        this.replacingOverflow = null;
       }
     }
     this.draining = null;
@@ -562,11 +610,24 @@ export class LevelOutbox implements Outbox {
       appendResults.set(job, seqd);
     }
 
+    let overflowWritten: { seq: number; bytes: number; data: OverflowData } | null = null;
+    let evictedNow = 0;
     if (tally) {
-      const overflow = (tally as OverflowTally).toEnvelope({ site: this.opts.site, edge: this.opts.edge }, this.clock.now());
+      const t = tally as OverflowTally;
+      evictedNow = t.evicted;
+      const prev = this.pendingOverflow;
+      if (prev && !deleted.has(prev.seq)) {
+        // Nobody has read the previous overflow event: replace it by one that covers both.
+        this.replacingOverflow = prev.seq;
+        del(prev.seq, 'warning', prev.bytes);
+        t.merge(prev.data);
+      }
+      const overflow = t.toEnvelope({ site: this.opts.site, edge: this.opts.edge }, this.clock.now());
       overflow.seq = ++lastSeq;
       const json = JSON.stringify(overflow);
-      put(overflow, json, Buffer.byteLength(json));
+      const size = Buffer.byteLength(json);
+      put(overflow, json, size);
+      overflowWritten = { seq: overflow.seq, bytes: size, data: t.data() };
     }
     if (totalBytes(counts) <= meta.maxBytes) this.warnedOverBound = false;
 
@@ -595,14 +656,23 @@ export class LevelOutbox implements Outbox {
       this.deleteLog.push({ gen: this.deleteGen, seqs: new Set(deleted.keys()) });
       if (this.deleteLog.length > 16) this.deleteLog.shift();
       for (const seq of deleted.keys()) this.tracked.delete(seq);
+      if (this.pendingOverflow && deleted.has(this.pendingOverflow.seq)) this.pendingOverflow = null;
     }
+    if (overflowWritten) this.pendingOverflow = overflowWritten;
     for (const e of appended) this.recentRing.push(e);
     if (tally) {
-      const t = tally as OverflowTally;
-      this.log.warn(
-        { evicted: t.evicted, bySeverity: t.bySeverity, fromSeq: t.fromSeq, toSeq: t.toSeq },
-        'outbox full: oldest events evicted',
-      );
+      // A full outbox evicts on every write: log at most every 10 s, with the count since the last line.
+      this.evictedSinceLog += evictedNow;
+      const now = this.clock.now();
+      if (now - this.lastEvictLogAt >= 10_000) {
+        const t = tally as OverflowTally;
+        this.log.warn(
+          { evicted: this.evictedSinceLog, overflowSeq: overflowWritten?.seq, fromSeq: t.fromSeq, toSeq: t.toSeq },
+          'outbox full: oldest events evicted',
+        );
+        this.lastEvictLogAt = now;
+        this.evictedSinceLog = 0;
+      }
     }
     this.settle(jobs, ackResults, appendResults);
     if (appended.length > 0) {

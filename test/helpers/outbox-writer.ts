@@ -11,15 +11,23 @@
  *
  * The test SIGKILLs it at a random instant. Pipe writes are synchronous on
  * Linux, so a printed line was written before the kill.
+ *
+ * Usage: outbox-writer <dir> [maxBytes] [mix]. mix `all` (default) writes
+ * info/warning/critical; `info` writes info events only (with a small maxBytes
+ * the outbox then evicts all the time).
  */
 import { type Envelope, makeEnvelope, type Severity } from '../../edge/envelope.js';
 import { LevelOutbox } from '../../sync/outbox.js';
 
 const IDS = { site: 'crash-site', edge: 'gate-99' };
-const SEVS: Severity[] = ['info', 'info', 'info', 'warning', 'critical'];
+const MIXES: Record<string, Severity[]> = {
+  all: ['info', 'info', 'info', 'warning', 'critical'],
+  info: ['info'],
+};
+let sevs: Severity[] = MIXES.all;
 
 function ev(i: number): Envelope {
-  const severity = SEVS[i % SEVS.length];
+  const severity = sevs[i % sevs.length];
   const type = severity === 'critical' ? 'door.forced' : severity === 'warning' ? 'door.held_open' : 'door.opened';
   return makeEnvelope({ type, severity, source: { device: `door-${i % 7}`, driver: 'modbus-door' }, data: { door: i % 4, i } }, IDS);
 }
@@ -30,8 +38,10 @@ function report(stored: Envelope[]): void {
 
 async function main(): Promise<void> {
   const dir = process.argv[2];
-  if (!dir) throw new Error('usage: outbox-writer <dir>');
-  const ob = new LevelOutbox({ dir, maxBytes: 1 << 30, ...IDS });
+  if (!dir) throw new Error('usage: outbox-writer <dir> [maxBytes] [mix]');
+  const maxBytes = Number(process.argv[3] ?? 1 << 30);
+  sevs = MIXES[process.argv[4] ?? 'all'] ?? MIXES.all;
+  const ob = new LevelOutbox({ dir, maxBytes, ...IDS });
   await ob.open();
   process.stdout.write(`EPOCH ${ob.epoch} ${ob.stats().lastSeq}\n`);
   let i = 0;

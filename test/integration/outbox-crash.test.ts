@@ -17,8 +17,14 @@ interface Transcript {
   acked: Array<[number, number]>;
 }
 
-function startWriter(dir: string): { child: ChildProcess; t: Transcript; stderr: () => string; exited: Promise<void> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', WRITER, dir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+function startWriter(
+  dir: string,
+  args: string[] = [],
+): { child: ChildProcess; t: Transcript; stderr: () => string; exited: Promise<void> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', WRITER, dir, ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const t: Transcript = { epoch: null, appended: new Map(), acking: [], acked: [] };
   let buf = '';
   let err = '';
@@ -123,6 +129,60 @@ describe('LevelOutbox survives kill -9 (integration)', function () {
       } finally {
         await ob.close();
       }
+    }
+  });
+  it('accounts for every lost event with an overflow event when killed while full and evicting', async () => {
+    const maxBytes = 200_000;
+    const d = await tmpDir('outbox-crash-full');
+    try {
+      const killAfter = 2000 + Math.floor(Math.random() * 2000);
+      const { child, t, stderr, exited } = startWriter(d.path, [String(maxBytes), 'info']);
+      await waitFor(() => t.appended.size >= killAfter || child.exitCode !== null, {
+        timeoutMs: 60_000,
+        message: `writer acknowledged ${killAfter} events`,
+      });
+      assert.equal(child.exitCode, null, `writer died on its own: ${stderr()}`);
+      await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 25)));
+      child.kill('SIGKILL');
+      await exited;
+      const ob = new LevelOutbox({ dir: d.path, maxBytes, site: 'crash-site', edge: 'gate-99' });
+      await ob.open();
+      try {
+        const stored = await ob.read({ maxEvents: 10_000_000, maxBytes: Number.MAX_SAFE_INTEGER });
+        const envs = stored.map((e) => JSON.parse(e.json) as Envelope);
+        const byseq = new Map(envs.map((e) => [e.seq, e.id]));
+        const overflowRanges = envs
+          .filter((e) => e.type === 'edge.outbox_overflow')
+          .map((e) => [e.data.fromSeq, e.data.toSeq] as [number, number]);
+        assert.ok(overflowRanges.length > 0, 'the outbox evicted');
+        let present = 0;
+        let evicted = 0;
+        for (const [seq, id] of t.appended) {
+          if (inRanges(seq, t.acked) || inRanges(seq, t.acking)) continue;
+          if (byseq.has(seq)) {
+            assert.equal(byseq.get(seq), id);
+            present++;
+          } else {
+            assert.ok(inRanges(seq, overflowRanges), `seq ${seq} vanished without an overflow event`);
+            evicted++;
+          }
+        }
+        const s = ob.stats();
+        assert.equal(s.events, stored.length);
+        assert.equal(
+          s.bytes,
+          stored.reduce((n, e) => n + e.bytes, 0),
+        );
+        assert.ok(s.bytes <= maxBytes, `${s.bytes} <= ${maxBytes}`);
+        console.log(
+          `      full outbox: killed after ${t.appended.size} acks, ${present} present, ${evicted} evicted and accounted for, ` +
+            `${overflowRanges.length} overflow events stored`,
+        );
+      } finally {
+        await ob.close();
+      }
+    } finally {
+      await d.cleanup();
     }
   });
 });

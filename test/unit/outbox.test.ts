@@ -284,6 +284,36 @@ function outboxSuite(name: string, makeHarness: () => Harness): void {
       assert.ok(ob.recent(1)[0].type === 'edge.outbox_overflow');
     });
 
+    it('merges overflow events no reader has seen; starts a new one after a read', async () => {
+      const fill = Array.from({ length: 20 }, () => ev('info'));
+      const maxBytes = sumSize(fill) + 100;
+      const ob = await make(maxBytes);
+      await ob.append(fill);
+      const overflows = async () =>
+        parsed(await readAll(ob)).filter((e) => e.type === 'edge.outbox_overflow') as Array<
+          Envelope & { data: { evicted: number; fromSeq: number; toSeq: number; byType: Record<string, number> } }
+        >;
+      // Two evicting writes, nobody reads in between: one overflow event covering both.
+      await ob.append(Array.from({ length: 5 }, () => ev('info')));
+      const [first] = await ob.read({ maxEvents: 1, maxBytes: 1e9, severities: ['warning'] }).then(parsed);
+      assert.equal(first.type, 'edge.outbox_overflow');
+      const n1 = (first.data as { evicted: number }).evicted;
+      // That read handed the event out: the next eviction must write a new one, not replace it.
+      await ob.append(Array.from({ length: 5 }, () => ev('info')));
+      await ob.append(Array.from({ length: 5 }, () => ev('info')));
+      const after = await overflows();
+      assert.equal(after.length, 2, 'the event already read stays; later evictions merge into one new event');
+      assert.equal(after[0].seq, first.seq);
+      const merged = after[1];
+      assert.ok(merged.data.evicted > 0);
+      assert.equal(merged.data.fromSeq, (first.data as { toSeq: number }).toSeq + 1, 'ranges continue');
+      // Everything evicted is accounted for exactly once across the overflow events.
+      const lost = 20 + 15 - (await readAll(ob)).filter((e) => !e.json.includes('edge.outbox_overflow')).length;
+      assert.equal(n1 + merged.data.evicted, lost);
+      assert.deepEqual(merged.data.byType, { 'door.opened': merged.data.evicted });
+      assert.ok(ob.stats().bytes <= maxBytes);
+    });
+
     it('evicts the oldest warnings once no info is left, and never a critical', async () => {
       const c4 = Array.from({ length: 4 }, () => ev('critical', 'fire.alarm'));
       const w6 = Array.from({ length: 6 }, () => ev('warning', 'door.held_open'));
