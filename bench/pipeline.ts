@@ -155,8 +155,10 @@ interface Forked {
 
 /** Fork a bench/*.ts script under tsx with an IPC channel. */
 function forkTs(script: string, env: Record<string, string>): Forked {
+  // BENCH_CPU_PROF=<dir>: write a V8 CPU profile of each child, to see where the time goes.
+  const prof = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
   const child: ChildProcess = fork(join(__dirname, script), [], {
-    execArgv: ['--import', 'tsx'],
+    execArgv: ['--import', 'tsx', ...prof],
     env: { ...process.env, ...env },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
