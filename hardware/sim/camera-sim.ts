@@ -54,6 +54,8 @@ export interface CameraSimOptions {
   maxPullHoldMs?: number;
   /** Accept WS-Security `Created` timestamps within this skew (ms). */
   maxClockSkewMs?: number;
+  /** How callers authenticate: WS-UsernameToken in the SOAP header (default), or HTTP Digest (RFC 7616, MD5, qop=auth). */
+  auth?: 'ws-security' | 'digest';
 }
 
 interface Subscription {
@@ -88,6 +90,7 @@ const NS = {
 };
 
 const UNAUTHENTICATED = new Set(['GetSystemDateAndTime']);
+const DIGEST_REALM = 'edgeward-sim';
 
 /**
  * An ONVIF camera over real HTTP and UDP: WS-Discovery, the device, media and
@@ -107,6 +110,7 @@ export class CameraSim {
   private httpPort = 0;
   private udpPort = 0;
   private down = false;
+  private readonly digestNonce = randomUUID().replace(/-/g, '');
   /** PullMessages requests being held open right now, and when the latest one started (ms epoch). */
   pullsHeld = 0;
   lastPullStartedAt = 0;
@@ -127,6 +131,7 @@ export class CameraSim {
       maxTerminationS: opts.maxTerminationS ?? 3600,
       maxPullHoldMs: opts.maxPullHoldMs ?? Number.POSITIVE_INFINITY,
       maxClockSkewMs: opts.maxClockSkewMs ?? 5 * 60_000,
+      auth: opts.auth ?? 'ws-security',
     };
   }
 
@@ -317,8 +322,16 @@ export class CameraSim {
       return;
     }
 
-    const authed = this.checkAuth(child(doc.Envelope, 'Header'));
+    const digest = this.opts.auth === 'digest';
+    const authed = digest ? this.checkDigest(req) : this.checkAuth(child(doc.Envelope, 'Header'));
     if (!UNAUTHENTICATED.has(action) && !authed) {
+      if (digest) {
+        // A missing or stale Authorization header is a challenge, not a failure.
+        if (req.headers.authorization !== undefined) this.stats.authFailures++;
+        res.writeHead(401, { 'WWW-Authenticate': `Digest realm="${DIGEST_REALM}", qop="auth", nonce="${this.digestNonce}", algorithm=MD5` });
+        res.end();
+        return;
+      }
       this.stats.authFailures++;
       this.send(res, 400, fault('s:Sender', 'ter:NotAuthorized', 'Sender not authorized'));
       return;
@@ -385,6 +398,20 @@ export class CameraSim {
       .update(Buffer.concat([Buffer.from(nonce, 'base64'), Buffer.from(created, 'ascii'), Buffer.from(this.opts.password, 'ascii')]))
       .digest('base64');
     return expect === digest;
+  }
+
+  /** HTTP Digest with qop=auth: MD5(HA1:nonce:nc:cnonce:qop:HA2). */
+  private checkDigest(req: http.IncomingMessage): boolean {
+    const h = req.headers.authorization;
+    if (!h?.startsWith('Digest ')) return false;
+    const p: Record<string, string> = {};
+    for (const m of h.slice(7).matchAll(/(\w+)=(?:"([^"]*)"|([^,\s]*))/g)) p[m[1] as string] = m[2] ?? m[3] ?? '';
+    if (p.username !== this.opts.username || p.realm !== DIGEST_REALM || p.nonce !== this.digestNonce || p.uri !== req.url) return false;
+    const md5 = (x: string) => createHash('md5').update(x).digest('hex');
+    const ha1 = md5(`${this.opts.username}:${DIGEST_REALM}:${this.opts.password}`);
+    const ha2 = md5(`${req.method}:${p.uri}`);
+    const expect = p.qop ? md5(`${ha1}:${p.nonce}:${p.nc}:${p.cnonce}:${p.qop}:${ha2}`) : md5(`${ha1}:${p.nonce}:${ha2}`);
+    return expect === p.response;
   }
 
   private xaddr(path: string): string {

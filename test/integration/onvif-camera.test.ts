@@ -196,6 +196,25 @@ describe('onvif driver against the camera simulator (real HTTP)', function () {
     assert.equal(driver.state().online, true);
   });
 
+  it('times out a slow camera with a clear error and recovers when it answers again', async () => {
+    sim.setFault({ kind: 'slow', action: 'GetDeviceInformation', delayMs: 2500, times: 1 });
+    await startDriver({ timeoutMs: 500 });
+    await waitFor(() => driver.health().lastError?.startsWith('EDGE_ONVIF_'), { message: 'timeout error' });
+    assert.match(String(driver.health().lastError), /EDGE_ONVIF_(UNREACHABLE|TIMEOUT).*(timeout|no reply)/i);
+    await waitFor(() => ofType('device.online').length === 1, { timeoutMs: 5000, message: 'online after the slow reply' });
+  });
+
+  it('authenticates with HTTP Digest when the camera asks for it', async () => {
+    await sim.stop();
+    sim = new CameraSim({ username: USER, password: PASS, auth: 'digest' });
+    await sim.start();
+    await startDriver();
+    await waitFor(() => ofType('device.online').length === 1 && sim.pullsHeld === 1, { message: 'online and pulling with digest' });
+    assert.equal(sim.stats.authFailures, 0);
+    sim.motion(true);
+    await waitFor(() => ofType('camera.motion').length === 1, { message: 'motion with digest' });
+  });
+
   it('survives a camera whose replies make the onvif library throw, and backs off', async () => {
     // GetVideoSources with the wrong shape makes onvif throw inside its own callback ("Unrecognized configuration").
     sim.setFault({ kind: 'wrong-shape', action: 'GetVideoSources' });

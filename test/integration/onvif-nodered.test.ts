@@ -116,6 +116,13 @@ describe('edgeward-camera node in the runtime (integration)', function () {
     assert.ok(posted.every((p) => p.source?.device === 'gate-cam'));
   });
 
+  it('exports the camera health in /metrics', async () => {
+    const text = await (await fetch(`http://127.0.0.1:${runtime.port}/metrics`)).text();
+    for (const metric of ['renewFailures', 'resubscriptions', 'subscriptionAgeS']) {
+      assert.match(text, new RegExp(`edgeward_driver_health\\{[^}]*device="gate-cam"[^}]*metric="${metric}"[^}]*\\} `), metric);
+    }
+  });
+
   it('serves the editor discover endpoint', async () => {
     const res = await fetch(`http://127.0.0.1:${runtime.port}/edgeward/onvif/discover?timeout=1&probe=127.0.0.1:${sim.discoveryPort}`);
     assert.equal(res.status, 200);
