@@ -48,7 +48,10 @@ async function deadUnitScenario(withDead: boolean, seconds: number): Promise<Sce
   const sim = new DoorSim({ units: [...healthy, 9] });
   sim.setFault(9, 'silent');
   const server = await sim.serveRtu(pty.b, { baudRate: 115200, pace: true });
-  const bus = new ModbusBus({ transport: 'rtu', path: pty.a, baudRate: 115200, timeoutMs: TIMEOUT_MS }, { clock: systemClock, log: silentLogger() });
+  const bus = new ModbusBus(
+    { transport: 'rtu', path: pty.a, baudRate: 115200, timeoutMs: TIMEOUT_MS },
+    { clock: systemClock, log: silentLogger() },
+  );
   await bus.start();
   const seen: Array<{ device: string; type: string; at: number }> = [];
   const ctx: DriverContext = {
@@ -61,12 +64,23 @@ async function deadUnitScenario(withDead: boolean, seconds: number): Promise<Sce
   const profile = loadDoorProfile('generic-door');
   const units = withDead ? [...healthy, 9] : healthy;
   const drivers: Driver[] = units.map(
-    (u) => new ModbusDoorDriver(`door-${u}`, { unitId: u, profile, doors: 1, pollMs: POLL_MS }, () => ({ resource: bus, release: async () => undefined }), ctx),
+    (u) =>
+      new ModbusDoorDriver(
+        `door-${u}`,
+        { unitId: u, profile, doors: 1, pollMs: POLL_MS },
+        () => ({ resource: bus, release: async () => undefined }),
+        ctx,
+      ),
   );
   try {
     for (const d of drivers) await d.start();
-    await waitFor(() => drivers.slice(0, 8).every((d) => d.state().online), { message: 'healthy units online' });
-    if (withDead) await waitFor(() => seen.some((e) => e.device === 'door-9' && e.type === 'device.offline'), { message: 'dead unit offline' });
+    await waitFor(() => drivers.slice(0, 8).every((d) => d.state().online), {
+      message: 'healthy units online',
+    });
+    if (withDead)
+      await waitFor(() => seen.some((e) => e.device === 'door-9' && e.type === 'device.offline'), {
+        message: 'dead unit offline',
+      });
     const count = () => healthy.reduce((n, u) => n + (server.counters.byUnit.get(u) ?? 0), 0);
     const start = performance.now();
     const startCount = count();
@@ -85,7 +99,10 @@ async function deadUnitScenario(withDead: boolean, seconds: number): Promise<Sce
       if (open) unit.open(0);
       else unit.close(0);
       const type = open ? 'door.opened' : 'door.closed';
-      const ev = await waitFor(() => seen.find((e) => e.device === `door-${u}` && e.type === type && e.at >= t0), { timeoutMs: 10_000, intervalMs: 1 });
+      const ev = await waitFor(
+        () => seen.find((e) => e.device === `door-${u}` && e.type === type && e.at >= t0),
+        { timeoutMs: 10_000, intervalMs: 1 },
+      );
       latencies.push(ev.at - t0);
       seen.length = 0;
       await delay(50 + Math.random() * 100);
@@ -100,7 +117,12 @@ async function deadUnitScenario(withDead: boolean, seconds: number): Promise<Sce
     const elapsed = (performance.now() - start) / 1000;
     // Each poll is two requests (event counter, then discrete inputs).
     const readsPerS = (count() - startCount) / 2 / healthy.length / elapsed;
-    return { readsPerS, latencies, silentSeconds: perSecond.filter((n) => n === 0).length, seconds: perSecond.length };
+    return {
+      readsPerS,
+      latencies,
+      silentSeconds: perSecond.filter((n) => n === 0).length,
+      seconds: perSecond.length,
+    };
   } finally {
     for (const d of drivers) await d.stop();
     await bus.close();
@@ -115,13 +137,20 @@ function wireMs(baud: number, reqBytes: number, replyBytes: number): number {
   return ((reqBytes + 3.5 + replyBytes + 3.5) * 11 * 1000) / baud;
 }
 
-async function cycleBench(baud: number, nUnits: number, cycles: number): Promise<{ cycleMs: number; wireMs: number }> {
+async function cycleBench(
+  baud: number,
+  nUnits: number,
+  cycles: number,
+): Promise<{ cycleMs: number; wireMs: number }> {
   const tmp = await tmpDir('bench-cycle');
   const pty = await openPtyPair(tmp.path);
   const units = Array.from({ length: nUnits }, (_, i) => i + 1);
   const sim = new DoorSim({ units });
   await sim.serveRtu(pty.b, { baudRate: baud, pace: true });
-  const bus = new ModbusBus({ transport: 'rtu', path: pty.a, baudRate: baud, timeoutMs: 1000 }, { clock: systemClock, log: silentLogger() });
+  const bus = new ModbusBus(
+    { transport: 'rtu', path: pty.a, baudRate: baud, timeoutMs: 1000 },
+    { clock: systemClock, log: silentLogger() },
+  );
   try {
     await bus.start();
     await waitFor(() => bus.isConnected, { message: 'bus open' });
@@ -155,10 +184,36 @@ export async function runModbusBench(): Promise<Figure[]> {
   const ratio = dead.readsPerS / clean.readsPerS;
   const bound = POLL_MS + TIMEOUT_MS;
   figures.push(
-    { section: 'modbus', name: 'healthy unit poll rate, 8 units, no dead unit', value: clean.readsPerS, unit: 'reads/s', note: `100 ms polls, 115200 baud paced, ${seconds} s` },
-    { section: 'modbus', name: 'healthy unit poll rate, 8 units + 1 dead unit', value: dead.readsPerS, unit: 'reads/s', note: 'peer (Node-RED + contrib-modbus): 10 → 2.9 reads/s' },
-    { section: 'modbus', name: 'poll rate with dead unit / without', value: ratio * 100, unit: '%', target: '≥ 90 %', ratio: `${ratio.toFixed(3)}`, pass: ratio >= 0.9 },
-    { section: 'modbus', name: 'change detection with dead unit, median', value: median(dead.latencies), unit: 'ms', note: 'peer: 1.1 s median' },
+    {
+      section: 'modbus',
+      name: 'healthy unit poll rate, 8 units, no dead unit',
+      value: clean.readsPerS,
+      unit: 'reads/s',
+      note: `100 ms polls, 115200 baud paced, ${seconds} s`,
+    },
+    {
+      section: 'modbus',
+      name: 'healthy unit poll rate, 8 units + 1 dead unit',
+      value: dead.readsPerS,
+      unit: 'reads/s',
+      note: 'peer (Node-RED + contrib-modbus): 10 → 2.9 reads/s',
+    },
+    {
+      section: 'modbus',
+      name: 'poll rate with dead unit / without',
+      value: ratio * 100,
+      unit: '%',
+      target: '≥ 90 %',
+      ratio: `${ratio.toFixed(3)}`,
+      pass: ratio >= 0.9,
+    },
+    {
+      section: 'modbus',
+      name: 'change detection with dead unit, median',
+      value: median(dead.latencies),
+      unit: 'ms',
+      note: 'peer: 1.1 s median',
+    },
     {
       section: 'modbus',
       name: 'change detection with dead unit, max',
@@ -168,7 +223,15 @@ export async function runModbusBench(): Promise<Figure[]> {
       pass: Math.max(...dead.latencies) <= bound,
       note: `${dead.latencies.length} changes; without the dead unit max ${Math.max(...clean.latencies).toFixed(1)} ms, median ${median(clean.latencies).toFixed(1)} ms; peer: 2.2 s max`,
     },
-    { section: 'modbus', name: 'seconds without healthy reads, with dead unit', value: `${dead.silentSeconds} of ${dead.seconds}`, unit: 's', target: '0', pass: dead.silentSeconds === 0, note: 'peer: 22 of 55 s' },
+    {
+      section: 'modbus',
+      name: 'seconds without healthy reads, with dead unit',
+      value: `${dead.silentSeconds} of ${dead.seconds}`,
+      unit: 's',
+      target: '0',
+      pass: dead.silentSeconds === 0,
+      note: 'peer: 22 of 55 s',
+    },
   );
   for (const baud of [9600, 19200, 115200]) {
     const r = await cycleBench(baud, nUnits, cycles);
@@ -189,7 +252,10 @@ export async function runModbusBench(): Promise<Figure[]> {
 if (require.main === module) {
   runModbusBench().then(
     (figs) => {
-      for (const f of figs) console.log(`${f.name}: ${typeof f.value === 'number' ? f.value.toFixed(2) : f.value} ${f.unit}${f.ratio ? ` (${f.ratio})` : ''}${f.pass === undefined ? '' : f.pass ? ' PASS' : ' FAIL'}${f.note ? ` — ${f.note}` : ''}`);
+      for (const f of figs)
+        console.log(
+          `${f.name}: ${typeof f.value === 'number' ? f.value.toFixed(2) : f.value} ${f.unit}${f.ratio ? ` (${f.ratio})` : ''}${f.pass === undefined ? '' : f.pass ? ' PASS' : ' FAIL'}${f.note ? ` — ${f.note}` : ''}`,
+        );
       process.exit(0);
     },
     (err) => {

@@ -41,7 +41,8 @@ export function parseUnits(spec: string): number[] {
     if (!m) throw new InvalidArgumentError(`bad unit range "${part}"`);
     const lo = Number(m[1]);
     const hi = m[2] === undefined ? lo : Number(m[2]);
-    if (lo < 1 || hi > 247 || lo > hi) throw new InvalidArgumentError(`unit range "${part}" must be within 1-247`);
+    if (lo < 1 || hi > 247 || lo > hi)
+      throw new InvalidArgumentError(`unit range "${part}" must be within 1-247`);
     for (let u = lo; u <= hi; u++) out.add(u);
   }
   return [...out].sort((a, b) => a - b);
@@ -54,7 +55,10 @@ function profileTypes(): Map<number, string> {
     for (const f of readdirSync(profilesDir())) {
       if (!f.endsWith('.json')) continue;
       try {
-        const p = JSON.parse(readFileSync(join(profilesDir(), f), 'utf8')) as { profile?: string; deviceType?: number };
+        const p = JSON.parse(readFileSync(join(profilesDir(), f), 'utf8')) as {
+          profile?: string;
+          deviceType?: number;
+        };
         if (typeof p.deviceType === 'number') map.set(p.deviceType, p.profile ?? f.replace(/\.json$/, ''));
       } catch {
         // a broken profile file is not the scan's problem
@@ -73,7 +77,10 @@ function profileTypes(): Map<number, string> {
  * means no unit at that address; the bus's one queue keeps the scan strictly
  * sequential, so a missing unit costs exactly one timeout.
  */
-export async function scanModbus(opts: ModbusBusOptions & { units: number[] }, onFound?: (u: ScannedUnit) => void): Promise<ScannedUnit[]> {
+export async function scanModbus(
+  opts: ModbusBusOptions & { units: number[] },
+  onFound?: (u: ScannedUnit) => void,
+): Promise<ScannedUnit[]> {
   const bus = new ModbusBus({ ...opts, reconnectMaxMs: 1000 }, { clock: systemClock, log: silentLogger() });
   await bus.start();
   const types = profileTypes();
@@ -88,8 +95,10 @@ export async function scanModbus(opts: ModbusBusOptions & { units: number[] }, o
         const [deviceType, firmware] = await bus.readInputRegisters(unit, 200, 2);
         u = { unit, deviceType, firmware, profile: types.get(deviceType) };
       } catch (err) {
-        if (isEdgewardError(err, 'EDGE_MODBUS_EXCEPTION')) u = { unit, note: `answers, no identity registers (${err.message.replace(/^unit \d+: /, '')})` };
-        else if (isEdgewardError(err) && err.code !== 'EDGE_MODBUS_TIMEOUT') u = { unit, note: `answers, but ${err.code}` };
+        if (isEdgewardError(err, 'EDGE_MODBUS_EXCEPTION'))
+          u = { unit, note: `answers, no identity registers (${err.message.replace(/^unit \d+: /, '')})` };
+        else if (isEdgewardError(err) && err.code !== 'EDGE_MODBUS_TIMEOUT')
+          u = { unit, note: `answers, but ${err.code}` };
       }
       if (u) {
         found.push(u);
@@ -117,22 +126,30 @@ export function scanModbusCommand(io: CliIo = stdio): Command {
     .option('--units <ranges>', 'unit ids to try, e.g. 1-247 or 1,5-8', '1-247')
     .option('--timeout <ms>', 'reply timeout per unit', '100')
     .action(async (o: Record<string, string | undefined>) => {
-      if (!o.serial === !o.tcp) throw new InvalidArgumentError('give exactly one of --serial DEV or --tcp HOST:PORT');
+      if (!o.serial === !o.tcp)
+        throw new InvalidArgumentError('give exactly one of --serial DEV or --tcp HOST:PORT');
       const units = parseUnits(String(o.units));
       const timeoutMs = Number(o.timeout);
       let bus: ModbusBusOptions;
       if (o.tcp) {
         const m = /^(.+):(\d+)$/.exec(o.tcp);
-        bus = m ? { transport: 'tcp', host: m[1], port: Number(m[2]), timeoutMs } : { transport: 'tcp', host: o.tcp, port: 502, timeoutMs };
+        bus = m
+          ? { transport: 'tcp', host: m[1], port: Number(m[2]), timeoutMs }
+          : { transport: 'tcp', host: o.tcp, port: 502, timeoutMs };
       } else {
-        if (o.parity !== 'none' && o.parity !== 'even' && o.parity !== 'odd') throw new InvalidArgumentError('--parity must be none, even or odd');
+        if (o.parity !== 'none' && o.parity !== 'even' && o.parity !== 'odd')
+          throw new InvalidArgumentError('--parity must be none, even or odd');
         bus = { transport: 'rtu', path: o.serial, baudRate: Number(o.baud), parity: o.parity, timeoutMs };
       }
-      io.out(`scanning ${units.length} unit id(s) on ${o.tcp ?? `${o.serial} @ ${o.baud}`} (timeout ${timeoutMs} ms)`);
+      io.out(
+        `scanning ${units.length} unit id(s) on ${o.tcp ?? `${o.serial} @ ${o.baud}`} (timeout ${timeoutMs} ms)`,
+      );
       io.out('unit  device type  firmware  profile');
       const found = await scanModbus({ ...bus, units }, (u) => {
         const fw = u.firmware === undefined ? '-' : `${u.firmware >> 8}.${u.firmware & 0xff}`;
-        io.out(`${String(u.unit).padEnd(4)}  ${hex(u.deviceType).padEnd(11)}  ${fw.padEnd(8)}  ${u.profile ?? u.note ?? 'unknown'}`);
+        io.out(
+          `${String(u.unit).padEnd(4)}  ${hex(u.deviceType).padEnd(11)}  ${fw.padEnd(8)}  ${u.profile ?? u.note ?? 'unknown'}`,
+        );
       });
       io.out(`${found.length} unit(s) answered`);
     });
@@ -141,7 +158,9 @@ export function scanModbusCommand(io: CliIo = stdio): Command {
 /** `sim door (--serial PATH | --tcp PORT) [--units 1-8] [--doors N] [--baud N] [--pace]`: run simulated door controllers; script lines on stdin. */
 export function simDoorCommand(io: CliIo = stdio): Command {
   return new Command('door')
-    .description('run simulated generic-door controllers as a Modbus RTU slave on a serial path or a Modbus TCP server, until Ctrl-C')
+    .description(
+      'run simulated generic-door controllers as a Modbus RTU slave on a serial path or a Modbus TCP server, until Ctrl-C',
+    )
     .option('--serial <path>', 'serial device to serve on (e.g. one end of a socat PTY pair)')
     .option('--tcp <port>', 'serve Modbus TCP on this port (0 = any)')
     .option('--host <addr>', 'TCP address to listen on', '127.0.0.1')
@@ -150,10 +169,19 @@ export function simDoorCommand(io: CliIo = stdio): Command {
     .option('--baud <n>', 'baud rate (and wire pacing with --pace)', '9600')
     .option('--pace', 'delay replies by their wire time at --baud')
     .option('--profile <name>', 'device profile', 'generic-door')
-    .option('--autoplay <ms>', 'lifelike activity (cards, doors, an occasional forced entry) every MS (0 = off)', '0')
+    .option(
+      '--autoplay <ms>',
+      'lifelike activity (cards, doors, an occasional forced entry) every MS (0 = off)',
+      '0',
+    )
     .action(async (o: Record<string, string | boolean | undefined>) => {
-      if (!o.serial === (o.tcp === undefined)) throw new InvalidArgumentError('give exactly one of --serial PATH or --tcp PORT');
-      const sim = new DoorSim({ units: parseUnits(String(o.units)), doors: Number(o.doors), profile: String(o.profile) });
+      if (!o.serial === (o.tcp === undefined))
+        throw new InvalidArgumentError('give exactly one of --serial PATH or --tcp PORT');
+      const sim = new DoorSim({
+        units: parseUnits(String(o.units)),
+        doors: Number(o.doors),
+        profile: String(o.profile),
+      });
       if (o.serial) {
         await sim.serveRtu(String(o.serial), { baudRate: Number(o.baud), pace: o.pace === true });
         io.out(`simulating units ${o.units} (Modbus RTU) on ${o.serial}`);
@@ -162,7 +190,9 @@ export function simDoorCommand(io: CliIo = stdio): Command {
         io.out(`simulating units ${o.units} (Modbus TCP) on ${o.host}:${port}`);
       }
       if (Number(o.autoplay) > 0) sim.autoplay(Number(o.autoplay));
-      io.out('commands: open U D | close U D | swipe U D CARD [granted|unknown|schedule] | force U D | exit U D | tamper U D on|off | held U D | flood U N | fault U none|silent|bad-crc|exception|short|wrong-unit');
+      io.out(
+        'commands: open U D | close U D | swipe U D CARD [granted|unknown|schedule] | force U D | exit U D | tamper U D on|off | held U D | flood U N | fault U none|silent|bad-crc|exception|short|wrong-unit',
+      );
       const rl = createInterface({ input: process.stdin, terminal: false });
       rl.on('line', (line) => {
         try {

@@ -50,7 +50,8 @@ export class CardReaderDriver implements Driver {
     readonly name: string,
     private readonly opts: CardReaderOptions,
     private readonly ctx: DriverContext,
-    private readonly makeLink: () => ByteLink = () => new SerialLink({ path: opts.path, baudRate: opts.baudRate, parity: 'none' }),
+    private readonly makeLink: () => ByteLink = () =>
+      new SerialLink({ path: opts.path, baudRate: opts.baudRate, parity: 'none' }),
   ) {
     this.log = ctx.log.child({ module: 'drivers/card-reader', device: name });
   }
@@ -107,7 +108,10 @@ export class CardReaderDriver implements Driver {
 
   private retry(): void {
     if (!this.running || this.timer) return;
-    const delay = Math.min(this.opts.reconnectMaxMs ?? 5000, (this.opts.reconnectMinMs ?? 100) * 2 ** this.attempt++);
+    const delay = Math.min(
+      this.opts.reconnectMaxMs ?? 5000,
+      (this.opts.reconnectMinMs ?? 100) * 2 ** this.attempt++,
+    );
     this.timer = this.ctx.clock.setTimeout(() => {
       this.timer = undefined;
       void this.open();
@@ -141,9 +145,12 @@ export class CardReaderDriver implements Driver {
       this.log.debug({ length: line.length }, 'card reader line did not match the pattern');
       return;
     }
-    const card = this.ctx.privacy.rawCards ? value.toString(10) : pseudonymiseCard(value, this.ctx.privacy.siteKey);
+    const card = this.ctx.privacy.rawCards
+      ? value.toString(10)
+      : pseudonymiseCard(value, this.ctx.privacy.siteKey);
     const now = this.ctx.clock.now();
-    if (this.opts.repeatMs && this.lastCard?.card === card && now - this.lastCard.at < this.opts.repeatMs) return;
+    if (this.opts.repeatMs && this.lastCard?.card === card && now - this.lastCard.at < this.opts.repeatMs)
+      return;
     this.lastCard = { card, at: now };
     this.emit({ type: 'sensor.reading', data: { kind: 'card', door: this.opts.door, card } });
   }
@@ -154,8 +161,16 @@ export class CardReaderDriver implements Driver {
     this.online = online;
     if (online) this.log.info('card reader port open');
     else this.log.warn({ reason }, 'card reader port unavailable');
-    this.emit({ type: online ? 'device.online' : 'device.offline', data: online ? {} : { error: 'EDGE_SERIAL_UNAVAILABLE' } });
-    this.ctx.bus.emit('device.state', { name: this.name, driver: this.driver, online, lastSeen: this.lastSeen });
+    this.emit({
+      type: online ? 'device.online' : 'device.offline',
+      data: online ? {} : { error: 'EDGE_SERIAL_UNAVAILABLE' },
+    });
+    this.ctx.bus.emit('device.state', {
+      name: this.name,
+      driver: this.driver,
+      online,
+      lastSeen: this.lastSeen,
+    });
   }
 
   private emit(e: Omit<EventInput, 'source'>): void {

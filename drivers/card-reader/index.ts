@@ -5,14 +5,24 @@ import { CardReaderDriver, type CardReaderOptions, DEFAULT_CARD_PATTERN } from '
 export { CardReaderDriver, type CardReaderOptions, DEFAULT_CARD_PATTERN } from './driver.js';
 
 function invalid(name: string, field: string, why: string): EdgewardError {
-  return new EdgewardError('EDGE_CONFIG_INVALID', `card reader ${name}: ${field} ${why}`, { details: { field } });
+  return new EdgewardError('EDGE_CONFIG_INVALID', `card reader ${name}: ${field} ${why}`, {
+    details: { field },
+  });
 }
 
-function int(name: string, props: Record<string, unknown>, field: string, min: number, max: number, dflt: number): number {
+function int(
+  name: string,
+  props: Record<string, unknown>,
+  field: string,
+  min: number,
+  max: number,
+  dflt: number,
+): number {
   const raw = props[field];
   if (raw === undefined || raw === null || raw === '') return dflt;
   const v = typeof raw === 'string' ? Number(raw) : raw;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw invalid(name, field, `must be an integer ${min}…${max}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
+    throw invalid(name, field, `must be an integer ${min}…${max}`);
   return v;
 }
 
@@ -43,5 +53,8 @@ export function parseCardReaderProps(name: string, props: Record<string, unknown
 
 /** Register the `card-reader` family. */
 export function register(registry: Registry): void {
-  registry.registerFamily('card-reader', (name, props, ctx) => new CardReaderDriver(name, parseCardReaderProps(name, props), ctx));
+  registry.registerFamily(
+    'card-reader',
+    (name, props, ctx) => new CardReaderDriver(name, parseCardReaderProps(name, props), ctx),
+  );
 }

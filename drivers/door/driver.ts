@@ -96,7 +96,10 @@ export class ModbusDoorDriver implements Driver {
     if (!bus) throw new EdgewardError('EDGE_DRIVER_STOPPED', `${this.name} is not running`);
     const door = cmd.args.door ?? 0;
     if (typeof door !== 'number' || !Number.isInteger(door) || door < 0 || door >= this.opts.doors) {
-      throw new EdgewardError('EDGE_COMMAND_INVALID', `${this.name}: args.door must be 0…${this.opts.doors - 1}`);
+      throw new EdgewardError(
+        'EDGE_COMMAND_INVALID',
+        `${this.name}: args.door must be 0…${this.opts.doors - 1}`,
+      );
     }
     const p = this.opts.profile;
     const unit = this.opts.unitId;
@@ -107,7 +110,10 @@ export class ModbusDoorDriver implements Driver {
         const seconds = cmd.args.seconds;
         if (seconds !== undefined) {
           if (typeof seconds !== 'number' || !Number.isInteger(seconds) || seconds < 1 || seconds > 3600) {
-            throw new EdgewardError('EDGE_COMMAND_INVALID', `${this.name}: args.seconds must be an integer 1…3600`);
+            throw new EdgewardError(
+              'EDGE_COMMAND_INVALID',
+              `${this.name}: args.seconds must be an integer 1…3600`,
+            );
           }
           await bus.writeRegister(unit, p.holdingRegisters.unlockSeconds, seconds, high);
         }
@@ -124,7 +130,10 @@ export class ModbusDoorDriver implements Driver {
         // args.hold (default true) holds the door unlocked; hold:false or release:true returns it to normal.
         const hold = cmd.args.release === true ? false : cmd.args.hold !== false;
         await bus.writeCoil(unit, base + p.coils.holdUnlocked, hold, high);
-        this.log.info({ door, hold, command: cmd.id }, hold ? 'door held unlocked by command' : 'door hold released by command');
+        this.log.info(
+          { door, hold, command: cmd.id },
+          hold ? 'door held unlocked by command' : 'door hold released by command',
+        );
         return { door, hold };
       }
       default:
@@ -163,11 +172,15 @@ export class ModbusDoorDriver implements Driver {
     const p = this.opts.profile;
     const unit = this.opts.unitId;
     const di = p.discreteInputs;
-    const width = p.doors.stride * (this.opts.doors - 1) + Math.max(di.contact, di.requestToExit, di.lockReleased, di.tamper) + 1;
+    const width =
+      p.doors.stride * (this.opts.doors - 1) +
+      Math.max(di.contact, di.requestToExit, di.lockReleased, di.tamper) +
+      1;
     // One after the other: a unit that does not answer costs one timeout per poll, not two.
     const [counter] = await bus.readInputRegisters(unit, p.inputRegisters.eventCounter, 1);
     const bits = await bus.readDiscreteInputs(unit, 0, width);
-    if (this.counter !== undefined && counter !== this.counter) await this.readRing(bus, this.counter, counter);
+    if (this.counter !== undefined && counter !== this.counter)
+      await this.readRing(bus, this.counter, counter);
     this.counter = counter;
     this.applyInputs(bits);
   }
@@ -180,7 +193,11 @@ export class ModbusDoorDriver implements Driver {
     const ks: number[] = [];
     for (let i = lost + 1; i <= n; i++) ks.push((from + i) & 0xffff);
     // One request per entry: the bus merges adjacent entries into as few transactions as the limits allow.
-    const entries = await Promise.all(ks.map((k) => bus.readInputRegisters(this.opts.unitId, ring.base + ring.stride * (k % ring.size), ring.stride)));
+    const entries = await Promise.all(
+      ks.map((k) =>
+        bus.readInputRegisters(this.opts.unitId, ring.base + ring.stride * (k % ring.size), ring.stride),
+      ),
+    );
     if (lost > 0) {
       this.log.warn({ lost }, 'device event ring overran between polls');
       this.emit({ type: 'edge.events_lost', data: { count: lost, unit: this.opts.unitId } });
@@ -213,17 +230,27 @@ export class ModbusDoorDriver implements Driver {
     const now: DoorState[] = [];
     for (let d = 0; d < this.opts.doors; d++) {
       const b = p.doors.stride * d;
-      now.push({ contact: bits[b + p.discreteInputs.contact], released: bits[b + p.discreteInputs.lockReleased], tamper: bits[b + p.discreteInputs.tamper] });
+      now.push({
+        contact: bits[b + p.discreteInputs.contact],
+        released: bits[b + p.discreteInputs.lockReleased],
+        tamper: bits[b + p.discreteInputs.tamper],
+      });
     }
     const before = this.doorsState;
     this.doorsState = now;
     if (!before) return; // the first poll is the baseline, not a change
     now.forEach((s, door) => {
       const was = before[door];
-      if (s.released !== was.released) this.emit({ type: s.released ? 'door.unlocked' : 'door.locked', data: { door } });
-      if (s.contact !== was.contact) this.emit({ type: s.contact ? 'door.opened' : 'door.closed', data: { door } });
+      if (s.released !== was.released)
+        this.emit({ type: s.released ? 'door.unlocked' : 'door.locked', data: { door } });
+      if (s.contact !== was.contact)
+        this.emit({ type: s.contact ? 'door.opened' : 'door.closed', data: { door } });
       if (s.tamper !== was.tamper) {
-        this.emit({ type: 'alert.door_tamper', data: { door, active: s.tamper }, severity: s.tamper ? 'critical' : 'info' });
+        this.emit({
+          type: 'alert.door_tamper',
+          data: { door, active: s.tamper },
+          severity: s.tamper ? 'critical' : 'info',
+        });
       }
     });
   }
@@ -255,7 +282,12 @@ export class ModbusDoorDriver implements Driver {
   }
 
   private presence(): void {
-    this.ctx.bus.emit('device.state', { name: this.name, driver: this.driver, online: this.online === true, lastSeen: this.lastSeen });
+    this.ctx.bus.emit('device.state', {
+      name: this.name,
+      driver: this.driver,
+      online: this.online === true,
+      lastSeen: this.lastSeen,
+    });
   }
 
   private emit(e: Omit<EventInput, 'source'>): void {

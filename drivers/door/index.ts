@@ -13,11 +13,19 @@ function invalid(name: string, field: string, why: string): EdgewardError {
   return new EdgewardError('EDGE_CONFIG_INVALID', `door ${name}: ${field} ${why}`, { details: { field } });
 }
 
-function int(name: string, props: Record<string, unknown>, field: string, min: number, max: number, dflt: number): number {
+function int(
+  name: string,
+  props: Record<string, unknown>,
+  field: string,
+  min: number,
+  max: number,
+  dflt: number,
+): number {
   const raw = props[field];
   if (raw === undefined || raw === null || raw === '') return dflt;
   const v = typeof raw === 'string' ? Number(raw) : raw;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw invalid(name, field, `must be an integer ${min}…${max}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
+    throw invalid(name, field, `must be an integer ${min}…${max}`);
   return v;
 }
 
@@ -48,6 +56,11 @@ export function register(registry: Registry): void {
     const key = props.bus;
     if (typeof key !== 'string' || key === '') throw invalid(name, 'bus', 'is required');
     const busConfig = (props.busConfig ?? {}) as Record<string, unknown>;
-    return new ModbusDoorDriver(name, opts, () => reg.acquire<ModbusBus>('modbus-bus', key, busConfig, ctx), ctx);
+    return new ModbusDoorDriver(
+      name,
+      opts,
+      () => reg.acquire<ModbusBus>('modbus-bus', key, busConfig, ctx),
+      ctx,
+    );
   });
 }

@@ -25,7 +25,12 @@ export interface DoorProfile {
   holdingRegisters: { unlockSeconds: number; heldOpenSeconds: number };
   inputRegisters: {
     eventCounter: number;
-    ring: { base: number; size: number; stride: number; fields: { code: number; door: number; cardHigh: number; cardLow: number } };
+    ring: {
+      base: number;
+      size: number;
+      stride: number;
+      fields: { code: number; door: number; cardHigh: number; cardLow: number };
+    };
     deviceType: number;
     firmware: number;
   };
@@ -35,7 +40,9 @@ export interface DoorProfile {
 /** hardware/profiles, found from this file whether run from source or from dist/. */
 export function profilesDir(): string {
   const fromSource = join(__dirname, '..', '..', 'hardware', 'profiles');
-  return __dirname.includes(`${join('dist', 'drivers')}`) ? join(__dirname, '..', '..', '..', 'hardware', 'profiles') : fromSource;
+  return __dirname.includes(`${join('dist', 'drivers')}`)
+    ? join(__dirname, '..', '..', '..', 'hardware', 'profiles')
+    : fromSource;
 }
 
 const NAME_RE = /^[a-z0-9][a-z0-9-]{0,63}$/;
@@ -47,7 +54,11 @@ export function loadDoorProfile(name: string, dir: string = profilesDir()): Door
   try {
     raw = JSON.parse(readFileSync(join(dir, `${name}.json`), 'utf8'));
   } catch (err) {
-    throw new EdgewardError('EDGE_PROFILE_NOT_FOUND', `cannot read profile "${name}": ${(err as Error).message}`, { cause: err });
+    throw new EdgewardError(
+      'EDGE_PROFILE_NOT_FOUND',
+      `cannot read profile "${name}": ${(err as Error).message}`,
+      { cause: err },
+    );
   }
   const p = raw as DoorProfile;
   const num = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v >= 0;
@@ -64,6 +75,7 @@ export function loadDoorProfile(name: string, dir: string = profilesDir()): Door
     num(p.inputRegisters?.ring?.size) &&
     p.inputRegisters.ring.size > 0 &&
     typeof p.eventCodes === 'object';
-  if (!ok) throw new EdgewardError('EDGE_PROFILE_INVALID', `profile "${name}" lacks required register map fields`);
+  if (!ok)
+    throw new EdgewardError('EDGE_PROFILE_INVALID', `profile "${name}" lacks required register map fields`);
   return p;
 }

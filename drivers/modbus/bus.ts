@@ -115,7 +115,15 @@ const CODES = {
  * `EDGE_MODBUS_NOT_CONNECTED`.
  */
 export class ModbusBus implements Resource {
-  readonly stats: ModbusBusStats = { transactions: 0, timeouts: 0, crcErrors: 0, exceptions: 0, garbled: 0, coalesced: 0, reconnects: 0 };
+  readonly stats: ModbusBusStats = {
+    transactions: 0,
+    timeouts: 0,
+    crcErrors: 0,
+    exceptions: 0,
+    garbled: 0,
+    coalesced: 0,
+    reconnects: 0,
+  };
   private link?: ByteLink;
   private connected = false;
   private closed = false;
@@ -136,7 +144,10 @@ export class ModbusBus implements Resource {
     readonly options: ModbusBusOptions,
     private readonly ctx: ModbusBusContext,
   ) {
-    this.log = ctx.log.child({ module: 'drivers/modbus', bus: options.transport === 'rtu' ? options.path : `${options.host}:${options.port}` });
+    this.log = ctx.log.child({
+      module: 'drivers/modbus',
+      bus: options.transport === 'rtu' ? options.path : `${options.host}:${options.port}`,
+    });
   }
 
   get isConnected(): boolean {
@@ -145,7 +156,9 @@ export class ModbusBus implements Resource {
 
   /** A human-readable name of the line: the serial path or host:port. */
   get label(): string {
-    return this.options.transport === 'rtu' ? String(this.options.path) : `${this.options.host}:${this.options.port}`;
+    return this.options.transport === 'rtu'
+      ? String(this.options.path)
+      : `${this.options.host}:${this.options.port}`;
   }
 
   /** Called with true/false whenever the link comes up or goes down. Returns an unsubscribe function. */
@@ -176,10 +189,20 @@ export class ModbusBus implements Resource {
   readCoils(unit: number, address: number, count: number, opts?: RequestOptions): Promise<boolean[]> {
     return this.read(unit, FC.readCoils, address, count, opts) as Promise<boolean[]>;
   }
-  readDiscreteInputs(unit: number, address: number, count: number, opts?: RequestOptions): Promise<boolean[]> {
+  readDiscreteInputs(
+    unit: number,
+    address: number,
+    count: number,
+    opts?: RequestOptions,
+  ): Promise<boolean[]> {
     return this.read(unit, FC.readDiscreteInputs, address, count, opts) as Promise<boolean[]>;
   }
-  readHoldingRegisters(unit: number, address: number, count: number, opts?: RequestOptions): Promise<number[]> {
+  readHoldingRegisters(
+    unit: number,
+    address: number,
+    count: number,
+    opts?: RequestOptions,
+  ): Promise<number[]> {
     return this.read(unit, FC.readHoldingRegisters, address, count, opts) as Promise<number[]>;
   }
   readInputRegisters(unit: number, address: number, count: number, opts?: RequestOptions): Promise<number[]> {
@@ -191,21 +214,48 @@ export class ModbusBus implements Resource {
   async writeRegister(unit: number, address: number, value: number, opts?: RequestOptions): Promise<void> {
     await this.write(unit, writeRegisterPdu(address, value), opts);
   }
-  async writeRegisters(unit: number, address: number, values: number[], opts?: RequestOptions): Promise<void> {
+  async writeRegisters(
+    unit: number,
+    address: number,
+    values: number[],
+    opts?: RequestOptions,
+  ): Promise<void> {
     await this.write(unit, writeRegistersPdu(address, values), opts);
   }
 
-  private read(unit: number, fc: number, address: number, count: number, opts: RequestOptions = {}): Promise<unknown> {
+  private read(
+    unit: number,
+    fc: number,
+    address: number,
+    count: number,
+    opts: RequestOptions = {},
+  ): Promise<unknown> {
     const max = isBitRead(fc) ? MAX_READ_BITS : MAX_READ_REGISTERS;
     this.checkUnit(unit);
-    if (!Number.isInteger(address) || address < 0 || !Number.isInteger(count) || count < 1 || count > max || address + count > 0x10000) {
-      return Promise.reject(new EdgewardError(CODES.badRequest, `bad read range ${address}+${count} for function ${fc}`));
+    if (
+      !Number.isInteger(address) ||
+      address < 0 ||
+      !Number.isInteger(count) ||
+      count < 1 ||
+      count > max ||
+      address + count > 0x10000
+    ) {
+      return Promise.reject(
+        new EdgewardError(CODES.badRequest, `bad read range ${address}+${count} for function ${fc}`),
+      );
     }
     return new Promise((resolve, reject) => {
       const waiter: Waiter = { address, count, resolve, reject };
       const queue = opts.priority === 'high' ? this.high : this.normal;
       if (!this.merge(queue, unit, fc, waiter, max)) {
-        queue.push({ unit, fc, address, count, timeoutMs: opts.timeoutMs ?? this.timeoutMs, waiters: [waiter] });
+        queue.push({
+          unit,
+          fc,
+          address,
+          count,
+          timeoutMs: opts.timeoutMs ?? this.timeoutMs,
+          waiters: [waiter],
+        });
       }
       this.schedule();
     });
@@ -215,14 +265,23 @@ export class ModbusBus implements Resource {
     this.checkUnit(unit);
     return new Promise((resolve, reject) => {
       const queue = opts.priority === 'normal' ? this.normal : this.high;
-      queue.push({ unit, fc: pdu[0], address: 0, count: 0, pdu, timeoutMs: opts.timeoutMs ?? this.timeoutMs, waiters: [{ address: 0, count: 0, resolve, reject }] });
+      queue.push({
+        unit,
+        fc: pdu[0],
+        address: 0,
+        count: 0,
+        pdu,
+        timeoutMs: opts.timeoutMs ?? this.timeoutMs,
+        waiters: [{ address: 0, count: 0, resolve, reject }],
+      });
       this.schedule();
     });
   }
 
   private checkUnit(unit: number): void {
     // Unit 0 is broadcast (no reply); TCP allows 255 for "the server itself".
-    if (!Number.isInteger(unit) || unit < 1 || unit > 255) throw new EdgewardError(CODES.badRequest, `bad unit id ${unit}`);
+    if (!Number.isInteger(unit) || unit < 1 || unit > 255)
+      throw new EdgewardError(CODES.badRequest, `bad unit id ${unit}`);
   }
 
   /** Coalesce a read into a queued one of the same unit and table when the merged range stays small and within limits. */
@@ -311,7 +370,12 @@ export class ModbusBus implements Resource {
     this.stats.transactions++;
     fl.timer = this.ctx.clock.setTimeout(() => {
       this.stats.timeouts++;
-      this.finish(fl, new EdgewardError(CODES.timeout, `unit ${job.unit}: no reply within ${job.timeoutMs} ms`, { details: { unit: job.unit, fc: job.fc } }));
+      this.finish(
+        fl,
+        new EdgewardError(CODES.timeout, `unit ${job.unit}: no reply within ${job.timeoutMs} ms`, {
+          details: { unit: job.unit, fc: job.fc },
+        }),
+      );
     }, job.timeoutMs);
     this.link!.write(request);
   }
@@ -331,12 +395,20 @@ export class ModbusBus implements Resource {
     const unit = fl.job.unit;
     if (buf[0] !== unit) {
       this.stats.garbled++;
-      this.finish(fl, new EdgewardError(CODES.garbled, `unit ${unit}: reply from unit ${buf[0]}`, { details: { unit } }));
+      this.finish(
+        fl,
+        new EdgewardError(CODES.garbled, `unit ${unit}: reply from unit ${buf[0]}`, { details: { unit } }),
+      );
       return;
     }
     if (buf.length >= 2 && buf[1] !== fl.job.fc && buf[1] !== (fl.job.fc | 0x80)) {
       this.stats.garbled++;
-      this.finish(fl, new EdgewardError(CODES.garbled, `unit ${unit}: reply with function ${buf[1]}`, { details: { unit } }));
+      this.finish(
+        fl,
+        new EdgewardError(CODES.garbled, `unit ${unit}: reply with function ${buf[1]}`, {
+          details: { unit },
+        }),
+      );
       return;
     }
     const need = rtuReplyLength(fl.job.fc, buf);
@@ -345,14 +417,22 @@ export class ModbusBus implements Resource {
       if (fl.gapTimer) this.ctx.clock.clearTimeout(fl.gapTimer);
       fl.gapTimer = this.ctx.clock.setTimeout(() => {
         this.stats.garbled++;
-        this.finish(fl, new EdgewardError(CODES.short, `unit ${unit}: short reply (${fl.rxLen} bytes)`, { details: { unit } }));
+        this.finish(
+          fl,
+          new EdgewardError(CODES.short, `unit ${unit}: short reply (${fl.rxLen} bytes)`, {
+            details: { unit },
+          }),
+        );
       }, this.frameGapMs);
       return;
     }
     const frame = buf.subarray(0, need);
     if (!crcOk(frame)) {
       this.stats.crcErrors++;
-      this.finish(fl, new EdgewardError(CODES.crc, `unit ${unit}: CRC error in reply`, { details: { unit } }));
+      this.finish(
+        fl,
+        new EdgewardError(CODES.crc, `unit ${unit}: CRC error in reply`, { details: { unit } }),
+      );
       return;
     }
     this.complete(fl, frame.subarray(1, need - 2));
@@ -375,7 +455,12 @@ export class ModbusBus implements Resource {
     }
     if (frame[6] !== fl.job.unit) {
       this.stats.garbled++;
-      this.finish(fl, new EdgewardError(CODES.garbled, `unit ${fl.job.unit}: reply from unit ${frame[6]}`, { details: { unit: fl.job.unit } }));
+      this.finish(
+        fl,
+        new EdgewardError(CODES.garbled, `unit ${fl.job.unit}: reply from unit ${frame[6]}`, {
+          details: { unit: fl.job.unit },
+        }),
+      );
       return;
     }
     this.complete(fl, frame.subarray(7));
@@ -409,14 +494,16 @@ export class ModbusBus implements Resource {
       else if (value) w.resolve(value.slice(w.address - job.address, w.address - job.address + w.count));
       else w.resolve(undefined);
     }
-    if (err && (err as EdgewardError).code !== CODES.timeout) this.log.debug({ unit: job.unit, code: (err as EdgewardError).code }, 'modbus request failed');
+    if (err && (err as EdgewardError).code !== CODES.timeout)
+      this.log.debug({ unit: job.unit, code: (err as EdgewardError).code }, 'modbus request failed');
     this.schedule();
   }
 
   private failAll(err: Error): void {
     const fl = this.inflight;
     if (fl) this.finish(fl, err);
-    for (const job of this.high.splice(0).concat(this.normal.splice(0))) for (const w of job.waiters) w.reject(err);
+    for (const job of this.high.splice(0).concat(this.normal.splice(0)))
+      for (const w of job.waiters) w.reject(err);
   }
 
   private setConnected(v: boolean): void {
@@ -428,7 +515,12 @@ export class ModbusBus implements Resource {
   private makeLink(): ByteLink {
     if (this.ctx.link) return this.ctx.link;
     const o = this.options;
-    if (o.transport === 'tcp') return new TcpLink({ host: o.host ?? '127.0.0.1', port: o.port ?? 502, connectTimeoutMs: Math.max(1000, this.timeoutMs) });
+    if (o.transport === 'tcp')
+      return new TcpLink({
+        host: o.host ?? '127.0.0.1',
+        port: o.port ?? 502,
+        connectTimeoutMs: Math.max(1000, this.timeoutMs),
+      });
     return new SerialLink({ path: o.path ?? '', baudRate: o.baudRate ?? 9600, parity: o.parity ?? 'none' });
   }
 
@@ -441,14 +533,19 @@ export class ModbusBus implements Resource {
       this.link = undefined;
       this.setConnected(false);
       this.log.warn({ err: err.message }, 'modbus link lost, reconnecting');
-      this.failAll(new EdgewardError(CODES.disconnected, `bus ${this.label} disconnected: ${err.message}`, { cause: err }));
+      this.failAll(
+        new EdgewardError(CODES.disconnected, `bus ${this.label} disconnected: ${err.message}`, {
+          cause: err,
+        }),
+      );
       this.reconnectAttempt = 0;
       this.scheduleReconnect();
     };
     try {
       await link.open();
     } catch (err) {
-      if (this.reconnectAttempt === 0) this.log.warn({ err: (err as Error).message }, 'modbus link unavailable, retrying');
+      if (this.reconnectAttempt === 0)
+        this.log.warn({ err: (err as Error).message }, 'modbus link unavailable, retrying');
       this.scheduleReconnect();
       return;
     }

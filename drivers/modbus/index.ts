@@ -9,11 +9,18 @@ function invalid(field: string, why: string): EdgewardError {
   return new EdgewardError('EDGE_CONFIG_INVALID', `modbus bus: ${field} ${why}`, { details: { field } });
 }
 
-function intProp(props: Record<string, unknown>, field: string, min: number, max: number, dflt?: number): number | undefined {
+function intProp(
+  props: Record<string, unknown>,
+  field: string,
+  min: number,
+  max: number,
+  dflt?: number,
+): number | undefined {
   const raw = props[field];
   if (raw === undefined || raw === null || raw === '') return dflt;
   const v = typeof raw === 'string' ? Number(raw) : raw;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw invalid(field, `must be an integer ${min}…${max}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
+    throw invalid(field, `must be an integer ${min}…${max}`);
   return v;
 }
 
@@ -34,7 +41,8 @@ export function parseBusProps(props: Record<string, unknown>): ModbusBusOptions 
   const path = props.path;
   if (typeof path !== 'string' || path === '') throw invalid('path', 'is required for rtu');
   const parity = props.parity ?? 'none';
-  if (parity !== 'none' && parity !== 'even' && parity !== 'odd') throw invalid('parity', 'must be none, even or odd');
+  if (parity !== 'none' && parity !== 'even' && parity !== 'odd')
+    throw invalid('parity', 'must be none, even or odd');
   return { transport, path, baudRate: intProp(props, 'baudRate', 300, 4_000_000, 9600), parity, timeoutMs };
 }
 

@@ -47,7 +47,11 @@ export class SerialLink implements ByteLink {
     return new Promise((resolve, reject) => {
       port.open((err) => {
         if (err) {
-          reject(new EdgewardError('EDGE_MODBUS_OPEN_FAILED', `cannot open ${this.opts.path}: ${err.message}`, { cause: err }));
+          reject(
+            new EdgewardError('EDGE_MODBUS_OPEN_FAILED', `cannot open ${this.opts.path}: ${err.message}`, {
+              cause: err,
+            }),
+          );
           return;
         }
         this.port = port;
@@ -90,7 +94,13 @@ export class TcpLink implements ByteLink {
       const s = connect({ host: this.opts.host, port: this.opts.port, noDelay: true });
       const fail = (err: Error) => {
         s.destroy();
-        reject(new EdgewardError('EDGE_MODBUS_OPEN_FAILED', `cannot connect to ${this.opts.host}:${this.opts.port}: ${err.message}`, { cause: err }));
+        reject(
+          new EdgewardError(
+            'EDGE_MODBUS_OPEN_FAILED',
+            `cannot connect to ${this.opts.host}:${this.opts.port}: ${err.message}`,
+            { cause: err },
+          ),
+        );
       };
       s.setTimeout(this.opts.connectTimeoutMs, () => fail(new Error('connect timeout')));
       s.once('error', fail);

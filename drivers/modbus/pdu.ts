@@ -90,28 +90,37 @@ export function decodeReply(request: Buffer, reply: Buffer, unit: number): boole
   const fc = request[0];
   if (reply.length >= 2 && reply[0] === (fc | 0x80)) {
     const code = reply[1];
-    throw new EdgewardError('EDGE_MODBUS_EXCEPTION', `unit ${unit}: exception ${code} (${EXCEPTION_NAMES[code] ?? 'unknown'})`, {
-      details: { unit, fc, exception: code },
-    });
+    throw new EdgewardError(
+      'EDGE_MODBUS_EXCEPTION',
+      `unit ${unit}: exception ${code} (${EXCEPTION_NAMES[code] ?? 'unknown'})`,
+      {
+        details: { unit, fc, exception: code },
+      },
+    );
   }
   const garbled = (why: string) =>
-    new EdgewardError('EDGE_MODBUS_GARBLED', `unit ${unit}: garbled reply to function ${fc}: ${why}`, { details: { unit, fc } });
+    new EdgewardError('EDGE_MODBUS_GARBLED', `unit ${unit}: garbled reply to function ${fc}: ${why}`, {
+      details: { unit, fc },
+    });
   if (reply[0] !== fc) throw garbled(`function ${reply[0]} in reply`);
   const count = request.readUInt16BE(3);
   if (isBitRead(fc)) {
     const bytes = Math.ceil(count / 8);
-    if (reply[1] !== bytes || reply.length !== 2 + bytes) throw garbled(`byte count ${reply[1]}, expected ${bytes}`);
+    if (reply[1] !== bytes || reply.length !== 2 + bytes)
+      throw garbled(`byte count ${reply[1]}, expected ${bytes}`);
     const bits: boolean[] = new Array(count);
     for (let i = 0; i < count; i++) bits[i] = ((reply[2 + (i >> 3)] >> (i & 7)) & 1) === 1;
     return bits;
   }
   if (isRegisterRead(fc)) {
-    if (reply[1] !== 2 * count || reply.length !== 2 + 2 * count) throw garbled(`byte count ${reply[1]}, expected ${2 * count}`);
+    if (reply[1] !== 2 * count || reply.length !== 2 + 2 * count)
+      throw garbled(`byte count ${reply[1]}, expected ${2 * count}`);
     const regs: number[] = new Array(count);
     for (let i = 0; i < count; i++) regs[i] = reply.readUInt16BE(2 + 2 * i);
     return regs;
   }
-  if (reply.length !== 5 || reply.readUInt16BE(1) !== request.readUInt16BE(1)) throw garbled('write echo does not match');
+  if (reply.length !== 5 || reply.readUInt16BE(1) !== request.readUInt16BE(1))
+    throw garbled('write echo does not match');
   return undefined;
 }
 
@@ -133,7 +142,8 @@ export function rtuRequestLength(head: Uint8Array): number | undefined {
   if (head.length < 2) return undefined;
   const fc = head[1];
   if (fc >= 1 && fc <= 6) return 8;
-  if (fc === FC.writeMultipleCoils || fc === FC.writeMultipleRegisters) return head.length < 7 ? undefined : 9 + head[6];
+  if (fc === FC.writeMultipleCoils || fc === FC.writeMultipleRegisters)
+    return head.length < 7 ? undefined : 9 + head[6];
   return -1;
 }
 

@@ -58,7 +58,11 @@ module.exports = function register(RED) {
 
     api.bus.on('device.state', node, (s) => {
       if (s.name !== name) return;
-      node.status(s.online ? { fill: 'green', shape: 'dot', text: 'online' } : { fill: 'red', shape: 'ring', text: 'offline' });
+      node.status(
+        s.online
+          ? { fill: 'green', shape: 'dot', text: 'online' }
+          : { fill: 'red', shape: 'ring', text: 'offline' },
+      );
     });
     api.bus.on('event.stored', node, (env) => {
       if (env.source.device === name) node.send({ topic: env.type, payload: env });

@@ -28,7 +28,8 @@ export class DoorUnit {
   }
 
   private bit(door: number, offset: number): number {
-    if (!Number.isInteger(door) || door < 0 || door >= this.doors) throw new RangeError(`unit ${this.unit} has no door ${door}`);
+    if (!Number.isInteger(door) || door < 0 || door >= this.doors)
+      throw new RangeError(`unit ${this.unit} has no door ${door}`);
     return this.profile.doors.stride * door + offset;
   }
 
@@ -179,7 +180,8 @@ export class DoorSim implements SimBackend {
 
   constructor(opts: DoorSimOptions = {}) {
     const profile = loadDoorProfile(opts.profile ?? 'generic-door');
-    for (const id of opts.units ?? [1, 2, 3, 4, 5, 6, 7, 8]) this.units.set(id, new DoorUnit(id, opts.doors ?? 1, profile));
+    for (const id of opts.units ?? [1, 2, 3, 4, 5, 6, 7, 8])
+      this.units.set(id, new DoorUnit(id, opts.doors ?? 1, profile));
   }
 
   unit(id: number): DoorUnit {

@@ -29,7 +29,10 @@ export class FakeRtuLine implements ByteLink {
     if (!this.backend.hasUnit(unit)) return;
     const fault = this.backend.fault(unit);
     if (fault === 'silent') return;
-    let reply = rtuFrame(fault === 'wrong-unit' ? (unit % 247) + 1 : unit, fault === 'exception' ? exceptionPdu(pdu[0], 4) : serveRequest(this.backend, unit, pdu));
+    let reply = rtuFrame(
+      fault === 'wrong-unit' ? (unit % 247) + 1 : unit,
+      fault === 'exception' ? exceptionPdu(pdu[0], 4) : serveRequest(this.backend, unit, pdu),
+    );
     if (fault === 'bad-crc') reply[reply.length - 1] ^= 0xff;
     if (fault === 'short') reply = reply.subarray(0, 3);
     setImmediate(() => {

@@ -70,7 +70,11 @@ export class RtuServer {
   ) {}
 
   start(): Promise<void> {
-    const port = new SerialPort({ path: this.opts.path, baudRate: this.opts.baudRate ?? 9600, autoOpen: false });
+    const port = new SerialPort({
+      path: this.opts.path,
+      baudRate: this.opts.baudRate ?? 9600,
+      autoOpen: false,
+    });
     return new Promise((resolve, reject) => {
       port.open((err) => {
         if (err) return reject(err);

@@ -26,7 +26,9 @@ export async function openPtyPair(dir: string, names: [string, string] = ['ptyA'
 
   const start = async () => {
     stderr = '';
-    const p = spawn('socat', ['-d', '-d', `pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const p = spawn('socat', ['-d', '-d', `pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     proc = p;
     p.stderr?.on('data', (d: Buffer) => {
       stderr += d.toString();
@@ -51,7 +53,10 @@ export async function openPtyPair(dir: string, names: [string, string] = ['ptyA'
     const exited = new Promise<void>((r) => p.once('exit', () => r()));
     p.kill('SIGTERM');
     await exited;
-    await waitFor(() => !existsSync(a) && !existsSync(b), { timeoutMs: 3000, message: 'socat links removed' });
+    await waitFor(() => !existsSync(a) && !existsSync(b), {
+      timeoutMs: 3000,
+      message: 'socat links removed',
+    });
   };
 
   await start();

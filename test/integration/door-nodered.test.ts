@@ -53,11 +53,63 @@ describe('edgeward-modbus-bus, edgeward-door and edgeward-card-reader nodes in t
     const sinkPort = (sink.address() as AddressInfo).port;
     const flow = [
       { id: 'tab', type: 'tab', label: 'doors' },
-      { id: 'mb1', type: 'edgeward-modbus-bus', name: 'line A', transport: 'rtu', path: busPty.a, baudRate: '115200', parity: 'none', host: '', port: '502', timeoutMs: '100' },
-      { id: 'd1', type: 'edgeward-door', z: 'tab', name: 'door-1', bus: 'mb1', unitId: '1', profile: 'generic-door', doors: '1', pollMs: '50', wires: [[]] },
-      { id: 'd2', type: 'edgeward-door', z: 'tab', name: 'door-2', bus: 'mb1', unitId: '2', profile: 'generic-door', doors: '1', pollMs: '50', wires: [['post']] },
-      { id: 'r1', type: 'edgeward-card-reader', z: 'tab', name: 'reader-1', path: readerPty.a, baudRate: '9600', pattern: '^(?<card>\\d+)$', door: '0', wires: [[]] },
-      { id: 'post', type: 'http request', z: 'tab', method: 'POST', ret: 'txt', paytoqs: 'ignore', url: `http://127.0.0.1:${sinkPort}/out`, wires: [[]] },
+      {
+        id: 'mb1',
+        type: 'edgeward-modbus-bus',
+        name: 'line A',
+        transport: 'rtu',
+        path: busPty.a,
+        baudRate: '115200',
+        parity: 'none',
+        host: '',
+        port: '502',
+        timeoutMs: '100',
+      },
+      {
+        id: 'd1',
+        type: 'edgeward-door',
+        z: 'tab',
+        name: 'door-1',
+        bus: 'mb1',
+        unitId: '1',
+        profile: 'generic-door',
+        doors: '1',
+        pollMs: '50',
+        wires: [[]],
+      },
+      {
+        id: 'd2',
+        type: 'edgeward-door',
+        z: 'tab',
+        name: 'door-2',
+        bus: 'mb1',
+        unitId: '2',
+        profile: 'generic-door',
+        doors: '1',
+        pollMs: '50',
+        wires: [['post']],
+      },
+      {
+        id: 'r1',
+        type: 'edgeward-card-reader',
+        z: 'tab',
+        name: 'reader-1',
+        path: readerPty.a,
+        baudRate: '9600',
+        pattern: '^(?<card>\\d+)$',
+        door: '0',
+        wires: [[]],
+      },
+      {
+        id: 'post',
+        type: 'http request',
+        z: 'tab',
+        method: 'POST',
+        ret: 'txt',
+        paytoqs: 'ignore',
+        url: `http://127.0.0.1:${sinkPort}/out`,
+        wires: [[]],
+      },
     ];
     const flowFile = path.join(tmp.path, 'flow.json');
     await writeFile(flowFile, JSON.stringify(flow));
@@ -88,17 +140,24 @@ describe('edgeward-modbus-bus, edgeward-door and edgeward-card-reader nodes in t
     await tmp?.cleanup();
   });
 
-  const stored = (device: string, type: string) => runtime.outbox.recent(200).find((e) => e.source.device === device && e.type === type);
+  const stored = (device: string, type: string) =>
+    runtime.outbox.recent(200).find((e) => e.source.device === device && e.type === type);
 
   it('brings every device online (status and device.online events)', async () => {
-    await waitFor(() => ['door-1', 'door-2', 'reader-1'].every((d) => stored(d, 'device.online')), { message: 'device.online from all three', timeoutMs: 10_000 });
+    await waitFor(() => ['door-1', 'door-2', 'reader-1'].every((d) => stored(d, 'device.online')), {
+      message: 'device.online from all three',
+      timeoutMs: 10_000,
+    });
     const devices = runtime.status().devices;
-    for (const name of ['door-1', 'door-2', 'reader-1']) assert.ok(devices.find((d) => d.name === name)?.online, `${name} online in status`);
+    for (const name of ['door-1', 'door-2', 'reader-1'])
+      assert.ok(devices.find((d) => d.name === name)?.online, `${name} online in status`);
   });
 
   it('stores events of an unwired door node, with the card pseudonymised', async () => {
     sim.unit(1).swipe(0, 987654, 'unknown');
-    const ev = await waitFor(() => stored('door-1', 'access.denied'), { message: 'access.denied from door-1 stored' });
+    const ev = await waitFor(() => stored('door-1', 'access.denied'), {
+      message: 'access.denied from door-1 stored',
+    });
     assert.equal(ev.data.card, pseudonymiseCard(987654, SITE_KEY));
     assert.equal(ev.severity, 'warning');
     assert.ok(ev.msg?.zh && ev.msg.bo && ev.msg.en);
@@ -107,7 +166,9 @@ describe('edgeward-modbus-bus, edgeward-door and edgeward-card-reader nodes in t
   it('mirrors a door’s stored events on its output', async () => {
     sim.unit(2).force(0);
     await waitFor(() => stored('door-2', 'door.forced'), { message: 'door.forced stored' });
-    await waitFor(() => posted.some((p) => p.type === 'door.forced' && p.source?.device === 'door-2'), { message: 'door.forced on door-2 output' });
+    await waitFor(() => posted.some((p) => p.type === 'door.forced' && p.source?.device === 'door-2'), {
+      message: 'door.forced on door-2 output',
+    });
     assert.ok(posted.every((p) => p.source?.device === 'door-2'));
   });
 

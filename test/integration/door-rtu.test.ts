@@ -36,8 +36,15 @@ describe('door controllers over Modbus RTU on a PTY pair (integration)', functio
   const of = (device: string) => events.filter((e) => e.source.device === device);
   const compact = (device: string) => of(device).map((e) => ({ type: e.type, data: e.data }));
   /** Wait until `device` emitted `n` events, then a little longer to prove no extra ones follow. */
-  async function expectEvents(device: string, expected: Array<{ type: string; data: Record<string, unknown> }>, opts: { unordered?: boolean } = {}): Promise<void> {
-    await waitFor(() => of(device).length >= expected.length, { timeoutMs: 5000, message: `${expected.length} events from ${device}, got ${JSON.stringify(compact(device))}` });
+  async function expectEvents(
+    device: string,
+    expected: Array<{ type: string; data: Record<string, unknown> }>,
+    opts: { unordered?: boolean } = {},
+  ): Promise<void> {
+    await waitFor(() => of(device).length >= expected.length, {
+      timeoutMs: 5000,
+      message: `${expected.length} events from ${device}, got ${JSON.stringify(compact(device))}`,
+    });
     await delay(3 * POLL_MS);
     // Ring events and input changes made in the same instant may land in one poll or two: compare as a set then.
     const order = (list: unknown[]) => (opts.unordered ? list.map((x) => JSON.stringify(x)).sort() : list);
@@ -65,7 +72,12 @@ describe('door controllers over Modbus RTU on a PTY pair (integration)', functio
     registerDoor(registry);
     const busConfig = { transport: 'rtu', path: pty.a, baudRate: 115200, timeoutMs: TIMEOUT_MS };
     drivers = UNITS.map((u) =>
-      registry.createDriver('modbus-door', `door-${u}`, { bus: 'bus-1', busConfig, unitId: u, doors: 2, pollMs: POLL_MS, maxBackoffMs: 1000 }, ctx),
+      registry.createDriver(
+        'modbus-door',
+        `door-${u}`,
+        { bus: 'bus-1', busConfig, unitId: u, doors: 2, pollMs: POLL_MS, maxBackoffMs: 1000 },
+        ctx,
+      ),
     );
     for (const d of drivers) await d.start();
     await waitFor(() => drivers.every((d) => d.state().online), { message: 'all units online' });
@@ -98,60 +110,92 @@ describe('door controllers over Modbus RTU on a PTY pair (integration)', functio
       { type: 'door.opened', data: { door: 1 } },
       { type: 'door.closed', data: { door: 1 } },
     ]);
-    await drivers[0].execute({ id: 'h2', action: 'door.hold', target: 'door-1', args: { door: 1, hold: false } });
+    await drivers[0].execute({
+      id: 'h2',
+      action: 'door.hold',
+      target: 'door-1',
+      args: { door: 1, hold: false },
+    });
     await waitFor(() => of('door-1').some((e) => e.type === 'door.locked'), { message: 'door.locked' });
     events.length = 0;
     sim.unit(1).open(1);
-    await expectEvents('door-1', [
-      { type: 'door.forced', data: { door: 1 } },
-      { type: 'door.opened', data: { door: 1 } },
-    ]);
+    await expectEvents(
+      'door-1',
+      [
+        { type: 'door.forced', data: { door: 1 } },
+        { type: 'door.opened', data: { door: 1 } },
+      ],
+      { unordered: true },
+    );
     sim.unit(1).close(1);
   });
 
   it('card swipes: granted (with unlock pulse) and both denials carry the pseudonym, never the number', async () => {
     const card = 3_405_691_582; // needs both card words
     sim.unit(2).swipe(0, card, 'granted');
-    await expectEvents('door-2', [
-      { type: 'access.granted', data: { door: 0, card: pseudonymiseCard(card, SITE_KEY) } },
-      { type: 'door.unlocked', data: { door: 0 } },
-    ]);
+    await expectEvents(
+      'door-2',
+      [
+        { type: 'access.granted', data: { door: 0, card: pseudonymiseCard(card, SITE_KEY) } },
+        { type: 'door.unlocked', data: { door: 0 } },
+      ],
+      { unordered: true },
+    );
     await waitFor(() => of('door-2').some((e) => e.type === 'door.locked'), { message: 'pulse ends' });
     events.length = 0;
     sim.unit(2).swipe(1, 12345, 'unknown');
     sim.unit(2).swipe(1, 67890, 'schedule');
     await expectEvents('door-2', [
-      { type: 'access.denied', data: { door: 1, card: pseudonymiseCard(12345, SITE_KEY), reason: 'unknown_card' } },
-      { type: 'access.denied', data: { door: 1, card: pseudonymiseCard(67890, SITE_KEY), reason: 'schedule' } },
+      {
+        type: 'access.denied',
+        data: { door: 1, card: pseudonymiseCard(12345, SITE_KEY), reason: 'unknown_card' },
+      },
+      {
+        type: 'access.denied',
+        data: { door: 1, card: pseudonymiseCard(67890, SITE_KEY), reason: 'schedule' },
+      },
     ]);
     const all = logs.join('') + JSON.stringify(events);
-    for (const raw of [String(card), '12345', '67890']) assert.ok(!all.includes(raw), `raw card ${raw} leaked`);
+    for (const raw of [String(card), '12345', '67890'])
+      assert.ok(!all.includes(raw), `raw card ${raw} leaked`);
   });
 
   it('forced door, held open, exit button and tamper', async () => {
     const u = sim.unit(3);
     u.force(0);
-    await expectEvents('door-3', [
-      { type: 'door.forced', data: { door: 0 } },
-      { type: 'door.opened', data: { door: 0 } },
-    ]);
+    await expectEvents(
+      'door-3',
+      [
+        { type: 'door.forced', data: { door: 0 } },
+        { type: 'door.opened', data: { door: 0 } },
+      ],
+      { unordered: true },
+    );
     events.length = 0;
     u.heldOpen(0);
     u.tamper(1, true);
-    await expectEvents('door-3', [
-      { type: 'door.held_open', data: { door: 0 } },
-      { type: 'alert.door_tamper', data: { door: 1, active: true } },
-    ], { unordered: true });
+    await expectEvents(
+      'door-3',
+      [
+        { type: 'door.held_open', data: { door: 0 } },
+        { type: 'alert.door_tamper', data: { door: 1, active: true } },
+      ],
+      { unordered: true },
+    );
     assert.equal(of('door-3').find((e) => e.type === 'alert.door_tamper')?.severity, 'critical');
     u.close(0);
     u.tamper(1, false);
     await waitFor(() => of('door-3').length >= 4, { message: 'door.closed and tamper cleared' });
     events.length = 0;
     u.exit(1);
-    await expectEvents('door-3', [
-      { type: 'access.granted', data: { door: 1, via: 'exit_button' } },
-      { type: 'door.unlocked', data: { door: 1 } },
-    ]);
+    await expectEvents(
+      'door-3',
+      [
+        { type: 'access.granted', data: { door: 1, via: 'exit_button' } },
+        { type: 'door.unlocked', data: { door: 1 } },
+      ],
+      { unordered: true },
+    );
   });
 
   it('a flood of 40 events between polls reports edge.events_lost with 8 and delivers the last 32', async () => {
@@ -183,11 +227,16 @@ describe('door controllers over Modbus RTU on a PTY pair (integration)', functio
 
   it('commands: unlock with seconds, hold, release, lock', async () => {
     const d = drivers[5]; // door-6, unit 6
-    assert.deepEqual(await d.execute({ id: 'c1', action: 'door.unlock', target: 'door-6', args: { door: 1, seconds: 2 } }), { door: 1, seconds: 2 });
+    assert.deepEqual(
+      await d.execute({ id: 'c1', action: 'door.unlock', target: 'door-6', args: { door: 1, seconds: 2 } }),
+      { door: 1, seconds: 2 },
+    );
     assert.equal(sim.unit(6).hr[0], 2);
     await expectEvents('door-6', [{ type: 'door.unlocked', data: { door: 1 } }]);
     await d.execute({ id: 'c2', action: 'door.lock', target: 'door-6', args: { door: 1 } });
-    await waitFor(() => of('door-6').some((e) => e.type === 'door.locked'), { message: 'door.locked after door.lock' });
+    await waitFor(() => of('door-6').some((e) => e.type === 'door.locked'), {
+      message: 'door.locked after door.lock',
+    });
     events.length = 0;
     await d.execute({ id: 'c3', action: 'door.hold', target: 'door-6', args: { door: 0 } });
     await expectEvents('door-6', [{ type: 'door.unlocked', data: { door: 0 } }]);
@@ -197,14 +246,19 @@ describe('door controllers over Modbus RTU on a PTY pair (integration)', functio
       { type: 'door.unlocked', data: { door: 0 } },
       { type: 'door.locked', data: { door: 0 } },
     ]);
-    await assert.rejects(d.execute({ id: 'c5', action: 'door.unlock', target: 'door-6', args: { door: 7 } }), { code: 'EDGE_COMMAND_INVALID' });
+    await assert.rejects(
+      d.execute({ id: 'c5', action: 'door.unlock', target: 'door-6', args: { door: 7 } }),
+      { code: 'EDGE_COMMAND_INVALID' },
+    );
   });
 
   for (const fault of ['silent', 'bad-crc', 'exception', 'short', 'wrong-unit'] as const) {
     it(`a unit with fault "${fault}" goes offline and back online, and never delays the others beyond one timeout`, async () => {
       sim.setFault(5, fault);
       try {
-        await waitFor(() => of('door-5').some((e) => e.type === 'device.offline'), { message: 'door-5 offline' });
+        await waitFor(() => of('door-5').some((e) => e.type === 'device.offline'), {
+          message: 'door-5 offline',
+        });
         assert.deepEqual(
           of('door-5').map((e) => e.type),
           ['device.offline'],
@@ -218,7 +272,10 @@ describe('door controllers over Modbus RTU on a PTY pair (integration)', functio
             if (open) sim.unit(u).open(0);
             else sim.unit(u).close(0);
             const type = open ? 'door.opened' : 'door.closed';
-            const ev = await waitFor(() => events.find((e) => e.source.device === `door-${u}` && e.type === type && e.at >= t0), { message: `${type} on door-${u}` });
+            const ev = await waitFor(
+              () => events.find((e) => e.source.device === `door-${u}` && e.type === type && e.at >= t0),
+              { message: `${type} on door-${u}` },
+            );
             lat.push(ev.at - t0);
           }
           events.length = 0;
@@ -226,7 +283,10 @@ describe('door controllers over Modbus RTU on a PTY pair (integration)', functio
         const worst = Math.max(...lat);
         // one poll + one timeout + the post-failure quiet gap, plus slack for a busy 2-core machine
         const others = logs.filter((l) => l.includes('door poll failed') && !l.includes('"door-5"'));
-        assert.ok(worst < POLL_MS + TIMEOUT_MS + 20 + 250, `worst detection ${worst.toFixed(1)} ms of ${lat.map((x) => x.toFixed(0))}; ${others.length} failed polls elsewhere`);
+        assert.ok(
+          worst < POLL_MS + TIMEOUT_MS + 20 + 250,
+          `worst detection ${worst.toFixed(1)} ms of ${lat.map((x) => x.toFixed(0))}; ${others.length} failed polls elsewhere`,
+        );
       } finally {
         sim.setFault(5, 'none');
         await waitFor(() => drivers[4].state().online, { message: 'door-5 back online', timeoutMs: 5000 });
@@ -241,14 +301,24 @@ describe('door controllers over Modbus RTU on a PTY pair (integration)', functio
   it('an unplug (socat killed and restarted) recovers without restarting the drivers', async () => {
     await pty.kill();
     await sim.stop();
-    await waitFor(() => UNITS.every((u) => of(`door-${u}`).some((e) => e.type === 'device.offline')), { message: 'all offline after unplug' });
+    await waitFor(() => UNITS.every((u) => of(`door-${u}`).some((e) => e.type === 'device.offline')), {
+      message: 'all offline after unplug',
+    });
     assert.ok(drivers.every((d) => !d.state().online));
     await pty.restart();
     await sim.serveRtu(pty.b);
-    await waitFor(() => UNITS.every((u) => of(`door-${u}`).some((e) => e.type === 'device.online')), { message: 'all online after replug', timeoutMs: 8000 });
+    await waitFor(() => UNITS.every((u) => of(`door-${u}`).some((e) => e.type === 'device.online')), {
+      message: 'all online after replug',
+      timeoutMs: 8000,
+    });
     events.length = 0;
     sim.unit(7).swipe(0, 42, 'unknown');
-    await expectEvents('door-7', [{ type: 'access.denied', data: { door: 0, card: pseudonymiseCard(42, SITE_KEY), reason: 'unknown_card' } }]);
+    await expectEvents('door-7', [
+      {
+        type: 'access.denied',
+        data: { door: 0, card: pseudonymiseCard(42, SITE_KEY), reason: 'unknown_card' },
+      },
+    ]);
     const bus = registry.peek<ModbusBus>('modbus-bus', 'bus-1');
     assert.ok((bus?.stats.reconnects ?? 0) >= 1);
   });

@@ -72,7 +72,10 @@ describe('door driver against pymodbus (independent Modbus RTU server, integrati
     py.stderr?.on('data', (d: Buffer) => {
       out += d.toString();
     });
-    bus = new ModbusBus({ transport: 'rtu', path: pty.a, baudRate: 19200, timeoutMs: 300 }, { clock: systemClock, log: silentLogger() });
+    bus = new ModbusBus(
+      { transport: 'rtu', path: pty.a, baudRate: 19200, timeoutMs: 300 },
+      { clock: systemClock, log: silentLogger() },
+    );
     await bus.start();
     // pymodbus must be installed (Debian python3-pymodbus); fail loudly with its output if it never answers.
     await waitFor(
@@ -114,7 +117,9 @@ describe('door driver against pymodbus (independent Modbus RTU server, integrati
     try {
       await waitFor(() => driver.state().online, { message: 'door-py online' });
       py.stdin?.write('swipe\n');
-      await waitFor(() => events.length >= 3, { message: `events from pymodbus unit: ${JSON.stringify(events)}` });
+      await waitFor(() => events.length >= 3, {
+        message: `events from pymodbus unit: ${JSON.stringify(events)}`,
+      });
       assert.deepEqual(
         events.map((e) => [e.type, e.data]),
         [

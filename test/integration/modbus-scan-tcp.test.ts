@@ -31,8 +31,12 @@ describe('edgeward scan modbus over a PTY pair (integration)', function () {
   it('lists the answering units with device type, firmware and profile', async () => {
     const out: string[] = [];
     const program = new Command('edgeward').exitOverride();
-    for (const c of modbusCommands({ out: (l) => out.push(l), err: (l) => out.push(l) })) program.addCommand(c);
-    await program.parseAsync(['scan', 'modbus', '--serial', pty.a, '--baud', '19200', '--units', '1-10', '--timeout', '50'], { from: 'user' });
+    for (const c of modbusCommands({ out: (l) => out.push(l), err: (l) => out.push(l) }))
+      program.addCommand(c);
+    await program.parseAsync(
+      ['scan', 'modbus', '--serial', pty.a, '--baud', '19200', '--units', '1-10', '--timeout', '50'],
+      { from: 'user' },
+    );
     const rows = out.filter((l) => /^\d+ {2,}/.test(l));
     assert.equal(rows.length, 3, out.join('\n'));
     assert.match(rows[0], /^3\s+0x0D01\s+1\.2\s+generic-door$/);
@@ -58,7 +62,10 @@ describe('Modbus TCP bus (integration)', function () {
     sim = new DoorSim({ units: [1, 2] });
     const served = await sim.serveTcp(0);
     server = served.server;
-    bus = new ModbusBus({ transport: 'tcp', host: '127.0.0.1', port: served.port, timeoutMs: 100, reconnectMinMs: 50 }, { clock: systemClock, log: silentLogger() });
+    bus = new ModbusBus(
+      { transport: 'tcp', host: '127.0.0.1', port: served.port, timeoutMs: 100, reconnectMinMs: 50 },
+      { clock: systemClock, log: silentLogger() },
+    );
     await bus.start();
   });
   after(async () => {
@@ -86,7 +93,10 @@ describe('Modbus TCP bus (integration)', function () {
   it('reconnects after the server drops the connection', async () => {
     server.dropClients();
     await waitFor(() => !bus.isConnected, { message: 'drop noticed' });
-    await waitFor(async () => (await bus.readInputRegisters(1, 200, 1).catch(() => undefined))?.[0] === 0x0d01, { message: 'reads again after reconnect' });
+    await waitFor(
+      async () => (await bus.readInputRegisters(1, 200, 1).catch(() => undefined))?.[0] === 0x0d01,
+      { message: 'reads again after reconnect' },
+    );
     assert.ok(bus.stats.reconnects >= 1);
   });
 });

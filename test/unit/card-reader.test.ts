@@ -42,7 +42,12 @@ describe('card reader over a serial PTY', function () {
       emit: (e: EventInput) => void events.push(e),
       privacy: { siteKey: 'site', rawCards: false },
     };
-    driver = registry.createDriver('card-reader', 'reader-1', { path: pty.a, baudRate: '9600', pattern: '^W26:(?<card>\\d+)$', door: 2 }, ctx);
+    driver = registry.createDriver(
+      'card-reader',
+      'reader-1',
+      { path: pty.a, baudRate: '9600', pattern: '^W26:(?<card>\\d+)$', door: 2 },
+      ctx,
+    );
     await driver.start();
     await waitFor(() => driver.state().online, { message: 'reader online' });
   });
@@ -77,12 +82,18 @@ describe('card reader over a serial PTY', function () {
     await waitFor(() => events.some((e) => e.type === 'device.offline'), { message: 'offline' });
     await pty.restart();
     reader = await openReaderEnd();
-    await waitFor(() => events.some((e) => e.type === 'device.online'), { message: 'online again', timeoutMs: 8000 });
+    await waitFor(() => events.some((e) => e.type === 'device.online'), {
+      message: 'online again',
+      timeoutMs: 8000,
+    });
     reader.write('W26:5\n');
     await waitFor(() => events.some((e) => e.type === 'sensor.reading'), { message: 'card after replug' });
   });
 
   it('rejects a pattern without a card group, naming the field', () => {
-    assert.throws(() => registry.createDriver('card-reader', 'r', { path: '/dev/null', pattern: '\\d+' }, {} as never), /pattern/);
+    assert.throws(
+      () => registry.createDriver('card-reader', 'r', { path: '/dev/null', pattern: '\\d+' }, {} as never),
+      /pattern/,
+    );
   });
 });

@@ -17,13 +17,28 @@ describe('door driver', () => {
     const sim = new DoorSim({ units: [1, 2, 3] });
     sim.setFault(3, 'silent');
     const line = new FakeRtuLine(sim);
-    const bus = new ModbusBus({ transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs: 30, frameGapMs: 2 }, { clock: systemClock, log: silentLogger(), link: line });
+    const bus = new ModbusBus(
+      { transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs: 30, frameGapMs: 2 },
+      { clock: systemClock, log: silentLogger(), link: line },
+    );
     await bus.start();
     const events: EventInput[] = [];
-    const ctx: DriverContext = { bus: new EventBus(), clock: systemClock, log: silentLogger(), emit: (e) => void events.push(e), privacy: { siteKey: 'k', rawCards: false } };
+    const ctx: DriverContext = {
+      bus: new EventBus(),
+      clock: systemClock,
+      log: silentLogger(),
+      emit: (e) => void events.push(e),
+      privacy: { siteKey: 'k', rawCards: false },
+    };
     const profile = loadDoorProfile('generic-door');
     const drivers = [1, 2, 3].map(
-      (u) => new ModbusDoorDriver(`door-${u}`, { unitId: u, profile, doors: 1, pollMs: 20, maxBackoffMs: 320 }, () => ({ resource: bus, release: async () => undefined }), ctx),
+      (u) =>
+        new ModbusDoorDriver(
+          `door-${u}`,
+          { unitId: u, profile, doors: 1, pollMs: 20, maxBackoffMs: 320 },
+          () => ({ resource: bus, release: async () => undefined }),
+          ctx,
+        ),
     );
     const states: Array<{ name: string; online: boolean }> = [];
     ctx.bus.on('device.state', states, (s) => void states.push({ name: s.name, online: s.online }));
@@ -38,8 +53,14 @@ describe('door driver', () => {
       const dead = line.requests.filter((r) => r.unit === 3).length - deadBefore;
       const healthyPolls = (line.requests.length - before - dead) / 2 / 2; // 2 requests per poll, 2 healthy units
       // backoff doubles to 320 ms: at most ~elapsed/160 probes (one request each, the poll stops at the first failure)
-      assert.ok(dead <= Math.ceil(elapsed / 160) + 1, `dead unit probed ${dead} times in ${elapsed.toFixed(0)} ms`);
-      assert.ok(healthyPolls >= (elapsed / 20) * 0.7, `healthy units polled ${healthyPolls.toFixed(1)} times each in ${elapsed.toFixed(0)} ms`);
+      assert.ok(
+        dead <= Math.ceil(elapsed / 160) + 1,
+        `dead unit probed ${dead} times in ${elapsed.toFixed(0)} ms`,
+      );
+      assert.ok(
+        healthyPolls >= (elapsed / 20) * 0.7,
+        `healthy units polled ${healthyPolls.toFixed(1)} times each in ${elapsed.toFixed(0)} ms`,
+      );
       assert.deepEqual(
         events.map((e) => [e.source.device, e.type]),
         [
@@ -60,11 +81,25 @@ describe('door driver', () => {
 
   it('reports raw cards only when privacy.rawCards is set', async () => {
     const sim = new DoorSim({ units: [1] });
-    const bus = new ModbusBus({ transport: 'rtu', path: 'fake', timeoutMs: 30, frameGapMs: 2 }, { clock: systemClock, log: silentLogger(), link: new FakeRtuLine(sim) });
+    const bus = new ModbusBus(
+      { transport: 'rtu', path: 'fake', timeoutMs: 30, frameGapMs: 2 },
+      { clock: systemClock, log: silentLogger(), link: new FakeRtuLine(sim) },
+    );
     await bus.start();
     const events: EventInput[] = [];
-    const ctx: DriverContext = { bus: new EventBus(), clock: systemClock, log: silentLogger(), emit: (e) => void events.push(e), privacy: { siteKey: 'k', rawCards: true } };
-    const d = new ModbusDoorDriver('door-1', { unitId: 1, profile: loadDoorProfile('generic-door'), doors: 1, pollMs: 10 }, () => ({ resource: bus, release: async () => undefined }), ctx);
+    const ctx: DriverContext = {
+      bus: new EventBus(),
+      clock: systemClock,
+      log: silentLogger(),
+      emit: (e) => void events.push(e),
+      privacy: { siteKey: 'k', rawCards: true },
+    };
+    const d = new ModbusDoorDriver(
+      'door-1',
+      { unitId: 1, profile: loadDoorProfile('generic-door'), doors: 1, pollMs: 10 },
+      () => ({ resource: bus, release: async () => undefined }),
+      ctx,
+    );
     try {
       await d.start();
       await waitFor(() => d.state().online, { message: 'online' });
@@ -82,7 +117,9 @@ describe('door driver', () => {
     assert.throws(() => parseDoorProps('d', { unitId: 0 }), /unitId/);
     assert.throws(() => parseDoorProps('d', { doors: 5 }), /doors/);
     assert.throws(() => parseDoorProps('d', { profile: '../etc/passwd' }), { code: 'EDGE_PROFILE_INVALID' });
-    assert.throws(() => parseDoorProps('d', { profile: 'no-such-vendor' }), { code: 'EDGE_PROFILE_NOT_FOUND' });
+    assert.throws(() => parseDoorProps('d', { profile: 'no-such-vendor' }), {
+      code: 'EDGE_PROFILE_NOT_FOUND',
+    });
     const ok = parseDoorProps('d', { unitId: '17', doors: '2', pollMs: '100' });
     assert.equal(ok.unitId, 17);
     assert.equal(ok.doors, 2);

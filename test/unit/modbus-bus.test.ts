@@ -22,10 +22,25 @@ describe('modbus: CRC and PDUs', () => {
     assert.equal(rtuReplyLength(3, Buffer.from([1, 3, 20])), 25);
     assert.equal(rtuReplyLength(3, Buffer.from([1, 0x83])), 5);
     assert.equal(rtuReplyLength(5, Buffer.from([1, 5])), 8);
-    assert.deepEqual(decodeReply(readPdu(2, 0, 10), Buffer.from([2, 2, 0b101, 0b10]), 1), [true, false, true, false, false, false, false, false, false, true]);
+    assert.deepEqual(decodeReply(readPdu(2, 0, 10), Buffer.from([2, 2, 0b101, 0b10]), 1), [
+      true,
+      false,
+      true,
+      false,
+      false,
+      false,
+      false,
+      false,
+      false,
+      true,
+    ]);
     assert.deepEqual(decodeReply(readPdu(4, 0, 2), Buffer.from([4, 4, 0, 1, 0xff, 0xff]), 1), [1, 65535]);
-    assert.throws(() => decodeReply(readPdu(4, 0, 2), Buffer.from([0x84, 2]), 7), { code: 'EDGE_MODBUS_EXCEPTION' });
-    assert.throws(() => decodeReply(readPdu(4, 0, 2), Buffer.from([4, 2, 0, 1]), 7), { code: 'EDGE_MODBUS_GARBLED' });
+    assert.throws(() => decodeReply(readPdu(4, 0, 2), Buffer.from([0x84, 2]), 7), {
+      code: 'EDGE_MODBUS_EXCEPTION',
+    });
+    assert.throws(() => decodeReply(readPdu(4, 0, 2), Buffer.from([4, 2, 0, 1]), 7), {
+      code: 'EDGE_MODBUS_GARBLED',
+    });
   });
 });
 
@@ -37,7 +52,10 @@ describe('modbus: one transaction queue per bus', () => {
   beforeEach(async () => {
     sim = new DoorSim({ units: [1, 2, 3, 4, 5, 6], doors: 2 });
     line = new FakeRtuLine(sim);
-    bus = new ModbusBus({ transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs: 50, frameGapMs: 5 }, { clock: systemClock, log: silentLogger(), link: line });
+    bus = new ModbusBus(
+      { transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs: 50, frameGapMs: 5 },
+      { clock: systemClock, log: silentLogger(), link: line },
+    );
     await bus.start();
   });
   afterEach(async () => {
@@ -54,8 +72,18 @@ describe('modbus: one transaction queue per bus', () => {
     // (the last request reads another table of unit 1, so it is not merged into the first)
     const requests = [1, 2, 3, 4, 5, 6].map((u) => bus.readInputRegisters(u, 200, 1));
     const results = await Promise.allSettled([...requests, bus.readHoldingRegisters(1, 0, 1)]);
-    const codes = results.map((r) => (r.status === 'fulfilled' ? r.value : (r.reason as { code: string }).code));
-    assert.deepEqual(codes, [[0x0d01], 'EDGE_MODBUS_TIMEOUT', 'EDGE_MODBUS_CRC', 'EDGE_MODBUS_EXCEPTION', 'EDGE_MODBUS_SHORT_REPLY', 'EDGE_MODBUS_GARBLED', [5]]);
+    const codes = results.map((r) =>
+      r.status === 'fulfilled' ? r.value : (r.reason as { code: string }).code,
+    );
+    assert.deepEqual(codes, [
+      [0x0d01],
+      'EDGE_MODBUS_TIMEOUT',
+      'EDGE_MODBUS_CRC',
+      'EDGE_MODBUS_EXCEPTION',
+      'EDGE_MODBUS_SHORT_REPLY',
+      'EDGE_MODBUS_GARBLED',
+      [5],
+    ]);
     // every request went out, each with its own unit id, in order
     assert.deepEqual(
       line.requests.map((r) => r.unit),
