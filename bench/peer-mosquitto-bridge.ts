@@ -48,6 +48,9 @@ export interface PeerKillResult {
   delivered: number;
   /** Publish rate (PUBACKed/s) at the edge during the outage. */
   ackedPerS: number;
+  /** Up to 10 indexes of acknowledged messages that never arrived, and the last acknowledged index. */
+  lostSample: number[];
+  lastAcked: number;
 }
 
 export interface PeerResult {
@@ -259,7 +262,18 @@ async function killDuringOutage(flavour: PeerFlavour, count: number, maxMs: numb
     }).catch(() => undefined);
     let delivered = 0;
     for (const n of got.seen) if (acknowledged.has(n)) delivered++;
-    return { acknowledged: acknowledged.size, delivered, ackedPerS: (res.acked.length / res.elapsedMs) * 1000 };
+    const lostSample: number[] = [];
+    for (const n of res.acked) {
+      if (lostSample.length >= 10) break;
+      if (!got.seen.has(n)) lostSample.push(n);
+    }
+    return {
+      acknowledged: acknowledged.size,
+      delivered,
+      ackedPerS: (res.acked.length / res.elapsedMs) * 1000,
+      lostSample,
+      lastAcked: res.acked.length ? Math.max(...res.acked) : -1,
+    };
   } finally {
     await Promise.all(clients.map((c) => endMqtt(c, true)));
     await eb?.stop();
