@@ -3,6 +3,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { readOutboxStats, outboxPath } from '../sync/outbox.js';
+import { modbusCommands } from './cli-modbus.js';
+import { onvifCommands } from './cli-onvif.js';
 import { describeConfig, loadConfig } from './config.js';
 import type { SiteConfig } from './config-types.js';
 import { isEdgewardError } from './errors.js';
@@ -163,8 +165,27 @@ function parseIntOption(v: string): number {
   return Number(v);
 }
 
+/**
+ * Device-family commands come as parents (`scan`, `discover`, `sim`) holding
+ * one subcommand each; families sharing a parent (`sim door`, `sim camera`)
+ * are merged under one.
+ */
+const registerDeviceCommands: CommandRegistration = (program) => {
+  for (const cmd of [...modbusCommands(), ...onvifCommands()]) {
+    const existing = program.commands.find((c) => c.name() === cmd.name());
+    if (!existing) program.addCommand(cmd);
+    else for (const sub of cmd.commands) existing.addCommand(sub);
+  }
+};
+
 /** Every subcommand. Other modules append their registration here. */
-export const COMMANDS: CommandRegistration[] = [registerStart, registerCheck, registerOutbox, registerDemo];
+export const COMMANDS: CommandRegistration[] = [
+  registerStart,
+  registerCheck,
+  registerOutbox,
+  registerDemo,
+  registerDeviceCommands,
+];
 
 export function buildProgram(): Command {
   const program = new Command('edgeward')
