@@ -7,9 +7,11 @@
  */
 import { type ChildProcess, fork } from 'node:child_process';
 import http from 'node:http';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { Envelope } from '../edge/envelope.js';
+import { DoorSim } from '../hardware/sim/door-sim.js';
 import { LevelOutbox, outboxPath } from '../sync/outbox.js';
 import { decodeBatch, encodeAck, toRanges } from '../sync/batch-codec.js';
 import { startMosquitto, type TestMosquitto } from '../test/helpers/mosquitto.js';
@@ -122,7 +124,7 @@ export interface RuntimeChild {
   kill(): Promise<void>;
 }
 
-function siteConfig(dataDir: string, brokerUrl: string | undefined, editor = false): string {
+function siteConfig(dataDir: string, brokerUrl: string | undefined, editor = false, flowFile?: string): string {
   return JSON.stringify({
     site: BENCH_IDS.site,
     edge: BENCH_IDS.edge,
@@ -140,7 +142,7 @@ function siteConfig(dataDir: string, brokerUrl: string | undefined, editor = fal
         }
       : {}),
     privacy: { siteKey: 'bench-site-key-not-secret' },
-    nodeRed: { editor },
+    nodeRed: flowFile === undefined ? { editor } : { editor, flowFile },
     log: { level: 'error' },
   });
 }
@@ -153,12 +155,22 @@ interface Forked {
   onMessage(f: (m: ChildMessage) => void): void;
 }
 
-/** Fork a bench/*.ts script under tsx with an IPC channel. */
+/**
+ * Where the child scripts run from. Under tsx a process carries the compiler
+ * and its caches (tens of MB of RSS), so the runner compiles the project
+ * (`tsc`, to dist/ like `npm run build`) and points this at dist/bench: the
+ * runtime is then measured as it runs in production, `node dist/…`.
+ */
+export const childScripts: { dir?: string } = {};
+
+/** Fork a bench script (compiled JS from `childScripts.dir`, else the .ts under tsx) with an IPC channel. */
 function forkTs(script: string, env: Record<string, string>): Forked {
   // BENCH_CPU_PROF=<dir>: write a V8 CPU profile of each child, to see where the time goes.
   const prof = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
-  const child: ChildProcess = fork(join(__dirname, script), [], {
-    execArgv: ['--import', 'tsx', ...prof],
+  const compiled = childScripts.dir !== undefined;
+  const file = compiled ? join(childScripts.dir!, script.replace(/\.ts$/, '.js')) : join(__dirname, script);
+  const child: ChildProcess = fork(file, [], {
+    execArgv: compiled ? prof : ['--import', 'tsx', ...prof],
     env: { ...process.env, ...env },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
@@ -200,9 +212,10 @@ export async function startRuntimeChild(opts: {
   dataDir: string;
   brokerUrl?: string;
   editor?: boolean;
+  flowFile?: string;
 }): Promise<RuntimeChild> {
   const { child, exited, expect } = forkTs('edgeward-child.ts', {
-    BENCH_CHILD_CONFIG: siteConfig(opts.dataDir, opts.brokerUrl, opts.editor),
+    BENCH_CHILD_CONFIG: siteConfig(opts.dataDir, opts.brokerUrl, opts.editor, opts.flowFile),
   });
   const ready = await expect('ready', 60_000);
   return {
@@ -336,7 +349,9 @@ async function postEvents(
   return { accepted, failed, ms };
 }
 
-async function runtimeStatus(port: number): Promise<{ uplink: { connected: boolean }; outbox: { events: number } }> {
+async function runtimeStatus(
+  port: number,
+): Promise<{ uplink: { connected: boolean }; outbox: { events: number }; devices: Array<{ online: boolean }> }> {
   const agent = new http.Agent({ keepAlive: false });
   try {
     const res = await request(agent, port, 'GET', '/api/v1/status');
@@ -456,6 +471,11 @@ export interface PipelineResult {
   rssNoEditor: number;
   /** RSS of a runtime with the Node-RED editor loaded (bytes), idle. */
   rssEditor: number;
+  /** RSS with the editor and `devices` simulated door controllers polled over Modbus TCP (bytes). */
+  rssEditorDevices: number;
+  devices: number;
+  /** How many of them the runtime reported online when RSS was taken. */
+  devicesOnline: number;
 }
 
 export interface BacklogResult {
@@ -511,7 +531,6 @@ export async function runPipelineBench(): Promise<PipelineResult> {
   let central: CentralChild | undefined;
   const dir = await tmpDir('bench-pipeline');
   let child: RuntimeChild | undefined;
-  let editorChild: RuntimeChild | undefined;
   try {
     central = await startCentralChild(broker.url);
     child = await startRuntimeChild({ dataDir: dir.path, brokerUrl: broker.url });
@@ -540,33 +559,102 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     child = undefined;
 
     progress('RSS with the Node-RED editor');
-    const dir2 = await tmpDir('bench-editor');
-    try {
-      editorChild = await startRuntimeChild({ dataDir: dir2.path, brokerUrl: broker.url, editor: true });
-      await awaitUplink(editorChild.port);
-      const rssEditor = await editorChild.rss();
-      await editorChild.stop();
-      editorChild = undefined;
-      return {
-        events: n,
-        batch,
-        concurrency,
-        outboxAlonePerS,
-        pipelinePerS: (accepted / pipelineMs) * 1000,
-        httpAcceptedPerS: (accepted / posted.ms) * 1000,
-        driverPathPerS: (n / driverMs) * 1000,
-        idleLatency: idle,
-        rssNoEditor,
-        rssEditor,
-      };
-    } finally {
-      await editorChild?.kill();
-      await dir2.cleanup();
-    }
+    const editorRss = await measureEditorRss(broker.url);
+    return {
+      events: n,
+      batch,
+      concurrency,
+      outboxAlonePerS,
+      pipelinePerS: (accepted / pipelineMs) * 1000,
+      httpAcceptedPerS: (accepted / posted.ms) * 1000,
+      driverPathPerS: (n / driverMs) * 1000,
+      idleLatency: idle,
+      rssNoEditor,
+      ...editorRss,
+    };
   } finally {
     await child?.kill();
     await central?.stop();
     await broker.stop();
+    await dir.cleanup();
+  }
+}
+
+/** A flow of one Modbus TCP bus and `n` edgeward-door nodes (units 1…n), as a technician would wire them. */
+function doorsFlow(n: number, port: number, pollMs: number): unknown[] {
+  const flow: unknown[] = [
+    { id: 'bench.tab', type: 'tab', label: 'bench doors' },
+    {
+      id: 'bench.bus',
+      type: 'edgeward-modbus-bus',
+      name: 'bench line',
+      transport: 'tcp',
+      path: '',
+      baudRate: '115200',
+      parity: 'none',
+      host: '127.0.0.1',
+      port: String(port),
+      timeoutMs: '500',
+    },
+  ];
+  for (let u = 1; u <= n; u++) {
+    flow.push({
+      id: `bench.door.${u}`,
+      type: 'edgeward-door',
+      z: 'bench.tab',
+      name: `door-${u}`,
+      bus: 'bench.bus',
+      unitId: String(u),
+      profile: 'generic-door',
+      doors: '1',
+      pollMs: String(pollMs),
+      wires: [[]],
+    });
+  }
+  return flow;
+}
+
+/**
+ * RSS of a runtime with the Node-RED editor: idle without flows, then with
+ * BENCH_DEVICES (33) simulated door controllers (hardware/sim DoorSim over
+ * Modbus TCP) wired in a flow and polled, once they are online.
+ */
+async function measureEditorRss(
+  brokerUrl: string,
+): Promise<{ rssEditor: number; rssEditorDevices: number; devices: number; devicesOnline: number }> {
+  const devices = envInt('BENCH_DEVICES', 33);
+  const dir = await tmpDir('bench-editor');
+  let child: RuntimeChild | undefined;
+  const sim = new DoorSim({ units: Array.from({ length: devices }, (_, i) => i + 1) });
+  try {
+    child = await startRuntimeChild({ dataDir: join(dir.path, 'a'), brokerUrl, editor: true });
+    await awaitUplink(child.port);
+    const rssEditor = await child.rss();
+    await child.stop();
+    child = undefined;
+
+    const { port } = await sim.serveTcp(0);
+    const flowFile = join(dir.path, 'doors.json');
+    await writeFile(flowFile, JSON.stringify(doorsFlow(devices, port, 500)));
+    child = await startRuntimeChild({ dataDir: join(dir.path, 'b'), brokerUrl, editor: true, flowFile });
+    const c = child;
+    await awaitUplink(c.port);
+    let online = 0;
+    await waitFor(
+      async () => {
+        online = (await runtimeStatus(c.port)).devices.filter((d) => d.online).length;
+        return online >= devices;
+      },
+      { timeoutMs: 30_000, intervalMs: 200, message: `${devices} simulated doors online` },
+    ).catch(() => undefined);
+    if (online < devices) progress(`RSS: only ${online} of ${devices} simulated doors online`);
+    // Let a few poll cycles run so the figure is of a working box, not of one just started.
+    await delay(3000);
+    const rssEditorDevices = await c.rss();
+    return { rssEditor, rssEditorDevices, devices, devicesOnline: online };
+  } finally {
+    await child?.kill();
+    await sim.stop();
     await dir.cleanup();
   }
 }
