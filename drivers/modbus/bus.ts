@@ -209,10 +209,18 @@ export class ModbusBus implements Resource {
     return this.read(unit, FC.readInputRegisters, address, count, opts) as Promise<number[]>;
   }
   async writeCoil(unit: number, address: number, value: boolean, opts?: RequestOptions): Promise<void> {
-    await this.write(unit, writeCoilPdu(address, value), opts);
+    await this.write(
+      unit,
+      this.build(() => writeCoilPdu(address, value)),
+      opts,
+    );
   }
   async writeRegister(unit: number, address: number, value: number, opts?: RequestOptions): Promise<void> {
-    await this.write(unit, writeRegisterPdu(address, value), opts);
+    await this.write(
+      unit,
+      this.build(() => writeRegisterPdu(address, value)),
+      opts,
+    );
   }
   async writeRegisters(
     unit: number,
@@ -220,7 +228,11 @@ export class ModbusBus implements Resource {
     values: number[],
     opts?: RequestOptions,
   ): Promise<void> {
-    await this.write(unit, writeRegistersPdu(address, values), opts);
+    await this.write(
+      unit,
+      this.build(() => writeRegistersPdu(address, values)),
+      opts,
+    );
   }
 
   private read(
@@ -231,7 +243,8 @@ export class ModbusBus implements Resource {
     opts: RequestOptions = {},
   ): Promise<unknown> {
     const max = isBitRead(fc) ? MAX_READ_BITS : MAX_READ_REGISTERS;
-    this.checkUnit(unit);
+    const bad = this.checkUnit(unit);
+    if (bad) return Promise.reject(bad);
     if (
       !Number.isInteger(address) ||
       address < 0 ||
@@ -262,7 +275,8 @@ export class ModbusBus implements Resource {
   }
 
   private write(unit: number, pdu: Buffer, opts: RequestOptions = {}): Promise<unknown> {
-    this.checkUnit(unit);
+    const bad = this.checkUnit(unit);
+    if (bad) return Promise.reject(bad);
     return new Promise((resolve, reject) => {
       const queue = opts.priority === 'normal' ? this.normal : this.high;
       queue.push({
@@ -278,10 +292,22 @@ export class ModbusBus implements Resource {
     });
   }
 
-  private checkUnit(unit: number): void {
+  private checkUnit(unit: number): EdgewardError | undefined {
     // Unit 0 is broadcast (no reply); TCP allows 255 for "the server itself".
     if (!Number.isInteger(unit) || unit < 1 || unit > 255)
-      throw new EdgewardError(CODES.badRequest, `bad unit id ${unit}`);
+      return new EdgewardError(CODES.badRequest, `bad unit id ${unit}`);
+    return undefined;
+  }
+
+  /** PDU builders throw RangeError on bad numbers: turn that into the bus's own error code. */
+  private build(make: () => Buffer): Buffer {
+    try {
+      return make();
+    } catch (err) {
+      throw new EdgewardError(CODES.badRequest, `bad write request: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
   }
 
   /** Coalesce a read into a queued one of the same unit and table when the merged range stays small and within limits. */

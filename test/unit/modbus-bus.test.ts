@@ -140,7 +140,9 @@ describe('modbus: one transaction queue per bus', () => {
 
   it('rejects bad ranges and unit ids without touching the line', async () => {
     await assert.rejects(bus.readInputRegisters(1, 0, 126), { code: 'EDGE_MODBUS_BAD_REQUEST' });
-    assert.throws(() => bus.readInputRegisters(0, 0, 1), { code: 'EDGE_MODBUS_BAD_REQUEST' });
+    await assert.rejects(bus.readInputRegisters(0, 0, 1), { code: 'EDGE_MODBUS_BAD_REQUEST' });
+    await assert.rejects(bus.writeRegister(1, -1, 5), { code: 'EDGE_MODBUS_BAD_REQUEST' });
+    await assert.rejects(bus.writeCoil(256, 0, true), { code: 'EDGE_MODBUS_BAD_REQUEST' });
     assert.equal(line.requests.length, 0);
   });
 
