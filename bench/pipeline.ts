@@ -382,11 +382,17 @@ export interface LatencyFigures {
   samples: number;
   /** Samples that never arrived within the deadline (counted as infinite in the percentiles). */
   missing: number;
+  /** The five slowest samples as [sample index, ms]: warm-up outliers show as low indexes. */
+  slowest: Array<[number, number]>;
 }
 
-function latencyFigures(lat: number[], missing: number): LatencyFigures {
+function latencyFigures(samples: Map<number, number>, count: number): LatencyFigures {
+  const lat = [...samples.values()];
+  const missing = count - lat.length;
   const all = [...lat, ...Array.from({ length: missing }, () => Number.POSITIVE_INFINITY)];
+  const slowest = [...samples.entries()].sort((a, b) => b[1] - a[1]).slice(0, 5);
   return {
+    slowest: slowest.map(([i, ms]) => [i, Math.round(ms * 10) / 10]),
     p50: percentile(all, 50),
     p99: percentile(all, 99),
     max: all.length ? Math.max(...all) : Number.NaN,
@@ -407,17 +413,18 @@ async function criticalLatency(
   intervalMs: number,
 ): Promise<{ total: LatencyFigures; stored: LatencyFigures }> {
   const sent = new Map<number, number>();
-  const total: number[] = [];
-  const stored: number[] = [];
+  /** sample index → ms */
+  const total = new Map<number, number>();
+  const stored = new Map<number, number>();
+  const base = 2_000_000_000 + Math.floor(Math.random() * 1_000_000);
   central.onCritical((n, at) => {
     const t0 = sent.get(n);
     if (t0 !== undefined) {
       sent.delete(n);
-      total.push(at - t0);
+      total.set(n - base, at - t0);
     }
   });
   const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
-  const base = 2_000_000_000 + Math.floor(Math.random() * 1_000_000);
   const posts: Promise<unknown>[] = [];
   for (let i = 0; i < samples; i++) {
     const n = base + i;
@@ -427,7 +434,7 @@ async function criticalLatency(
     posts.push(
       request(agent, port, 'POST', '/api/v1/events', body).then(
         (res) => {
-          if (res.status === 202) stored.push(wallNow() - t0);
+          if (res.status === 202) stored.set(i, wallNow() - t0);
         },
         () => undefined,
       ),
@@ -440,7 +447,7 @@ async function criticalLatency(
   );
   agent.destroy();
   central.onCritical(() => undefined);
-  return { total: latencyFigures(total, sent.size), stored: latencyFigures(stored, samples - stored.length) };
+  return { total: latencyFigures(total, samples), stored: latencyFigures(stored, samples) };
 }
 
 async function awaitDistinct(central: CentralChild, atLeast: number, what: string): Promise<void> {
