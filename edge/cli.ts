@@ -147,17 +147,23 @@ const registerDemo: CommandRegistration = (program) => {
     .option('--port <n>', 'HTTP port of the API and editor (0 picks a free one)', parseIntOption, 1880)
     .option('--data-dir <dir>', 'keep the outbox and flow copy here (default: a temp dir, removed at the end)')
     .option('--duration <s>', 'stop after this many seconds (default: until Ctrl-C)', parseIntOption)
-    .option('--rate <n>', 'synthetic events per second', parseIntOption)
-    .action(async (opts: { port: number; dataDir?: string; duration?: number; rate?: number }) => {
-      // Loaded lazily: the demo pulls in the broker, simulators and Node-RED, which `check` must not pay for.
-      const { runDemo } = await import('./demo.js');
-      await runDemo({
-        httpPort: opts.port,
-        dataDir: opts.dataDir,
-        durationMs: opts.duration === undefined ? undefined : opts.duration * 1000,
-        ratePerSec: opts.rate,
-      });
-    });
+    .option('--door-every <ms>', 'one simulated door activity every MS (0 = none; default 3000)', parseIntOption)
+    .option('--camera-every <ms>', 'one simulated camera motion every MS (0 = none; default 8000)', parseIntOption)
+    .option('--rate <n>', 'extra synthetic events per second beside the simulators (default 0)', parseIntOption)
+    .action(
+      async (opts: { port: number; dataDir?: string; duration?: number; doorEvery?: number; cameraEvery?: number; rate?: number }) => {
+        // Loaded lazily: the demo pulls in the broker, simulators and Node-RED, which `check` must not pay for.
+        const { runDemo } = await import('./demo.js');
+        await runDemo({
+          httpPort: opts.port,
+          dataDir: opts.dataDir,
+          durationMs: opts.duration === undefined ? undefined : opts.duration * 1000,
+          doorEveryMs: opts.doorEvery,
+          cameraEveryMs: opts.cameraEvery,
+          ratePerSec: opts.rate,
+        });
+      },
+    );
 };
 
 function parseIntOption(v: string): number {

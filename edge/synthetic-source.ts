@@ -31,8 +31,9 @@ const UNKNOWN_CARDS = [99000001, 99000417];
  * A synthetic event source for the demo: doors open and close, cards are
  * granted or denied (pseudonymised with `pseudonymiseCard`), a door is
  * occasionally forced (critical) and a lobby sensor reports readings. Events
- * go to the bus as 'event.input', exactly like a driver's. Later the device
- * simulators replace it.
+ * go to the bus as 'event.input', exactly like a driver's. The demo runs the
+ * device simulators through real drivers; this source only adds load beside
+ * them on request (`edgeward demo --rate N`).
  */
 export class SyntheticSource {
   private readonly clock: Clock;
