@@ -39,6 +39,8 @@ const OVERFLOW_RESERVE = 1024;
  * batches. Bounds how long one batch (and so a critical event behind it) takes.
  */
 const MAX_BATCH_EVENTS = 5000;
+/** Stored critical events served from memory up to this many (they are rare: a burst of alarms, not a backlog). */
+const CRITICAL_CACHE_MAX = 10_000;
 /** Events remembered for `recent()`. */
 const RECENT_SIZE = 1000;
 /** Most read-but-unacked seqs remembered for fast acks (~4 MB); beyond that acks look seqs up. */
@@ -280,6 +282,14 @@ export class LevelOutbox implements Outbox {
   private replacingOverflow: number | null = null;
   private lastEvictLogAt = Number.NEGATIVE_INFINITY;
   private evictedSinceLog = 0;
+  /**
+   * Every stored critical event, in seq order, while there are at most
+   * CRITICAL_CACHE_MAX of them (`criticalCached`): read() hands criticals out
+   * from memory, so an alarm does not wait for a LevelDB iterator queued on
+   * the thread pool behind a draining backlog's fsyncs.
+   */
+  private readonly criticalCache = new Map<number, StoredEvent>();
+  private criticalCached = false;
 
   constructor(private readonly opts: LevelOutboxOptions) {
     this.log = (opts.log ?? silentLogger()).child({ module: 'sync/outbox' });
@@ -323,6 +333,7 @@ export class LevelOutbox implements Outbox {
       // An overflow event from before a restart may have been sent already: never replace it.
       this.pendingOverflow = null;
       await this.seedRecent();
+      await this.loadCriticalCache(db, meta);
     } catch (err) {
       this.db = null;
       this.meta = null;
@@ -390,6 +401,24 @@ export class LevelOutbox implements Outbox {
       // Start past the known head (skips the tombstones of acked events) and past the caller's cursor.
       const head = meta.heads[severity];
       const after = Math.max(opts.after?.[severity] ?? 0, head ? head.seq - 1 : meta.lastSeq);
+      if (severity === 'critical' && this.criticalCached) {
+        let full = false;
+        for (const e of this.criticalCache.values()) {
+          if (e.seq <= after || opts.exclude?.(e.seq)) continue;
+          if (out.length > 0 && bytes + e.bytes > maxBytes) {
+            full = true;
+            break;
+          }
+          out.push(e);
+          bytes += e.bytes;
+          if (out.length >= maxEvents) {
+            full = true;
+            break;
+          }
+        }
+        if (full) break;
+        continue;
+      }
       const it = db.iterator({ gt: eventKey(severity, after), lt: SEV_PREFIX[severity] + SEQ_END });
       try {
         let full = false;
@@ -511,6 +540,7 @@ export class LevelOutbox implements Outbox {
     const added = emptyCounts();
     const firstAdded: Heads = { critical: null, warning: null, info: null };
     const appended: Envelope[] = [];
+    const appendedCritical: StoredEvent[] = [];
     const ackResults = new Map<AckJob, number>();
     const appendResults = new Map<AppendJob, Envelope[] | EdgewardError>();
 
@@ -572,6 +602,7 @@ export class LevelOutbox implements Outbox {
       added[env.severity].bytes += size;
       firstAdded[env.severity] ??= { seq: env.seq!, ts: env.ts };
       appended.push(env);
+      if (env.severity === 'critical') appendedCritical.push({ seq: env.seq!, severity: 'critical', bytes: size, json });
     };
 
     for (const job of jobs) {
@@ -646,16 +677,26 @@ export class LevelOutbox implements Outbox {
       return;
     }
     ops.push({ type: 'put', key: META_KEY, value: JSON.stringify(next) });
-    await db.batch(ops, { sync: true });
+    // Appends are synced: their 202 promises durability. A batch of acks alone is
+    // not: losing it in a crash only means resending events the central already
+    // has (duplicates are allowed, loss is not), and the next synced batch
+    // persists it anyway (LevelDB's log is written in order). This keeps fsyncs
+    // of a draining backlog's acks from sitting in front of an alarm's append.
+    const durable = jobs.some((j) => j.kind === 'append');
+    await db.batch(ops, { sync: durable });
     this.writes++;
 
     // Committed: publish the new state.
     this.meta = next;
+    this.cacheCriticals(appendedCritical, next);
     if (deleted.size > 0) {
       this.deleteGen++;
       this.deleteLog.push({ gen: this.deleteGen, seqs: new Set(deleted.keys()) });
       if (this.deleteLog.length > 16) this.deleteLog.shift();
-      for (const seq of deleted.keys()) this.tracked.delete(seq);
+      for (const [seq, severity] of deleted) {
+        this.tracked.delete(seq);
+        if (severity === 'critical') this.criticalCache.delete(seq);
+      }
       if (this.pendingOverflow && deleted.has(this.pendingOverflow.seq)) this.pendingOverflow = null;
     }
     if (overflowWritten) this.pendingOverflow = overflowWritten;
@@ -780,6 +821,34 @@ export class LevelOutbox implements Outbox {
   }
 
   /** Fill the `recent()` ring from the newest stored events (by seq, across severities). */
+  /** Fill the critical cache from the store when the criticals held fit in it. */
+  private async loadCriticalCache(db: Db, meta: Meta): Promise<void> {
+    this.criticalCache.clear();
+    this.criticalCached = false;
+    if (meta.counts.critical.events > CRITICAL_CACHE_MAX) return;
+    for await (const [key, json] of db.iterator({ gt: SEV_PREFIX.critical, lt: SEV_PREFIX.critical + SEQ_END })) {
+      const seq = seqOfKey(key);
+      this.criticalCache.set(seq, { seq, severity: 'critical', bytes: Buffer.byteLength(json), json });
+    }
+    this.criticalCached = true;
+  }
+
+  /** Add a committed batch's criticals; past CRITICAL_CACHE_MAX, read() falls back to LevelDB until they drain. */
+  private cacheCriticals(added: StoredEvent[], meta: Meta): void {
+    if (meta.counts.critical.events === 0) {
+      this.criticalCache.clear();
+      this.criticalCached = true;
+      return;
+    }
+    if (!this.criticalCached) return;
+    if (this.criticalCache.size + added.length > CRITICAL_CACHE_MAX) {
+      this.criticalCache.clear();
+      this.criticalCached = false;
+      return;
+    }
+    for (const e of added) this.criticalCache.set(e.seq, e);
+  }
+
   private async seedRecent(): Promise<void> {
     const db = this.db!;
     const all: Envelope[] = [];

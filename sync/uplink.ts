@@ -239,7 +239,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.log.debug({ url: this.safeUrl, attempt: this.attempts }, 'connecting');
     const client = mqtt.connect(this.cfg.url, options);
     this.client = client;
-    client.on('connect', () => void this.onConnect(client));
+    client.on('connect', () => {
+      // mqtt.js leaves Nagle on: a lone critical event would wait for the ACK of the
+      // previous segment (tens of ms with delayed ACKs). Alarms go out at once.
+      (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+      void this.onConnect(client);
+    });
     client.on('close', () => this.onClose(client));
     client.on('error', (err) => {
       if (client !== this.client) return;
@@ -336,8 +341,32 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   // ---- sending -------------------------------------------------------------
 
   private onAppend(severities: Set<Severity>): void {
-    if (severities.has('critical')) this.log.debug('critical event appended: pumping now');
+    if (severities.has('critical')) void this.sendCriticalNow();
     this.pump();
+  }
+
+  /**
+   * Critical events do not wait for the pump's current round (a backlog batch
+   * being read and compressed): they are read and published at once, beside it.
+   * A critical event claimed by both paths is sent once (see `send`).
+   */
+  private async sendCriticalNow(): Promise<void> {
+    const client = this.client;
+    if (!client || !this.live(client)) return;
+    try {
+      const { maxEvents, maxBytes } = this.cfg.batch;
+      const events = await this.outbox.read({
+        maxEvents,
+        maxBytes,
+        exclude: (seq) => this.inflightSeqs.has(seq),
+        severities: ['critical'],
+        after: { ...this.cursor },
+      });
+      if (events.length > 0 && this.live(client)) await this.send(client, events, true);
+    } catch (err) {
+      // The pump sends it anyway; this path only saves time.
+      this.log.warn({ err }, 'fast path for critical events failed');
+    }
   }
 
   /** Fill the window from the outbox. Re-entrant calls while running just ask for one more round. */
@@ -416,7 +445,10 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     }, ms);
   }
 
-  private async send(client: MqttClient, events: StoredEvent[], critical: boolean): Promise<void> {
+  private async send(client: MqttClient, claimed: StoredEvent[], critical: boolean): Promise<void> {
+    // Read concurrently by the pump and the critical fast path: whoever gets here first sends it.
+    const events = claimed.filter((e) => !this.inflightSeqs.has(e.seq));
+    if (events.length === 0) return;
     const minSeq: Partial<Record<Severity, number>> = {};
     for (const e of events) {
       minSeq[e.severity] = Math.min(minSeq[e.severity] ?? e.seq, e.seq);

@@ -93,6 +93,9 @@ export async function startMosquitto(
         'persistence false',
         'max_queued_messages 0',
         'max_inflight_messages 0',
+        // As a central broker for alarms should run: without it Nagle holds a lone small
+        // message until the subscriber ACKs the previous segment (tens of ms).
+        'set_tcp_nodelay true',
         'log_dest stderr',
         'log_type error',
         'log_type warning',

@@ -445,6 +445,39 @@ describe('LevelOutbox (durable)', () => {
     assert.equal(b.stats().events, 0);
   });
 
+  it('hands out criticals the same from memory and from LevelDB (before/after reopen, past the cache bound)', async () => {
+    const a = await open();
+    const first = await a.append([ev('critical'), ev('info'), ev('critical'), ev('critical')]);
+    const critSeqs = first.filter((e) => e.severity === 'critical').map((e) => e.seq);
+    const readCrit = async (ob: LevelOutbox, after = 0) =>
+      (await ob.read({ maxEvents: 100_000, maxBytes: Number.MAX_SAFE_INTEGER, severities: ['critical'], after: { critical: after } })).map(
+        (x) => x.seq,
+      );
+    assert.deepEqual(await readCrit(a), critSeqs);
+    assert.deepEqual(await readCrit(a, critSeqs[0]), critSeqs.slice(1));
+    await a.ack([[critSeqs[1], critSeqs[1]]]);
+    assert.deepEqual(await readCrit(a), [critSeqs[0], critSeqs[2]]);
+    await closeIt(a);
+    // After a restart they come from the store (and are cached again).
+    const b = await open();
+    assert.deepEqual(await readCrit(b), [critSeqs[0], critSeqs[2]]);
+    const [late] = await b.append([ev('critical')]);
+    assert.deepEqual(await readCrit(b), [critSeqs[0], critSeqs[2], late.seq]);
+    // Past 10,000 stored criticals reads fall back to LevelDB: same answer.
+    const burst: Envelope[] = [];
+    for (let i = 0; i < 10_001; i++) burst.push(ev('critical'));
+    const stored = await b.append(burst);
+    const all = await readCrit(b);
+    assert.equal(all.length, 10_004);
+    assert.deepEqual(all.slice(0, 3), [critSeqs[0], critSeqs[2], late.seq]);
+    assert.equal(all[all.length - 1], stored[stored.length - 1].seq);
+    // Drained, the cache is complete again (empty), and new criticals are served.
+    await b.ack([[1, stored[stored.length - 1].seq]]);
+    assert.deepEqual(await readCrit(b), []);
+    const [again] = await b.append([ev('critical')]);
+    assert.deepEqual(await readCrit(b), [again.seq]);
+  });
+
   it('recovers from a meta record that does not match the store (rescan, never reuse a seq)', async () => {
     const a = await open();
     const epoch = a.epoch;
