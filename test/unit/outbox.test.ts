@@ -448,7 +448,7 @@ describe('LevelOutbox (durable)', () => {
   it('hands out criticals the same from memory and from LevelDB (before/after reopen, past the cache bound)', async () => {
     const a = await open();
     const first = await a.append([ev('critical'), ev('info'), ev('critical'), ev('critical')]);
-    const critSeqs = first.filter((e) => e.severity === 'critical').map((e) => e.seq);
+    const critSeqs = first.filter((e) => e.severity === 'critical').map((e) => e.seq!);
     const readCrit = async (ob: LevelOutbox, after = 0) =>
       (await ob.read({ maxEvents: 100_000, maxBytes: Number.MAX_SAFE_INTEGER, severities: ['critical'], after: { critical: after } })).map(
         (x) => x.seq,
@@ -462,7 +462,7 @@ describe('LevelOutbox (durable)', () => {
     const b = await open();
     assert.deepEqual(await readCrit(b), [critSeqs[0], critSeqs[2]]);
     const [late] = await b.append([ev('critical')]);
-    assert.deepEqual(await readCrit(b), [critSeqs[0], critSeqs[2], late.seq]);
+    assert.deepEqual(await readCrit(b), [critSeqs[0], critSeqs[2], late.seq!]);
     // Past 10,000 stored criticals reads fall back to LevelDB: same answer.
     const burst: Envelope[] = [];
     for (let i = 0; i < 10_001; i++) burst.push(ev('critical'));
@@ -472,7 +472,7 @@ describe('LevelOutbox (durable)', () => {
     assert.deepEqual(all.slice(0, 3), [critSeqs[0], critSeqs[2], late.seq]);
     assert.equal(all[all.length - 1], stored[stored.length - 1].seq);
     // Drained, the cache is complete again (empty), and new criticals are served.
-    await b.ack([[1, stored[stored.length - 1].seq]]);
+    await b.ack([[1, stored[stored.length - 1].seq!]]);
     assert.deepEqual(await readCrit(b), []);
     const [again] = await b.append([ev('critical')]);
     assert.deepEqual(await readCrit(b), [again.seq]);
@@ -512,10 +512,10 @@ describe('LevelOutbox (durable)', () => {
     const ob = await open();
     await ob.append([ev('info'), ev('critical')]);
     const before = ob.stats();
-    // Stand-in for ENOSPC from LevelDB: the synced batch fails.
-    const db = (ob as unknown as { db: { batch: (...a: unknown[]) => Promise<void> } }).db;
-    const realBatch = db.batch;
-    db.batch = async () => {
+    // Stand-in for ENOSPC from LevelDB: the batch write fails (the outbox writes through classic-level's `_batch`).
+    const db = (ob as unknown as { db: { _batch: (...a: unknown[]) => Promise<void> } }).db;
+    const realBatch = db._batch;
+    db._batch = async () => {
       throw Object.assign(new Error('IO error: No space left on device'), { code: 'LEVEL_IO_ERROR' });
     };
     const failed = await Promise.allSettled([ob.append([ev('info')]), ob.append([ev('warning')]), ob.ack([[1, 2]])]);
@@ -524,7 +524,7 @@ describe('LevelOutbox (durable)', () => {
       assert.ok(isEdgewardError((r as PromiseRejectedResult).reason, 'EDGE_OUTBOX_WRITE_FAILED'));
     }
     assert.deepEqual(ob.stats(), before);
-    db.batch = realBatch;
+    db._batch = realBatch;
     const [e] = await ob.append([ev('info')]);
     assert.equal(e.seq, 3, 'seqs of failed writes were never handed out');
     assert.equal(await ob.ack([[1, 2]]), 2);
