@@ -12,53 +12,20 @@
  * Admin: GET /edgeward/onvif/discover?timeout=S&probe=HOST[:PORT],… lists the
  * cameras that answer WS-Discovery (the editor's "discover" button).
  */
+const { edgewardApi, startDeviceNode } = require('./lib/device-node.js');
+
 module.exports = function register(RED) {
   function EdgewardCameraNode(config) {
     RED.nodes.createNode(this, config);
     const node = this;
-    const api = RED.settings.edgeward;
-    if (!api) {
-      node.status({ fill: 'red', shape: 'ring', text: 'no edgeward runtime' });
-      node.error('edgeward-camera needs the Edgeward runtime (RED.settings.edgeward is not set)');
-      return;
-    }
-    const name = config.name || `camera-${config.host}`;
+    const api = edgewardApi(RED, node, 'edgeward-camera');
+    if (!api) return;
     const creds = node.credentials || {};
-    let driver;
-    try {
-      driver = api.registry.createDriver(
-        'onvif-camera',
-        name,
-        { host: config.host, port: config.port, username: config.username, password: creds.password },
-        api.driverContext(name),
-      );
-    } catch (err) {
-      node.status({ fill: 'red', shape: 'ring', text: 'error: ' + (err.code || 'config') });
-      node.error(`edgeward-camera ${name}: ${err.message}`);
-      return;
-    }
-    let unregister;
-    try {
-      unregister = api.registerDriver(driver);
-    } catch (err) {
-      node.status({ fill: 'red', shape: 'ring', text: 'error: ' + (err.code || 'register') });
-      node.error(`edgeward-camera ${name}: ${err.message}`);
-      return;
-    }
-    node.status({ fill: 'yellow', shape: 'ring', text: 'connecting' });
-
-    api.bus.on('device.state', node, (s) => {
-      if (s.name !== name) return;
-      node.status(s.online ? { fill: 'green', shape: 'dot', text: 'online' } : { fill: 'red', shape: 'ring', text: 'offline' });
-    });
-    api.bus.on('event.stored', node, (env) => {
-      if (env.source.device === name) node.send({ topic: env.type, payload: env });
-    });
-
-    node.on('close', (_removed, done) => {
-      api.bus.removeOwner(node);
-      unregister();
-      done();
+    startDeviceNode(node, api, {
+      type: 'edgeward-camera',
+      driverType: 'onvif-camera',
+      name: config.name || `camera-${config.host}`,
+      props: { host: config.host, port: config.port, username: config.username, password: creds.password },
     });
   }
 

@@ -9,16 +9,14 @@
  * Output: every stored event of this device, msg.payload = the envelope, msg.topic = its type.
  * Input: msg.payload {action: 'door.unlock'|'door.lock'|'door.hold', args: {door, seconds, hold}} runs a local command.
  */
+const { edgewardApi, startDeviceNode } = require('./lib/device-node.js');
+
 module.exports = function register(RED) {
   function EdgewardDoorNode(config) {
     RED.nodes.createNode(this, config);
     const node = this;
-    const api = RED.settings.edgeward;
-    if (!api) {
-      node.status({ fill: 'red', shape: 'ring', text: 'no edgeward runtime' });
-      node.error('edgeward-door needs the Edgeward runtime (RED.settings.edgeward is not set)');
-      return;
-    }
+    const api = edgewardApi(RED, node, 'edgeward-door');
+    if (!api) return;
     const busNode = RED.nodes.getNode(config.bus);
     if (!busNode?.edgewardProps) {
       node.status({ fill: 'red', shape: 'ring', text: 'no modbus bus' });
@@ -26,47 +24,20 @@ module.exports = function register(RED) {
       return;
     }
     const name = config.name || `door-${config.unitId}`;
-    let driver;
-    try {
-      driver = api.registry.createDriver(
-        'modbus-door',
-        name,
-        {
-          bus: busNode.id,
-          busConfig: busNode.edgewardProps,
-          unitId: config.unitId,
-          profile: config.profile || 'generic-door',
-          doors: config.doors,
-          pollMs: config.pollMs,
-        },
-        api.driverContext(name),
-      );
-    } catch (err) {
-      node.status({ fill: 'red', shape: 'ring', text: 'error: ' + (err.code || 'config') });
-      node.error(`edgeward-door ${name}: ${err.message}`);
-      return;
-    }
-    let unregister;
-    try {
-      unregister = api.registerDriver(driver);
-    } catch (err) {
-      node.status({ fill: 'red', shape: 'ring', text: 'error: ' + (err.code || 'register') });
-      node.error(`edgeward-door ${name}: ${err.message}`);
-      return;
-    }
-    node.status({ fill: 'yellow', shape: 'ring', text: 'connecting' });
-
-    api.bus.on('device.state', node, (s) => {
-      if (s.name !== name) return;
-      node.status(
-        s.online
-          ? { fill: 'green', shape: 'dot', text: 'online' }
-          : { fill: 'red', shape: 'ring', text: 'offline' },
-      );
+    const driver = startDeviceNode(node, api, {
+      type: 'edgeward-door',
+      driverType: 'modbus-door',
+      name,
+      props: {
+        bus: busNode.id,
+        busConfig: busNode.edgewardProps,
+        unitId: config.unitId,
+        profile: config.profile || 'generic-door',
+        doors: config.doors,
+        pollMs: config.pollMs,
+      },
     });
-    api.bus.on('event.stored', node, (env) => {
-      if (env.source.device === name) node.send({ topic: env.type, payload: env });
-    });
+    if (!driver) return;
 
     node.on('input', (msg, send, done) => {
       const p = msg.payload || {};
@@ -81,12 +52,6 @@ module.exports = function register(RED) {
           done(err);
         },
       );
-    });
-
-    node.on('close', (_removed, done) => {
-      api.bus.removeOwner(node);
-      unregister();
-      done();
     });
   }
 

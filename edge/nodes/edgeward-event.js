@@ -7,19 +7,16 @@
  *
  * Output: the same msg with msg.payload = the stored envelope (with seq).
  */
+const { edgewardApi } = require('./lib/device-node.js');
+
 module.exports = function register(RED) {
   function EdgewardEventNode(config) {
     RED.nodes.createNode(this, config);
     const node = this;
     node.eventType = config.eventType || undefined;
     node.severity = config.severity || undefined;
-    // Read the getter, not settings.get(): get() deep-clones and the api holds live objects.
-    const api = RED.settings.edgeward;
-    if (!api) {
-      node.status({ fill: 'red', shape: 'ring', text: 'no edgeward runtime' });
-      node.error('edgeward-event needs the Edgeward runtime (RED.settings.edgeward is not set)');
-      return;
-    }
+    const api = edgewardApi(RED, node, 'edgeward-event');
+    if (!api) return;
     node.status({});
 
     node.on('input', (msg, send, done) => {
