@@ -1,15 +1,10 @@
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import path from 'node:path';
 import { SerialPort } from 'serialport';
-import type { SiteConfig } from '../../edge/config-types.js';
 import { pseudonymiseCard } from '../../edge/envelope.js';
-import { silentLogger } from '../../edge/log.js';
-import { Runtime } from '../../edge/runtime.js';
+import type { Runtime } from '../../edge/runtime.js';
 import { DoorSim } from '../../hardware/sim/door-sim.js';
 import { openPtyPair, type PtyPair } from '../helpers/pty.js';
+import { type PostSink, startPostSink, startRuntimeWithFlow } from '../helpers/runtime-flow.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -28,8 +23,7 @@ describe('edgeward-modbus-bus, edgeward-door and edgeward-card-reader nodes in t
   let readerPty: PtyPair;
   let sim: DoorSim;
   let runtime: Runtime;
-  let sink: http.Server;
-  const posted: Array<{ topic?: string; type?: string; source?: { device: string } }> = [];
+  let sink: PostSink<{ topic?: string; type?: string; source?: { device: string } }>;
   let reader: SerialPort;
 
   before(async () => {
@@ -39,18 +33,7 @@ describe('edgeward-modbus-bus, edgeward-door and edgeward-card-reader nodes in t
     sim = new DoorSim({ units: [1, 2] });
     for (const u of sim.units.values()) u.hr[0] = 1;
     await sim.serveRtu(busPty.b);
-    sink = http.createServer((req, res) => {
-      let body = '';
-      req.on('data', (d) => {
-        body += d;
-      });
-      req.on('end', () => {
-        posted.push(JSON.parse(body));
-        res.end('ok');
-      });
-    });
-    await new Promise<void>((r) => sink.listen(0, '127.0.0.1', () => r()));
-    const sinkPort = (sink.address() as AddressInfo).port;
+    sink = await startPostSink();
     const flow = [
       { id: 'tab', type: 'tab', label: 'doors' },
       {
@@ -107,25 +90,16 @@ describe('edgeward-modbus-bus, edgeward-door and edgeward-card-reader nodes in t
         method: 'POST',
         ret: 'txt',
         paytoqs: 'ignore',
-        url: `http://127.0.0.1:${sinkPort}/out`,
+        url: sink.url,
         wires: [[]],
       },
     ];
-    const flowFile = path.join(tmp.path, 'flow.json');
-    await writeFile(flowFile, JSON.stringify(flow));
-    const config: SiteConfig = {
-      site: 'test-site',
-      edge: 'test-edge',
-      dataDir: path.join(tmp.path, 'data'),
-      http: { host: '127.0.0.1', port: 0 },
-      outbox: { maxBytes: 1 << 24 },
-      privacy: { siteKey: SITE_KEY, rawCards: false },
-      commands: { publicKeys: [], allow: ['door.unlock', 'door.lock', 'door.hold'] },
-      nodeRed: { editor: false, flowFile },
-      log: { level: 'warn' },
-    };
-    runtime = new Runtime({ config, log: silentLogger() });
-    await runtime.start();
+    runtime = await startRuntimeWithFlow({
+      dir: tmp.path,
+      flow,
+      siteKey: SITE_KEY,
+      allow: ['door.unlock', 'door.lock', 'door.hold'],
+    });
     reader = new SerialPort({ path: readerPty.b, baudRate: 9600, autoOpen: false });
     await new Promise<void>((res, rej) => reader.open((e) => (e ? rej(e) : res())));
   });
@@ -136,7 +110,7 @@ describe('edgeward-modbus-bus, edgeward-door and edgeward-card-reader nodes in t
     await sim?.stop();
     await busPty?.kill();
     await readerPty?.kill();
-    await new Promise<void>((r) => (sink ? sink.close(() => r()) : r()));
+    await sink?.close();
     await tmp?.cleanup();
   });
 
@@ -166,10 +140,10 @@ describe('edgeward-modbus-bus, edgeward-door and edgeward-card-reader nodes in t
   it('mirrors a door’s stored events on its output', async () => {
     sim.unit(2).force(0);
     await waitFor(() => stored('door-2', 'door.forced'), { message: 'door.forced stored' });
-    await waitFor(() => posted.some((p) => p.type === 'door.forced' && p.source?.device === 'door-2'), {
+    await waitFor(() => sink.posted.some((p) => p.type === 'door.forced' && p.source?.device === 'door-2'), {
       message: 'door.forced on door-2 output',
     });
-    assert.ok(posted.every((p) => p.source?.device === 'door-2'));
+    assert.ok(sink.posted.every((p) => p.source?.device === 'door-2'));
   });
 
   it('routes a command to the door driver by name', async () => {

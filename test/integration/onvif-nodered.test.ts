@@ -1,13 +1,10 @@
 import assert from 'node:assert/strict';
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import type { SiteConfig } from '../../edge/config-types.js';
-import { silentLogger } from '../../edge/log.js';
-import { Runtime } from '../../edge/runtime.js';
+import type { Runtime } from '../../edge/runtime.js';
 import { CameraSim } from '../../hardware/sim/camera-sim.js';
+import { nodeRedUserDir, type PostSink, startPostSink, startRuntimeWithFlow } from '../helpers/runtime-flow.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -33,57 +30,31 @@ describe('edgeward-camera node in the runtime (integration)', function () {
   let tmp: TmpDir;
   let sim: CameraSim;
   let runtime: Runtime;
-  let sink: http.Server;
-  const posted: Array<{ type?: string; source?: { device: string } }> = [];
+  let sink: PostSink<{ type?: string; source?: { device: string } }>;
   const prevSecret = process.env.EDGEWARD_CREDENTIAL_SECRET;
 
   before(async () => {
     tmp = await tmpDir('onvif-node');
     sim = new CameraSim({ username: 'tech', password: 'cam-pass', model: 'GateCam-9', firmware: '2.0.1', discovery: { port: 0 } });
     await sim.start();
-    sink = http.createServer((req, res) => {
-      let body = '';
-      req.on('data', (d) => {
-        body += d;
-      });
-      req.on('end', () => {
-        posted.push(JSON.parse(body));
-        res.end('ok');
-      });
-    });
-    await new Promise<void>((r) => sink.listen(0, '127.0.0.1', () => r()));
-    const sinkPort = (sink.address() as AddressInfo).port;
+    sink = await startPostSink();
     const flow = [
       { id: 'tab', type: 'tab', label: 'cameras' },
       { id: 'cam1', type: 'edgeward-camera', z: 'tab', name: 'gate-cam', host: '127.0.0.1', port: String(sim.port), username: 'tech', wires: [['post']] },
-      { id: 'post', type: 'http request', z: 'tab', method: 'POST', ret: 'txt', paytoqs: 'ignore', url: `http://127.0.0.1:${sinkPort}/out`, wires: [[]] },
+      { id: 'post', type: 'http request', z: 'tab', method: 'POST', ret: 'txt', paytoqs: 'ignore', url: sink.url, wires: [[]] },
     ];
-    const flowFile = path.join(tmp.path, 'flow.json');
-    await writeFile(flowFile, JSON.stringify(flow));
     // Node-RED keeps `<flow>_cred.json` in its userDir (the runtime's `<dataDir>/node-red`), not beside the flow file.
-    const userDir = path.join(tmp.path, 'data', 'node-red');
+    const userDir = nodeRedUserDir(tmp.path);
     await mkdir(userDir, { recursive: true });
     await writeFile(path.join(userDir, 'flow_cred.json'), encryptCredentials({ cam1: { password: 'cam-pass' } }));
     process.env.EDGEWARD_CREDENTIAL_SECRET = CRED_SECRET;
-    const config: SiteConfig = {
-      site: 'test-site',
-      edge: 'test-edge',
-      dataDir: path.join(tmp.path, 'data'),
-      http: { host: '127.0.0.1', port: 0 },
-      outbox: { maxBytes: 1 << 24 },
-      privacy: { siteKey: 'k', rawCards: false },
-      commands: { publicKeys: [], allow: [] },
-      nodeRed: { editor: true, flowFile },
-      log: { level: 'warn' },
-    };
-    runtime = new Runtime({ config, log: silentLogger() });
-    await runtime.start();
+    runtime = await startRuntimeWithFlow({ dir: tmp.path, flow, siteKey: 'k', editor: true });
   });
 
   after(async () => {
     await runtime?.stop();
     await sim?.stop();
-    await new Promise<void>((r) => (sink ? sink.close(() => r()) : r()));
+    await sink?.close();
     await tmp?.cleanup();
     if (prevSecret === undefined) delete process.env.EDGEWARD_CREDENTIAL_SECRET;
     else process.env.EDGEWARD_CREDENTIAL_SECRET = prevSecret;
@@ -110,10 +81,10 @@ describe('edgeward-camera node in the runtime (integration)', function () {
     const tamper = await waitFor(() => stored('camera.tamper'), { message: 'camera.tamper stored' });
     assert.equal(tamper.severity, 'warning');
     assert.ok(tamper.msg?.zh && tamper.msg.bo && tamper.msg.en);
-    await waitFor(() => posted.some((p) => p.type === 'camera.motion') && posted.some((p) => p.type === 'camera.tamper'), {
+    await waitFor(() => sink.posted.some((p) => p.type === 'camera.motion') && sink.posted.some((p) => p.type === 'camera.tamper'), {
       message: 'events on the node output',
     });
-    assert.ok(posted.every((p) => p.source?.device === 'gate-cam'));
+    assert.ok(sink.posted.every((p) => p.source?.device === 'gate-cam'));
   });
 
   it('exports the camera health in /metrics', async () => {
@@ -121,6 +92,21 @@ describe('edgeward-camera node in the runtime (integration)', function () {
     for (const metric of ['renewFailures', 'resubscriptions', 'subscriptionAgeS']) {
       assert.match(text, new RegExp(`edgeward_driver_health\\{[^}]*device="gate-cam"[^}]*metric="${metric}"[^}]*\\} `), metric);
     }
+  });
+
+  it('loads exactly the edgeward node types from the nodes folder (its lib/ helpers are not nodes)', async () => {
+    const res = await fetch(`http://127.0.0.1:${runtime.port}/nodes`, { headers: { accept: 'application/json' } });
+    assert.equal(res.status, 200);
+    const sets = (await res.json()) as Array<{ id: string; types: string[] }>;
+    const ours = sets.filter((s) => s.types.some((t) => t.startsWith('edgeward-')));
+    assert.deepEqual(ours.flatMap((s) => s.types).sort(), [
+      'edgeward-camera',
+      'edgeward-card-reader',
+      'edgeward-door',
+      'edgeward-event',
+      'edgeward-modbus-bus',
+    ]);
+    assert.ok(!sets.some((s) => s.id.includes('device-node')), 'lib/device-node.js is not a node set');
   });
 
   it('serves the editor discover endpoint', async () => {
