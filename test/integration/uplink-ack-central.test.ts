@@ -7,6 +7,7 @@ import { Uplink } from '../../sync/uplink.js';
 import { type AckPolicy, startTestCentral, type TestCentral } from '../helpers/central.js';
 import { startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+import { stopUplinkHarness } from '../helpers/uplink-harness.js';
 import { waitFor } from '../helpers/wait.js';
 
 const site = 'pengqu-qumei';
@@ -57,10 +58,8 @@ describe('uplink, ack: central (integration, Mosquitto + LevelOutbox)', function
   }
 
   afterEach(async () => {
-    await uplink?.stop();
-    await central?.close();
-    await outbox?.close();
-    await dir?.cleanup();
+    // The broker is shared by the tests: stopped in after().
+    await stopUplinkHarness({ uplink, central, outbox, dir });
   });
 
   async function append(n: number): Promise<number[]> {

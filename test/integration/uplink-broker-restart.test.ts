@@ -2,11 +2,12 @@ import assert from 'node:assert/strict';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { makeEnvelope } from '../../edge/envelope.js';
 import { silentLogger } from '../../edge/log.js';
-import { LevelOutbox } from '../../sync/outbox.js';
+import type { LevelOutbox } from '../../sync/outbox.js';
 import { Uplink } from '../../sync/uplink.js';
-import { startTestCentral, type TestCentral } from '../helpers/central.js';
-import { startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
-import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+import type { TestCentral } from '../helpers/central.js';
+import type { TestMosquitto } from '../helpers/mosquitto.js';
+import type { TmpDir } from '../helpers/tmp.js';
+import { startUplinkHarness, stopUplinkHarness } from '../helpers/uplink-harness.js';
 import { delay, waitFor } from '../helpers/wait.js';
 
 const site = 'pengqu-qumei';
@@ -21,11 +22,13 @@ describe('uplink across a broker crash (integration, Mosquitto SIGKILL + restart
   let central: TestCentral;
 
   before(async () => {
-    broker = await startMosquitto();
-    dir = await tmpDir('uplink-restart');
-    outbox = new LevelOutbox({ dir: dir.path, maxBytes: 256 * 1024 * 1024, site, edge });
-    await outbox.open();
-    central = await startTestCentral({ url: broker.url, site, edge, ack: true });
+    ({ broker, dir, outbox, central } = await startUplinkHarness({
+      site,
+      edge,
+      prefix: 'uplink-restart',
+      maxBytes: 256 * 1024 * 1024,
+      centralAck: true,
+    }));
     const config: UplinkConfig = {
       url: broker.url,
       ack: 'central',
@@ -37,11 +40,7 @@ describe('uplink across a broker crash (integration, Mosquitto SIGKILL + restart
   });
 
   after(async () => {
-    await uplink?.stop();
-    await central?.close();
-    await outbox?.close();
-    await broker?.stop();
-    await dir?.cleanup();
+    await stopUplinkHarness({ uplink, central, outbox, broker, dir });
   });
 
   it('every accepted event reaches the central although the broker is killed mid-stream', async () => {

@@ -2,11 +2,12 @@ import assert from 'node:assert/strict';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { makeEnvelope } from '../../edge/envelope.js';
 import { silentLogger } from '../../edge/log.js';
-import { LevelOutbox } from '../../sync/outbox.js';
+import type { LevelOutbox } from '../../sync/outbox.js';
 import { Uplink } from '../../sync/uplink.js';
-import { startTestCentral, type TestCentral } from '../helpers/central.js';
-import { startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
-import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+import type { TestCentral } from '../helpers/central.js';
+import type { TestMosquitto } from '../helpers/mosquitto.js';
+import type { TmpDir } from '../helpers/tmp.js';
+import { startUplinkHarness, stopUplinkHarness } from '../helpers/uplink-harness.js';
 import { waitFor } from '../helpers/wait.js';
 
 const site = 'pengqu-qumei';
@@ -23,19 +24,17 @@ for (const ack of ['central', 'broker'] as const) {
     let central: TestCentral;
 
     before(async () => {
-      broker = await startMosquitto();
-      dir = await tmpDir('uplink-priority');
-      outbox = new LevelOutbox({ dir: dir.path, maxBytes: 512 * 1024 * 1024, site, edge });
-      await outbox.open();
-      central = await startTestCentral({ url: broker.url, site, edge, ack: ack === 'central' });
+      ({ broker, dir, outbox, central } = await startUplinkHarness({
+        site,
+        edge,
+        prefix: 'uplink-priority',
+        maxBytes: 512 * 1024 * 1024,
+        centralAck: ack === 'central',
+      }));
     });
 
     after(async () => {
-      await uplink?.stop();
-      await central?.close();
-      await outbox?.close();
-      await broker?.stop();
-      await dir?.cleanup();
+      await stopUplinkHarness({ uplink, central, outbox, broker, dir });
     });
 
     it('a new critical event overtakes the info backlog, then the backlog drains completely', async () => {

@@ -10,6 +10,7 @@ import { Uplink } from '../../sync/uplink.js';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+import { stopUplinkHarness } from '../helpers/uplink-harness.js';
 import { waitFor } from '../helpers/wait.js';
 
 const site = 'pengqu-qumei';
@@ -98,11 +99,7 @@ describe('uplink over mutual TLS (integration, Mosquitto require_certificate)', 
   });
 
   after(async () => {
-    await uplink?.stop();
-    await central?.close();
-    await outbox?.close();
-    await broker?.stop();
-    await dir?.cleanup();
+    await stopUplinkHarness({ uplink, central, outbox, broker, dir });
   });
 
   it('connects with ca/cert/key files and delivers acked events', async () => {
