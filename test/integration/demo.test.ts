@@ -7,6 +7,7 @@ import {
   DEMO_CAMERA_NAME,
   DEMO_DOOR_UNITS,
   type DemoInfo,
+  type DemoOptions,
   type DemoSummary,
   runDemo,
 } from '../../edge/demo.js';
@@ -44,43 +45,63 @@ function printedEvents(lines: readonly string[]): Printed[] {
   return out;
 }
 
+/** A demo started by a test, printing into `lines`, stopped through `ac`. */
+interface StartedDemo {
+  done: Promise<DemoSummary>;
+  lines: string[];
+  ac: AbortController;
+  /** Throw at once if the demo failed to start (instead of as a waitFor timeout). */
+  notFailed(): void;
+  /** Wait for onReady, rethrowing a failed start as its cause. */
+  ready(): Promise<DemoInfo>;
+}
+
+function startDemo(opts: Omit<DemoOptions, 'signal' | 'print' | 'log' | 'onReady'>): StartedDemo {
+  const lines: string[] = [];
+  const ac = new AbortController();
+  let info: DemoInfo | undefined;
+  const done = runDemo({
+    ...opts,
+    signal: ac.signal,
+    print: (l) => lines.push(l),
+    log: pino({ level: 'silent' }),
+    onReady: (i) => {
+      info = i;
+    },
+  });
+  // Surface a failed start at once instead of as a waitFor timeout.
+  let failed: unknown;
+  done.catch((err) => {
+    failed = err;
+  });
+  const notFailed = () => {
+    if (failed) throw new Error(`demo failed: ${(failed as Error).message}`, { cause: failed });
+  };
+  const ready = () =>
+    waitFor(
+      () => {
+        notFailed();
+        return info;
+      },
+      { timeoutMs: 15_000, message: 'demo ready' },
+    );
+  return { done, lines, ac, notFailed, ready };
+}
+
 describe('edgeward demo (integration, in-process)', function () {
   this.timeout(40_000);
 
   it('runs simulated doors and camera through the flow to the central, which acks them; then stops cleanly', async () => {
-    const lines: string[] = [];
-    const ac = new AbortController();
-    let info: DemoInfo | undefined;
     const sigintBefore = process.listenerCount('SIGINT');
     const doorNames = DEMO_DOOR_UNITS.map((u) => u.name);
-    const done: Promise<DemoSummary> = runDemo({
+    const { done, lines, ac, notFailed, ready: demoReady } = startDemo({
       httpPort: 0,
       durationMs: 35_000, // a backstop: the test stops it through the signal
       doorEveryMs: 1000,
       cameraEveryMs: 1500,
-      signal: ac.signal,
-      print: (l) => lines.push(l),
-      log: pino({ level: 'silent' }),
-      onReady: (i) => {
-        info = i;
-      },
     });
-    // Surface a failed start at once instead of as a waitFor timeout.
-    let failed: unknown;
-    done.catch((err) => {
-      failed = err;
-    });
-    const notFailed = () => {
-      if (failed) throw new Error(`demo failed: ${(failed as Error).message}`, { cause: failed });
-    };
     try {
-      const ready = await waitFor(
-        () => {
-          notFailed();
-          return info;
-        },
-        { timeoutMs: 15_000, message: 'demo ready' },
-      );
+      const ready = await demoReady();
       notFailed();
       assert.ok(lines.some((l) => l.includes(`editor   http://127.0.0.1:${ready.httpPort}/`)));
       assert.ok(lines.some((l) => l.includes(`Modbus TCP 127.0.0.1:${ready.modbusPort}`)));
@@ -185,35 +206,16 @@ describe('edgeward demo (integration, in-process)', function () {
   });
   it("with a kept data dir and --rate: synthetic events beside the devices, the flow points at this run's simulators, the dir stays", async () => {
     const tmp = await tmpDir('demo-kept');
-    const lines: string[] = [];
-    const ac = new AbortController();
-    let info: DemoInfo | undefined;
-    const done = runDemo({
+    const { done, lines, ac, ready: demoReady } = startDemo({
       httpPort: 0,
       dataDir: tmp.path,
       durationMs: 35_000,
       ratePerSec: 20,
       doorEveryMs: 0,
       cameraEveryMs: 0,
-      signal: ac.signal,
-      print: (l) => lines.push(l),
-      log: pino({ level: 'silent' }),
-      onReady: (i) => {
-        info = i;
-      },
-    });
-    let failed: unknown;
-    done.catch((err) => {
-      failed = err;
     });
     try {
-      const ready = await waitFor(
-        () => {
-          if (failed) throw new Error(`demo failed: ${(failed as Error).message}`, { cause: failed });
-          return info;
-        },
-        { timeoutMs: 15_000, message: 'demo ready' },
-      );
+      const ready = await demoReady();
       const flow = JSON.parse(readFileSync(path.join(tmp.path, 'flows.json'), 'utf8')) as Array<
         Record<string, unknown>
       >;
