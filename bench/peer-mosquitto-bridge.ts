@@ -158,7 +158,19 @@ async function awaitBridge(edgeUrl: string, sub: MqttClient, timeoutMs: number):
   }
 }
 
-async function throughput(flavour: PeerFlavour, count: number, maxMs: number): Promise<PeerThroughput> {
+/** The two brokers of one peer run, and the clients to end when it is over. */
+interface PeerBrokers {
+  cb: MosquittoProc;
+  eb: MosquittoProc;
+  clients: MqttClient[];
+}
+
+/**
+ * Start a central broker and an edge broker bridged to it (each in its own
+ * temp dir), run `fn`, then end the clients it pushed, stop both brokers and
+ * remove the dirs, whether `fn` succeeded or not.
+ */
+async function withPeerBrokers<T>(flavour: PeerFlavour, fn: (b: PeerBrokers) => Promise<T>): Promise<T> {
   const central = await tmpDir('bench-central');
   const edge = await tmpDir('bench-edge');
   let cb: MosquittoProc | undefined;
@@ -171,6 +183,29 @@ async function throughput(flavour: PeerFlavour, count: number, maxMs: number): P
       name: 'edge',
       extra: edgeLines(edge.path, cb.port, flavour),
     });
+    return await fn({ cb, eb, clients });
+  } finally {
+    await Promise.all(clients.map((c) => endMqtt(c, true)));
+    await eb?.stop();
+    await cb?.stop();
+    await central.cleanup();
+    await edge.cleanup();
+  }
+}
+
+/** Publish `count` peer payloads of `run` with QoS 1, 500 in flight, for at most `maxMs`. */
+function publishRun(pub: MqttClient, run: string, count: number, maxMs: number) {
+  return publishWindowed(pub, {
+    topic: TOPIC,
+    count,
+    window: 500,
+    maxMs,
+    payload: (i) => peerPayload(run, i),
+  });
+}
+
+function throughput(flavour: PeerFlavour, count: number, maxMs: number): Promise<PeerThroughput> {
+  return withPeerBrokers(flavour, async ({ cb, eb, clients }) => {
     const sub = await connectMqtt(cb.url, { clientId: `bench-sub-tp-${flavour}`, clean: true });
     clients.push(sub);
     await subscribe(sub, 'edgeward/#');
@@ -180,13 +215,7 @@ async function throughput(flavour: PeerFlavour, count: number, maxMs: number): P
     const pub = await connectMqtt(eb.url, { clientId: `bench-pub-tp-${flavour}`, clean: true });
     clients.push(pub);
     const t0 = performance.now();
-    const res = await publishWindowed(pub, {
-      topic: TOPIC,
-      count,
-      window: 500,
-      maxMs,
-      payload: (i) => peerPayload(run, i),
-    });
+    const res = await publishRun(pub, run, count, maxMs);
     // Delivery to the central trails the PUBACKs; wait for it with a deadline.
     await waitFor(() => got.seen.size >= res.acked.length || performance.now() - got.lastAt > 5000, {
       timeoutMs: 120_000,
@@ -200,29 +229,12 @@ async function throughput(flavour: PeerFlavour, count: number, maxMs: number): P
       delivered: got.seen.size,
       deliveredPerS: deliveredMs > 0 ? (got.seen.size / deliveredMs) * 1000 : 0,
     };
-  } finally {
-    await Promise.all(clients.map((c) => endMqtt(c, true)));
-    await eb?.stop();
-    await cb?.stop();
-    await central.cleanup();
-    await edge.cleanup();
-  }
+  });
 }
 
-async function killDuringOutage(flavour: PeerFlavour, count: number, maxMs: number): Promise<PeerKillResult> {
-  const central = await tmpDir('bench-central');
-  const edge = await tmpDir('bench-edge');
-  let cb: MosquittoProc | undefined;
-  let eb: MosquittoProc | undefined;
-  const clients: MqttClient[] = [];
+function killDuringOutage(flavour: PeerFlavour, count: number, maxMs: number): Promise<PeerKillResult> {
   const subId = `bench-sub-kill-${flavour}-${process.pid}`;
-  try {
-    cb = await startMosquittoProc({ dir: central.path, name: 'central', extra: centralLines(central.path) });
-    eb = await startMosquittoProc({
-      dir: edge.path,
-      name: 'edge',
-      extra: edgeLines(edge.path, cb.port, flavour),
-    });
+  return withPeerBrokers(flavour, async ({ cb, eb, clients }) => {
     // A persistent subscriber on the central, and a bridge proven to work.
     const sub0 = await connectMqtt(cb.url, { clientId: subId, clean: false });
     await subscribe(sub0, 'edgeward/#');
@@ -232,17 +244,17 @@ async function killDuringOutage(flavour: PeerFlavour, count: number, maxMs: numb
     // Uplink outage: the central goes away, the bridge queues at the edge.
     await cb.stop();
     const run = `k${Date.now()}`;
-    const pub = await connectMqtt(eb.url, { clientId: `bench-pub-kill-${flavour}`, clean: true, reconnectPeriod: 0 });
-    clients.push(pub);
-    const res = await publishWindowed(pub, {
-      topic: TOPIC,
-      count,
-      window: 500,
-      maxMs,
-      payload: (i) => peerPayload(run, i),
+    const pub = await connectMqtt(eb.url, {
+      clientId: `bench-pub-kill-${flavour}`,
+      clean: true,
+      reconnectPeriod: 0,
     });
+    clients.push(pub);
+    const res = await publishRun(pub, run, count, maxMs);
     const acknowledged = new Set(res.acked);
-    progress(`peer ${flavour}: ${acknowledged.size} acknowledged during the outage; kill -9 of the edge broker`);
+    progress(
+      `peer ${flavour}: ${acknowledged.size} acknowledged during the outage; kill -9 of the edge broker`,
+    );
 
     await eb.kill();
     await endMqtt(pub, true);
@@ -274,13 +286,7 @@ async function killDuringOutage(flavour: PeerFlavour, count: number, maxMs: numb
       lostSample,
       lastAcked: res.acked.length ? Math.max(...res.acked) : -1,
     };
-  } finally {
-    await Promise.all(clients.map((c) => endMqtt(c, true)));
-    await eb?.stop();
-    await cb?.stop();
-    await central.cleanup();
-    await edge.cleanup();
-  }
+  });
 }
 
 /**
