@@ -133,6 +133,8 @@ export class ModbusBus implements Resource {
   private inflight?: InFlight;
   private pumpScheduled = false;
   private quietUntil = 0;
+  /** performance.now() of the last byte received: RTU frames need 3.5 characters of silence after it. */
+  private lastRxAt = Number.NEGATIVE_INFINITY;
   private quietTimer?: NodeJS.Timeout;
   private reconnectTimer?: NodeJS.Timeout;
   private reconnectAttempt = 0;
@@ -356,8 +358,11 @@ export class ModbusBus implements Resource {
       this.failAll(new EdgewardError(CODES.notConnected, `bus ${this.label} is not connected`));
       return;
     }
-    const wait = this.quietUntil - performance.now();
-    if (wait > 0.02) {
+    // The 3.5-character gap runs from the last byte on the line (0.33 ms at 115200 baud), measured with
+    // performance.now(): a timer would round it up to 1 ms or more.
+    const gap = this.options.transport === 'rtu' ? this.lastRxAt + 3.5 * this.charMs : 0;
+    const wait = Math.max(this.quietUntil, gap) - performance.now();
+    if (wait > 0) {
       // RTU needs 3.5 characters of silence between frames, and a moment after a failed reply for stray bytes to drain.
       // Timers round up to 1 ms, so short gaps are waited out by yielding turns instead.
       if (wait < 1.5) {
@@ -407,6 +412,7 @@ export class ModbusBus implements Resource {
   }
 
   private onData(chunk: Buffer): void {
+    this.lastRxAt = performance.now();
     const fl = this.inflight;
     if (!fl) return; // stray bytes between transactions (late replies, line noise) are dropped
     fl.rx.push(chunk);
@@ -510,10 +516,9 @@ export class ModbusBus implements Resource {
     this.inflight = undefined;
     if (fl.timer) this.ctx.clock.clearTimeout(fl.timer);
     if (fl.gapTimer) this.ctx.clock.clearTimeout(fl.gapTimer);
-    if (this.options.transport === 'rtu') {
-      // After a failure wait for the line to go quiet, so the rest of a bad reply cannot be read as the next one.
-      this.quietUntil = performance.now() + (err ? this.frameGapMs : 3.5 * this.charMs);
-    }
+    // After a failure wait for the line to go quiet, so the rest of a bad reply cannot be read as the next one.
+    // After a good reply the 3.5-character gap from its last byte (lastRxAt) is enough.
+    if (err && this.options.transport === 'rtu') this.quietUntil = performance.now() + this.frameGapMs;
     const job = fl.job;
     for (const w of job.waiters) {
       if (err) w.reject(err);
@@ -583,6 +588,7 @@ export class ModbusBus implements Resource {
     this.reconnectAttempt = 0;
     this.link = link;
     this.quietUntil = 0;
+    this.lastRxAt = Number.NEGATIVE_INFINITY;
     this.setConnected(true);
     this.log.info('modbus link open');
     this.schedule();

@@ -1,5 +1,11 @@
 import { type DoorProfile, loadDoorProfile } from '../../drivers/door/profile.js';
-import { type FaultMode, RtuServer, type SimBackend, TcpServer } from './modbus-server.js';
+import {
+  type FaultMode,
+  RtuServer,
+  type RtuServerOptions,
+  type SimBackend,
+  TcpServer,
+} from './modbus-server.js';
 
 /** One simulated door controller implementing a door profile (generic-door by default) as Modbus tables. */
 export class DoorUnit {
@@ -232,7 +238,7 @@ export class DoorSim implements SimBackend {
   }
 
   /** Serve RTU on a serial path; `pace` delays replies by their wire time at `baudRate`. */
-  async serveRtu(path: string, opts: { baudRate?: number; pace?: boolean } = {}): Promise<RtuServer> {
+  async serveRtu(path: string, opts: Omit<RtuServerOptions, 'path'> = {}): Promise<RtuServer> {
     const server = new RtuServer(this, { path, ...opts });
     await server.start();
     this.servers.push(server);

@@ -1,6 +1,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { SerialPort } from 'serialport';
 import { crcOk, rtuFrame } from '../../drivers/modbus/crc.js';
+import { SerialPortIo } from '../../drivers/modbus/link.js';
 import { exceptionPdu, rtuRequestLength, type ServerModel, serveRequest } from '../../drivers/modbus/pdu.js';
 
 /**
@@ -22,6 +23,16 @@ export interface RtuServerOptions {
   baudRate?: number;
   /** Delay each reply by its wire time (request + 3.5-char gap + reply, 11 bits per character). A PTY ignores baud rates. */
   pace?: boolean;
+  /** Called when a whole request has arrived and when its reply is written (performance.now() ms): benches split a transaction's time with it. */
+  trace?: (event: 'request' | 'reply', at: number) => void;
+}
+
+/** How closely paced replies kept to their wire-time target (a sim slower than the wire would inflate a master's figures). */
+export interface PacingStats {
+  replies: number;
+  /** Sum and maximum of (reply written − target), ms. */
+  lateMsSum: number;
+  lateMsMax: number;
 }
 
 function charMs(baud: number): number {
@@ -58,11 +69,13 @@ function rtuReply(backend: SimBackend, unit: number, pdu: Buffer): Buffer | unde
  */
 export class RtuServer {
   private port?: SerialPort;
+  private io?: SerialPortIo;
   private buf: Buffer = Buffer.alloc(0);
   private staleTimer?: NodeJS.Timeout;
   private readonly timers = new Set<NodeJS.Timeout>();
   /** Requests answered and requests dropped for a bad CRC (tests check that the master's CRCs are right). */
   readonly counters = { requests: 0, badCrc: 0, byUnit: new Map<number, number>() };
+  readonly pacing: PacingStats = { replies: 0, lateMsSum: 0, lateMsMax: 0 };
 
   constructor(
     private readonly backend: SimBackend,
@@ -79,8 +92,11 @@ export class RtuServer {
       port.open((err) => {
         if (err) return reject(err);
         this.port = port;
-        port.on('data', (chunk: Buffer) => this.onData(chunk));
-        port.on('error', () => undefined);
+        // Direct descriptor I/O, like the master's: the sim must not add thread-pool hops the wire does not have.
+        const io = new SerialPortIo(port);
+        this.io = io;
+        io.onData = (chunk) => this.onData(chunk);
+        io.start();
         resolve();
       });
     });
@@ -89,6 +105,8 @@ export class RtuServer {
   async stop(): Promise<void> {
     for (const t of this.timers) clearTimeout(t);
     if (this.staleTimer) clearTimeout(this.staleTimer);
+    this.io?.stop();
+    this.io = undefined;
     const port = this.port;
     this.port = undefined;
     if (port?.isOpen) await new Promise<void>((r) => port.close(() => r()));
@@ -119,21 +137,33 @@ export class RtuServer {
   }
 
   private handle(frame: Buffer, rxAt: number): void {
+    this.opts.trace?.('request', rxAt);
     const unit = frame[0];
     if (unit === 0 || !this.backend.hasUnit(unit)) return;
     this.counters.requests++;
     this.counters.byUnit.set(unit, (this.counters.byUnit.get(unit) ?? 0) + 1);
     const reply = rtuReply(this.backend, unit, Buffer.from(frame.subarray(1, frame.length - 2)));
     if (!reply) return;
+    // Paced: the reply's last byte would reach the master after request, 3.5-character gap and reply on the wire.
+    const target = this.opts.pace
+      ? rxAt + (frame.length + 3.5 + reply.length) * charMs(this.opts.baudRate ?? 9600)
+      : undefined;
     const send = (): void => {
-      this.port?.write(reply);
+      const at = performance.now();
+      if (target !== undefined) {
+        const late = at - target;
+        this.pacing.replies++;
+        this.pacing.lateMsSum += late;
+        if (late > this.pacing.lateMsMax) this.pacing.lateMsMax = late;
+      }
+      this.io?.write(reply);
+      this.opts.trace?.('reply', at);
     };
-    if (!this.opts.pace) {
+    if (target === undefined) {
       send();
       return;
     }
-    const c = charMs(this.opts.baudRate ?? 9600);
-    const t = waitUntil(rxAt + (frame.length + 3.5 + reply.length) * c, send);
+    const t = waitUntil(target, send);
     if (t) this.timers.add(t);
   }
 }
