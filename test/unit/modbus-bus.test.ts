@@ -155,3 +155,41 @@ describe('modbus: one transaction queue per bus', () => {
     assert.deepEqual(await bus.readInputRegisters(1, 200, 1), [0x0d01]);
   });
 });
+
+describe('modbus: RTU inter-frame gap', () => {
+  it('sends the next request only after 3.5 characters of silence since the last byte received, stray bytes included', async () => {
+    const sim = new DoorSim({ units: [1, 2] });
+    const line = new FakeRtuLine(sim);
+    // 1200 baud: 3.5 characters of 11 bits are 32 ms, far above timer and scheduling noise.
+    const gapMs = (3.5 * 11 * 1000) / 1200;
+    const bus = new ModbusBus(
+      { transport: 'rtu', path: 'fake', baudRate: 1200, timeoutMs: 500 },
+      { clock: systemClock, log: silentLogger(), link: line },
+    );
+    await bus.start();
+    let lastRx = 0;
+    const deliver = line.onData;
+    line.onData = (chunk) => {
+      lastRx = performance.now();
+      deliver(chunk);
+    };
+    try {
+      await bus.readInputRegisters(1, 0, 1);
+      const replyAt = lastRx;
+      await bus.readInputRegisters(2, 0, 1);
+      assert.ok(line.requests[1].at - replyAt >= gapMs, `gap ${line.requests[1].at - replyAt} ms`);
+      // Line noise between transactions is dropped, but it restarts the silence the next request waits for.
+      const third = bus.readInputRegisters(1, 0, 1);
+      line.onData(Buffer.from([0x55]));
+      const strayAt = lastRx;
+      await third;
+      assert.ok(
+        line.requests[2].at - strayAt >= gapMs,
+        `gap after stray ${line.requests[2].at - strayAt} ms`,
+      );
+    } finally {
+      await bus.close();
+      await sim.stop();
+    }
+  });
+});
