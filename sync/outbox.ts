@@ -39,8 +39,10 @@ const OVERFLOW_RESERVE = 1024;
  * batches. Bounds how long one batch (and so a critical event behind it) takes.
  */
 const MAX_BATCH_EVENTS = 5000;
-/** Stored critical events served from memory up to this many (they are rare: a burst of alarms, not a backlog). */
-const CRITICAL_CACHE_MAX = 10_000;
+/** Stored critical events loaded into the hot tail at open, up to this many (a burst of alarms, not a backlog). */
+const CRITICAL_PRELOAD_MAX = 10_000;
+/** Memory the hot tail of each severity may hold (serialized JSON bytes). */
+const HOT_TAIL_BYTES: Record<Severity, number> = { critical: 4 << 20, warning: 4 << 20, info: 8 << 20 };
 /** Events remembered for `recent()`. */
 const RECENT_SIZE = 1000;
 /** Most read-but-unacked seqs remembered for fast acks (~4 MB); beyond that acks look seqs up. */
@@ -224,6 +226,8 @@ export interface LevelOutboxOptions {
   edge: string;
   log?: Logger;
   clock?: Clock;
+  /** Memory per severity for the hot tail (serialized bytes); defaults suit the uplink's batches. */
+  hotTailBytes?: Partial<Record<Severity, number>>;
 }
 
 interface AppendJob {
@@ -283,17 +287,17 @@ export class LevelOutbox implements Outbox {
   private lastEvictLogAt = Number.NEGATIVE_INFINITY;
   private evictedSinceLog = 0;
   /**
-   * Every stored critical event, in seq order, while there are at most
-   * CRITICAL_CACHE_MAX of them (`criticalCached`): read() hands criticals out
-   * from memory, so an alarm does not wait for a LevelDB iterator queued on
-   * the thread pool behind a draining backlog's fsyncs.
+   * The newest stored events of each severity, so read() hands out what was
+   * just appended from memory: an alarm does not wait for a LevelDB iterator
+   * queued on the thread pool behind fsyncs, and a caught-up uplink does not
+   * read back what it was just given.
    */
-  private readonly criticalCache = new Map<number, StoredEvent>();
-  private criticalCached = false;
+  private hot: Record<Severity, HotTail>;
 
   constructor(private readonly opts: LevelOutboxOptions) {
     this.log = (opts.log ?? silentLogger()).child({ module: 'sync/outbox' });
     this.clock = opts.clock ?? systemClock;
+    this.hot = this.newHotTails(0);
   }
 
   get epoch(): string {
@@ -333,7 +337,7 @@ export class LevelOutbox implements Outbox {
       // An overflow event from before a restart may have been sent already: never replace it.
       this.pendingOverflow = null;
       await this.seedRecent();
-      await this.loadCriticalCache(db, meta);
+      await this.loadHotTails(db, meta);
     } catch (err) {
       this.db = null;
       this.meta = null;
@@ -401,21 +405,18 @@ export class LevelOutbox implements Outbox {
       // Start past the known head (skips the tombstones of acked events) and past the caller's cursor.
       const head = meta.heads[severity];
       const after = Math.max(opts.after?.[severity] ?? 0, head ? head.seq - 1 : meta.lastSeq);
-      if (severity === 'critical' && this.criticalCached) {
+      const hot = this.hot[severity];
+      if (hot.covers(after)) {
         let full = false;
-        for (const e of this.criticalCache.values()) {
-          if (e.seq <= after || opts.exclude?.(e.seq)) continue;
-          if (out.length > 0 && bytes + e.bytes > maxBytes) {
+        hot.take(after, opts.exclude, (e) => {
+          if (out.length >= maxEvents || (out.length > 0 && bytes + e.bytes > maxBytes)) {
             full = true;
-            break;
+            return false;
           }
           out.push(e);
           bytes += e.bytes;
-          if (out.length >= maxEvents) {
-            full = true;
-            break;
-          }
-        }
+          return true;
+        });
         if (full) break;
         continue;
       }
@@ -540,7 +541,7 @@ export class LevelOutbox implements Outbox {
     const added = emptyCounts();
     const firstAdded: Heads = { critical: null, warning: null, info: null };
     const appended: Envelope[] = [];
-    const appendedCritical: StoredEvent[] = [];
+    const appendedStored: StoredEvent[] = [];
     const ackResults = new Map<AckJob, number>();
     const appendResults = new Map<AppendJob, Envelope[] | EdgewardError>();
 
@@ -602,7 +603,7 @@ export class LevelOutbox implements Outbox {
       added[env.severity].bytes += size;
       firstAdded[env.severity] ??= { seq: env.seq!, ts: env.ts };
       appended.push(env);
-      if (env.severity === 'critical') appendedCritical.push({ seq: env.seq!, severity: 'critical', bytes: size, json });
+      appendedStored.push({ seq: env.seq!, severity: env.severity, bytes: size, json });
     };
 
     for (const job of jobs) {
@@ -688,14 +689,14 @@ export class LevelOutbox implements Outbox {
 
     // Committed: publish the new state.
     this.meta = next;
-    this.cacheCriticals(appendedCritical, next);
+    for (const e of appendedStored) this.hot[e.severity].add(e);
     if (deleted.size > 0) {
       this.deleteGen++;
       this.deleteLog.push({ gen: this.deleteGen, seqs: new Set(deleted.keys()) });
       if (this.deleteLog.length > 16) this.deleteLog.shift();
       for (const [seq, severity] of deleted) {
         this.tracked.delete(seq);
-        if (severity === 'critical') this.criticalCache.delete(seq);
+        this.hot[severity].delete(seq);
       }
       if (this.pendingOverflow && deleted.has(this.pendingOverflow.seq)) this.pendingOverflow = null;
     }
@@ -821,32 +822,31 @@ export class LevelOutbox implements Outbox {
   }
 
   /** Fill the `recent()` ring from the newest stored events (by seq, across severities). */
-  /** Fill the critical cache from the store when the criticals held fit in it. */
-  private async loadCriticalCache(db: Db, meta: Meta): Promise<void> {
-    this.criticalCache.clear();
-    this.criticalCached = false;
-    if (meta.counts.critical.events > CRITICAL_CACHE_MAX) return;
-    for await (const [key, json] of db.iterator({ gt: SEV_PREFIX.critical, lt: SEV_PREFIX.critical + SEQ_END })) {
-      const seq = seqOfKey(key);
-      this.criticalCache.set(seq, { seq, severity: 'critical', bytes: Buffer.byteLength(json), json });
-    }
-    this.criticalCached = true;
+  private hotBytes(severity: Severity): number {
+    return this.opts.hotTailBytes?.[severity] ?? HOT_TAIL_BYTES[severity];
   }
 
-  /** Add a committed batch's criticals; past CRITICAL_CACHE_MAX, read() falls back to LevelDB until they drain. */
-  private cacheCriticals(added: StoredEvent[], meta: Meta): void {
-    if (meta.counts.critical.events === 0) {
-      this.criticalCache.clear();
-      this.criticalCached = true;
-      return;
+  private newHotTails(from: number): Record<Severity, HotTail> {
+    return {
+      critical: new HotTail(this.hotBytes('critical'), from),
+      warning: new HotTail(this.hotBytes('warning'), from),
+      info: new HotTail(this.hotBytes('info'), from),
+    };
+  }
+
+  /**
+   * Empty hot tails that cover everything after the last seq; the stored
+   * criticals are loaded too when they are few, so alarms left over from
+   * before a restart are also served from memory.
+   */
+  private async loadHotTails(db: Db, meta: Meta): Promise<void> {
+    this.hot = this.newHotTails(meta.lastSeq + 1);
+    if (meta.counts.critical.events > CRITICAL_PRELOAD_MAX) return;
+    const critical = new HotTail(this.hotBytes('critical'), 0);
+    for await (const [key, json] of db.iterator({ gt: SEV_PREFIX.critical, lt: SEV_PREFIX.critical + SEQ_END })) {
+      critical.add({ seq: seqOfKey(key), severity: 'critical', bytes: Buffer.byteLength(json), json });
     }
-    if (!this.criticalCached) return;
-    if (this.criticalCache.size + added.length > CRITICAL_CACHE_MAX) {
-      this.criticalCache.clear();
-      this.criticalCached = false;
-      return;
-    }
-    for (const e of added) this.criticalCache.set(e.seq, e);
+    this.hot.critical = critical;
   }
 
   private async seedRecent(): Promise<void> {
@@ -951,6 +951,76 @@ async function rebuildMeta(db: Db, old: Meta | null, maxBytes: number): Promise<
  * holds the store, EDGE_OUTBOX_OPEN_FAILED when there is none.
  */
 type Op = { type: 'put'; key: string; value: string } | { type: 'del'; key: string };
+
+/**
+ * The newest stored events of one severity, in seq order. Invariant: every
+ * stored event of this severity with seq >= `from` is held here. A read that
+ * starts at or past `from` is served from memory; one that starts before it
+ * (a resend after a rewind, a backlog behind the reader) goes to LevelDB.
+ * Events behind the reader's cursor leave the tail and raise `from`; so does
+ * the oldest event when the tail is over its byte budget.
+ */
+export class HotTail {
+  /** Events in seq order from `head`; entries whose seq is no longer in `live` were deleted. */
+  private queue: StoredEvent[] = [];
+  private head = 0;
+  private readonly live = new Map<number, StoredEvent>();
+  private bytes = 0;
+
+  constructor(
+    private readonly maxBytes: number,
+    private from: number,
+  ) {}
+
+  /** Whether every stored event after `after` is held here. */
+  covers(after: number): boolean {
+    return after + 1 >= this.from;
+  }
+
+  add(e: StoredEvent): void {
+    this.queue.push(e);
+    this.live.set(e.seq, e);
+    this.bytes += e.bytes;
+    while (this.bytes > this.maxBytes && this.head < this.queue.length) this.shift();
+  }
+
+  /** A deleted (acked or evicted) event: it is no longer stored, `from` is unaffected. */
+  delete(seq: number): void {
+    const e = this.live.get(seq);
+    if (!e) return;
+    this.live.delete(seq);
+    this.bytes -= e.bytes;
+  }
+
+  /**
+   * Offer the events after `after`, oldest first, skipping excluded ones, to
+   * `accept` until it returns false. Events at or before `after` are behind
+   * the reader's cursor and leave the tail; those offered stay until the
+   * cursor passes them (a reader may read a partial batch and come back for
+   * it after its linger).
+   */
+  take(after: number, exclude: ((seq: number) => boolean) | undefined, accept: (e: StoredEvent) => boolean): void {
+    while (this.head < this.queue.length && this.queue[this.head].seq <= after) this.shift();
+    for (let i = this.head; i < this.queue.length; i++) {
+      const e = this.queue[i];
+      if (!this.live.has(e.seq) || exclude?.(e.seq)) continue;
+      if (!accept(e)) return;
+    }
+  }
+
+  /** Drop the oldest entry and raise `from` past it. */
+  private shift(): void {
+    const e = this.queue[this.head++];
+    if (this.live.delete(e.seq)) this.bytes -= e.bytes;
+    if (e.seq + 1 > this.from) this.from = e.seq + 1;
+    // Compact now and then so the array does not grow with everything ever added.
+    if (this.head >= 1024 && this.head * 2 >= this.queue.length) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
+  }
+}
+
 
 /**
  * One atomic LevelDB batch of our own utf8-string ops. abstract-level's public

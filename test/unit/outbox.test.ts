@@ -478,6 +478,68 @@ describe('LevelOutbox (durable)', () => {
     assert.deepEqual(await readCrit(b), [again.seq]);
   });
 
+  it('hands out the same events as the reference MemoryOutbox, hot tail or LevelDB (random reads, rewinds, acks, reopens)', async function () {
+    this.timeout(30_000);
+    // A tiny hot tail so reads cross between memory and LevelDB all the time.
+    const make = () =>
+      new LevelOutbox({ dir: dir.path, maxBytes: 1 << 30, ...IDS, hotTailBytes: { critical: 1500, warning: 1200, info: 3000 } });
+    let level = make();
+    await level.open();
+    toClose.push(level);
+    const mem = new MemoryOutbox({ maxBytes: 1 << 30, ...IDS });
+    await mem.open();
+    let seed = 42;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const sevs: Severity[] = ['info', 'warning', 'critical'];
+    const cursor: Record<Severity, number> = { critical: 0, warning: 0, info: 0 };
+    for (let step = 0; step < 600; step++) {
+      const op = rnd(10);
+      if (op < 4) {
+        const batch = Array.from({ length: 1 + rnd(12) }, () => ev(sevs[rnd(10) < 6 ? 0 : rnd(3)]));
+        const a = await level.append(batch);
+        const b = await mem.append(batch);
+        assert.deepEqual(
+          a.map((e) => e.seq),
+          b.map((e) => e.seq),
+        );
+      } else if (op < 8) {
+        const opts = {
+          maxEvents: 1 + rnd(20),
+          maxBytes: 400 + rnd(4000),
+          exclude: rnd(3) === 0 ? (seq: number) => seq % 7 === 0 : undefined,
+          after: { ...cursor },
+        };
+        const a = await level.read(opts);
+        const b = await mem.read(opts);
+        assert.deepEqual(
+          a.map((e) => [e.seq, e.json]),
+          b.map((e) => [e.seq, e.json]),
+          `read at step ${step}`,
+        );
+        for (const e of a) cursor[e.severity] = Math.max(cursor[e.severity], e.seq);
+      } else if (op === 8) {
+        // A rewind (resend after a timeout or reconnect), sometimes to the start.
+        const sev = sevs[rnd(3)];
+        cursor[sev] = rnd(2) === 0 ? 0 : Math.max(0, cursor[sev] - rnd(15));
+      } else {
+        const last = level.stats().lastSeq;
+        const from = 1 + rnd(Math.max(1, last));
+        const range: [number, number] = [from, from + rnd(10)];
+        assert.equal(await level.ack([range]), await mem.ack([range]), `ack at step ${step}`);
+      }
+      if (step % 150 === 149) {
+        await closeIt(level);
+        level = make();
+        await level.open();
+        toClose.push(level);
+      }
+    }
+    assert.equal(level.stats().events, mem.stats().events);
+  });
+
   it('recovers from a meta record that does not match the store (rescan, never reuse a seq)', async () => {
     const a = await open();
     const epoch = a.epoch;
