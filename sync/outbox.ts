@@ -64,7 +64,14 @@ export function outboxPath(dataDir: string): string {
 }
 
 type Counts = Record<Severity, { events: number; bytes: number }>;
-type Heads = Record<Severity, { seq: number; ts: string } | null>;
+/**
+ * The oldest stored event of a severity. `stale`: that event was deleted and
+ * the real head is not looked up yet; the seq is then a lower bound, which is
+ * all reads and evictions need (they skip missing keys), and `ts` is older
+ * than the real oldest.
+ */
+type Head = { seq: number; ts: string; stale?: boolean };
+type Heads = Record<Severity, Head | null>;
 
 interface Meta {
   v: number;
@@ -293,6 +300,10 @@ export class LevelOutbox implements Outbox {
    * read back what it was just given.
    */
   private hot: Record<Severity, HotTail>;
+  /** The last batch held only critical appends taken ahead of other jobs (takeBatch). */
+  private expressed = false;
+  /** The running head lookup (refreshHeads), if any. */
+  private refreshing: Promise<void> | null = null;
 
   constructor(private readonly opts: LevelOutboxOptions) {
     this.log = (opts.log ?? silentLogger()).child({ module: 'sync/outbox' });
@@ -338,6 +349,7 @@ export class LevelOutbox implements Outbox {
       this.pendingOverflow = null;
       await this.seedRecent();
       await this.loadHotTails(db, meta);
+      if (PRIORITY.some((sev) => meta.heads[sev]?.stale)) this.refreshHeads();
     } catch (err) {
       this.db = null;
       this.meta = null;
@@ -354,6 +366,7 @@ export class LevelOutbox implements Outbox {
     if (!this.db) return;
     this.closing = true;
     while (this.draining) await this.draining;
+    await this.refreshing;
     const db = this.db;
     this.db = null;
     await db.close();
@@ -506,6 +519,20 @@ export class LevelOutbox implements Outbox {
    */
   private takeBatch(): Job[] {
     const size = (j: Job) => (j.kind === 'append' ? j.events.length : 0);
+    // An alarm goes in a batch of its own: appends need no reads, while acks wait
+    // for the lookups of the events they delete. Everything else follows in the
+    // next batch, which takes all that is queued: a flood of alarms cannot starve it.
+    const isCritical = (j: Job) => j.kind === 'append' && j.critical;
+    const expressed = this.expressed;
+    this.expressed = false;
+    if (!expressed && this.queue.some(isCritical) && !this.queue.every(isCritical)) {
+      const critical = this.queue.filter(isCritical);
+      const rest = this.queue.filter((j) => !isCritical(j));
+      this.queue.length = 0;
+      for (const j of rest) this.queue.push(j);
+      this.expressed = true;
+      return critical;
+    }
     let total = 0;
     for (const j of this.queue) total += size(j);
     if (total <= MAX_BATCH_EVENTS) return this.queue.splice(0);
@@ -663,12 +690,16 @@ export class LevelOutbox implements Outbox {
     }
     if (totalBytes(counts) <= meta.maxBytes) this.warnedOverBound = false;
 
-    // New heads: the first live stored key not deleted here, else the first event added here.
+    // New heads. One deleted here stays as a lower bound, marked stale, and the
+    // real one is looked up after the commit, off the writer's path
+    // (refreshHeads): that lookup is an iterator on the thread pool, slow behind
+    // a draining backlog, and an alarm queued behind this batch must not wait for it.
     const heads: Heads = { ...meta.heads };
     for (const severity of PRIORITY) {
       const h = heads[severity];
-      if (h && deleted.has(h.seq)) heads[severity] = await this.findHead(db, severity, h.seq, deleted);
-      heads[severity] ??= firstAdded[severity];
+      if (counts[severity].events === 0) heads[severity] = null;
+      else if (h && deleted.has(h.seq) && !h.stale) heads[severity] = { ...h, stale: true };
+      else heads[severity] ??= firstAdded[severity];
     }
 
     const next: Meta = { v: META_VERSION, epoch: meta.epoch, lastSeq, maxBytes: meta.maxBytes, counts, heads };
@@ -689,6 +720,7 @@ export class LevelOutbox implements Outbox {
 
     // Committed: publish the new state.
     this.meta = next;
+    if (PRIORITY.some((sev) => next.heads[sev]?.stale)) this.refreshHeads();
     for (const e of appendedStored) this.hot[e.severity].add(e);
     if (deleted.size > 0) {
       this.deleteGen++;
@@ -789,6 +821,32 @@ export class LevelOutbox implements Outbox {
   }
 
   /** First stored key of `severity` after `from` that is not deleted by the batch being built. */
+  /** Replace stale heads by the real oldest events, beside the writer (one refresh at a time). */
+  private refreshHeads(): void {
+    if (this.refreshing || this.closing) return;
+    this.refreshing = (async () => {
+      for (const severity of PRIORITY) {
+        const db = this.db;
+        const h = this.meta?.heads[severity];
+        if (!db || !h?.stale) continue;
+        let found: Head | null;
+        try {
+          found = await this.findHead(db, severity, h.seq, new Map());
+        } catch (err) {
+          this.log.debug({ err, severity }, 'outbox head lookup failed; keeping the lower bound');
+          continue;
+        }
+        // A commit meanwhile either carried this same object along (replace it in
+        // place: the next batch persists it) or replaced it (leave that alone).
+        // null: an append not yet in the lookup's snapshot; the next commit retries.
+        const meta = this.meta;
+        if (found && meta && meta.heads[severity] === h) meta.heads[severity] = found;
+      }
+    })().finally(() => {
+      this.refreshing = null;
+    });
+  }
+
   private async findHead(
     db: Db,
     severity: Severity,
@@ -910,7 +968,12 @@ async function metaConsistent(db: Db, meta: Meta): Promise<boolean> {
     const h = meta.heads?.[severity];
     if (!c || typeof c.events !== 'number' || typeof c.bytes !== 'number') return false;
     if ((c.events === 0) !== !h) return false;
-    if (h && (await db.get(eventKey(severity, h.seq))) === undefined) return false;
+    if (h && !h.stale && (await db.get(eventKey(severity, h.seq))) === undefined) return false;
+    // A stale head must still be a lower bound: nothing stored below it.
+    if (h?.stale) {
+      const below = await db.keys({ gte: SEV_PREFIX[severity], lt: eventKey(severity, h.seq), limit: 1 }).all();
+      if (below.length > 0) return false;
+    }
     const above = await db.keys({ gt: eventKey(severity, meta.lastSeq), lt: SEV_PREFIX[severity] + SEQ_END, limit: 1 }).all();
     if (above.length > 0) return false;
   }
