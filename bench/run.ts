@@ -87,6 +87,7 @@ async function loadModbus(): Promise<(() => Promise<unknown>) | undefined> {
 
 function pipelineFigures(p: PipelineResult): Figure[] {
   const ratio = p.outboxAlonePerS / p.pipelinePerS;
+  const driverRatio = p.outboxAlonePerS / p.driverPathPerS;
   return [
     {
       section: 'pipeline',
@@ -105,7 +106,7 @@ function pipelineFigures(p: PipelineResult): Figure[] {
     },
     {
       section: 'pipeline',
-      name: 'outbox alone / pipeline',
+      name: 'outbox alone / HTTP pipeline',
       value: ratio,
       unit: '×',
       target: '≤ 1.5',
@@ -118,8 +119,17 @@ function pipelineFigures(p: PipelineResult): Figure[] {
       value: p.driverPathPerS,
       unit: 'events/s',
       target: '≥ 30,000',
-      ratio: `${fmtNum(p.outboxAlonePerS / p.driverPathPerS)}× below outbox alone`,
       pass: p.driverPathPerS >= 30_000,
+    },
+    {
+      // SPEC: "HTTP or driver → rules → outbox → uplink": both paths are reported against the bar.
+      section: 'pipeline',
+      name: 'outbox alone / driver path',
+      value: driverRatio,
+      unit: '×',
+      target: '≤ 1.5',
+      ratio: `${fmtNum(driverRatio)}×`,
+      pass: driverRatio <= 1.5,
     },
     {
       section: 'pipeline',
