@@ -6,7 +6,7 @@ import { profilesDir } from '../drivers/door/profile.js';
 import { ModbusBus, type ModbusBusOptions } from '../drivers/modbus/bus.js';
 import { DoorSim } from '../hardware/sim/door-sim.js';
 import { systemClock } from './clock.js';
-import { isEdgewardError } from './errors.js';
+import { EdgewardError, isEdgewardError } from './errors.js';
 import { silentLogger } from './log.js';
 
 /** Where the commands write (tests capture it). */
@@ -88,7 +88,7 @@ export async function scanModbus(
   try {
     const deadline = Date.now() + 3000;
     while (!bus.isConnected && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    if (!bus.isConnected) throw new Error(`cannot open ${bus.label}`);
+    if (!bus.isConnected) throw new EdgewardError('EDGE_MODBUS_OPEN', `cannot open ${bus.label}`);
     for (const unit of opts.units) {
       let u: ScannedUnit | undefined;
       try {

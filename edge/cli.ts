@@ -221,6 +221,15 @@ export async function main(argv: string[] = process.argv): Promise<number> {
       if (err.lines.length > 0) process.stderr.write(`${err.lines.join('\n')}\n`);
       return err.exitCode;
     }
+    if (err instanceof InvalidArgumentError) {
+      // Thrown by an action itself (commander prints only what its own parsers reject).
+      process.stderr.write(`edgeward: error: ${err.message}\n`);
+      return EXIT_USAGE;
+    }
+    if (isEdgewardError(err)) {
+      process.stderr.write(`edgeward: ${err.code}: ${err.message}\n`);
+      return EXIT_RUNTIME;
+    }
     if (err instanceof CommanderError) {
       // Help and version "errors" are exit 0; anything else is a usage error (already printed).
       return err.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
