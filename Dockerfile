@@ -12,7 +12,7 @@
 #     edgeward
 #
 # The site config is /config/site.yaml. In a container set `dataDir: /data`
-# (the volume: outbox, Node-RED user dir, command replay state) and
+# (the volume: outbox and Node-RED user dir) and
 # `http.host: 0.0.0.0` (which the config only accepts with `http.token` and
 # `nodeRed.adminAuth`). Node-RED writes deploys back to `nodeRed.flowFile`:
 # keep it on a writable mount (/config or /data). The health check below
