@@ -472,6 +472,8 @@ export interface PipelineResult {
   httpAcceptedPerS: number;
   /** Driver path: runtime.ingest in the runtime process → … → central. */
   driverPathPerS: number;
+  /** The driver path up to the last ingest resolved (stored durably), without waiting for the central. */
+  driverIngestedPerS: number;
   /** Critical event POST → arrival at the central (and → 202), idle system (ms). */
   idleLatency: { total: LatencyFigures; stored: LatencyFigures };
   /** RSS of the runtime process after the throughput runs (bytes), without the editor. */
@@ -558,7 +560,7 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     progress(`driver path: runtime.ingest ${n} events`);
     const before2 = (await central.counts()).distinct;
     const t1 = performance.now();
-    await child.ingest(n, batch, concurrency, n);
+    const ingestMs = await child.ingest(n, batch, concurrency, n);
     await awaitDistinct(central, before2 + n, 'every ingested event at the central');
     const driverMs = performance.now() - t1;
     const rssNoEditor = await child.rss();
@@ -575,6 +577,7 @@ export async function runPipelineBench(): Promise<PipelineResult> {
       pipelinePerS: (accepted / pipelineMs) * 1000,
       httpAcceptedPerS: (accepted / posted.ms) * 1000,
       driverPathPerS: (n / driverMs) * 1000,
+      driverIngestedPerS: (n / ingestMs) * 1000,
       idleLatency: idle,
       rssNoEditor,
       ...editorRss,

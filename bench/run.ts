@@ -122,6 +122,12 @@ function pipelineFigures(p: PipelineResult): Figure[] {
       pass: p.driverPathPerS >= 30_000,
     },
     {
+      section: 'pipeline',
+      name: 'driver path ingested (stored durably, uplink running)',
+      value: p.driverIngestedPerS,
+      unit: 'events/s',
+    },
+    {
       // SPEC: "HTTP or driver → rules → outbox → uplink": both paths are reported against the bar.
       section: 'pipeline',
       name: 'outbox alone / driver path',

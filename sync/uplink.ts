@@ -116,6 +116,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private pumpDone: Promise<void> = Promise.resolve();
   /** Acks are applied one after another, in arrival order. */
   private ackChain: Promise<void> = Promise.resolve();
+  /** Acked ranges not yet applied: applied together, one outbox write for all that arrived meanwhile. */
+  private pendingAcks: Array<[number, number]> = [];
+  private acking = false;
 
   private lastAckAt: string | null = null;
   private ackLagMs: number | undefined;
@@ -502,7 +505,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     batch.published = true;
     if (this.cfg.ack === 'broker') {
       const ranges = toRanges(batch.pending);
-      this.ackChain = this.ackChain.then(() => this.applyAck(ranges));
+      this.queueAck(ranges);
     }
   }
 
@@ -556,7 +559,30 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       );
       return;
     }
-    this.ackChain = this.ackChain.then(() => this.applyAck(ack.seqs));
+    this.queueAck(ack.seqs);
+  }
+
+  /**
+   * Apply acks in arrival order, one at a time; those that arrive while one is
+   * being applied are merged into the next outbox write. One write per ack
+   * message capped the drain at one ack per group commit (behind the fsync of
+   * concurrent appends), however many the central sent.
+   */
+  private queueAck(ranges: Array<[number, number]>): void {
+    for (const r of ranges) this.pendingAcks.push(r);
+    if (this.acking) return;
+    this.acking = true;
+    this.ackChain = (async () => {
+      try {
+        while (this.pendingAcks.length > 0) {
+          const next = this.pendingAcks;
+          this.pendingAcks = [];
+          await this.applyAck(next);
+        }
+      } finally {
+        this.acking = false;
+      }
+    })();
   }
 
   /** Delete acknowledged seqs from the outbox, then settle the batches they complete. */
