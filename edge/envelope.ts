@@ -205,6 +205,29 @@ export function makeEnvelope(input: EventInput, ids: { site: string; edge: strin
 }
 
 /**
+ * A copy of `e` carrying the outbox `seq`, keys in the contract's order. A
+ * fixed-shape literal rather than a spread: this runs for every stored event,
+ * and a spread copy was 5 % of the runtime's CPU under load.
+ */
+export function withSeq(e: Envelope, seq: number): Envelope {
+  return e.msg === undefined
+    ? { id: e.id, seq, ts: e.ts, site: e.site, edge: e.edge, type: e.type, severity: e.severity, source: e.source, data: e.data, count: e.count }
+    : {
+        id: e.id,
+        seq,
+        ts: e.ts,
+        site: e.site,
+        edge: e.edge,
+        type: e.type,
+        severity: e.severity,
+        source: e.source,
+        data: e.data,
+        msg: e.msg,
+        count: e.count,
+      };
+}
+
+/**
  * The card pseudonym of the contract: the first 16 hex characters of
  * HMAC-SHA256(key = siteKey as UTF-8, message = the decimal card number).
  */

@@ -1,5 +1,5 @@
 import { type Clock, systemClock } from '../edge/clock.js';
-import { type Envelope, isSeverity, newId, type Severity } from '../edge/envelope.js';
+import { type Envelope, isSeverity, newId, type Severity, withSeq } from '../edge/envelope.js';
 import { EdgewardError } from '../edge/errors.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
@@ -161,7 +161,7 @@ export class MemoryOutbox implements Outbox {
 
   private doAppend(events: Envelope[]): Envelope[] {
     if (events.length === 0) return [];
-    const seqd = events.map((e, i) => ({ ...e, seq: this.lastSeq + 1 + i }));
+    const seqd = events.map((e, i) => withSeq(e, this.lastSeq + 1 + i));
     const jsons = seqd.map((e) => JSON.stringify(e));
     const size = jsons.reduce((n, j) => n + Buffer.byteLength(j), 0);
     const hasCritical = seqd.some((e) => e.severity === 'critical');

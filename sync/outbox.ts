@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { Level } from 'level';
 import { type Clock, systemClock } from '../edge/clock.js';
-import { type Envelope, isSeverity, makeEnvelope, newId, type Severity } from '../edge/envelope.js';
+import { type Envelope, isSeverity, makeEnvelope, newId, type Severity, withSeq } from '../edge/envelope.js';
 import { EdgewardError } from '../edge/errors.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
@@ -635,7 +635,7 @@ export class LevelOutbox implements Outbox {
 
     for (const job of jobs) {
       if (job.kind !== 'append') continue;
-      const seqd = job.events.map((e, i) => ({ ...e, seq: lastSeq + 1 + i }));
+      const seqd = job.events.map((e, i) => withSeq(e, lastSeq + 1 + i));
       const jsons = seqd.map((e) => JSON.stringify(e));
       const sizes = jsons.map((j) => Buffer.byteLength(j));
       let size = 0;
