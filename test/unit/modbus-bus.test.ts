@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
 import { ModbusBus } from '../../drivers/modbus/bus.js';
 import { crc16, crcOk, rtuFrame } from '../../drivers/modbus/crc.js';
+import { parseBusProps } from '../../drivers/modbus/index.js';
 import { decodeReply, readPdu, rtuReplyLength } from '../../drivers/modbus/pdu.js';
 import { systemClock } from '../../edge/clock.js';
+import { isEdgewardError } from '../../edge/errors.js';
 import { silentLogger } from '../../edge/log.js';
 import { DoorSim } from '../../hardware/sim/door-sim.js';
 import { FakeRtuLine } from '../../hardware/sim/modbus-fake-line.js';
@@ -190,6 +192,46 @@ describe('modbus: RTU inter-frame gap', () => {
     } finally {
       await bus.close();
       await sim.stop();
+    }
+  });
+});
+
+describe('modbus: bus properties (edgeward-modbus-bus)', () => {
+  it('fills defaults and accepts the numeric strings Node-RED stores', () => {
+    assert.deepEqual(parseBusProps({ transport: 'tcp', host: '10.0.0.5' }), {
+      transport: 'tcp',
+      host: '10.0.0.5',
+      port: 502,
+      timeoutMs: 200,
+    });
+    assert.deepEqual(parseBusProps({ path: '/dev/ttyUSB0', baudRate: '19200', parity: 'even', timeoutMs: '150' }), {
+      transport: 'rtu',
+      path: '/dev/ttyUSB0',
+      baudRate: 19200,
+      parity: 'even',
+      timeoutMs: 150,
+    });
+  });
+
+  it('names the bad property in an EDGE_CONFIG_INVALID error', () => {
+    const bad: Array<[Record<string, unknown>, string]> = [
+      [{ transport: 'udp' }, 'transport'],
+      [{ transport: 'tcp' }, 'host'],
+      [{ transport: 'tcp', host: 'h', port: 70000 }, 'port'],
+      [{ path: '' }, 'path'],
+      [{ path: '/dev/x', parity: 'mark' }, 'parity'],
+      [{ path: '/dev/x', baudRate: '96OO' }, 'baudRate'],
+      [{ path: '/dev/x', timeoutMs: 0 }, 'timeoutMs'],
+    ];
+    for (const [props, field] of bad) {
+      assert.throws(
+        () => parseBusProps(props),
+        (err: unknown) =>
+          isEdgewardError(err, 'EDGE_CONFIG_INVALID') &&
+          err.details?.field === field &&
+          err.message.startsWith(`modbus bus: ${field} `),
+        `${JSON.stringify(props)} → ${field}`,
+      );
     }
   });
 });
