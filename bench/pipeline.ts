@@ -170,7 +170,7 @@ function forkTs(script: string, env: Record<string, string>): Forked {
   const compiled = childScripts.dir !== undefined;
   const file = compiled ? join(childScripts.dir!, script.replace(/\.ts$/, '.js')) : join(__dirname, script);
   const child: ChildProcess = fork(file, [], {
-    execArgv: compiled ? prof : ['--import', 'tsx', ...prof],
+    execArgv: [...(compiled ? prof : ['--import', 'tsx', ...prof]), ...(process.env.BENCH_TRACE_GC ? ['--trace-gc'] : [])],
     env: { ...process.env, ...env },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
