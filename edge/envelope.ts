@@ -182,6 +182,18 @@ export function messagesFor(type: EventType, device: string): Messages {
 /** ULIDs, monotonic within this process so ids sort by creation even within one millisecond. */
 export const newId: (seedTime?: number) => string = monotonicFactory();
 
+let lastIsoMs = Number.NaN;
+let lastIso = '';
+
+/** `new Date(ms).toISOString()`, remembered for the last millisecond: a batch of events shares one. */
+function isoTime(ms: number): string {
+  if (ms !== lastIsoMs) {
+    lastIso = new Date(ms).toISOString();
+    lastIsoMs = ms;
+  }
+  return lastIso;
+}
+
 /**
  * Complete an input into an envelope (without `seq`): id, ts, site/edge,
  * default severity, and the trilingual `msg` on every warning and critical event.
@@ -190,7 +202,7 @@ export function makeEnvelope(input: EventInput, ids: { site: string; edge: strin
   const severity = input.severity ?? defaultSeverity(input.type);
   const env: Envelope = {
     id: newId(now),
-    ts: input.ts ?? new Date(now).toISOString(),
+    ts: input.ts ?? isoTime(now),
     site: ids.site,
     edge: ids.edge,
     type: input.type,
