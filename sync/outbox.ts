@@ -824,11 +824,13 @@ export class LevelOutbox implements Outbox {
   /** Replace stale heads by the real oldest events, beside the writer (one refresh at a time). */
   private refreshHeads(): void {
     if (this.refreshing || this.closing) return;
+    let again = false;
     this.refreshing = (async () => {
       for (const severity of PRIORITY) {
         const db = this.db;
         const h = this.meta?.heads[severity];
         if (!db || !h?.stale) continue;
+        const gen = this.deleteGen;
         let found: Head | null;
         try {
           found = await this.findHead(db, severity, h.seq, new Map());
@@ -840,11 +842,28 @@ export class LevelOutbox implements Outbox {
         // place: the next batch persists it) or replaced it (leave that alone).
         // null: an append not yet in the lookup's snapshot; the next commit retries.
         const meta = this.meta;
-        if (found && meta && meta.heads[severity] === h) meta.heads[severity] = found;
+        if (!found || !meta || meta.heads[severity] !== h) continue;
+        // The lookup read a snapshot: a batch committed since may have deleted
+        // what it found. Then that is only a lower bound too: keep it stale, look again.
+        if (this.deleteGen !== gen && !this.notDeletedSince(found.seq, gen)) {
+          meta.heads[severity] = { ...found, stale: true };
+          again = true;
+        } else {
+          meta.heads[severity] = found;
+        }
       }
     })().finally(() => {
       this.refreshing = null;
+      if (again) this.refreshHeads();
     });
+  }
+
+  /** Whether `seq` is known not to have been deleted by a batch committed after `gen`. */
+  private notDeletedSince(seq: number, gen: number): boolean {
+    const since = this.deleteLog.filter((d) => d.gen > gen);
+    // The log keeps the last 16 deleting batches: older gaps mean "unknown".
+    if (since.length !== this.deleteGen - gen) return false;
+    return !since.some((d) => d.seqs.has(seq));
   }
 
   private async findHead(

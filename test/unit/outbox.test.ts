@@ -570,6 +570,31 @@ describe('LevelOutbox (durable)', () => {
     await waitFor(() => b.stats().oldestTs === '2020-01-03T00:00:00.000Z', { message: 'oldestTs after reopen' });
   });
 
+  it('a head found in a snapshot that a later ack deleted stays a lower bound and is looked up again', async () => {
+    const at = (ts: string) => makeEnvelope({ type: 'door.opened', source: { device: 'd' }, ts }, IDS);
+    const ob = await open();
+    await ob.append([1, 2, 3, 4].map((d) => at(`2020-01-0${d}T00:00:00.000Z`)));
+    // Hold the first lookup's answer until a second ack has committed.
+    const inner = ob as unknown as { findHead: (...a: unknown[]) => Promise<unknown> };
+    const real = inner.findHead.bind(ob);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    let calls = 0;
+    inner.findHead = async (...a: unknown[]) => {
+      const found = await real(...a); // the snapshot: seq 2 still stored
+      if (++calls === 1) await gate;
+      return found;
+    };
+    await ob.ack([[1, 1]]);
+    await waitFor(() => calls === 1, { message: 'first head lookup started' });
+    await ob.ack([[2, 2]]);
+    release();
+    await waitFor(() => ob.stats().oldestTs === '2020-01-03T00:00:00.000Z', { message: 'head moved past the deleted seq 2' });
+    assert.ok(calls >= 2, 'looked up again');
+  });
+
   it('recovers from a meta record that does not match the store (rescan, never reuse a seq)', async () => {
     const a = await open();
     const epoch = a.epoch;
