@@ -503,6 +503,10 @@ function meterOutbox(inner: Outbox, metrics: Metrics): Outbox {
       // A reader that never acks (or a crash of its batches) must not grow this forever.
       if (typeOf.size > 200_000) typeOf.clear();
       for (const s of got) {
+        if (s.type !== undefined) {
+          typeOf.set(s.seq, s.type);
+          continue;
+        }
         // The envelope's own `type` is its first "type" key (makeEnvelope's key order).
         const m = TYPE_RE.exec(s.json);
         if (m) typeOf.set(s.seq, m[1]);

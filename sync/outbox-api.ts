@@ -20,6 +20,8 @@ export interface StoredEvent {
   bytes: number;
   /** The envelope serialized as JSON (what goes into a batch). */
   json: string;
+  /** The envelope's type, when the store has it at hand (events served from memory). */
+  type?: string;
 }
 
 /** Options of `Outbox.read`. */

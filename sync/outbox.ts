@@ -630,7 +630,7 @@ export class LevelOutbox implements Outbox {
       added[env.severity].bytes += size;
       firstAdded[env.severity] ??= { seq: env.seq!, ts: env.ts };
       appended.push(env);
-      appendedStored.push({ seq: env.seq!, severity: env.severity, bytes: size, json });
+      appendedStored.push({ seq: env.seq!, severity: env.severity, bytes: size, json, type: env.type });
     };
 
     for (const job of jobs) {
