@@ -58,6 +58,9 @@ interface InflightBatch {
   pending: Set<number>;
   /** Lowest seq per severity, to rewind the read cursor when the batch is released. */
   minSeq: Partial<Record<Severity, number>>;
+  /** Lowest and highest seq of the batch: an ack outside them cannot concern it. */
+  lo: number;
+  hi: number;
   critical: boolean;
   sentAt: number;
   /** The PUBACK arrived (ack: broker completes the batch then). */
@@ -457,9 +460,17 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       minSeq[e.severity] = Math.min(minSeq[e.severity] ?? e.seq, e.seq);
       if (e.seq > this.cursor[e.severity]) this.cursor[e.severity] = e.seq;
     }
+    let lo = Number.POSITIVE_INFINITY;
+    let hi = 0;
+    for (const e of events) {
+      if (e.seq < lo) lo = e.seq;
+      if (e.seq > hi) hi = e.seq;
+    }
     const batch: InflightBatch = {
       pending: new Set(events.map((e) => e.seq)),
       minSeq,
+      lo,
+      hi,
       critical,
       sentAt: this.clock.now(),
       published: false,
@@ -612,6 +623,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     const now = this.clock.now();
     let lagMs: number | undefined;
     for (const batch of [...this.inflight]) {
+      // Each ack usually covers one batch of the window: skip the others without visiting their seqs.
+      if (!merged.some(([from, to]) => to >= batch.lo && from <= batch.hi)) continue;
       for (const seq of batch.pending) {
         if (!covered(seq)) continue;
         batch.pending.delete(seq);
