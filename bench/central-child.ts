@@ -12,7 +12,7 @@
  * answer to `{ cmd: 'counts' }`.
  */
 import mqtt from 'mqtt';
-import { decodeBatch, encodeAck, toRanges } from '../sync/batch-codec.js';
+import { ackEveryBatch } from './lib.js';
 
 function send(msg: Record<string, unknown>): void {
   process.send?.(msg);
@@ -31,25 +31,11 @@ function main(): void {
     reconnectPeriod: 100,
   });
   client.on('error', () => undefined);
-  client.on('message', (_topic, payload) => {
-    const at = performance.timeOrigin + performance.now();
-    decodeBatch(payload).then(
-      (batch) => {
-        const seqs: number[] = [];
-        for (const e of batch.events) {
-          received++;
-          ids.add(e.id);
-          if (e.seq !== undefined) seqs.push(e.seq);
-          if (e.severity === 'critical') send({ type: 'critical', n: (e.data as { n?: number }).n ?? -1, at });
-        }
-        client.publish(
-          `edgeward/v1/${batch.site}/${batch.edge}/ack`,
-          encodeAck({ epoch: batch.epoch, seqs: toRanges(seqs) }),
-          { qos: 1 },
-        );
-      },
-      () => undefined,
-    );
+  ackEveryBatch(client, (e, arrivedAt) => {
+    received++;
+    ids.add(e.id);
+    // Wall clock with sub-ms precision: comparable with the parent's stamps.
+    if (e.severity === 'critical') send({ type: 'critical', n: (e.data as { n?: number }).n ?? -1, at: performance.timeOrigin + arrivedAt });
   });
   client.on('connect', () => {
     client.subscribeAsync('edgeward/v1/+/+/events', { qos: 1 }).then(

@@ -13,7 +13,7 @@
 import { parseConfig } from '../edge/config.js';
 import { createLogger } from '../edge/log.js';
 import { Runtime } from '../edge/runtime.js';
-import { benchInput } from './lib.js';
+import { benchInput, chunked } from './lib.js';
 
 type ParentMessage =
   | { cmd: 'rss' }
@@ -24,20 +24,12 @@ function send(msg: Record<string, unknown>): void {
   process.send?.(msg);
 }
 
-async function ingestLoad(runtime: Runtime, n: number, batch: number, concurrency: number, offset: number) {
-  let next = 0;
-  const t0 = performance.now();
-  const worker = async () => {
-    while (next < n) {
-      const from = next;
-      next = Math.min(n, next + batch);
-      const inputs = [];
-      for (let i = from; i < next; i++) inputs.push(benchInput(offset + i));
-      await runtime.ingest(inputs);
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
-  return performance.now() - t0;
+function ingestLoad(runtime: Runtime, n: number, batch: number, concurrency: number, offset: number): Promise<number> {
+  return chunked(n, batch, concurrency, (from, to) => {
+    const inputs = [];
+    for (let i = from; i < to; i++) inputs.push(benchInput(offset + i));
+    return runtime.ingest(inputs);
+  });
 }
 
 async function main(): Promise<void> {

@@ -11,6 +11,7 @@ import { createConnection, createServer } from 'node:net';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { type Envelope, makeEnvelope } from '../edge/envelope.js';
+import { decodeBatch, encodeAck, toRanges } from '../sync/batch-codec.js';
 import { delay, waitFor } from '../test/helpers/wait.js';
 
 export { delay, waitFor };
@@ -277,4 +278,56 @@ export function since(t0: number): string {
 
 export function progress(msg: string): void {
   process.stderr.write(`[bench] ${msg}\n`);
+}
+
+/**
+ * Run `work(from, to)` over [0, n) in chunks of `batch`, `concurrency` chunks
+ * at a time; resolves with the elapsed ms. Every load of the bench (outbox
+ * alone, driver path, backlog preload) goes through this one loop, so the
+ * ratios compare the same shape of load.
+ */
+export async function chunked(
+  n: number,
+  batch: number,
+  concurrency: number,
+  work: (from: number, to: number) => Promise<unknown>,
+): Promise<number> {
+  let next = 0;
+  const t0 = performance.now();
+  const worker = async () => {
+    while (next < n) {
+      const from = next;
+      next = Math.min(n, next + batch);
+      await work(from, next);
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return performance.now() - t0;
+}
+
+/**
+ * Make `client` an acking central: every batch on its `events` topics is
+ * decoded, each event handed to `onEvent` with the batch's arrival time
+ * (`performance.now()`, stamped before decoding: the central's own parsing is
+ * not the edge's latency), then the batch's seqs are acked on its `P/ack`.
+ */
+export function ackEveryBatch(client: MqttClient, onEvent: (e: Envelope, arrivedAt: number) => void): void {
+  client.on('message', (_topic, payload) => {
+    const at = performance.now();
+    decodeBatch(payload).then(
+      (batch) => {
+        const seqs: number[] = [];
+        for (const e of batch.events) {
+          if (e.seq !== undefined) seqs.push(e.seq);
+          onEvent(e, at);
+        }
+        client.publish(
+          `edgeward/v1/${batch.site}/${batch.edge}/ack`,
+          encodeAck({ epoch: batch.epoch, seqs: toRanges(seqs) }),
+          { qos: 1 },
+        );
+      },
+      () => undefined,
+    );
+  });
 }

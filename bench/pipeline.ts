@@ -13,12 +13,13 @@ import mqtt, { type MqttClient } from 'mqtt';
 import type { Envelope } from '../edge/envelope.js';
 import { DoorSim } from '../hardware/sim/door-sim.js';
 import { LevelOutbox, outboxPath } from '../sync/outbox.js';
-import { decodeBatch, encodeAck, toRanges } from '../sync/batch-codec.js';
 import { startMosquitto, type TestMosquitto } from '../test/helpers/mosquitto.js';
 import {
+  ackEveryBatch,
   BENCH_IDS,
   benchEnvelope,
   benchInput,
+  chunked,
   delay,
   envInt,
   percentile,
@@ -56,26 +57,10 @@ export async function startBenchCentral(
   client.on('close', () => {
     connected = false;
   });
-  client.on('message', (_topic, payload) => {
-    // Arrival is stamped before decoding: the central's own parsing is not the edge's latency.
-    const at = performance.now();
-    decodeBatch(payload).then(
-      (batch) => {
-        const seqs: number[] = [];
-        for (const e of batch.events) {
-          received++;
-          if (opts.recordIds) ids.add(e.id);
-          if (e.seq !== undefined) seqs.push(e.seq);
-          if (e.severity === 'critical') opts.onCritical?.(e, at);
-        }
-        client.publish(
-          `edgeward/v1/${batch.site}/${batch.edge}/ack`,
-          encodeAck({ epoch: batch.epoch, seqs: toRanges(seqs) }),
-          { qos: 1 },
-        );
-      },
-      () => undefined,
-    );
+  ackEveryBatch(client, (e, arrivedAt) => {
+    received++;
+    if (opts.recordIds) ids.add(e.id);
+    if (e.severity === 'critical') opts.onCritical?.(e, arrivedAt);
   });
   // Test brokers keep no sessions: subscribe again on every connect.
   client.on('connect', () => {
@@ -509,19 +494,12 @@ export async function runOutboxAlone(n: number, batch: number, concurrency: numb
   const outbox = new LevelOutbox({ dir: outboxPath(dir.path), maxBytes: 4 * 1024 ** 3, ...BENCH_IDS });
   try {
     await outbox.open();
-    let next = 0;
-    const t0 = performance.now();
-    const worker = async () => {
-      while (next < n) {
-        const from = next;
-        next = Math.min(n, next + batch);
-        const envs = [];
-        for (let i = from; i < next; i++) envs.push(benchEnvelope(i));
-        await outbox.append(envs);
-      }
-    };
-    await Promise.all(Array.from({ length: concurrency }, worker));
-    return (n / (performance.now() - t0)) * 1000;
+    const ms = await chunked(n, batch, concurrency, (from, to) => {
+      const envs = [];
+      for (let i = from; i < to; i++) envs.push(benchEnvelope(i));
+      return outbox.append(envs);
+    });
+    return (n / ms) * 1000;
   } finally {
     await outbox.close();
     await dir.cleanup();
@@ -681,19 +659,12 @@ export async function runBacklogBench(): Promise<BacklogResult> {
     progress(`backlog: preloading ${backlog} info events into the outbox`);
     const outbox = new LevelOutbox({ dir: outboxPath(dir.path), maxBytes: 4 * 1024 ** 3, ...BENCH_IDS });
     await outbox.open();
-    const t0 = performance.now();
-    let next = 0;
-    const worker = async () => {
-      while (next < backlog) {
-        const from = next;
-        next = Math.min(backlog, next + 5000);
-        const envs = [];
-        for (let i = from; i < next; i++) envs.push(benchEnvelope(i));
-        await outbox.append(envs);
-      }
-    };
-    await Promise.all([worker(), worker()]);
-    const preloadPerS = (backlog / (performance.now() - t0)) * 1000;
+    const preloadMs = await chunked(backlog, 5000, 2, (from, to) => {
+      const envs = [];
+      for (let i = from; i < to; i++) envs.push(benchEnvelope(i));
+      return outbox.append(envs);
+    });
+    const preloadPerS = (backlog / preloadMs) * 1000;
     await outbox.close();
 
     broker = await startMosquitto();
