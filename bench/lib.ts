@@ -4,8 +4,8 @@
  * does not offer), free ports, MQTT clients, percentiles and event payloads.
  * Everything binds to 127.0.0.1 and every wait has a deadline.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { createWriteStream, readFileSync } from 'node:fs';
 import { chmod, writeFile } from 'node:fs/promises';
 import { createConnection, createServer } from 'node:net';
 import { join } from 'node:path';
@@ -330,4 +330,47 @@ export function ackEveryBatch(client: MqttClient, onEvent: (e: Envelope, arrived
       () => undefined,
     );
   });
+}
+
+// ---- CPU accounting ----------------------------------------------------------------
+
+let clockTicks: number | undefined;
+
+/**
+ * CPU time (user + system, every thread: LevelDB's writer and compaction, libuv's
+ * pool) a process has used so far, in ms, from /proc/<pid>/stat. `undefined`
+ * when the process is gone or /proc is not there.
+ */
+export function cpuMs(pid: number | undefined): number | undefined {
+  if (pid === undefined || pid <= 0) return undefined;
+  try {
+    clockTicks ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime are 14 and 15.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) / clockTicks) * 1000;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU µs per event each named process spent between `start()` and `stop(events)`. */
+export function cpuMeter(pids: Record<string, number | undefined>): { stop(events: number): Record<string, number> } {
+  const at0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, k === 'bench' ? ownCpuMs() : cpuMs(pid)]));
+  return {
+    stop(events) {
+      const out: Record<string, number> = {};
+      for (const [k, pid] of Object.entries(pids)) {
+        const now = k === 'bench' ? ownCpuMs() : cpuMs(pid);
+        const then = at0[k];
+        if (now !== undefined && then !== undefined) out[k] = ((now - then) * 1000) / events;
+      }
+      return out;
+    },
+  };
+}
+
+function ownCpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
 }

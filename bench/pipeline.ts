@@ -20,6 +20,7 @@ import {
   benchEnvelope,
   benchInput,
   chunked,
+  cpuMeter,
   delay,
   envInt,
   percentile,
@@ -233,6 +234,7 @@ export async function startRuntimeChild(opts: {
 
 /** The central receiver in its own process (bench/central-child.ts). */
 export interface CentralChild {
+  readonly pid: number | undefined;
   counts(): Promise<{ received: number; distinct: number }>;
   /** Called with the marker `data.n` and the wall-clock arrival time of each critical event. */
   onCritical(f: (n: number, at: number) => void): void;
@@ -247,6 +249,7 @@ export async function startCentralChild(brokerUrl: string): Promise<CentralChild
   });
   await expect('ready', 30_000);
   return {
+    pid: child.pid,
     async counts() {
       const p = expect('counts', 10_000);
       child.send({ cmd: 'counts' });
@@ -459,6 +462,11 @@ export interface PipelineResult {
   driverPathPerS: number;
   /** The driver path up to the last ingest resolved (stored durably), without waiting for the central. */
   driverIngestedPerS: number;
+  /**
+   * CPU µs per event by process (all threads) in each throughput run: `bench` is
+   * this process (the appenders of the outbox-alone run, the HTTP load generator).
+   */
+  cpuUs: { outboxAlone: Record<string, number>; http: Record<string, number>; driver: Record<string, number> };
   /** Critical event POST → arrival at the central (and → 202), idle system (ms). */
   idleLatency: { total: LatencyFigures; stored: LatencyFigures };
   /** RSS of the runtime process after the throughput runs (bytes), without the editor. */
@@ -512,7 +520,9 @@ export async function runPipelineBench(): Promise<PipelineResult> {
   const concurrency = envInt('BENCH_CONCURRENCY', 8);
 
   progress(`outbox alone: ${n} events, ${batch} per append, ${concurrency} writers`);
+  const cpuAlone = cpuMeter({ bench: process.pid });
   const outboxAlonePerS = await runOutboxAlone(n, batch, concurrency);
+  const cpu: PipelineResult['cpuUs'] = { outboxAlone: cpuAlone.stop(n), http: {}, driver: {} };
 
   const broker = await startMosquitto();
   let central: CentralChild | undefined;
@@ -527,20 +537,25 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     const idle = await criticalLatency(child.port, central, 100, 20);
 
     progress(`pipeline: POST ${n} events over HTTP`);
+    const pids = { runtime: child.pid, central: central.pid, broker: broker.pid, bench: process.pid };
     const before = (await central.counts()).distinct;
+    const cpuHttp = cpuMeter(pids);
     const t0 = performance.now();
     const posted = await postEvents(child.port, { n, batch, concurrency });
     if (posted.failed > 0) progress(`pipeline: ${posted.failed} requests failed`);
     const accepted = posted.accepted.length;
     await awaitDistinct(central, before + accepted, 'every accepted event at the central');
     const pipelineMs = performance.now() - t0;
+    cpu.http = cpuHttp.stop(accepted);
 
     progress(`driver path: runtime.ingest ${n} events`);
     const before2 = (await central.counts()).distinct;
+    const cpuDriver = cpuMeter(pids);
     const t1 = performance.now();
     const ingestMs = await child.ingest(n, batch, concurrency, n);
     await awaitDistinct(central, before2 + n, 'every ingested event at the central');
     const driverMs = performance.now() - t1;
+    cpu.driver = cpuDriver.stop(n);
     const rssNoEditor = await child.rss();
     await child.stop();
     child = undefined;
@@ -557,6 +572,7 @@ export async function runPipelineBench(): Promise<PipelineResult> {
       driverPathPerS: (n / driverMs) * 1000,
       driverIngestedPerS: (n / ingestMs) * 1000,
       idleLatency: idle,
+      cpuUs: cpu,
       rssNoEditor,
       ...editorRss,
     };

@@ -143,6 +143,7 @@ function pipelineFigures(p: PipelineResult): Figure[] {
       value: p.httpAcceptedPerS,
       unit: 'events/s',
     },
+    ...cpuRows(p),
     ...latencyRows('pipeline', 'idle', p.idleLatency),
     {
       section: 'pipeline',
@@ -166,6 +167,16 @@ function pipelineFigures(p: PipelineResult): Figure[] {
       note: `${p.devicesOnline} of ${p.devices} door controllers online (DoorSim over Modbus TCP, polled every 500 ms)`,
     },
   ];
+}
+
+/** CPU per event by process: where the 2 cores go in each throughput run (the ratio's budget). */
+function cpuRows(p: PipelineResult): Figure[] {
+  const row = (name: string, us: Record<string, number>): Figure => {
+    const total = Object.values(us).reduce((a, b) => a + b, 0);
+    const parts = Object.entries(us).map(([k, v]) => `${k} ${fmtNum(v)}`);
+    return { section: 'pipeline', name: `CPU per event, ${name} (µs, all threads)`, value: total, unit: 'µs', note: parts.join(' + ') };
+  };
+  return [row('outbox alone', p.cpuUs.outboxAlone), row('HTTP pipeline', p.cpuUs.http), row('driver path', p.cpuUs.driver)];
 }
 
 function slow(l: LatencyFigures): string {
