@@ -570,6 +570,30 @@ describe('LevelOutbox (durable)', () => {
     await waitFor(() => b.stats().oldestTs === '2020-01-03T00:00:00.000Z', { message: 'oldestTs after reopen' });
   });
 
+  it('rate-limits head lookups under a stream of acks, and still ends with the exact head', async () => {
+    const at = (d: number) => makeEnvelope({ type: 'door.opened', source: { device: 'd' }, ts: new Date(Date.UTC(2020, 0, 1, 0, 0, d)).toISOString() }, IDS);
+    const ob = await open();
+    const n = 60;
+    await ob.append(Array.from({ length: n + 1 }, (_, i) => at(i)));
+    const inner = ob as unknown as { findHead: (...a: unknown[]) => Promise<unknown> };
+    const real = inner.findHead.bind(ob);
+    let lookups = 0;
+    inner.findHead = (...a: unknown[]) => {
+      lookups++;
+      return real(...a);
+    };
+    // Every ack deletes the head: without the limit, each one starts a lookup.
+    const t0 = performance.now();
+    for (let seq = 1; seq <= n; seq++) await ob.ack([[seq, seq]]);
+    const elapsed = performance.now() - t0;
+    // One per started second (the limit is 1/s), plus the one that may run at the end.
+    const allowed = Math.ceil(elapsed / 1000) + 1;
+    assert.ok(lookups <= allowed, `${lookups} head lookups for ${n} acks in ${Math.round(elapsed)} ms (at most ${allowed})`);
+    // The stale head is a lower bound meanwhile, and becomes exact without any further write.
+    assert.ok(ob.stats().oldestTs! <= at(n).ts);
+    await waitFor(() => ob.stats().oldestTs === at(n).ts, { message: 'oldestTs exact after the acks stopped' });
+  });
+
   it('a head found in a snapshot that a later ack deleted stays a lower bound and is looked up again', async () => {
     const at = (ts: string) => makeEnvelope({ type: 'door.opened', source: { device: 'd' }, ts }, IDS);
     const ob = await open();
