@@ -5,6 +5,9 @@
  *
  * Started by bench/pipeline.ts with `fork()`; the site config arrives as JSON
  * in BENCH_CHILD_CONFIG (validated by parseConfig like any site.yaml).
+ * BENCH_CHILD_OUTBOX=memory swaps the LevelDB outbox for the in-memory one
+ * (no durability): the bench's "storage were free" ceiling of the rest of the
+ * pipeline, never a figure against a bar.
  * IPC protocol (parent → child): `{ cmd: 'rss' }`, `{ cmd: 'ingest', n, batch,
  * concurrency }` (the driver path: runtime.ingest directly), `{ cmd: 'stop' }`.
  * Child → parent: `{ type: 'ready', port }`, `{ type: 'rss', rss }`,
@@ -13,6 +16,7 @@
 import { parseConfig } from '../edge/config.js';
 import { createLogger } from '../edge/log.js';
 import { Runtime } from '../edge/runtime.js';
+import { MemoryOutbox } from '../sync/memory-outbox.js';
 import { benchInput, chunked } from './lib.js';
 
 type ParentMessage =
@@ -37,7 +41,11 @@ async function main(): Promise<void> {
   if (!raw) throw new Error('BENCH_CHILD_CONFIG is not set');
   const config = parseConfig(raw, {});
   const log = createLogger({ level: config.log.level });
-  const runtime = new Runtime({ config, log, version: 'bench' });
+  const outbox =
+    process.env.BENCH_CHILD_OUTBOX === 'memory'
+      ? new MemoryOutbox({ maxBytes: config.outbox.maxBytes, site: config.site, edge: config.edge, log })
+      : undefined;
+  const runtime = new Runtime({ config, log, version: 'bench', outbox });
   await runtime.start();
   process.on('message', (m: ParentMessage) => {
     if (m.cmd === 'rss') {

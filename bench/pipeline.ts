@@ -199,9 +199,12 @@ export async function startRuntimeChild(opts: {
   brokerUrl?: string;
   editor?: boolean;
   flowFile?: string;
+  /** `memory`: the in-memory outbox, no durability (the ceiling run). */
+  outbox?: 'memory';
 }): Promise<RuntimeChild> {
   const { child, exited, expect } = forkTs('edgeward-child.ts', {
     BENCH_CHILD_CONFIG: siteConfig(opts.dataDir, opts.brokerUrl, opts.editor, opts.flowFile),
+    ...(opts.outbox ? { BENCH_CHILD_OUTBOX: opts.outbox } : {}),
   });
   const ready = await expect('ready', 60_000);
   return {
@@ -462,6 +465,8 @@ export interface PipelineResult {
   driverPathPerS: number;
   /** The driver path up to the last ingest resolved (stored durably), without waiting for the central. */
   driverIngestedPerS: number;
+  /** The driver path with the in-memory outbox (no durability): the rest of the pipeline's ceiling. */
+  memoryDriverPathPerS: number;
   /**
    * CPU µs per event by process (all threads) in each throughput run: `bench` is
    * this process (the appenders of the outbox-alone run, the HTTP load generator).
@@ -560,6 +565,20 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     await child.stop();
     child = undefined;
 
+    // The same driver path with the outbox in memory: what the rest of the
+    // pipeline (ingest, uplink, gzip, Mosquitto, the central on the same
+    // cores) sustains when storing costs nothing. Not durable: a ceiling only.
+    progress(`driver path, in-memory outbox (ceiling): runtime.ingest ${n} events`);
+    child = await startRuntimeChild({ dataDir: join(dir.path, 'memory'), brokerUrl: broker.url, outbox: 'memory' });
+    await awaitUplink(child.port);
+    const before3 = (await central.counts()).distinct;
+    const t2 = performance.now();
+    await child.ingest(n, batch, concurrency, 2 * n);
+    await awaitDistinct(central, before3 + n, 'every ingested event at the central (in-memory outbox)');
+    const memoryDriverMs = performance.now() - t2;
+    await child.stop();
+    child = undefined;
+
     progress('RSS with the Node-RED editor');
     const editorRss = await measureEditorRss(broker.url);
     return {
@@ -571,6 +590,7 @@ export async function runPipelineBench(): Promise<PipelineResult> {
       httpAcceptedPerS: (accepted / posted.ms) * 1000,
       driverPathPerS: (n / driverMs) * 1000,
       driverIngestedPerS: (n / ingestMs) * 1000,
+      memoryDriverPathPerS: (n / memoryDriverMs) * 1000,
       idleLatency: idle,
       cpuUs: cpu,
       rssNoEditor,
