@@ -231,24 +231,35 @@ function parseEventInput(
     type,
     source: source.driver === undefined ? { device: source.device } : { device: source.device, driver: source.driver as string },
   };
-  if (data !== undefined) input.data = protectCard(data, privacy);
+  if (data !== undefined) input.data = protectCard(data, prefix, privacy);
   if (severity !== undefined) input.severity = severity;
   if (when !== undefined) input.ts = when;
   return input;
 }
 
 /**
- * Card numbers never leave the box (SPEC.md "Event envelope"): a number or a
- * decimal string in `data.card` is replaced by its pseudonym, as a driver does.
+ * Card numbers never leave the box (SPEC.md "Event envelope"): `data.card` is
+ * replaced by its pseudonym, as a driver does. Accepted as a card number: a
+ * non-negative safe integer, a decimal string, or `0x`-prefixed hex (a reader
+ * printing the UID in hex), which is pseudonymised by its decimal value like
+ * the others. Anything else (bare hex, which cannot be told from a pseudonym
+ * or a decimal, a float, an object…) is refused, since storing it could leak a
+ * card number; `null` means "no card" and is kept. With `privacy.rawCards`
+ * the value is kept as given. The error never echoes the value.
  */
-function protectCard(data: Record<string, unknown>, privacy: { siteKey: string; rawCards: boolean }) {
-  if (privacy.rawCards) return data;
+function protectCard(data: Record<string, unknown>, prefix: string, privacy: { siteKey: string; rawCards: boolean }) {
+  if (privacy.rawCards || !('card' in data)) return data;
   const card = data.card;
-  if (typeof card === 'number' && Number.isSafeInteger(card) && card >= 0) {
-    return { ...data, card: pseudonymiseCard(card, privacy.siteKey) };
+  if (card === null) return data;
+  let decimal: string | null = null;
+  if (typeof card === 'number' && Number.isSafeInteger(card) && card >= 0) decimal = String(card);
+  else if (typeof card === 'string' && /^\d{1,40}$/.test(card)) decimal = card;
+  else if (typeof card === 'string' && /^0[xX][0-9a-fA-F]{1,32}$/.test(card)) decimal = BigInt(card).toString(10);
+  if (decimal === null) {
+    throw new BadField(
+      at(prefix, 'data.card'),
+      'data.card must be a card number: a non-negative integer, a decimal string or 0x-prefixed hex (it is pseudonymised before it is stored)',
+    );
   }
-  if (typeof card === 'string' && /^\d{1,40}$/.test(card)) {
-    return { ...data, card: pseudonymiseCard(card, privacy.siteKey) };
-  }
-  return data;
+  return { ...data, card: pseudonymiseCard(decimal, privacy.siteKey) };
 }

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import type { Driver } from '../../drivers/driver.js';
 import { systemClock } from '../../edge/clock.js';
 import { parseConfig } from '../../edge/config.js';
-import type { Envelope } from '../../edge/envelope.js';
+import { type Envelope, pseudonymiseCard } from '../../edge/envelope.js';
 import { silentLogger } from '../../edge/log.js';
 import { Runtime } from '../../edge/runtime.js';
 import { readOutboxStats, outboxPath } from '../../sync/outbox.js';
@@ -91,7 +91,36 @@ describe('local HTTP API (integration)', function () {
     assert.equal(res.status, 202);
     const [e] = runtime.outbox.recent(1);
     assert.match(String(e.data.card), /^[0-9a-f]{16}$/);
-    assert.notEqual(e.data.card, 12345678);
+    assert.equal(e.data.card, pseudonymiseCard(12345678, SITE_KEY));
+  });
+
+  it('pseudonymises a card given as a decimal string or 0x hex by its decimal value; keeps a null card', async () => {
+    const want = pseudonymiseCard(3735928559, SITE_KEY);
+    for (const card of ['3735928559', '0003735928559', '0xDEADBEEF', '0xdeadbeef']) {
+      const res = await post({ type: 'access.granted', source: { device: 'door-1' }, data: { card } });
+      assert.equal(res.status, 202, card);
+      assert.equal(runtime.outbox.recent(1)[0].data.card, want, card);
+    }
+    const res = await post({ type: 'access.denied', source: { device: 'door-1' }, data: { card: null, door: 0 } });
+    assert.equal(res.status, 202);
+    assert.deepEqual(runtime.outbox.recent(1)[0].data, { card: null, door: 0 });
+  });
+
+  it('refuses a data.card that is not a card number (it could leak one), without echoing it, storing nothing', async () => {
+    const before = runtime.outbox.stats();
+    const cards: unknown[] = ['04A224B2C85E80', 'DEADBEEF', 'card-12', 2 ** 60, -5, 12.5, { id: 1 }, true, '', '0x'];
+    for (const card of cards) {
+      const res = await post([
+        { type: 'door.opened', source: { device: 'door-1' } },
+        { type: 'access.granted', source: { device: 'door-1' }, data: { card } },
+      ]);
+      const text = await res.text();
+      assert.equal(res.status, 400, `${JSON.stringify(card)} → ${res.status} ${text}`);
+      assert.equal(JSON.parse(text).field, 'events[1].data.card');
+      if (typeof card === 'string' && card.length > 3) assert.ok(!text.includes(card), `error echoes ${card}`);
+    }
+    const after = runtime.outbox.stats();
+    assert.equal(after.lastSeq, before.lastSeq);
   });
 
   it('rejects every bad body with 400 naming the field, and stores nothing of the request', async () => {
