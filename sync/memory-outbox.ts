@@ -185,7 +185,9 @@ export class MemoryOutbox implements Outbox {
           this.store[severity].delete(seq);
           this.bytesBy[severity] -= h.bytes;
           tally ??= new OverflowTally();
-          tally.add(seq, severity, h.bytes, h.type, h.ts);
+          // Same as LevelOutbox: an unread overflow event evicted here is folded in.
+          if (seq === this.pendingOverflow?.seq) tally.merge(this.pendingOverflow.data);
+          else tally.add(seq, severity, h.bytes, h.type, h.ts);
           freed += h.bytes;
         }
       }

@@ -603,6 +603,8 @@ export class LevelOutbox implements Outbox {
     }
 
     let tally: OverflowTally | null = null;
+    /** Evictions already counted by an unread overflow event folded into `tally`. */
+    let foldedIn = 0;
     const evictCursor: Record<'info' | 'warning', number> = {
       info: (meta.heads.info?.seq ?? lastSeq + 1) - 1,
       warning: (meta.heads.warning?.seq ?? lastSeq + 1) - 1,
@@ -625,7 +627,14 @@ export class LevelOutbox implements Outbox {
               const { ts, type } = peek(json);
               del(seq, severity, size);
               tally ??= new OverflowTally();
-              tally.add(seq, severity, size, type, ts);
+              // The unread overflow event goes with the rest: fold in what it reported
+              // (nobody has it yet). One already handed out counts as an evicted event.
+              // Reads skip it from here on (as when it is replaced), so nobody gets both.
+              if (seq === this.pendingOverflow?.seq) {
+                this.replacingOverflow = seq;
+                foldedIn += this.pendingOverflow.data.evicted;
+                tally.merge(this.pendingOverflow.data);
+              } else tally.add(seq, severity, size, type, ts);
               freed += size;
               if (freed >= need) break;
             }
@@ -688,7 +697,7 @@ export class LevelOutbox implements Outbox {
     let evictedNow = 0;
     if (tally) {
       const t = tally as OverflowTally;
-      evictedNow = t.evicted;
+      evictedNow = t.evicted - foldedIn;
       const prev = this.pendingOverflow;
       if (prev && !deleted.has(prev.seq)) {
         // Nobody has read the previous overflow event: replace it by one that covers both.

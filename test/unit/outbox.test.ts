@@ -316,6 +316,31 @@ function outboxSuite(name: string, makeHarness: () => Harness): void {
       assert.ok(ob.stats().bytes <= maxBytes);
     });
 
+    it('folds an unread overflow event that is itself evicted into the next one: every loss reported once', async () => {
+      const w = () => ev('warning', 'door.held_open');
+      const fill = Array.from({ length: 10 }, w);
+      const maxBytes = sumSize(fill) + 100;
+      const ob = await make(maxBytes);
+      await ob.append(fill);
+      // Only warnings are stored: the first eviction's overflow event is a warning among them.
+      await ob.append(Array.from({ length: 3 }, w));
+      // recent() is not a read: the overflow event stays unread.
+      const first = ob.recent(1)[0];
+      assert.equal(first.type, 'edge.outbox_overflow', 'first overflow event');
+      // Nobody reads. A write as big as the bound evicts every older warning, the overflow event too.
+      const appended = 10 + 3 + 9;
+      await ob.append(Array.from({ length: 9 }, w));
+      const stored = parsed(await readAll(ob));
+      const overflows = stored.filter((e) => e.type === 'edge.outbox_overflow');
+      assert.equal(overflows.length, 1, 'one overflow event left');
+      assert.notEqual(overflows[0].seq, first.seq, 'the first one was evicted');
+      const d = overflows[0].data as { evicted: number; byType: Record<string, number>; fromSeq: number };
+      const lost = appended - stored.filter((e) => e.type === 'door.held_open').length;
+      assert.equal(d.evicted, lost, 'the losses the evicted report carried are in the new one');
+      assert.deepEqual(d.byType, { 'door.held_open': lost }, 'the report itself is not counted as a lost event');
+      assert.equal(d.fromSeq, (first.data as { fromSeq: number }).fromSeq);
+    });
+
     it('evicts the oldest warnings once no info is left, and never a critical', async () => {
       const c4 = Array.from({ length: 4 }, () => ev('critical', 'fire.alarm'));
       const w6 = Array.from({ length: 6 }, () => ev('warning', 'door.held_open'));
