@@ -27,6 +27,10 @@ export const PRIORITY: readonly Severity[] = ['critical', 'warning', 'info'];
 
 const SEV_PREFIX: Record<Severity, string> = { critical: 'e!c!', warning: 'e!w!', info: 'e!i!' };
 const META_KEY = 'm!meta';
+/** A snapshot of the recent ring (newest first), so GET /api/v1/events shows acknowledged events after a restart too. */
+const RECENT_KEY = 'm!recent';
+/** The recent snapshot is rewritten at most this often while events come in (and on close). */
+const RECENT_SAVE_MS = 5000;
 const META_VERSION = 1;
 /** 16 digits cover Number.MAX_SAFE_INTEGER, so lexicographic order is numeric order. */
 const SEQ_DIGITS = 16;
@@ -245,6 +249,8 @@ export interface LevelOutboxOptions {
   clock?: Clock;
   /** Memory per severity for the hot tail (serialized bytes); defaults suit the uplink's batches. */
   hotTailBytes?: Partial<Record<Severity, number>>;
+  /** How often the recent ring's snapshot is rewritten while it changes (default 5 s; tests). */
+  recentSaveMs?: number;
 }
 
 interface AppendJob {
@@ -317,6 +323,11 @@ export class LevelOutbox implements Outbox {
   /** When the last head lookup started (performance.now(): a rate limit, not logic). */
   private lastRefreshAt = Number.NEGATIVE_INFINITY;
   private refreshTimer: NodeJS.Timeout | null = null;
+  /** Commits that changed the recent ring, and the last one its snapshot holds. */
+  private recentVersion = 0;
+  private recentSavedVersion = 0;
+  private recentTimer: NodeJS.Timeout | null = null;
+  private recentSaving: Promise<void> | null = null;
 
   constructor(private readonly opts: LevelOutboxOptions) {
     this.log = (opts.log ?? silentLogger()).child({ module: 'sync/outbox' });
@@ -362,6 +373,9 @@ export class LevelOutbox implements Outbox {
       this.pendingOverflow = null;
       await this.seedRecent();
       await this.loadHotTails(db, meta);
+      this.recentVersion = this.recentSavedVersion = 0;
+      this.recentTimer = setInterval(() => void this.saveRecent(false), this.opts.recentSaveMs ?? RECENT_SAVE_MS);
+      this.recentTimer.unref();
       if (PRIORITY.some((sev) => meta.heads[sev]?.stale)) this.refreshHeads();
     } catch (err) {
       this.db = null;
@@ -382,6 +396,10 @@ export class LevelOutbox implements Outbox {
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
     this.refreshTimer = null;
     await this.refreshing;
+    if (this.recentTimer) clearInterval(this.recentTimer);
+    this.recentTimer = null;
+    await this.recentSaving;
+    await this.saveRecent(true);
     const db = this.db;
     this.db = null;
     await db.close();
@@ -758,6 +776,7 @@ export class LevelOutbox implements Outbox {
     }
     if (overflowWritten) this.pendingOverflow = overflowWritten;
     for (const e of appended) this.recentRing.push(e);
+    if (appended.length > 0) this.recentVersion++;
     if (tally) {
       // A full outbox evicts on every write: log at most every 10 s, with the count since the last line.
       this.evictedSinceLog += evictedNow;
@@ -967,9 +986,41 @@ export class LevelOutbox implements Outbox {
     this.hot.critical = critical;
   }
 
+  /**
+   * Write the recent ring's snapshot if it changed. Not synced except on close:
+   * losing the last seconds of it in a power cut only shortens the history
+   * GET /api/v1/events shows (unacknowledged events are reseeded from the store).
+   */
+  private saveRecent(sync: boolean): Promise<void> {
+    const db = this.db;
+    if (!db || this.recentSaving || this.recentVersion === this.recentSavedVersion) return this.recentSaving ?? Promise.resolve();
+    const version = this.recentVersion;
+    const json = JSON.stringify(this.recentRing.newest(RECENT_SIZE));
+    this.recentSaving = db
+      .put(RECENT_KEY, json, { sync })
+      .then(
+        () => {
+          this.recentSavedVersion = version;
+        },
+        (err) => this.log.debug({ err }, 'outbox recent snapshot not written'),
+      )
+      .finally(() => {
+        this.recentSaving = null;
+      });
+    return this.recentSaving;
+  }
+
+  /** The recent ring after a (re)open: the last snapshot merged with the newest stored events, by seq. */
   private async seedRecent(): Promise<void> {
     const db = this.db!;
     const all: Envelope[] = [];
+    try {
+      const raw = await db.get(RECENT_KEY);
+      const snap: unknown = raw === undefined ? [] : JSON.parse(raw);
+      if (Array.isArray(snap)) for (const e of snap) if (e && typeof e === 'object' && Number.isSafeInteger(e.seq)) all.push(e as Envelope);
+    } catch (err) {
+      this.log.warn({ err }, 'outbox recent snapshot unreadable: recent events start from the stored ones');
+    }
     for (const severity of PRIORITY) {
       if (this.meta!.counts[severity].events === 0) continue;
       const it = db.iterator({ gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END, reverse: true, limit: RECENT_SIZE });
@@ -986,7 +1037,14 @@ export class LevelOutbox implements Outbox {
       }
     }
     all.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
-    for (const e of all.slice(-RECENT_SIZE)) this.recentRing.push(e);
+    // A stored event is usually in the snapshot too: keep one per id.
+    const seen = new Set<string>();
+    const unique = all.filter((e) => {
+      if (seen.has(e.id)) return false;
+      seen.add(e.id);
+      return true;
+    });
+    for (const e of unique.slice(-RECENT_SIZE)) this.recentRing.push(e);
   }
 }
 
