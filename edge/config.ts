@@ -55,7 +55,13 @@ export function parseConfig(
   if (doc.errors.length > 0) {
     fail(doc.errors.map((e) => `yaml: ${e.message.split('\n')[0]}`));
   }
-  const raw: unknown = doc.toJS();
+  let raw: unknown;
+  try {
+    // Alias problems (an undefined *alias, an alias bomb) only surface here, not in doc.errors.
+    raw = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    fail([`yaml: ${(err as Error).message.split('\n')[0]}`]);
+  }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
     fail(['config must be a YAML mapping (site, edge, dataDir, …)']);
   }

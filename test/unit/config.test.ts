@@ -192,6 +192,14 @@ describe('site config', () => {
     assertError('- a\n- b\n', 'config must be a YAML mapping (site, edge, dataDir, …)');
   });
 
+  it('rejects an undefined alias and an alias bomb with a yaml: error, not a crash', () => {
+    assertError(`${BASE}log: *nope\n`, /^yaml: .*alias/i);
+    // A "billion laughs": each level doubles; a few lines would expand to millions of nodes.
+    const levels = ['a: &a [x, x]'];
+    for (let i = 1; i < 12; i++) levels.push(`${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [*${String.fromCharCode(96 + i)}, *${String.fromCharCode(96 + i)}, *${String.fromCharCode(96 + i)}, *${String.fromCharCode(96 + i)}, *${String.fromCharCode(96 + i)}, *${String.fromCharCode(96 + i)}, *${String.fromCharCode(96 + i)}, *${String.fromCharCode(96 + i)}, *${String.fromCharCode(96 + i)}, *${String.fromCharCode(96 + i)}]`);
+    assertError(`${BASE}x-bomb:\n  ${levels.join('\n  ')}\n`, /^yaml: /);
+  });
+
   it('isLoopbackHost knows 127.0.0.0/8, ::1 and localhost only', () => {
     for (const h of ['127.0.0.1', '127.255.0.1', 'localhost', 'LOCALHOST', '::1', '[::1]']) assert.ok(isLoopbackHost(h), h);
     for (const h of ['0.0.0.0', '10.0.0.1', '::', '128.0.0.1', 'localhost.evil.com', '127.0.0.1.nip.io']) {
