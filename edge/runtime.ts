@@ -10,7 +10,7 @@ import { Uplink } from '../sync/uplink.js';
 import { EventBus } from './bus.js';
 import { type Clock, systemClock } from './clock.js';
 import type { SiteConfig } from './config-types.js';
-import { type Envelope, type EventInput, isEventType, makeEnvelope } from './envelope.js';
+import { type Envelope, type EventInput, isEventType, isSeverity, makeEnvelope } from './envelope.js';
 import { EdgewardError, isEdgewardError } from './errors.js';
 import { registerFamilies } from './families.js';
 import { type Health, mountHttpApi, type RuntimeStatus } from './http.js';
@@ -408,7 +408,15 @@ export class Runtime {
   }
 
   private enqueue(input: EventInput): void {
-    if (!input || !isEventType(input.type) || typeof input.source?.device !== 'string') {
+    // Checked here, one event at a time: a bad event reaching the store would fail the
+    // whole tick's append, and with it every other device's events of that tick.
+    if (
+      !input ||
+      !isEventType(input.type) ||
+      typeof input.source?.device !== 'string' ||
+      (input.severity !== undefined && !isSeverity(input.severity)) ||
+      (input.data !== undefined && (input.data === null || typeof input.data !== 'object'))
+    ) {
       this.metrics.ingestError();
       this.log.warn({ type: input?.type, device: input?.source?.device }, 'dropped malformed bus event');
       return;
@@ -427,8 +435,20 @@ export class Runtime {
     const batch = this.pendingInputs;
     this.pendingInputs = [];
     this.ingest(batch).catch((err) => {
-      this.metrics.ingestError(batch.length);
-      this.log.error({ err, events: batch.length }, 'could not store bus events');
+      if (batch.length === 1) {
+        this.metrics.ingestError();
+        this.log.error({ err, type: batch[0].type, device: batch[0].source.device }, 'could not store a bus event');
+        return;
+      }
+      // One event the store refuses (say, data that is not JSON) must not take the others
+      // of its tick with it: store them one by one, so only what fails is lost.
+      this.log.warn({ err, events: batch.length }, 'bus events refused together: storing them one by one');
+      for (const input of batch) {
+        this.ingest([input]).catch((e) => {
+          this.metrics.ingestError();
+          this.log.error({ err: e, type: input.type, device: input.source.device }, 'could not store a bus event');
+        });
+      }
     });
   }
 

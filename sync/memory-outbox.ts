@@ -162,7 +162,12 @@ export class MemoryOutbox implements Outbox {
   private doAppend(events: Envelope[]): Envelope[] {
     if (events.length === 0) return [];
     const seqd = events.map((e, i) => withSeq(e, this.lastSeq + 1 + i));
-    const jsons = seqd.map((e) => JSON.stringify(e));
+    let jsons: string[];
+    try {
+      jsons = seqd.map((e) => JSON.stringify(e));
+    } catch (err) {
+      throw new EdgewardError('EDGE_OUTBOX_INVALID', `event not serializable as JSON: ${(err as Error).message}`, { cause: err });
+    }
     const size = jsons.reduce((n, j) => n + Buffer.byteLength(j), 0);
     const hasCritical = seqd.some((e) => e.severity === 'critical');
     const over = this.totalBytes() + size - this.opts.maxBytes;

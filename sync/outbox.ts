@@ -678,7 +678,14 @@ export class LevelOutbox implements Outbox {
     for (const job of jobs) {
       if (job.kind !== 'append') continue;
       const seqd = job.events.map((e, i) => withSeq(e, lastSeq + 1 + i));
-      const jsons = seqd.map((e) => JSON.stringify(e));
+      let jsons: string[];
+      try {
+        jsons = seqd.map((e) => JSON.stringify(e));
+      } catch (err) {
+        // A BigInt or a cycle in `data`: refuse this append only, not the others of the group commit.
+        appendResults.set(job, new EdgewardError('EDGE_OUTBOX_INVALID', `event not serializable as JSON: ${(err as Error).message}`, { cause: err }));
+        continue;
+      }
       const sizes = jsons.map((j) => Buffer.byteLength(j));
       let size = 0;
       let hasCritical = false;

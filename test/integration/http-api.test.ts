@@ -274,6 +274,22 @@ describe('local HTTP API (integration)', function () {
     assert.deepEqual(devices.sort(), ['bus-dev', 'bus-dev-2']);
   });
 
+  it('one bad bus event does not take the others of its tick with it', async () => {
+    const before = runtime.outbox.stats().lastSeq;
+    const cyclic: Record<string, unknown> = { door: 0 };
+    cyclic.self = cyclic;
+    // All in one tick, so they would go to the store as one append.
+    runtime.bus.emit('event.input', { type: 'door.opened', source: { device: 'tick-a' } });
+    runtime.bus.emit('event.input', { type: 'door.opened', source: { device: 'tick-bad-sev' }, severity: 'fatal' as never });
+    runtime.bus.emit('event.input', { type: 'door.opened', source: { device: 'tick-bigint' }, data: { v: 10n } });
+    runtime.bus.emit('event.input', { type: 'door.opened', source: { device: 'tick-cycle' }, data: cyclic });
+    runtime.bus.emit('event.input', { type: 'fire.alarm', source: { device: 'tick-b' } });
+    await waitFor(() => runtime.outbox.recent(5).some((e) => e.source.device === 'tick-b'), { message: 'the alarm of the tick stored' });
+    await waitFor(() => runtime.outbox.recent(5).some((e) => e.source.device === 'tick-a'), { message: 'the good event of the tick stored' });
+    const stored = runtime.outbox.recent(10).filter((e) => e.seq! > before).map((e) => e.source.device);
+    assert.deepEqual(stored.sort(), ['tick-a', 'tick-b']);
+  });
+
   it('starts registered drivers, survives a broken one, shows them in status and routes commands', async () => {
     const executed: string[] = [];
     const healthy: Driver = {

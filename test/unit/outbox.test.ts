@@ -201,6 +201,26 @@ function outboxSuite(name: string, makeHarness: () => Harness): void {
       assert.notEqual(ob.stats().oldestTs, '2020-01-01T00:00:00.000Z');
     });
 
+    it('refuses an append whose data is not JSON (BigInt, cycle) without failing the appends it shares a write with', async () => {
+      const ob = await make();
+      const cyclic: Record<string, unknown> = {};
+      cyclic.self = cyclic;
+      const results = await Promise.allSettled([
+        ob.append([ev('info')]),
+        ob.append([ev('info', 'sensor.reading', { v: 10n as unknown as number })]),
+        ob.append([ev('critical', 'fire.alarm', cyclic)]),
+        ob.append([ev('warning')]),
+      ]);
+      assert.equal(results[0].status, 'fulfilled');
+      assert.equal(results[3].status, 'fulfilled');
+      for (const r of [results[1], results[2]]) {
+        assert.equal(r.status, 'rejected');
+        assert.ok(isEdgewardError((r as PromiseRejectedResult).reason, 'EDGE_OUTBOX_INVALID'), String((r as PromiseRejectedResult).reason));
+      }
+      const seqs = (await readAll(ob)).map((e) => e.seq).sort((a, b) => a - b);
+      assert.deepEqual(seqs, [1, 2], 'no seq spent on the refused appends');
+    });
+
     it('recent() gives the newest appended envelopes first, acked or not', async () => {
       const ob = await make();
       await ob.append([ev('info'), ev('critical')]);
