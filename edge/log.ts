@@ -33,6 +33,9 @@ export const REDACT_PATHS = [
   'http.token',
 ];
 
+/** The key names of REDACT_PATHS: censored at any depth where a path cannot reach (text built from objects). */
+export const REDACTED_KEYS: ReadonlySet<string> = new Set(REDACT_PATHS.map((p) => p.split('.').pop()!));
+
 export function createLogger(opts: { level?: string; destination?: pino.DestinationStream } = {}): Logger {
   return pino(
     {

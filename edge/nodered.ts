@@ -9,7 +9,7 @@ import type { SiteConfig } from './config-types.js';
 import type { EventInput } from './envelope.js';
 import { EdgewardError } from './errors.js';
 import { bearerAuth, parseEventsBody } from './http.js';
-import type { Logger } from './log.js';
+import { type Logger, REDACTED_KEYS } from './log.js';
 import type { EdgewardNodeApi } from './node-api.js';
 
 /** Options of {@link embedNodeRed}. */
@@ -312,7 +312,8 @@ const PINO_LEVELS: Record<number, 'fatal' | 'error' | 'warn' | 'info' | 'debug' 
  */
 const EXPECTED_WARNINGS = [/^Projects disabled/, /^Encrypted credentials not found/];
 
-function logRecord(log: Logger, record: NodeRedLogRecord): void {
+/** Node-RED's log records (node.warn/error/log from any node) as pino lines. Exported for tests. */
+export function logRecord(log: Logger, record: NodeRedLogRecord): void {
   let level = PINO_LEVELS[record.level];
   if (!level) return; // audit and metric records are off
   const m = record.msg;
@@ -326,10 +327,15 @@ function logRecord(log: Logger, record: NodeRedLogRecord): void {
   log[level](fields, text);
 }
 
+/**
+ * An object a node logs (`node.warn(msg.payload)`) becomes the line's text,
+ * where pino's redaction paths cannot reach: censor the same keys here, at any
+ * depth, so a card number or a token in a flow's message stays out of the log.
+ */
 function safeJson(v: unknown): string {
   try {
-    return JSON.stringify(v) ?? String(v);
+    return JSON.stringify(v, (key, value) => (REDACTED_KEYS.has(key) ? '[redacted]' : value)) ?? String(v);
   } catch {
-    return String(v);
+    return '[unserializable object]';
   }
 }
