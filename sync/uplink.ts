@@ -103,6 +103,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private reconnectTimer: NodeJS.Timeout | null = null;
   private statusTimer: NodeJS.Timeout | null = null;
   private lingerTimer: NodeJS.Timeout | null = null;
+  /** The pump's retry after a failed publish. */
+  private retryTimer: NodeJS.Timeout | null = null;
   private lingerSince: number | null = null;
   private unsubscribeAppend: (() => void) | null = null;
 
@@ -164,9 +166,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.running = false;
     this.unsubscribeAppend?.();
     this.unsubscribeAppend = null;
-    for (const t of [this.reconnectTimer, this.statusTimer, this.lingerTimer])
+    for (const t of [this.reconnectTimer, this.statusTimer, this.lingerTimer, this.retryTimer])
       if (t) this.clock.clearTimeout(t);
-    this.reconnectTimer = this.statusTimer = this.lingerTimer = null;
+    this.reconnectTimer = this.statusTimer = this.lingerTimer = this.retryTimer = null;
     await this.pumpDone;
     const client = this.client;
     this.client = null;
@@ -510,7 +512,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       // The events stay in the outbox; the batch is resent after the reconnect (or right away if still up).
       this.log.warn({ err: err.message, events: batch.pending.size }, 'batch publish failed; will resend');
       this.release(batch);
-      if (client === this.client) this.clock.setTimeout(() => this.pump(), 100);
+      if (client === this.client && !this.retryTimer) {
+        this.retryTimer = this.clock.setTimeout(() => {
+          this.retryTimer = null;
+          this.pump();
+        }, 100);
+      }
       return;
     }
     batch.published = true;

@@ -828,7 +828,7 @@ describe('LevelOutbox (durable)', () => {
     await assert.rejects(readOutboxStats(`${dir.path}/nope`), (e) => isEdgewardError(e, 'EDGE_OUTBOX_OPEN_FAILED'));
   });
 
-  it('measures throughput: concurrent single appends, 500-event appends, reads over a backlog', async function () {
+  it('prints throughput figures (concurrent single appends, 500-event appends, reads over a backlog); group commit holds', async function () {
     this.timeout(60_000);
     const ob = await open();
     const singles = 10_000;
@@ -864,7 +864,7 @@ describe('LevelOutbox (durable)', () => {
         `${Math.round(batchRate)} ev/s in 500-event appends, read(500) ${readMs.toFixed(2)} ms over ${ob.stats().events} stored, ` +
         `read(500, after 100k) ${cursorMs.toFixed(2)} ms`,
     );
-    assert.ok(singleRate > 5000, `concurrent single appends too slow: ${singleRate}`);
-    assert.ok(readMs < 100, `read too slow: ${readMs} ms`);
+    // Figures only (the bench measures speed); what must hold is structural: the group commit.
+    assert.ok(singleWrites < singles / 10, `${singleWrites} writes for ${singles} concurrent single appends`);
   });
 });

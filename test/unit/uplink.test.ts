@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import type { Clock } from '../../edge/clock.js';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { type EventType, makeEnvelope } from '../../edge/envelope.js';
 import { isEdgewardError } from '../../edge/errors.js';
@@ -7,6 +8,7 @@ import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { Uplink } from '../../sync/uplink.js';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { freePort, startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
+import { ManualClock } from '../helpers/clock.js';
 import { delay, waitFor } from '../helpers/wait.js';
 
 const site = 'pengqu-qumei';
@@ -36,7 +38,7 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     uplink = central = undefined;
   });
 
-  function make(config: Partial<UplinkConfig>, url = broker.url): Uplink {
+  function make(config: Partial<UplinkConfig>, url = broker.url, clock?: Clock): Uplink {
     const full: UplinkConfig = {
       url,
       ack: 'central',
@@ -53,6 +55,7 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
       log: silentLogger(),
       reconnectMinMs: 50,
       reconnectMaxMs: 300,
+      ...(clock ? { clock } : {}),
     });
     return uplink;
   }
@@ -67,19 +70,21 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
 
   it('sends full batches at once and holds a partial one for lingerMs', async () => {
     central = await startTestCentral({ url: broker.url, site, edge, ack: true });
-    const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 3000 } });
+    // Linger is timing logic: the uplink's clock is the test's, so a busy machine cannot fake it.
+    const clock = new ManualClock();
+    const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 3000 } }, broker.url, clock);
     await u.start();
     await waitFor(() => u.status().connected, { message: 'connected' });
     const c = central;
-    const t0 = Date.now();
     await append(25);
-    await waitFor(() => c.byId.size >= 20, {
-      timeoutMs: 2500,
-      message: 'two full batches without lingering',
-    });
-    if (Date.now() - t0 < 2900) assert.equal(c.byId.size, 20, 'the partial batch lingers');
-    await waitFor(() => c.byId.size === 25, { timeoutMs: 6000, message: 'partial batch after linger' });
-    assert.ok(Date.now() - t0 >= 2900, 'the partial batch waited for lingerMs');
+    await waitFor(() => c.byId.size >= 20, { message: 'two full batches without lingering' });
+    // The partial batch is held: a linger timer of lingerMs is armed and, time standing still, nothing more is sent.
+    await waitFor(() => clock.pending().includes(3000), { message: 'linger timer armed' });
+    assert.equal(c.byId.size, 20, 'the partial batch lingers');
+    clock.advance(2999);
+    assert.equal(c.byId.size, 20, 'still lingering 1 ms before lingerMs');
+    clock.advance(1);
+    await waitFor(() => c.byId.size === 25, { message: 'partial batch once lingerMs passed' });
     assert.deepEqual(
       c.batches.map((b) => b.events.length),
       [10, 10, 5],
@@ -88,14 +93,15 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
 
   it('critical events do not wait for linger', async () => {
     central = await startTestCentral({ url: broker.url, site, edge, ack: true });
-    const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 5000 } });
+    // Time stands still: a critical that waited for linger would never be sent.
+    const clock = new ManualClock();
+    const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 5000 } }, broker.url, clock);
     await u.start();
     await waitFor(() => u.status().connected, { message: 'connected' });
     const c = central;
-    const t0 = Date.now();
+    await append(3);
     const [crit] = await append(1, 'fire.alarm');
-    await waitFor(() => c.byId.has(crit.id), { timeoutMs: 3000, message: 'critical sent at once' });
-    assert.ok(Date.now() - t0 < 3000);
+    await waitFor(() => c.byId.has(crit.id), { message: 'critical sent without any time passing' });
   });
 
   it('keeps at most maxInflight unacked batches, lets a critical past a full window', async () => {
