@@ -36,10 +36,10 @@ export class CliExit extends Error {
 /** Registers one subcommand on the program. */
 export type CommandRegistration = (program: Command) => void;
 
-/** Load a config or turn its errors into exit 2 with one error per line. */
-export function loadConfigOrExit(path: string): SiteConfig {
+/** Load a config or turn its errors into exit 2 with one error per line; `warnings` receives the valid-but-unwise. */
+export function loadConfigOrExit(path: string, warnings?: string[]): SiteConfig {
   try {
-    return loadConfig(path);
+    return loadConfig(path, process.env, { warnings });
   } catch (err) {
     if (isEdgewardError(err, 'EDGE_CONFIG_INVALID')) {
       const errors = (err.details?.errors as string[] | undefined) ?? [err.message];
@@ -69,8 +69,10 @@ const registerStart: CommandRegistration = (program) => {
     .description('run the edge runtime for a site config')
     .requiredOption('-c, --config <file>', 'site config (YAML)')
     .action(async (opts: { config: string }) => {
-      const config = loadConfigOrExit(opts.config);
+      const warnings: string[] = [];
+      const config = loadConfigOrExit(opts.config, warnings);
       const log = createLogger({ level: config.log.level });
+      for (const w of warnings) log.warn({ config: opts.config }, w);
       const runtime = new Runtime({ config, log, version: packageVersion() });
       try {
         await runtime.start();
@@ -102,7 +104,9 @@ const registerCheck: CommandRegistration = (program) => {
     .description('validate a site config and print every error (touches no data)')
     .requiredOption('-c, --config <file>', 'site config (YAML)')
     .action((opts: { config: string }) => {
-      const config = loadConfigOrExit(opts.config);
+      const warnings: string[] = [];
+      const config = loadConfigOrExit(opts.config, warnings);
+      for (const w of warnings) process.stderr.write(`warning: ${w}\n`);
       process.stdout.write(`ok: ${describeConfig(config)}\n`);
     });
 };

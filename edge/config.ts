@@ -33,7 +33,7 @@ const ENV_RE = /^env:(.*)$/;
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /** Read and validate a site config file. Throws EdgewardError('EDGE_CONFIG_INVALID') with every error. */
-export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): SiteConfig {
+export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env, opts: { warnings?: string[] } = {}): SiteConfig {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -41,14 +41,18 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
     const msg = `cannot read config file ${path}: ${(err as Error).message}`;
     throw new EdgewardError('EDGE_CONFIG_INVALID', msg, { cause: err, details: { errors: [msg] } });
   }
-  return parseConfig(text, env, { baseDir: dirname(resolve(path)) });
+  return parseConfig(text, env, { baseDir: dirname(resolve(path)), warnings: opts.warnings });
 }
 
-/** Validate config text. `baseDir` (default: the working directory) anchors relative paths. */
+/**
+ * Validate config text. `baseDir` (default: the working directory) anchors
+ * relative paths; `warnings`, when given, receives what is valid but unwise
+ * (a secret written in the file instead of `env:NAME`).
+ */
 export function parseConfig(
   yamlText: string,
   env: NodeJS.ProcessEnv = process.env,
-  opts: { baseDir?: string } = {},
+  opts: { baseDir?: string; warnings?: string[] } = {},
 ): SiteConfig {
   const baseDir = opts.baseDir ?? process.cwd();
   const doc = parseDocument(yamlText, { prettyErrors: true, uniqueKeys: true });
@@ -65,6 +69,8 @@ export function parseConfig(
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
     fail(['config must be a YAML mapping (site, edge, dataDir, …)']);
   }
+
+  if (opts.warnings) opts.warnings.push(...literalSecrets(raw as Record<string, unknown>));
 
   const errors: string[] = [];
   const unresolved = new Set<string>();
@@ -105,6 +111,26 @@ export function describeConfig(c: SiteConfig): string {
 
 function redactUrl(url: string): string {
   return url.replace(/\/\/[^@/]*@/, '//[redacted]@');
+}
+
+/** Secrets written in the file itself: valid, but they end up in backups, tickets and git. */
+function literalSecrets(raw: Record<string, unknown>): string[] {
+  const at = (obj: unknown, key: string): unknown =>
+    obj !== null && typeof obj === 'object' && !Array.isArray(obj) ? (obj as Record<string, unknown>)[key] : undefined;
+  const out: string[] = [];
+  const secrets: Array<[string, unknown]> = [
+    ['http.token', at(raw.http, 'token')],
+    ['uplink.password', at(raw.uplink, 'password')],
+    ['privacy.siteKey', at(raw.privacy, 'siteKey')],
+  ];
+  for (const [path, v] of secrets) {
+    if (typeof v === 'string' && !ENV_RE.test(v)) out.push(`${path}: a secret written in the file; prefer env:NAME (the value then stays out of the file)`);
+  }
+  const url = at(raw.uplink, 'url');
+  if (typeof url === 'string' && /^[a-z]+:\/\/[^/@]*:[^/@]*@/i.test(url)) {
+    out.push('uplink.url: a password in the URL; use uplink.username and uplink.password: env:NAME');
+  }
+  return out;
 }
 
 function fail(errors: string[]): never {

@@ -192,6 +192,27 @@ describe('site config', () => {
     assertError('- a\n- b\n', 'config must be a YAML mapping (site, edge, dataDir, …)');
   });
 
+  it('reports secrets written in the file (token, password, site key, password in the URL) as warnings', () => {
+    const warnings: string[] = [];
+    parseConfig(
+      `${BASE}http: { host: 0.0.0.0, token: ${'t'.repeat(20)} }\nuplink: { url: "mqtts://u:p4ss@central:8883", password: hunter2hunter2 }\n`,
+      {},
+      { baseDir: '/srv/edge', warnings },
+    );
+    assert.deepEqual(
+      warnings.map((w) => w.split(':')[0]),
+      ['http.token', 'uplink.password', 'privacy.siteKey', 'uplink.url'],
+    );
+    assert.ok(!warnings.join(' ').includes('hunter2') && !warnings.join(' ').includes('p4ss'), 'values never in warnings');
+    const none: string[] = [];
+    parseConfig(
+      `site: s\nedge: e\ndataDir: d\nprivacy: { siteKey: env:K }\nhttp: { host: 0.0.0.0, token: env:T }\nuplink: { url: "mqtt://central", username: u, password: env:P }\n`,
+      { K: KEY, T: 't'.repeat(20), P: 'x' },
+      { warnings: none },
+    );
+    assert.deepEqual(none, []);
+  });
+
   it('rejects an undefined alias and an alias bomb with a yaml: error, not a crash', () => {
     assertError(`${BASE}log: *nope\n`, /^yaml: .*alias/i);
     // A "billion laughs": each level doubles; a few lines would expand to millions of nodes.
@@ -252,6 +273,20 @@ describe('site config', () => {
       assert.equal(ok.status, 0, ok.stderr);
       assert.match(ok.stdout, /^ok: pengqu-qumei\/gate-07/);
       assert.ok(!ok.stdout.includes(KEY), 'the secret must not be printed');
+    });
+
+    it('warns (exit 0) about a secret written in the file, without printing it', () => {
+      const file = join(dir.path, 'literal.yaml');
+      writeFileSync(file, BASE); // privacy.siteKey is a literal here
+      const r = check(file);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /^warning: privacy\.siteKey: a secret written in the file; prefer env:NAME/m);
+      assert.ok(!r.stderr.includes(KEY) && !r.stdout.includes(KEY), 'the secret must not be printed');
+      const viaEnv = join(dir.path, 'via-env.yaml');
+      writeFileSync(viaEnv, BASE.replace(KEY, 'env:EDGEWARD_SITE_KEY'));
+      const ok = check(viaEnv, { EDGEWARD_SITE_KEY: KEY });
+      assert.equal(ok.status, 0, ok.stderr);
+      assert.equal(ok.stderr, '', 'no warning when the secret comes from the environment');
     });
 
     it('exits 2 on a missing file', () => {
