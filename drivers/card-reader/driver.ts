@@ -64,7 +64,10 @@ export class CardReaderDriver implements Driver {
 
   async stop(): Promise<void> {
     this.running = false;
+    // Forget the cleared timer too: retry() treats a set `timer` as "already scheduled", so a stale one would stop every reconnect after a restart.
     if (this.timer) this.ctx.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    this.attempt = 0;
     const link = this.link;
     this.link = undefined;
     await link?.close();

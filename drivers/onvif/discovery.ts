@@ -62,6 +62,13 @@ function parseTarget(t: string): { host: string; port: number } {
   return { host: m[1] as string, port };
 }
 
+/** An XAddr as an http(s) URL, or undefined when it is not one (it comes from an untrusted datagram). */
+function deviceUrl(xaddr: string): URL | undefined {
+  if (!URL.canParse(xaddr)) return undefined;
+  const u = new URL(xaddr);
+  return u.protocol === 'http:' || u.protocol === 'https:' ? u : undefined;
+}
+
 function scopeValue(scopes: string[], kind: string): string | undefined {
   const prefix = `onvif://www.onvif.org/${kind}/`;
   const s = scopes.find((x) => x.startsWith(prefix));
@@ -114,7 +121,12 @@ export function discoverOnvif(opts: DiscoverOptions = {}): Promise<DiscoveredCam
         if (matches.length === 0) throw new EdgewardError('EDGE_ONVIF_BAD_XML', `WS-Discovery reply from ${from} has no ProbeMatch`);
         for (const m of matches) {
           const urn = text(child(m, 'EndpointReference'), 'Address')?.trim();
-          const xaddrs = (text(m, 'XAddrs') ?? '').split(/\s+/).filter((x) => /^https?:\/\//.test(x));
+          const advertised = (text(m, 'XAddrs') ?? '').split(/\s+/).filter(Boolean);
+          // Any LAN host can answer: keep only XAddrs that really parse as http(s) URLs, so one bad reply cannot break the others later.
+          const xaddrs = advertised.filter((x) => deviceUrl(x) !== undefined);
+          if (xaddrs.length < advertised.length) {
+            opts.onBadReply?.(new EdgewardError('EDGE_ONVIF_BAD_XML', `WS-Discovery reply from ${from} has unusable XAddrs (dropped)`), from);
+          }
           if (!urn || xaddrs.length === 0) continue;
           const scopes = (text(m, 'Scopes') ?? '').split(/\s+/).filter(Boolean);
           const via = targets.some((t) => t.host === rinfo.address && t.port === rinfo.port) ? 'unicast' : 'multicast';
@@ -164,7 +176,10 @@ export async function discoverAndDescribe(opts: {
   const found = await discoverOnvif({ timeoutMs: opts.timeoutMs, probe: opts.probe, multicast: opts.multicast });
   return Promise.all(
     found.map(async (cam): Promise<DescribedCamera> => {
-      const url = new URL(cam.xaddrs.find((x) => new URL(x).hostname === cam.address) ?? (cam.xaddrs[0] as string));
+      // Prefer the XAddr on the address that answered; an unparsable entry is skipped, never thrown (it would reject every camera).
+      const urls = cam.xaddrs.map(deviceUrl).filter((u): u is URL => u !== undefined);
+      const url = urls.find((u) => u.hostname === cam.address) ?? urls[0];
+      if (!url) return { ...cam, host: cam.address, port: 80, model: cam.hardware, error: 'EDGE_ONVIF_BAD_XML: no usable XAddr' };
       const host = url.hostname;
       const port = Number(url.port || 80);
       const client = new OnvifClient({ host, port, path: url.pathname, username: opts.username, password: opts.password, timeoutMs: 5000 });

@@ -90,6 +90,29 @@ describe('card reader over a serial PTY', function () {
     await waitFor(() => events.some((e) => e.type === 'sensor.reading'), { message: 'card after replug' });
   });
 
+  it('reconnects after a stop and start made while a reconnect was pending', async () => {
+    events.length = 0;
+    await new Promise<void>((r) => reader.close(() => r()));
+    await pty.kill();
+    await waitFor(() => events.some((e) => e.type === 'device.offline'), { message: 'offline' });
+    // A reconnect timer is pending now: stop() cancels it, start() (port still gone) must schedule its own.
+    await driver.stop();
+    await driver.start();
+    await pty.restart();
+    reader = await openReaderEnd();
+    await waitFor(() => driver.state().online, { message: 'online again after stop/start', timeoutMs: 8000 });
+    // And the restarted driver still follows the port through another unplug.
+    events.length = 0;
+    await new Promise<void>((r) => reader.close(() => r()));
+    await pty.kill();
+    await waitFor(() => events.some((e) => e.type === 'device.offline'), { message: 'offline after the second unplug' });
+    await pty.restart();
+    reader = await openReaderEnd();
+    await waitFor(() => events.some((e) => e.type === 'device.online'), { message: 'online after the second replug', timeoutMs: 8000 });
+    reader.write('W26:6\n');
+    await waitFor(() => events.some((e) => e.type === 'sensor.reading'), { message: 'card after stop/start and replug' });
+  });
+
   it('rejects a pattern without a card group, naming the field', () => {
     assert.throws(
       () => registry.createDriver('card-reader', 'r', { path: '/dev/null', pattern: '\\d+' }, {} as never),
