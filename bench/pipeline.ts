@@ -471,7 +471,12 @@ export interface PipelineResult {
    * CPU µs per event by process (all threads) in each throughput run: `bench` is
    * this process (the appenders of the outbox-alone run, the HTTP load generator).
    */
-  cpuUs: { outboxAlone: Record<string, number>; http: Record<string, number>; driver: Record<string, number> };
+  cpuUs: {
+    outboxAlone: Record<string, number>;
+    http: Record<string, number>;
+    driver: Record<string, number>;
+    memoryDriver: Record<string, number>;
+  };
   /** Critical event POST → arrival at the central (and → 202), idle system (ms). */
   idleLatency: { total: LatencyFigures; stored: LatencyFigures };
   /** RSS of the runtime process after the throughput runs (bytes), without the editor. */
@@ -527,7 +532,7 @@ export async function runPipelineBench(): Promise<PipelineResult> {
   progress(`outbox alone: ${n} events, ${batch} per append, ${concurrency} writers`);
   const cpuAlone = cpuMeter({ bench: process.pid });
   const outboxAlonePerS = await runOutboxAlone(n, batch, concurrency);
-  const cpu: PipelineResult['cpuUs'] = { outboxAlone: cpuAlone.stop(n), http: {}, driver: {} };
+  const cpu: PipelineResult['cpuUs'] = { outboxAlone: cpuAlone.stop(n), http: {}, driver: {}, memoryDriver: {} };
 
   const broker = await startMosquitto();
   let central: CentralChild | undefined;
@@ -572,10 +577,12 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     child = await startRuntimeChild({ dataDir: join(dir.path, 'memory'), brokerUrl: broker.url, outbox: 'memory' });
     await awaitUplink(child.port);
     const before3 = (await central.counts()).distinct;
+    const cpuMemory = cpuMeter({ ...pids, runtime: child.pid });
     const t2 = performance.now();
     await child.ingest(n, batch, concurrency, 2 * n);
     await awaitDistinct(central, before3 + n, 'every ingested event at the central (in-memory outbox)');
     const memoryDriverMs = performance.now() - t2;
+    cpu.memoryDriver = cpuMemory.stop(n);
     await child.stop();
     child = undefined;
 

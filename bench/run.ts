@@ -184,7 +184,12 @@ function cpuRows(p: PipelineResult): Figure[] {
     const parts = Object.entries(us).map(([k, v]) => `${k} ${fmtNum(v)}`);
     return { section: 'pipeline', name: `CPU per event, ${name} (µs, all threads)`, value: total, unit: 'µs', note: parts.join(' + ') };
   };
-  return [row('outbox alone', p.cpuUs.outboxAlone), row('HTTP pipeline', p.cpuUs.http), row('driver path', p.cpuUs.driver)];
+  return [
+    row('outbox alone', p.cpuUs.outboxAlone),
+    row('HTTP pipeline', p.cpuUs.http),
+    row('driver path', p.cpuUs.driver),
+    row('driver path, in-memory outbox', p.cpuUs.memoryDriver),
+  ];
 }
 
 function slow(l: LatencyFigures): string {
