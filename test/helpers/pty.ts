@@ -39,10 +39,17 @@ export async function openPtyPair(dir: string, names: [string, string] = ['ptyA'
     });
     await waitFor(
       () => {
+        // A missing or exited socat will not come up: fail at once (failFast) instead of after the deadline.
         if (spawnError) throw spawnError;
+        if (p.exitCode !== null || p.signalCode !== null)
+          throw new Error(`socat exited (${p.exitCode ?? p.signalCode})`);
         return stderr.includes('starting data transfer loop') && existsSync(a) && existsSync(b);
       },
-      { timeoutMs: 5000, message: `socat PTY pair at ${a} / ${b} (stderr: ${stderr.trim()})` },
+      {
+        timeoutMs: 5000,
+        failFast: true,
+        message: () => `socat PTY pair at ${a} / ${b} (stderr: ${stderr.trim()})`,
+      },
     );
   };
 

@@ -72,18 +72,31 @@ describe('door driver against pymodbus (independent Modbus RTU server, integrati
     py.stderr?.on('data', (d: Buffer) => {
       out += d.toString();
     });
+    // 'close' comes after the exit and the last of its output, so the error below can show the traceback.
+    let ended: string | undefined;
+    py.once('close', (code, signal) => {
+      ended = `exit ${code ?? signal}`;
+    });
+    py.once('error', (err) => {
+      ended = err.message;
+    });
     bus = new ModbusBus(
       { transport: 'rtu', path: pty.a, baudRate: 19200, timeoutMs: 300 },
       { clock: systemClock, log: silentLogger() },
     );
     await bus.start();
-    // pymodbus must be installed (Debian python3-pymodbus); fail loudly with its output if it never answers.
+    // pymodbus must be installed (Debian python3-pymodbus). A Python that exited (import error, bad
+    // port) fails the wait at once with its output; one that runs but never answers fails at the deadline.
     await waitFor(
       async () => {
-        if (py.exitCode !== null) throw new Error(`pymodbus exited: ${out}`);
+        if (ended !== undefined) throw new Error(`pymodbus ended (${ended})`);
         return (await bus.readInputRegisters(17, 200, 2).catch(() => undefined)) ?? false;
       },
-      { timeoutMs: 15_000, message: `pymodbus server answering (output: ${out})` },
+      {
+        timeoutMs: 15_000,
+        failFast: true,
+        message: () => `pymodbus server answering (output: ${out.trim()})`,
+      },
     );
   });
 
@@ -118,7 +131,8 @@ describe('door driver against pymodbus (independent Modbus RTU server, integrati
       await waitFor(() => driver.state().online, { message: 'door-py online' });
       py.stdin?.write('swipe\n');
       await waitFor(() => events.length >= 3, {
-        message: `events from pymodbus unit: ${JSON.stringify(events)}`,
+        message: () =>
+          `3 events from pymodbus unit, got ${JSON.stringify(events.map((e) => [e.type, e.data]))}`,
       });
       assert.deepEqual(
         events.map((e) => [e.type, e.data]),

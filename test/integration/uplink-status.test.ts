@@ -83,7 +83,7 @@ describe('uplink status and last will (integration)', function () {
     });
     await waitFor(() => out.includes('connected'), {
       timeoutMs: 15_000,
-      message: `child connected (stderr: ${err})`,
+      message: () => `child connected (stderr: ${err})`,
     });
     const c = central;
     await waitFor(() => c.statuses.some((s) => s.state === 'online' && s.version === 'child-1'), {

@@ -14,11 +14,14 @@ import { waitFor } from '../helpers/wait.js';
 
 describe('door driver', () => {
   it('polls a dead unit with backoff, so it costs the bus at most one timeout per backoff period', async () => {
+    const POLL_MS = 20;
+    const MAX_BACKOFF_MS = 1000;
     const sim = new DoorSim({ units: [1, 2, 3] });
     sim.setFault(3, 'silent');
     const line = new FakeRtuLine(sim);
+    // Healthy units answer within a turn; a 150 ms timeout means a scheduling stall cannot make one look dead.
     const bus = new ModbusBus(
-      { transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs: 30, frameGapMs: 2 },
+      { transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs: 150, frameGapMs: 2 },
       { clock: systemClock, log: silentLogger(), link: line },
     );
     await bus.start();
@@ -35,31 +38,43 @@ describe('door driver', () => {
       (u) =>
         new ModbusDoorDriver(
           `door-${u}`,
-          { unitId: u, profile, doors: 1, pollMs: 20, maxBackoffMs: 320 },
+          { unitId: u, profile, doors: 1, pollMs: POLL_MS, maxBackoffMs: MAX_BACKOFF_MS },
           () => ({ resource: bus, release: async () => undefined }),
           ctx,
         ),
     );
     const states: Array<{ name: string; online: boolean }> = [];
     ctx.bus.on('device.state', states, (s) => void states.push({ name: s.name, online: s.online }));
+    // Requests the line has seen for `unit`: a healthy poll is 2 (event counter, inputs), a dead unit's probe 1 (it stops at the first failure).
+    const requests = (unit: number) => line.requests.filter((r) => r.unit === unit).length;
     try {
       for (const d of drivers) await d.start();
       await waitFor(() => events.some((e) => e.type === 'device.offline'), { message: 'door-3 offline' });
+      // From its 6th probe on, unit 3 waits at least min(1000, 20 * 2^5) = 640 ms between probes: far longer
+      // than a probe's 150 ms timeout, so a prober without backoff would probe several times as often.
+      await waitFor(() => requests(3) >= 6, { message: () => `6 probes of unit 3, got ${requests(3)}` });
       const t0 = performance.now();
-      const before = line.requests.length;
-      const deadBefore = line.requests.filter((r) => r.unit === 3).length;
-      await new Promise((r) => setTimeout(r, 1500));
+      const deadBefore = requests(3);
+      const minGap = Math.min(MAX_BACKOFF_MS, POLL_MS * 2 ** (deadBefore - 1));
+      const healthyBefore = [requests(1), requests(2)];
+      const healthyPolls = () =>
+        Math.min(...[1, 2].map((u, i) => Math.floor((requests(u) - healthyBefore[i]) / 2)));
+      // Timers only fire late on a busy machine, never early, so a stall can only lower the probe count.
+      // One probe may fall due at once, one more for ms rounding; the rest are at least minGap apart.
+      const allowed = (ms: number) => Math.floor(ms / minGap) + 2;
+      // The healthy units keep being polled (counted, not timed: their rate is the bench's business).
+      await waitFor(() => healthyPolls() >= 50, {
+        timeoutMs: 10_000,
+        message: () => {
+          const ms = performance.now() - t0;
+          return `50 polls of units 1 and 2, got ${healthyPolls()} while unit 3 was probed ${requests(3) - deadBefore} times in ${ms.toFixed(0)} ms (backoff allows ${allowed(ms)})`;
+        },
+      });
       const elapsed = performance.now() - t0;
-      const dead = line.requests.filter((r) => r.unit === 3).length - deadBefore;
-      const healthyPolls = (line.requests.length - before - dead) / 2 / 2; // 2 requests per poll, 2 healthy units
-      // backoff doubles to 320 ms: at most ~elapsed/160 probes (one request each, the poll stops at the first failure)
+      const dead = requests(3) - deadBefore;
       assert.ok(
-        dead <= Math.ceil(elapsed / 160) + 1,
-        `dead unit probed ${dead} times in ${elapsed.toFixed(0)} ms`,
-      );
-      assert.ok(
-        healthyPolls >= (elapsed / 20) * 0.5,
-        `healthy units polled ${healthyPolls.toFixed(1)} times each in ${elapsed.toFixed(0)} ms`,
+        dead <= allowed(elapsed),
+        `dead unit probed ${dead} times in ${elapsed.toFixed(0)} ms with a backoff of at least ${minGap} ms`,
       );
       assert.deepEqual(
         events.map((e) => [e.source.device, e.type]),
