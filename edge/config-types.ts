@@ -26,6 +26,8 @@ export interface UplinkConfig {
   ack: 'central' | 'broker';
   batch: { maxEvents: number; maxBytes: number; lingerMs: number };
   compress: 'gzip' | 'none';
+  /** Optional extension: zlib level of `compress: gzip`, 1 (fastest, the default) to 9. */
+  gzipLevel?: number;
   /** Optional extensions: resend unacked batches after this long (ack: central). */
   ackTimeoutMs?: number;
   /** Optional: at most this many batches awaiting an ack at once. */

@@ -54,6 +54,7 @@ export const siteConfigSchema = {
           },
         },
         compress: { type: 'string', enum: ['gzip', 'none'], default: 'gzip' },
+        gzipLevel: { type: 'integer', minimum: 1, maximum: 9 },
         ackTimeoutMs: { type: 'integer', minimum: 100 },
         maxInflight: { type: 'integer', minimum: 1 },
       },

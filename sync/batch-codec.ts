@@ -7,6 +7,14 @@ const gzipAsync = promisify(gzip);
 const gunzipAsync = promisify(gunzip);
 /** Batches up to this size (uncompressed) are gzipped on the main thread. */
 const INLINE_GZIP_MAX_BYTES = 16 * 1024;
+/**
+ * zlib level of the batches. Level 1 rather than zlib's 6: measured on 500
+ * bench envelopes (153 KB of JSON), 0.16 ms instead of 0.55 ms of CPU per
+ * batch for 7.9 KB instead of 7.0 KB on the wire (19x instead of 22x); the
+ * pipeline went from 88k to 95-97k events/s. An edge box is short of CPU long
+ * before a few hundred bytes a second matter on its uplink.
+ */
+export const DEFAULT_GZIP_LEVEL = 1;
 
 /**
  * Codecs of the MQTT protocol (SPEC.md "MQTT protocol (contract)"): the event
@@ -67,12 +75,13 @@ export async function encodeBatch(
   header: BatchHeader,
   eventJsons: readonly string[],
   compress: Compression,
+  gzipLevel: number = DEFAULT_GZIP_LEVEL,
 ): Promise<Buffer> {
   const json = Buffer.from(batchJson(header, eventJsons), 'utf8');
   if (compress !== 'gzip') return json;
   // A small batch (a critical event on its own) is compressed inline: ~0.1 ms of
   // CPU beats queueing on libuv's thread pool behind LevelDB's fsyncs and big gzips.
-  return json.length <= INLINE_GZIP_MAX_BYTES ? gzipSync(json) : gzipAsync(json);
+  return json.length <= INLINE_GZIP_MAX_BYTES ? gzipSync(json, { level: gzipLevel }) : gzipAsync(json, { level: gzipLevel });
 }
 
 export function isGzip(buf: Uint8Array): boolean {

@@ -486,6 +486,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
         { site: this.opts.site, edge: this.opts.edge, epoch: this.outbox.epoch },
         events.map((e) => e.json),
         this.cfg.compress,
+        this.cfg.gzipLevel,
       );
     } catch (err) {
       this.release(batch);

@@ -4,6 +4,7 @@ import { makeEnvelope } from '../../edge/envelope.js';
 import { isEdgewardError } from '../../edge/errors.js';
 import {
   batchJson,
+  DEFAULT_GZIP_LEVEL,
   decodeAck,
   decodeBatch,
   decodeStatus,
@@ -63,6 +64,19 @@ describe('batch codec', () => {
     );
     const b = await decodeBatch(gz);
     assert.equal(b.events.length, 100);
+  });
+
+  it('gzips at level 1 by default, at the configured level otherwise; both inflate the same (small and large batches)', async () => {
+    for (const n of [3, 400]) {
+      const jsons = Array.from({ length: n }, (_, i) => envJson(i + 1));
+      const raw = Buffer.from(batchJson(header, jsons), 'utf8');
+      const dflt = await encodeBatch(header, jsons, 'gzip');
+      assert.equal(DEFAULT_GZIP_LEVEL, 1);
+      assert.deepEqual(dflt, gzipSync(raw, { level: 1 }), `${n} events: level 1 by default`);
+      const nine = await encodeBatch(header, jsons, 'gzip', 9);
+      assert.deepEqual(nine, gzipSync(raw, { level: 9 }), `${n} events: level 9 when configured`);
+      assert.deepEqual((await decodeBatch(nine)).events, (await decodeBatch(dflt)).events);
+    }
   });
 
   it('an empty batch is valid', async () => {

@@ -186,6 +186,16 @@ describe('site config', () => {
     assert.deepEqual(c.commands.publicKeys, [PUBKEY]);
   });
 
+  it('accepts uplink.gzipLevel 1-9 (optional) and names it when out of range', () => {
+    const c = parseConfig(`${BASE}uplink: { url: mqtt://central, gzipLevel: 9 }\n`, {});
+    assert.equal(c.uplink?.gzipLevel, 9);
+    assert.equal(parseConfig(`${BASE}uplink: { url: mqtt://central }\n`, {}).uplink?.gzipLevel, undefined);
+    for (const bad of ['0', '10', '2.5', 'fast']) {
+      const errors = errorsOf(`${BASE}uplink: { url: mqtt://central, gzipLevel: ${bad} }\n`);
+      assert.ok(errors.some((e) => e.startsWith('uplink.gzipLevel')), errors.join('; '));
+    }
+  });
+
   it('rejects YAML syntax errors, duplicate keys and a non-mapping', () => {
     assertError('site: [unclosed\n', /^yaml: /);
     assertError(`${BASE}site: again\n`, /^yaml: /);
