@@ -435,9 +435,10 @@ export class Runtime {
     const batch = this.pendingInputs;
     this.pendingInputs = [];
     this.ingest(batch).catch((err) => {
-      if (batch.length === 1) {
-        this.metrics.ingestError();
-        this.log.error({ err, type: batch[0].type, device: batch[0].source.device }, 'could not store a bus event');
+      if (batch.length === 1 || !isEdgewardError(err, 'EDGE_OUTBOX_INVALID')) {
+        // Not about one event's content (outbox full of alarms, disk error): one line, not one per event.
+        this.metrics.ingestError(batch.length);
+        this.log.error({ err, events: batch.length, type: batch[0].type, device: batch[0].source.device }, 'could not store bus events');
         return;
       }
       // One event the store refuses (say, data that is not JSON) must not take the others
