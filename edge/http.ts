@@ -244,13 +244,14 @@ function parseEventInput(
  * printing the UID in hex), which is pseudonymised by its decimal value like
  * the others. Anything else (bare hex, which cannot be told from a pseudonym
  * or a decimal, a float, an object…) is refused, since storing it could leak a
- * card number; `null` means "no card" and is kept. With `privacy.rawCards`
+ * card number; `null` or `undefined` means "no card" and is kept. With `privacy.rawCards`
  * the value is kept as given. The error never echoes the value.
  */
 function protectCard(data: Record<string, unknown>, prefix: string, privacy: { siteKey: string; rawCards: boolean }) {
   if (privacy.rawCards || !('card' in data)) return data;
   const card = data.card;
-  if (card === null) return data;
+  // null (JSON) or undefined (a Node-RED flow's `card: msg.card` without a card): no card.
+  if (card === null || card === undefined) return data;
   let decimal: string | null = null;
   if (typeof card === 'number' && Number.isSafeInteger(card) && card >= 0) decimal = String(card);
   else if (typeof card === 'string' && /^\d{1,40}$/.test(card)) decimal = card;

@@ -200,6 +200,7 @@ export class MemoryOutbox implements Outbox {
     }
     this.lastSeq += seqd.length;
     const stored: Envelope[] = [...seqd];
+    const storedJson: string[] = [...jsons];
     seqd.forEach((e, i) => {
       this.put(e, jsons[i]);
     });
@@ -212,12 +213,14 @@ export class MemoryOutbox implements Outbox {
       }
       const overflow = tally.toEnvelope({ site: this.opts.site, edge: this.opts.edge }, this.clock.now());
       overflow.seq = ++this.lastSeq;
-      this.put(overflow, JSON.stringify(overflow));
+      const overflowJson = JSON.stringify(overflow);
+      this.put(overflow, overflowJson);
       stored.push(overflow);
+      storedJson.push(overflowJson);
       this.pendingOverflow = { seq: overflow.seq, data: tally.data() };
     }
     this.writes++;
-    for (const e of stored) this.recentRing.push(e);
+    for (const j of storedJson) this.recentRing.push(j);
     const sevs = new Set<Severity>(stored.map((e) => e.severity));
     for (const l of this.listeners) {
       try {

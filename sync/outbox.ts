@@ -61,6 +61,8 @@ const MAX_TRACKED = 200_000;
  * `stats().oldestTs` lags by up to this long.
  */
 const HEAD_REFRESH_MIN_MS = 1000;
+/** Deleting batches remembered, so a read or head lookup that spanned them can drop what they deleted. */
+const DELETE_LOG_SIZE = 32;
 /** Acks for ranges wider than this always look up the store instead of walking the range. */
 const MAX_WALK_RANGE = 100_000;
 
@@ -215,25 +217,35 @@ export class OverflowTally {
   }
 }
 
-/** Fixed-size ring of the newest envelopes, for `recent()`. */
+/**
+ * Fixed-size ring of the newest envelopes, for `recent()`, kept as the JSON
+ * that was stored: the envelope objects go on to callers (a Node-RED flow
+ * gets one as msg.payload and may change it), and neither `recent()` nor the
+ * snapshot may see such changes, or fail to serialize them.
+ */
 export class RecentRing {
-  private readonly buf: Envelope[] = [];
+  private readonly buf: string[] = [];
   private next = 0;
 
   constructor(private readonly size: number = RECENT_SIZE) {}
 
-  push(e: Envelope): void {
-    if (this.buf.length < this.size) this.buf.push(e);
-    else this.buf[this.next] = e;
+  push(json: string): void {
+    if (this.buf.length < this.size) this.buf.push(json);
+    else this.buf[this.next] = json;
     this.next = (this.next + 1) % this.size;
   }
 
-  /** Newest first. */
-  newest(limit: number): Envelope[] {
+  /** Newest first, as stored. */
+  newestJson(limit: number): string[] {
     const n = Math.min(Math.max(0, Math.floor(limit)), this.buf.length);
-    const out: Envelope[] = [];
+    const out: string[] = [];
     for (let i = 1; i <= n; i++) out.push(this.buf[(this.next - i + this.buf.length * 2) % this.buf.length]);
     return out;
+  }
+
+  /** Newest first, parsed afresh: every caller gets its own copies. */
+  newest(limit: number): Envelope[] {
+    return this.newestJson(limit).map((j) => JSON.parse(j) as Envelope);
   }
 }
 
@@ -496,7 +508,14 @@ export class LevelOutbox implements Outbox {
     }
     // Checked synchronously after the last await, so the writer's decision to
     // replace the pending overflow event and this hand-out cannot interleave.
-    const result = this.replacingOverflow === null ? out : out.filter((e) => e.seq !== this.replacingOverflow);
+    // A batch committed while we were reading may have deleted some of these (acked,
+    // evicted, or an overflow event replaced by a merged one): hand out none of them,
+    // or a central would count a replaced overflow report twice. Only the last
+    // DELETE_LOG_SIZE deleting batches are known; past that, a duplicate is possible.
+    const deletedSince = this.deleteGen === gen ? [] : this.deleteLog.filter((d) => d.gen > gen);
+    const live =
+      deletedSince.length === 0 ? out : out.filter((e) => !deletedSince.some((d) => d.seqs.has(e.seq)));
+    const result = this.replacingOverflow === null ? live : live.filter((e) => e.seq !== this.replacingOverflow);
     if (this.pendingOverflow && result.some((e) => e.seq === this.pendingOverflow!.seq)) this.pendingOverflow = null;
     this.track(result, gen);
     return result;
@@ -774,7 +793,7 @@ export class LevelOutbox implements Outbox {
     if (deleted.size > 0) {
       this.deleteGen++;
       this.deleteLog.push({ gen: this.deleteGen, seqs: new Set(deleted.keys()) });
-      if (this.deleteLog.length > 16) this.deleteLog.shift();
+      if (this.deleteLog.length > DELETE_LOG_SIZE) this.deleteLog.shift();
       for (const [seq, severity] of deleted) {
         this.tracked.delete(seq);
         this.hot[severity].delete(seq);
@@ -782,8 +801,8 @@ export class LevelOutbox implements Outbox {
       if (this.pendingOverflow && deleted.has(this.pendingOverflow.seq)) this.pendingOverflow = null;
     }
     if (overflowWritten) this.pendingOverflow = overflowWritten;
-    for (const e of appended) this.recentRing.push(e);
-    if (appended.length > 0) this.recentVersion++;
+    for (const e of appendedStored) this.recentRing.push(e.json);
+    if (appendedStored.length > 0) this.recentVersion++;
     if (tally) {
       // A full outbox evicts on every write: log at most every 10 s, with the count since the last line.
       this.evictedSinceLog += evictedNow;
@@ -928,7 +947,7 @@ export class LevelOutbox implements Outbox {
   /** Whether `seq` is known not to have been deleted by a batch committed after `gen`. */
   private notDeletedSince(seq: number, gen: number): boolean {
     const since = this.deleteLog.filter((d) => d.gen > gen);
-    // The log keeps the last 16 deleting batches: older gaps mean "unknown".
+    // The log keeps the last DELETE_LOG_SIZE deleting batches: older gaps mean "unknown".
     if (since.length !== this.deleteGen - gen) return false;
     return !since.some((d) => d.seqs.has(seq));
   }
@@ -1002,7 +1021,8 @@ export class LevelOutbox implements Outbox {
     const db = this.db;
     if (!db || this.recentSaving || this.recentVersion === this.recentSavedVersion) return this.recentSaving ?? Promise.resolve();
     const version = this.recentVersion;
-    const json = JSON.stringify(this.recentRing.newest(RECENT_SIZE));
+    // Joined from the stored JSON: nothing here can fail to serialize.
+    const json = `[${this.recentRing.newestJson(RECENT_SIZE).join(',')}]`;
     this.recentSaving = db
       .put(RECENT_KEY, json, { sync })
       .then(
@@ -1051,7 +1071,7 @@ export class LevelOutbox implements Outbox {
       seen.add(e.id);
       return true;
     });
-    for (const e of unique.slice(-RECENT_SIZE)) this.recentRing.push(e);
+    for (const e of unique.slice(-RECENT_SIZE)) this.recentRing.push(JSON.stringify(e));
   }
 }
 

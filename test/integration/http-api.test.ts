@@ -4,6 +4,7 @@ import { systemClock } from '../../edge/clock.js';
 import { parseConfig } from '../../edge/config.js';
 import { type Envelope, pseudonymiseCard } from '../../edge/envelope.js';
 import { silentLogger } from '../../edge/log.js';
+import { parseEventsBody } from '../../edge/http.js';
 import { Runtime } from '../../edge/runtime.js';
 import { readOutboxStats, outboxPath } from '../../sync/outbox.js';
 import { freePort } from '../helpers/mosquitto.js';
@@ -104,6 +105,12 @@ describe('local HTTP API (integration)', function () {
     const res = await post({ type: 'access.denied', source: { device: 'door-1' }, data: { card: null, door: 0 } });
     assert.equal(res.status, 202);
     assert.deepEqual(runtime.outbox.recent(1)[0].data, { card: null, door: 0 });
+    // What a Node-RED flow builds with `card: msg.card` when there is none (edgeward-event uses this parser).
+    const [input] = parseEventsBody({ type: 'door.opened', source: { device: 'door-1' }, data: { door: 0, card: undefined } }, {
+      siteKey: SITE_KEY,
+      rawCards: false,
+    });
+    assert.equal(input.data?.card, undefined);
   });
 
   it('refuses a data.card that is not a card number (it could leak one), without echoing it, storing nothing', async () => {

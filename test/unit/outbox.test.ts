@@ -522,6 +522,33 @@ describe('LevelOutbox (durable)', () => {
     }
   });
 
+  it('recent() and its snapshot keep what was stored, whatever a caller later does to the envelopes it got', async () => {
+    const ob = new LevelOutbox({ dir: dir.path, maxBytes: 1 << 30, ...IDS, recentSaveMs: 20 });
+    await ob.open();
+    toClose.push(ob);
+    const [stored] = await ob.append([ev('info', 'door.opened', { door: 1 })]);
+    // A flow downstream of edgeward-event gets this object as msg.payload and changes it.
+    const data = stored.data as Record<string, unknown>;
+    data.big = 10n;
+    data.self = data;
+    assert.deepEqual(ob.recent(1)[0].data, { door: 1 }, 'recent() shows what was stored');
+    await ob.append([ev('info')]); // a change for the snapshot timer to write
+    const uncaught: unknown[] = [];
+    const onUncaught = (err: unknown) => uncaught.push(err);
+    process.on('uncaughtException', onUncaught);
+    try {
+      await closeIt(ob); // the final snapshot write must not throw either
+    } finally {
+      process.off('uncaughtException', onUncaught);
+    }
+    assert.deepEqual(uncaught, []);
+    const b = await open();
+    assert.deepEqual(
+      b.recent(2).map((e) => e.data),
+      [{ door: 0 }, { door: 1 }],
+    );
+  });
+
   it('hands out criticals the same from memory and from LevelDB (before/after reopen, past the cache bound)', async () => {
     const a = await open();
     const first = await a.append([ev('critical'), ev('info'), ev('critical'), ev('critical')]);
@@ -667,6 +694,52 @@ describe('LevelOutbox (durable)', () => {
     // The stale head is a lower bound meanwhile, and becomes exact without any further write.
     assert.ok(ob.stats().oldestTs! <= at(n).ts);
     await waitFor(() => ob.stats().oldestTs === at(n).ts, { message: 'oldestTs exact after the acks stopped' });
+  });
+
+  it('a read that spans a commit does not hand out what that commit deleted (a replaced overflow event)', async () => {
+    const fill = Array.from({ length: 20 }, () => ev('info'));
+    // No hot tail: every read goes to LevelDB, where it can be caught mid-way.
+    const ob = new LevelOutbox({ dir: dir.path, maxBytes: sumSize(fill) + 100, ...IDS, hotTailBytes: { critical: 1, warning: 1, info: 1 } });
+    await ob.open();
+    toClose.push(ob);
+    await ob.append(fill);
+    await ob.append(Array.from({ length: 5 }, () => ev('info')));
+    const first = ob.recent(1)[0];
+    assert.equal(first.type, 'edge.outbox_overflow', 'an overflow event nobody has read');
+    // Hold the next iterator's answer (the read's snapshot still has that event) until a commit replaced it.
+    const db = (ob as unknown as { db: { iterator: (o: unknown) => { nextv: (...a: unknown[]) => Promise<unknown[]> } } }).db;
+    const realIterator = db.iterator.bind(db);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    let armed = true;
+    db.iterator = (o: unknown) => {
+      const it = realIterator(o);
+      if (!armed) return it;
+      armed = false;
+      const nextv = it.nextv.bind(it);
+      it.nextv = async (...a: unknown[]) => {
+        const got = await nextv(...a);
+        await gate;
+        return got;
+      };
+      return it;
+    };
+    const reading = ob.read({ maxEvents: 100, maxBytes: 1e9, severities: ['warning'] });
+    await ob.append(Array.from({ length: 5 }, () => ev('info'))); // evicts again: the unread overflow event is replaced
+    const merged = ob.recent(1)[0];
+    assert.equal(merged.type, 'edge.outbox_overflow');
+    assert.notEqual(merged.seq, first.seq);
+    release();
+    const got = (await reading).map((e) => e.seq);
+    assert.ok(!got.includes(first.seq!), `the replaced overflow event ${first.seq} was handed out: ${got}`);
+    const next = parsed(await ob.read({ maxEvents: 100, maxBytes: 1e9, severities: ['warning'] }));
+    assert.deepEqual(
+      next.map((e) => e.seq),
+      [merged.seq],
+      'only the merged one, which counts both evictions',
+    );
   });
 
   it('a head found in a snapshot that a later ack deleted stays a lower bound and is looked up again', async () => {
