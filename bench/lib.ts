@@ -7,29 +7,16 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createWriteStream, readFileSync } from 'node:fs';
 import { chmod, writeFile } from 'node:fs/promises';
-import { createConnection, createServer } from 'node:net';
+import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { type Envelope, makeEnvelope } from '../edge/envelope.js';
 import { decodeBatch, encodeAck, toRanges } from '../sync/batch-codec.js';
+import { freePort } from '../test/helpers/mosquitto.js';
 import { delay, waitFor } from '../test/helpers/wait.js';
 
-export { delay, waitFor };
+export { delay, freePort, waitFor };
 export { tmpDir } from '../test/helpers/tmp.js';
-
-/** A port the kernel just handed out on 127.0.0.1 (closed again before returning). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** True when something accepts TCP connections on 127.0.0.1:port. */
 export function portOpen(port: number): Promise<boolean> {
@@ -354,23 +341,18 @@ export function cpuMs(pid: number | undefined): number | undefined {
   }
 }
 
-/** CPU µs per event each named process spent between `start()` and `stop(events)`. */
+/** CPU µs per event each named process (this one too, by its pid) spent between the call and `stop(events)`. */
 export function cpuMeter(pids: Record<string, number | undefined>): { stop(events: number): Record<string, number> } {
-  const at0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, k === 'bench' ? ownCpuMs() : cpuMs(pid)]));
+  const at0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuMs(pid)]));
   return {
     stop(events) {
       const out: Record<string, number> = {};
       for (const [k, pid] of Object.entries(pids)) {
-        const now = k === 'bench' ? ownCpuMs() : cpuMs(pid);
+        const now = cpuMs(pid);
         const then = at0[k];
         if (now !== undefined && then !== undefined) out[k] = ((now - then) * 1000) / events;
       }
       return out;
     },
   };
-}
-
-function ownCpuMs(): number {
-  const u = process.cpuUsage();
-  return (u.user + u.system) / 1000;
 }
