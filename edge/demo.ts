@@ -8,6 +8,7 @@ import pino from 'pino';
 import { loadDoorProfile } from '../drivers/door/profile.js';
 import { CameraSim } from '../hardware/sim/camera-sim.js';
 import { DoorSim, DoorUnit } from '../hardware/sim/door-sim.js';
+import { pendingTimers } from '../hardware/sim/timers.js';
 import { type ConsoleCentral, startConsoleCentral } from '../sync/console-central.js';
 import type { SiteConfig } from './config-types.js';
 import { type Logger, REDACT_PATHS } from './log.js';
@@ -324,14 +325,7 @@ async function demoSiteKey(dataDir: string, fresh: boolean): Promise<string> {
  * Returns a function that stops it.
  */
 function scriptCamera(camera: CameraSim, everyMs: number): () => void {
-  const timers = new Set<NodeJS.Timeout>();
-  const later = (ms: number, fn: () => void) => {
-    const t = setTimeout(() => {
-      timers.delete(t);
-      fn();
-    }, ms);
-    timers.add(t);
-  };
+  const { later, clear } = pendingTimers();
   const settle = Math.min(2000, everyMs / 2);
   let tick = 0;
   const interval = setInterval(() => {
@@ -346,8 +340,7 @@ function scriptCamera(camera: CameraSim, everyMs: number): () => void {
   }, everyMs);
   return () => {
     clearInterval(interval);
-    for (const t of timers) clearTimeout(t);
-    timers.clear();
+    clear();
   };
 }
 

@@ -6,6 +6,7 @@ import {
   type SimBackend,
   TcpServer,
 } from './modbus-server.js';
+import { pendingTimers } from './timers.js';
 
 /** One simulated door controller implementing a door profile (generic-door by default) as Modbus tables. */
 export class DoorUnit {
@@ -259,14 +260,7 @@ export class DoorSim implements SimBackend {
    * button, a forced entry or a door held open. Returns a function that stops it.
    */
   autoplay(everyMs = 3000, random: () => number = Math.random): () => void {
-    const timers = new Set<NodeJS.Timeout>();
-    const later = (ms: number, fn: () => void) => {
-      const t = setTimeout(() => {
-        timers.delete(t);
-        fn();
-      }, ms);
-      timers.add(t);
-    };
+    const { later, clear } = pendingTimers();
     const units = [...this.units.values()];
     const tick = setInterval(() => {
       const u = units[Math.floor(random() * units.length)];
@@ -296,8 +290,7 @@ export class DoorSim implements SimBackend {
     }, everyMs);
     const stop = () => {
       clearInterval(tick);
-      for (const t of timers) clearTimeout(t);
-      timers.clear();
+      clear();
       this.stopAutoplay.delete(stop);
     };
     this.stopAutoplay.add(stop);
