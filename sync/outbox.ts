@@ -285,6 +285,29 @@ type Job = AppendJob | AckJob;
 type Db = Level<string, string>;
 
 /**
+ * The entries of a key range, `size` at a time (a number, or asked before each
+ * chunk). The LevelDB iterator is opened on the first step, synchronously, so
+ * its snapshot is taken where the loop starts, and closed however the loop is
+ * left (end, break, return or throw).
+ */
+async function* chunks(
+  db: Db,
+  range: { gt?: string; gte?: string; lt?: string; lte?: string; reverse?: boolean; limit?: number },
+  size: number | (() => number),
+): AsyncGenerator<Array<[string, string]>> {
+  const it = db.iterator(range);
+  try {
+    for (;;) {
+      const chunk = await it.nextv(typeof size === 'number' ? size : size());
+      if (chunk.length === 0) return;
+      yield chunk;
+    }
+  } finally {
+    await it.close();
+  }
+}
+
+/**
  * The durable outbox on LevelDB (`level` 10 / classic-level).
  *
  * All writes go through one writer loop (group commit): appends and acks that
@@ -478,33 +501,28 @@ export class LevelOutbox implements Outbox {
         if (full) break;
         continue;
       }
-      const it = db.iterator({ gt: eventKey(severity, after), lt: SEV_PREFIX[severity] + SEQ_END });
-      try {
-        let full = false;
-        while (!full) {
-          const chunk = await it.nextv(Math.min(1000, Math.max(64, (maxEvents - out.length) * 2)));
-          if (chunk.length === 0) break;
-          for (const [key, json] of chunk) {
-            const seq = seqOfKey(key);
-            if (opts.exclude?.(seq)) continue;
-            const size = Buffer.byteLength(json);
-            // Always hand out at least one event, so one oversized event cannot block the queue.
-            if (out.length > 0 && bytes + size > maxBytes) {
-              full = true;
-              break;
-            }
-            out.push({ seq, severity, bytes: size, json });
-            bytes += size;
-            if (out.length >= maxEvents) {
-              full = true;
-              break;
-            }
+      const range = { gt: eventKey(severity, after), lt: SEV_PREFIX[severity] + SEQ_END };
+      let full = false;
+      for await (const chunk of chunks(db, range, () => Math.min(1000, Math.max(64, (maxEvents - out.length) * 2)))) {
+        for (const [key, json] of chunk) {
+          const seq = seqOfKey(key);
+          if (opts.exclude?.(seq)) continue;
+          const size = Buffer.byteLength(json);
+          // Always hand out at least one event, so one oversized event cannot block the queue.
+          if (out.length > 0 && bytes + size > maxBytes) {
+            full = true;
+            break;
+          }
+          out.push({ seq, severity, bytes: size, json });
+          bytes += size;
+          if (out.length >= maxEvents) {
+            full = true;
+            break;
           }
         }
         if (full) break;
-      } finally {
-        await it.close();
       }
+      if (full) break;
     }
     // Checked synchronously after the last await, so the writer's decision to
     // replace the pending overflow event and this hand-out cannot interleave.
@@ -651,33 +669,28 @@ export class LevelOutbox implements Outbox {
       let freed = 0;
       for (const severity of ['info', 'warning'] as const) {
         if (freed >= need) break;
-        const it = db.iterator({ gt: eventKey(severity, evictCursor[severity]), lt: SEV_PREFIX[severity] + SEQ_END });
-        try {
-          while (freed < need) {
-            const chunk = await it.nextv(256);
-            if (chunk.length === 0) break;
-            for (const [key, json] of chunk) {
-              const seq = seqOfKey(key);
-              evictCursor[severity] = seq;
-              if (deleted.has(seq)) continue;
-              const size = Buffer.byteLength(json);
-              const { ts, type } = peek(json);
-              del(seq, severity, size);
-              tally ??= new OverflowTally();
-              // The unread overflow event goes with the rest: fold in what it reported
-              // (nobody has it yet). One already handed out counts as an evicted event.
-              // Reads skip it from here on (as when it is replaced), so nobody gets both.
-              if (seq === this.pendingOverflow?.seq) {
-                this.replacingOverflow = seq;
-                foldedIn += this.pendingOverflow.data.evicted;
-                tally.merge(this.pendingOverflow.data);
-              } else tally.add(seq, severity, size, type, ts);
-              freed += size;
-              if (freed >= need) break;
-            }
+        const range = { gt: eventKey(severity, evictCursor[severity]), lt: SEV_PREFIX[severity] + SEQ_END };
+        for await (const chunk of chunks(db, range, 256)) {
+          for (const [key, json] of chunk) {
+            const seq = seqOfKey(key);
+            evictCursor[severity] = seq;
+            if (deleted.has(seq)) continue;
+            const size = Buffer.byteLength(json);
+            const { ts, type } = peek(json);
+            del(seq, severity, size);
+            tally ??= new OverflowTally();
+            // The unread overflow event goes with the rest: fold in what it reported
+            // (nobody has it yet). One already handed out counts as an evicted event.
+            // Reads skip it from here on (as when it is replaced), so nobody gets both.
+            if (seq === this.pendingOverflow?.seq) {
+              this.replacingOverflow = seq;
+              foldedIn += this.pendingOverflow.data.evicted;
+              tally.merge(this.pendingOverflow.data);
+            } else tally.add(seq, severity, size, type, ts);
+            freed += size;
+            if (freed >= need) break;
           }
-        } finally {
-          await it.close();
+          if (freed >= need) break;
         }
       }
       return freed;
@@ -870,20 +883,13 @@ export class LevelOutbox implements Outbox {
     // Some seqs were never read (or read before a restart): look them up in each key space.
     for (const severity of PRIORITY) {
       if (counts[severity].events === 0) continue;
-      const it = db.iterator({ gte: eventKey(severity, lo), lte: eventKey(severity, hi) });
-      try {
-        for (;;) {
-          const chunk = await it.nextv(1000);
-          if (chunk.length === 0) break;
-          for (const [key, json] of chunk) {
-            const seq = seqOfKey(key);
-            if (deleted.has(seq)) continue;
-            del(seq, severity, Buffer.byteLength(json));
-            n++;
-          }
+      for await (const chunk of chunks(db, { gte: eventKey(severity, lo), lte: eventKey(severity, hi) }, 1000)) {
+        for (const [key, json] of chunk) {
+          const seq = seqOfKey(key);
+          if (deleted.has(seq)) continue;
+          del(seq, severity, Buffer.byteLength(json));
+          n++;
         }
-      } finally {
-        await it.close();
       }
     }
     return n;
@@ -958,19 +964,13 @@ export class LevelOutbox implements Outbox {
     from: number,
     deleted: Map<number, Severity>,
   ): Promise<{ seq: number; ts: string } | null> {
-    const it = db.iterator({ gte: eventKey(severity, from), lt: SEV_PREFIX[severity] + SEQ_END });
-    try {
-      for (;;) {
-        const chunk = await it.nextv(256);
-        if (chunk.length === 0) return null;
-        for (const [key, json] of chunk) {
-          const seq = seqOfKey(key);
-          if (!deleted.has(seq)) return { seq, ts: peek(json).ts };
-        }
+    for await (const chunk of chunks(db, { gte: eventKey(severity, from), lt: SEV_PREFIX[severity] + SEQ_END }, 256)) {
+      for (const [key, json] of chunk) {
+        const seq = seqOfKey(key);
+        if (!deleted.has(seq)) return { seq, ts: peek(json).ts };
       }
-    } finally {
-      await it.close();
     }
+    return null;
   }
 
   private track(events: StoredEvent[], gen: number): void {
@@ -1050,17 +1050,15 @@ export class LevelOutbox implements Outbox {
     }
     for (const severity of PRIORITY) {
       if (this.meta!.counts[severity].events === 0) continue;
-      const it = db.iterator({ gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END, reverse: true, limit: RECENT_SIZE });
-      try {
-        for (const [, json] of await it.nextv(RECENT_SIZE)) {
+      const newest = { gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END, reverse: true, limit: RECENT_SIZE };
+      for await (const chunk of chunks(db, newest, RECENT_SIZE)) {
+        for (const [, json] of chunk) {
           try {
             all.push(JSON.parse(json) as Envelope);
           } catch {
             // A value that does not parse is still sent as stored; it just does not show in recent().
           }
         }
-      } finally {
-        await it.close();
       }
     }
     all.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
@@ -1131,21 +1129,14 @@ async function rebuildMeta(db: Db, old: Meta | null, maxBytes: number): Promise<
   const heads: Heads = { critical: null, warning: null, info: null };
   let lastSeq = old?.lastSeq ?? 0;
   for (const severity of PRIORITY) {
-    const it = db.iterator({ gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END });
-    try {
-      for (;;) {
-        const chunk = await it.nextv(1000);
-        if (chunk.length === 0) break;
-        for (const [key, json] of chunk) {
-          const seq = seqOfKey(key);
-          heads[severity] ??= { seq, ts: peek(json).ts };
-          counts[severity].events++;
-          counts[severity].bytes += Buffer.byteLength(json);
-          if (seq > lastSeq) lastSeq = seq;
-        }
+    for await (const chunk of chunks(db, { gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END }, 1000)) {
+      for (const [key, json] of chunk) {
+        const seq = seqOfKey(key);
+        heads[severity] ??= { seq, ts: peek(json).ts };
+        counts[severity].events++;
+        counts[severity].bytes += Buffer.byteLength(json);
+        if (seq > lastSeq) lastSeq = seq;
       }
-    } finally {
-      await it.close();
     }
   }
   // Without a trustworthy epoch the seqs cannot be trusted to be fresh: start a new epoch.
