@@ -5,20 +5,12 @@ import { Command, InvalidArgumentError } from 'commander';
 import { profilesDir } from '../drivers/door/profile.js';
 import { ModbusBus, type ModbusBusOptions } from '../drivers/modbus/bus.js';
 import { DoorSim } from '../hardware/sim/door-sim.js';
+import { type CliIo, stdio, untilStopSignal } from './cli-io.js';
 import { systemClock } from './clock.js';
 import { EdgewardError, isEdgewardError } from './errors.js';
 import { silentLogger } from './log.js';
 
-/** Where the commands write (tests capture it). */
-export interface CliIo {
-  out(line: string): void;
-  err(line: string): void;
-}
-
-const stdio: CliIo = {
-  out: (l) => process.stdout.write(`${l}\n`),
-  err: (l) => process.stderr.write(`${l}\n`),
-};
+export type { CliIo };
 
 /** One unit that answered a scan. */
 export interface ScannedUnit {
@@ -202,10 +194,7 @@ export function simDoorCommand(io: CliIo = stdio): Command {
           io.err((err as Error).message);
         }
       });
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', () => resolve());
-        process.once('SIGTERM', () => resolve());
-      });
+      await untilStopSignal();
       rl.close();
       await sim.stop();
     });

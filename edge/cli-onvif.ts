@@ -1,17 +1,9 @@
 import { Command, Option } from 'commander';
 import { discoverAndDescribe } from '../drivers/onvif/discovery.js';
 import { CameraSim } from '../hardware/sim/camera-sim.js';
+import { type CliIo, stdio, untilStopSignal } from './cli-io.js';
 
-/** Where the commands write (tests capture it). */
-export interface CliIo {
-  out(line: string): void;
-  err(line: string): void;
-}
-
-const stdio: CliIo = {
-  out: (l) => process.stdout.write(`${l}\n`),
-  err: (l) => process.stderr.write(`${l}\n`),
-};
+export type { CliIo };
 
 /** `discover onvif [--timeout S] [--probe HOST[:PORT]...]` */
 export function discoverOnvifCommand(io: CliIo = stdio): Command {
@@ -94,10 +86,7 @@ export function simCameraCommand(io: CliIo = stdio): Command {
               sim.motion(on);
             }, every * 1000)
           : undefined;
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', () => resolve());
-        process.once('SIGTERM', () => resolve());
-      });
+      await untilStopSignal();
       if (timer) clearInterval(timer);
       await sim.stop();
     });
