@@ -1,19 +1,15 @@
 import { EdgewardError, isEdgewardError } from '../../edge/errors.js';
 import type { Logger } from '../../edge/log.js';
 import type { CommandRequest, Driver, DriverContext } from '../driver.js';
-import { type CameraInfo, type Notification, OnvifClient, type PullPoint } from './client.js';
+import { type CameraInfo, type Notification, OnvifClient, type OnvifClientOptions, type PullPoint } from './client.js';
 import { mapNotification } from './topics.js';
 
-/** Properties of an ONVIF camera (node properties / site config). */
-export interface OnvifCameraProps {
-  host: string;
-  /** HTTP port of the device service (default 80). */
-  port?: number;
-  path?: string;
-  username?: string;
-  password?: string;
-  /** Per-request timeout, ms (default 10 000). */
-  timeoutMs?: number;
+/**
+ * Properties of an ONVIF camera (node properties / site config): the client's
+ * connection settings (host, port, path, credentials, timeoutMs, maxXmlBytes)
+ * plus the subscription's.
+ */
+export interface OnvifCameraProps extends OnvifClientOptions {
   /** Subscription lifetime asked for, s (default 60). Renewed at `renewAt` of what the camera grants. */
   subscriptionS?: number;
   /** Fraction of the granted lifetime after which we renew (default 0.8). */
@@ -25,8 +21,6 @@ export interface OnvifCameraProps {
   backoffMaxMs?: number;
   /** Consecutive failures before device.offline (default 3). */
   offlineAfter?: number;
-  /** Largest reply accepted from the camera, bytes (default 1 MiB). */
-  maxXmlBytes?: number;
 }
 
 /** Per-camera health, exported to /metrics. */
