@@ -48,6 +48,25 @@ function startWriter(
   return { child, t, stderr: () => err, exited };
 }
 
+/**
+ * Run a writer on `dir` until it has acknowledged `killAfter` events, then
+ * SIGKILL it at a random instant in the middle of the stream (not on a batch
+ * boundary). Returns what it printed.
+ */
+async function killWriterAfter(dir: string, killAfter: number, args: string[] = []): Promise<Transcript> {
+  const { child, t, stderr, exited } = startWriter(dir, args);
+  await waitFor(() => t.appended.size >= killAfter || child.exitCode !== null, {
+    timeoutMs: 60_000,
+    message: `writer acknowledged ${killAfter} events`,
+  });
+  assert.equal(child.exitCode, null, `writer died on its own: ${stderr()}`);
+  await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 25)));
+  child.kill('SIGKILL');
+  await exited;
+  assert.equal(child.signalCode, 'SIGKILL');
+  return t;
+}
+
 const inRanges = (seq: number, ranges: Array<[number, number]>) => ranges.some(([a, b]) => seq >= a && seq <= b);
 
 describe('LevelOutbox survives kill -9 (integration)', function () {
@@ -70,17 +89,7 @@ describe('LevelOutbox survives kill -9 (integration)', function () {
     const everAppended = new Map<number, string>();
     for (let round = 0; round < 3; round++) {
       const killAfter = 200 + Math.floor(Math.random() * 3000);
-      const { child, t, stderr, exited } = startWriter(dir.path);
-      await waitFor(() => t.appended.size >= killAfter || child.exitCode !== null, {
-        timeoutMs: 60_000,
-        message: `writer acknowledged ${killAfter} events`,
-      });
-      assert.equal(child.exitCode, null, `writer died on its own: ${stderr()}`);
-      // A random instant in the middle of the stream, not on a batch boundary.
-      await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 25)));
-      child.kill('SIGKILL');
-      await exited;
-      assert.equal(child.signalCode, 'SIGKILL');
+      const t = await killWriterAfter(dir.path, killAfter);
       assert.ok(t.epoch, 'writer printed its epoch');
       if (epoch === null) epoch = t.epoch;
       assert.equal(t.epoch, epoch, `round ${round}: epoch kept across restarts`);
@@ -136,15 +145,7 @@ describe('LevelOutbox survives kill -9 (integration)', function () {
     const d = await tmpDir('outbox-crash-full');
     try {
       const killAfter = 2000 + Math.floor(Math.random() * 2000);
-      const { child, t, stderr, exited } = startWriter(d.path, [String(maxBytes), 'info']);
-      await waitFor(() => t.appended.size >= killAfter || child.exitCode !== null, {
-        timeoutMs: 60_000,
-        message: `writer acknowledged ${killAfter} events`,
-      });
-      assert.equal(child.exitCode, null, `writer died on its own: ${stderr()}`);
-      await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 25)));
-      child.kill('SIGKILL');
-      await exited;
+      const t = await killWriterAfter(d.path, killAfter, [String(maxBytes), 'info']);
       const ob = new LevelOutbox({ dir: d.path, maxBytes, site: 'crash-site', edge: 'gate-99' });
       await ob.open();
       try {
