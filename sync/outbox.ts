@@ -334,7 +334,7 @@ export class LevelOutbox implements Outbox {
    * to keep a large in-flight window cheap.
    */
   private readonly tracked = new Map<number, number>();
-  /** Bumped by every committed batch that deletes; with `deleteLog` it keeps read() from tracking a seq deleted meanwhile. */
+  /** Bumped by every committed batch that deletes; with `deleteLog` it keeps read() from handing out or tracking a seq deleted meanwhile. */
   private deleteGen = 0;
   private readonly deleteLog: Array<{ gen: number; seqs: Set<number> }> = [];
   private warnedOverBound = false;
@@ -530,12 +530,13 @@ export class LevelOutbox implements Outbox {
     // evicted, or an overflow event replaced by a merged one): hand out none of them,
     // or a central would count a replaced overflow report twice. Only the last
     // DELETE_LOG_SIZE deleting batches are known; past that, a duplicate is possible.
-    const deletedSince = this.deleteGen === gen ? [] : this.deleteLog.filter((d) => d.gen > gen);
-    const live =
-      deletedSince.length === 0 ? out : out.filter((e) => !deletedSince.some((d) => d.seqs.has(e.seq)));
+    const since = this.deletedSince(gen);
+    const known = since ?? this.deleteLog;
+    const live = known.length === 0 ? out : out.filter((e) => !known.some((d) => d.seqs.has(e.seq)));
     const result = this.replacingOverflow === null ? live : live.filter((e) => e.seq !== this.replacingOverflow);
     if (this.pendingOverflow && result.some((e) => e.seq === this.pendingOverflow!.seq)) this.pendingOverflow = null;
-    this.track(result, gen);
+    // Tracked seqs let an ack skip its lookups; only track when nothing deleted meanwhile can be among them.
+    if (since !== null) this.track(result);
     return result;
   }
 
@@ -952,10 +953,18 @@ export class LevelOutbox implements Outbox {
 
   /** Whether `seq` is known not to have been deleted by a batch committed after `gen`. */
   private notDeletedSince(seq: number, gen: number): boolean {
+    const since = this.deletedSince(gen);
+    return since !== null && !since.some((d) => d.seqs.has(seq));
+  }
+
+  /**
+   * The deleting batches committed after `gen`, or null when the log (the last
+   * DELETE_LOG_SIZE of them) no longer reaches back that far: then "unknown".
+   */
+  private deletedSince(gen: number): Array<{ gen: number; seqs: Set<number> }> | null {
+    if (this.deleteGen === gen) return [];
     const since = this.deleteLog.filter((d) => d.gen > gen);
-    // The log keeps the last DELETE_LOG_SIZE deleting batches: older gaps mean "unknown".
-    if (since.length !== this.deleteGen - gen) return false;
-    return !since.some((d) => d.seqs.has(seq));
+    return since.length === this.deleteGen - gen ? since : null;
   }
 
   private async findHead(
@@ -973,15 +982,10 @@ export class LevelOutbox implements Outbox {
     return null;
   }
 
-  private track(events: StoredEvent[], gen: number): void {
+  /** Remember seq → severity and size of events handed out (read() has already dropped any deleted meanwhile). */
+  private track(events: StoredEvent[]): void {
     if (events.length === 0 || this.tracked.size + events.length > MAX_TRACKED) return;
-    // A batch committed while we were reading may have deleted some of these: never track those.
-    const since = this.deleteGen === gen ? [] : this.deleteLog.filter((d) => d.gen > gen);
-    if (this.deleteGen !== gen && (since.length === 0 || since[0].gen !== gen + 1)) return;
-    for (const e of events) {
-      if (since.some((d) => d.seqs.has(e.seq))) continue;
-      this.tracked.set(e.seq, e.bytes * 4 + PRIORITY.indexOf(e.severity));
-    }
+    for (const e of events) this.tracked.set(e.seq, e.bytes * 4 + PRIORITY.indexOf(e.severity));
   }
 
   /** Fill the `recent()` ring from the newest stored events (by seq, across severities). */
