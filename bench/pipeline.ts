@@ -559,13 +559,8 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     cpu.http = cpuHttp.stop(accepted);
 
     progress(`driver path: runtime.ingest ${n} events`);
-    const before2 = (await central.counts()).distinct;
-    const cpuDriver = cpuMeter(pids);
-    const t1 = performance.now();
-    const ingestMs = await child.ingest(n, batch, concurrency, n);
-    await awaitDistinct(central, before2 + n, 'every ingested event at the central');
-    const driverMs = performance.now() - t1;
-    cpu.driver = cpuDriver.stop(n);
+    const driver = await driverRun(child, central, pids, { n, batch, concurrency, offset: n }, 'every ingested event at the central');
+    cpu.driver = driver.cpu;
     const rssNoEditor = await child.rss();
     await child.stop();
     child = undefined;
@@ -576,13 +571,14 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     progress(`driver path, in-memory outbox (ceiling): runtime.ingest ${n} events`);
     child = await startRuntimeChild({ dataDir: join(dir.path, 'memory'), brokerUrl: broker.url, outbox: 'memory' });
     await awaitUplink(child.port);
-    const before3 = (await central.counts()).distinct;
-    const cpuMemory = cpuMeter({ ...pids, runtime: child.pid });
-    const t2 = performance.now();
-    await child.ingest(n, batch, concurrency, 2 * n);
-    await awaitDistinct(central, before3 + n, 'every ingested event at the central (in-memory outbox)');
-    const memoryDriverMs = performance.now() - t2;
-    cpu.memoryDriver = cpuMemory.stop(n);
+    const memory = await driverRun(
+      child,
+      central,
+      { ...pids, runtime: child.pid },
+      { n, batch, concurrency, offset: 2 * n },
+      'every ingested event at the central (in-memory outbox)',
+    );
+    cpu.memoryDriver = memory.cpu;
     await child.stop();
     child = undefined;
 
@@ -595,9 +591,9 @@ export async function runPipelineBench(): Promise<PipelineResult> {
       outboxAlonePerS,
       pipelinePerS: (accepted / pipelineMs) * 1000,
       httpAcceptedPerS: (accepted / posted.ms) * 1000,
-      driverPathPerS: (n / driverMs) * 1000,
-      driverIngestedPerS: (n / ingestMs) * 1000,
-      memoryDriverPathPerS: (n / memoryDriverMs) * 1000,
+      driverPathPerS: (n / driver.ms) * 1000,
+      driverIngestedPerS: (n / driver.ingestMs) * 1000,
+      memoryDriverPathPerS: (n / memory.ms) * 1000,
       idleLatency: idle,
       cpuUs: cpu,
       rssNoEditor,
@@ -609,6 +605,27 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     await broker.stop();
     await dir.cleanup();
   }
+}
+
+/**
+ * The driver path once: `runtime.ingest` of `n` events inside the child, timed
+ * to the last one at the central; also the child's own ingest time and the
+ * CPU µs per event of `pids` meanwhile.
+ */
+async function driverRun(
+  child: RuntimeChild,
+  central: CentralChild,
+  pids: Record<string, number | undefined>,
+  load: { n: number; batch: number; concurrency: number; offset: number },
+  what: string,
+): Promise<{ ms: number; ingestMs: number; cpu: Record<string, number> }> {
+  const before = (await central.counts()).distinct;
+  const meter = cpuMeter(pids);
+  const t0 = performance.now();
+  const ingestMs = await child.ingest(load.n, load.batch, load.concurrency, load.offset);
+  await awaitDistinct(central, before + load.n, what);
+  const ms = performance.now() - t0;
+  return { ms, ingestMs, cpu: meter.stop(load.n) };
 }
 
 /** A flow of one Modbus TCP bus and `n` edgeward-door nodes (units 1…n), as a technician would wire them. */
