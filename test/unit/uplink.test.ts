@@ -143,7 +143,9 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
 
   it('keeps retrying while the broker is absent, publishes nothing, drains the backlog once it is up', async () => {
     const port = await freePort();
-    const u = make({}, `mqtt://127.0.0.1:${port}`);
+    // The uplink may reconnect before the central has subscribed: what it sent then went
+    // nowhere, and only the resend after ackTimeoutMs delivers it (no new append needed).
+    const u = make({ ackTimeoutMs: 1000 }, `mqtt://127.0.0.1:${port}`);
     let published = 0;
     u.on('publish', () => {
       published++;
