@@ -51,8 +51,9 @@ async function main(): Promise<void> {
     if (m.cmd === 'rss') {
       send({ type: 'rss', rss: process.memoryUsage().rss });
     } else if (m.cmd === 'ingest') {
+      const elu0 = performance.eventLoopUtilization();
       ingestLoad(runtime, m.n, m.batch, m.concurrency, m.offset ?? 0).then(
-        (ms) => send({ type: 'ingested', n: m.n, ms }),
+        (ms) => send({ type: 'ingested', n: m.n, ms, elu: performance.eventLoopUtilization(elu0).utilization }),
         (err) => send({ type: 'error', message: String(err) }),
       );
     } else if (m.cmd === 'stop') {

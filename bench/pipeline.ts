@@ -97,6 +97,8 @@ interface ChildMessage {
   at?: number;
   received?: number;
   distinct?: number;
+  batches?: number;
+  elu?: number;
 }
 
 /** A runtime child process (bench/edgeward-child.ts). */
@@ -105,7 +107,8 @@ export interface RuntimeChild {
   readonly pid: number | undefined;
   rss(): Promise<number>;
   /** The driver path: `runtime.ingest` inside the child, `n` events; resolves with the child's ms. */
-  ingest(n: number, batch: number, concurrency: number, offset?: number): Promise<number>;
+  /** The ingest's duration and the child's event-loop utilization meanwhile (0..1). */
+  ingest(n: number, batch: number, concurrency: number, offset?: number): Promise<{ ms: number; elu: number }>;
   stop(): Promise<void>;
   kill(): Promise<void>;
 }
@@ -120,7 +123,7 @@ function siteConfig(dataDir: string, brokerUrl: string | undefined, editor = fal
       ? {
           uplink: {
             url: brokerUrl,
-            ack: 'central',
+            ack: process.env.BENCH_ACK === 'broker' ? 'broker' : 'central',
             compress: process.env.BENCH_COMPRESS === 'none' ? 'none' : 'gzip',
             // Resend sooner than the default after the bench's broker restarts.
             ackTimeoutMs: 3000,
@@ -218,7 +221,8 @@ export async function startRuntimeChild(opts: {
     async ingest(n, batch, concurrency, offset = 0) {
       const p = expect('ingested', 600_000);
       child.send({ cmd: 'ingest', n, batch, concurrency, offset });
-      return (await p).ms ?? 0;
+      const m = await p;
+      return { ms: m.ms ?? 0, elu: m.elu ?? 0 };
     },
     async stop() {
       if (!isRunning(child)) return;
@@ -238,7 +242,7 @@ export async function startRuntimeChild(opts: {
 /** The central receiver in its own process (bench/central-child.ts). */
 export interface CentralChild {
   readonly pid: number | undefined;
-  counts(): Promise<{ received: number; distinct: number }>;
+  counts(): Promise<{ received: number; distinct: number; batches: number }>;
   /** Called with the marker `data.n` and the wall-clock arrival time of each critical event. */
   onCritical(f: (n: number, at: number) => void): void;
   stop(): Promise<void>;
@@ -257,7 +261,7 @@ export async function startCentralChild(brokerUrl: string): Promise<CentralChild
       const p = expect('counts', 10_000);
       child.send({ cmd: 'counts' });
       const m = await p;
-      return { received: m.received ?? 0, distinct: m.distinct ?? 0 };
+      return { received: m.received ?? 0, distinct: m.distinct ?? 0, batches: m.batches ?? 0 };
     },
     onCritical(f) {
       critical = f;
@@ -618,14 +622,17 @@ async function driverRun(
   pids: Record<string, number | undefined>,
   load: { n: number; batch: number; concurrency: number; offset: number },
   what: string,
-): Promise<{ ms: number; ingestMs: number; cpu: Record<string, number> }> {
-  const before = (await central.counts()).distinct;
+): Promise<{ ms: number; ingestMs: number; elu: number; eventsPerBatch: number; cpu: Record<string, number> }> {
+  const start = await central.counts();
+  const before = start.distinct;
   const meter = cpuMeter(pids);
   const t0 = performance.now();
-  const ingestMs = await child.ingest(load.n, load.batch, load.concurrency, load.offset);
+  const { ms: ingestMs, elu } = await child.ingest(load.n, load.batch, load.concurrency, load.offset);
   await awaitDistinct(central, before + load.n, what);
   const ms = performance.now() - t0;
-  return { ms, ingestMs, cpu: meter.stop(load.n) };
+  const cpu = meter.stop(load.n);
+  const batches = (await central.counts()).batches - start.batches;
+  return { ms, ingestMs, elu, eventsPerBatch: load.n / Math.max(1, batches), cpu };
 }
 
 /** A flow of one Modbus TCP bus and `n` edgeward-door nodes (units 1…n), as a technician would wire them. */

@@ -801,11 +801,19 @@ describe('LevelOutbox (durable)', () => {
     const ob = await open();
     await ob.append([ev('info'), ev('critical')]);
     const before = ob.stats();
-    // Stand-in for ENOSPC from LevelDB: the batch write fails (the outbox writes through classic-level's `_batch`).
-    const db = (ob as unknown as { db: { _batch: (...a: unknown[]) => Promise<void> } }).db;
-    const realBatch = db._batch;
-    db._batch = async () => {
-      throw Object.assign(new Error('IO error: No space left on device'), { code: 'LEVEL_IO_ERROR' });
+    // Stand-in for ENOSPC from LevelDB: the batch write fails (the outbox writes through
+    // classic-level's chained batch, `_chainedBatch()` … `_write()`).
+    type Batch = { _write: (...a: unknown[]) => Promise<void> };
+    const db = (ob as unknown as { db: { _chainedBatch: () => Batch } }).db;
+    const realChained = db._chainedBatch;
+    let failedWrites = 0;
+    db._chainedBatch = function (this: unknown) {
+      const batch = realChained.call(this);
+      batch._write = async () => {
+        failedWrites++;
+        throw Object.assign(new Error('IO error: No space left on device'), { code: 'LEVEL_IO_ERROR' });
+      };
+      return batch;
     };
     const failed = await Promise.allSettled([ob.append([ev('info')]), ob.append([ev('warning')]), ob.ack([[1, 2]])]);
     for (const r of failed) {
@@ -813,7 +821,8 @@ describe('LevelOutbox (durable)', () => {
       assert.ok(isEdgewardError((r as PromiseRejectedResult).reason, 'EDGE_OUTBOX_WRITE_FAILED'));
     }
     assert.deepEqual(ob.stats(), before);
-    db._batch = realBatch;
+    assert.ok(failedWrites > 0, 'the writes went through the stubbed batch');
+    db._chainedBatch = realChained;
     const [e] = await ob.append([ev('info')]);
     assert.equal(e.seq, 3, 'seqs of failed writes were never handed out');
     assert.equal(await ob.ack([[1, 2]]), 2);
