@@ -13,6 +13,7 @@
  * Child → parent: `{ type: 'ready', port }`, `{ type: 'rss', rss }`,
  * `{ type: 'ingested', n, ms }`, `{ type: 'error', message }`.
  */
+import { PerformanceObserver } from 'node:perf_hooks';
 import { parseConfig } from '../edge/config.js';
 import { createLogger } from '../edge/log.js';
 import { Runtime } from '../edge/runtime.js';
@@ -52,8 +53,16 @@ async function main(): Promise<void> {
       send({ type: 'rss', rss: process.memoryUsage().rss });
     } else if (m.cmd === 'ingest') {
       const elu0 = performance.eventLoopUtilization();
+      let gcMs = 0;
+      const gc = new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) gcMs += e.duration;
+      });
+      gc.observe({ entryTypes: ['gc'] });
       ingestLoad(runtime, m.n, m.batch, m.concurrency, m.offset ?? 0).then(
-        (ms) => send({ type: 'ingested', n: m.n, ms, elu: performance.eventLoopUtilization(elu0).utilization }),
+        (ms) => {
+          gc.disconnect();
+          send({ type: 'ingested', n: m.n, ms, elu: performance.eventLoopUtilization(elu0).utilization, gcMs });
+        },
         (err) => send({ type: 'error', message: String(err) }),
       );
     } else if (m.cmd === 'stop') {

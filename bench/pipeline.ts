@@ -99,6 +99,7 @@ interface ChildMessage {
   distinct?: number;
   batches?: number;
   elu?: number;
+  gcMs?: number;
 }
 
 /** A runtime child process (bench/edgeward-child.ts). */
@@ -107,8 +108,8 @@ export interface RuntimeChild {
   readonly pid: number | undefined;
   rss(): Promise<number>;
   /** The driver path: `runtime.ingest` inside the child, `n` events; resolves with the child's ms. */
-  /** The ingest's duration and the child's event-loop utilization meanwhile (0..1). */
-  ingest(n: number, batch: number, concurrency: number, offset?: number): Promise<{ ms: number; elu: number }>;
+  /** The ingest's duration, the child's event-loop utilization (0..1) and its GC pauses (ms) meanwhile. */
+  ingest(n: number, batch: number, concurrency: number, offset?: number): Promise<{ ms: number; elu: number; gcMs: number }>;
   stop(): Promise<void>;
   kill(): Promise<void>;
 }
@@ -222,7 +223,7 @@ export async function startRuntimeChild(opts: {
       const p = expect('ingested', 600_000);
       child.send({ cmd: 'ingest', n, batch, concurrency, offset });
       const m = await p;
-      return { ms: m.ms ?? 0, elu: m.elu ?? 0 };
+      return { ms: m.ms ?? 0, elu: m.elu ?? 0, gcMs: m.gcMs ?? 0 };
     },
     async stop() {
       if (!isRunning(child)) return;
@@ -459,15 +460,22 @@ export interface PipelineResult {
   events: number;
   batch: number;
   concurrency: number;
-  /** LevelOutbox.append alone, same batches and concurrency, sync writes. */
+  /** LevelOutbox.append alone, same batches and concurrency, sync writes: the median of `rounds` runs. */
   outboxAlonePerS: number;
+  /**
+   * The outbox-alone and driver-path runs, interleaved (alone, driver, alone,
+   * driver…) so that each pair shares the same minute of a shared box.
+   */
+  rounds: Array<{ alonePerS: number; driverPerS: number; elu: number; mainUsPerEvent: number; gcUsPerEvent: number; eventsPerBatch: number }>;
   /** HTTP → outbox → uplink → Mosquitto → central ack, first POST to last event at the central. */
   pipelinePerS: number;
   /** Same, but only up to the last 202 (stored durably). */
   httpAcceptedPerS: number;
-  /** Driver path: runtime.ingest in the runtime process → … → central. */
+  /** Driver path: runtime.ingest in the runtime process → … → central: the median of `rounds` runs. */
   driverPathPerS: number;
-  /** The driver path up to the last ingest resolved (stored durably), without waiting for the central. */
+  /** The median over the rounds of (outbox alone / driver path) within each round. */
+  driverRatio: number;
+  /** The driver path up to the last ingest resolved (stored durably), without waiting for the central (median run). */
   driverIngestedPerS: number;
   /** The driver path with the in-memory outbox (no durability): the rest of the pipeline's ceiling. */
   memoryDriverPathPerS: number;
@@ -532,11 +540,7 @@ export async function runPipelineBench(): Promise<PipelineResult> {
   const n = envInt('BENCH_EVENTS', 200_000);
   const batch = envInt('BENCH_BATCH', 100);
   const concurrency = envInt('BENCH_CONCURRENCY', 8);
-
-  progress(`outbox alone: ${n} events, ${batch} per append, ${concurrency} writers`);
-  const cpuAlone = cpuMeter({ bench: process.pid });
-  const outboxAlonePerS = await runOutboxAlone(n, batch, concurrency);
-  const cpu: PipelineResult['cpuUs'] = { outboxAlone: cpuAlone.stop(n), http: {}, driver: {}, memoryDriver: {} };
+  const roundCount = Math.max(1, envInt('BENCH_ROUNDS', 3));
 
   const broker = await startMosquitto();
   let central: CentralChild | undefined;
@@ -560,11 +564,43 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     const accepted = posted.accepted.length;
     await awaitDistinct(central, before + accepted, 'every accepted event at the central');
     const pipelineMs = performance.now() - t0;
-    cpu.http = cpuHttp.stop(accepted);
+    const cpu: PipelineResult['cpuUs'] = { outboxAlone: {}, http: cpuHttp.stop(accepted), driver: {}, memoryDriver: {} };
 
-    progress(`driver path: runtime.ingest ${n} events`);
-    const driver = await driverRun(child, central, pids, { n, batch, concurrency, offset: n }, 'every ingested event at the central');
-    cpu.driver = driver.cpu;
+    // The outbox alone and the driver path, interleaved in pairs: one pair
+    // shares a minute of this shared box, so the ratio is taken within each
+    // pair and the median pair is reported (single runs of either moved by
+    // ±15% from one minute to the next). The runtime child idles during the
+    // outbox-alone run (its uplink has nothing to send).
+    const rounds: PipelineResult['rounds'] = [];
+    const driverRuns: Array<Awaited<ReturnType<typeof driverRun>>> = [];
+    const aloneCpu: Array<Record<string, number>> = [];
+    for (let r = 0; r < roundCount; r++) {
+      progress(`round ${r + 1}/${roundCount}: outbox alone, ${n} events, ${batch} per append, ${concurrency} writers`);
+      const cpuAlone = cpuMeter({ bench: process.pid });
+      const alonePerS = await runOutboxAlone(n, batch, concurrency);
+      aloneCpu.push(cpuAlone.stop(n));
+      progress(`round ${r + 1}/${roundCount}: driver path, runtime.ingest ${n} events`);
+      const d = await driverRun(child, central, pids, { n, batch, concurrency, offset: (r + 1) * n }, 'every ingested event at the central');
+      driverRuns.push(d);
+      rounds.push({
+        alonePerS,
+        driverPerS: (n / d.ms) * 1000,
+        elu: d.elu,
+        mainUsPerEvent: (d.elu * d.ingestMs * 1000) / n,
+        gcUsPerEvent: (d.gcMs * 1000) / n,
+        eventsPerBatch: d.eventsPerBatch,
+      });
+    }
+    const medianIndex = (values: number[]): number => {
+      const order = values.map((v, i) => [v, i] as const).sort((a, b) => a[0] - b[0]);
+      return order[(order.length - 1) >> 1][1];
+    };
+    const aloneMedian = medianIndex(rounds.map((x) => x.alonePerS));
+    const driverMedian = medianIndex(rounds.map((x) => x.driverPerS));
+    const ratios = rounds.map((x) => x.alonePerS / x.driverPerS);
+    cpu.outboxAlone = aloneCpu[aloneMedian];
+    cpu.driver = driverRuns[driverMedian].cpu;
+    const driver = driverRuns[driverMedian];
     const rssNoEditor = await child.rss();
     await child.stop();
     child = undefined;
@@ -579,7 +615,7 @@ export async function runPipelineBench(): Promise<PipelineResult> {
       child,
       central,
       { ...pids, runtime: child.pid },
-      { n, batch, concurrency, offset: 2 * n },
+      { n, batch, concurrency, offset: (roundCount + 1) * n },
       'every ingested event at the central (in-memory outbox)',
     );
     cpu.memoryDriver = memory.cpu;
@@ -592,10 +628,12 @@ export async function runPipelineBench(): Promise<PipelineResult> {
       events: n,
       batch,
       concurrency,
-      outboxAlonePerS,
+      outboxAlonePerS: rounds[aloneMedian].alonePerS,
+      rounds,
       pipelinePerS: (accepted / pipelineMs) * 1000,
       httpAcceptedPerS: (accepted / posted.ms) * 1000,
-      driverPathPerS: (n / driver.ms) * 1000,
+      driverPathPerS: rounds[driverMedian].driverPerS,
+      driverRatio: ratios[medianIndex(ratios)],
       driverIngestedPerS: (n / driver.ingestMs) * 1000,
       memoryDriverPathPerS: (n / memory.ms) * 1000,
       idleLatency: idle,
@@ -622,17 +660,17 @@ async function driverRun(
   pids: Record<string, number | undefined>,
   load: { n: number; batch: number; concurrency: number; offset: number },
   what: string,
-): Promise<{ ms: number; ingestMs: number; elu: number; eventsPerBatch: number; cpu: Record<string, number> }> {
+): Promise<{ ms: number; ingestMs: number; elu: number; gcMs: number; eventsPerBatch: number; cpu: Record<string, number> }> {
   const start = await central.counts();
   const before = start.distinct;
   const meter = cpuMeter(pids);
   const t0 = performance.now();
-  const { ms: ingestMs, elu } = await child.ingest(load.n, load.batch, load.concurrency, load.offset);
+  const { ms: ingestMs, elu, gcMs } = await child.ingest(load.n, load.batch, load.concurrency, load.offset);
   await awaitDistinct(central, before + load.n, what);
   const ms = performance.now() - t0;
   const cpu = meter.stop(load.n);
   const batches = (await central.counts()).batches - start.batches;
-  return { ms, ingestMs, elu, eventsPerBatch: load.n / Math.max(1, batches), cpu };
+  return { ms, ingestMs, elu, gcMs, eventsPerBatch: load.n / Math.max(1, batches), cpu };
 }
 
 /** A flow of one Modbus TCP bus and `n` edgeward-door nodes (units 1…n), as a technician would wire them. */
