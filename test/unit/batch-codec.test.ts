@@ -3,6 +3,7 @@ import { gzipSync } from 'node:zlib';
 import { makeEnvelope } from '../../edge/envelope.js';
 import { isEdgewardError } from '../../edge/errors.js';
 import {
+  batchBuffer,
   batchJson,
   DEFAULT_GZIP_LEVEL,
   decodeAck,
@@ -51,6 +52,23 @@ describe('batch codec', () => {
       [1, 2],
     );
     assert.equal(b.events[1].severity, 'critical');
+  });
+
+  it('writes the batch into a buffer byte for byte as Buffer.from(batchJson), multi-byte text included', () => {
+    // Criticals carry Chinese and Tibetan (3-byte UTF-8), a site name may too; and a surrogate pair.
+    const msg = { zh: '门被强行打开', bo: 'སྒོ་བཙན་ཤེད་ཀྱིས་ཕྱེ་སོང་།', en: 'door forced 🚪' };
+    const crit = JSON.stringify({ ...JSON.parse(envJson(7, 'critical')), msg });
+    const cases: Array<[typeof header, string[]]> = [
+      [header, []],
+      [header, [envJson(1)]],
+      [header, [envJson(1), crit, envJson(3)]],
+      [{ ...header, site: '彭曲-qumei' }, [crit]],
+    ];
+    for (const [h, jsons] of cases) {
+      const buf = batchBuffer(h, jsons);
+      assert.deepEqual(buf, Buffer.from(batchJson(h, jsons), 'utf8'), `${jsons.length} events, site ${h.site}`);
+      assert.deepEqual(JSON.parse(buf.toString('utf8')).events.length, jsons.length);
+    }
   });
 
   it('gzips when asked (payload starts 1f 8b) and decodes it back', async () => {
