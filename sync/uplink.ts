@@ -7,7 +7,7 @@ import type { UplinkConfig } from '../edge/config-types.js';
 import { EdgewardError } from '../edge/errors.js';
 import type { Logger } from '../edge/log.js';
 import type { Outbox, StoredEvent } from './outbox-api.js';
-import { decodeAck, encodeBatch, encodeStatus, type StatusPayload, toRanges } from './batch-codec.js';
+import { decodeAck, encodeBatch, encodeStatus, type StatusPayload } from './batch-codec.js';
 
 /** What the uplink needs; everything with timing or I/O is injected. */
 export interface UplinkOptions {
@@ -54,8 +54,8 @@ export interface UplinkEvents {
 }
 
 interface InflightBatch {
-  /** Seqs of this batch not yet acknowledged. */
-  pending: Set<number>;
+  /** Seqs of this batch not yet acknowledged (see `PendingSeqs`). */
+  pending: PendingSeqs;
   /** Lowest seq per severity, to rewind the read cursor when the batch is released. */
   minSeq: Partial<Record<Severity, number>>;
   /** Lowest and highest seq of the batch: an ack outside them cannot concern it. */
@@ -109,7 +109,6 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private unsubscribeAppend: (() => void) | null = null;
 
   private readonly inflight = new Set<InflightBatch>();
-  private readonly inflightSeqs = new Map<number, InflightBatch>();
   /**
    * Per severity, every seq up to here is in flight or gone: reads start after
    * it (`OutboxReadOptions.after`) instead of rescanning the window each time.
@@ -366,7 +365,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       const events = await this.outbox.read({
         maxEvents,
         maxBytes,
-        exclude: (seq) => this.inflightSeqs.has(seq),
+        exclude: (seq) => this.isInflight(seq),
         severities: ['critical'],
         after: { ...this.cursor },
       });
@@ -399,6 +398,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     })();
   }
 
+  /** Whether `seq` is in a batch in flight and not yet acknowledged. */
+  private isInflight(seq: number): boolean {
+    for (const b of this.inflight) if (seq >= b.lo && seq <= b.hi && b.pending.has(seq)) return true;
+    return false;
+  }
+
   private normalInflight(): number {
     let n = 0;
     for (const b of this.inflight) if (!b.critical) n++;
@@ -407,7 +412,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   private async fill(): Promise<void> {
     const { maxEvents, maxBytes, lingerMs } = this.cfg.batch;
-    const exclude = (seq: number) => this.inflightSeqs.has(seq);
+    const exclude = (seq: number) => this.isInflight(seq);
     for (;;) {
       if (!this.live()) return;
       // A full window still lets critical events through: they are never stuck behind a backlog.
@@ -455,7 +460,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   private async send(client: MqttClient, claimed: StoredEvent[], critical: boolean): Promise<void> {
     // Read concurrently by the pump and the critical fast path: whoever gets here first sends it.
-    const events = claimed.filter((e) => !this.inflightSeqs.has(e.seq));
+    const events = claimed.filter((e) => !this.isInflight(e.seq));
     if (events.length === 0) return;
     const minSeq: Partial<Record<Severity, number>> = {};
     for (const e of events) {
@@ -469,7 +474,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       if (e.seq > hi) hi = e.seq;
     }
     const batch: InflightBatch = {
-      pending: new Set(events.map((e) => e.seq)),
+      pending: new PendingSeqs(events.map((e) => e.seq)),
       minSeq,
       lo,
       hi,
@@ -479,7 +484,6 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     };
     // Claimed before the (async) encoding so that no concurrent read picks these seqs again.
     this.inflight.add(batch);
-    for (const seq of batch.pending) this.inflightSeqs.set(seq, batch);
     let payload: Buffer;
     try {
       payload = await encodeBatch(
@@ -523,7 +527,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     }
     batch.published = true;
     if (this.cfg.ack === 'broker') {
-      const ranges = toRanges(batch.pending);
+      const ranges = batch.pending.ranges();
       this.queueAck(ranges);
     }
   }
@@ -544,7 +548,6 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (!this.inflight.delete(batch)) return;
     if (batch.timer) this.clock.clearTimeout(batch.timer);
     batch.timer = undefined;
-    for (const seq of batch.pending) if (this.inflightSeqs.get(seq) === batch) this.inflightSeqs.delete(seq);
     if (!rewind) return;
     for (const [sev, min] of Object.entries(batch.minSeq) as Array<[Severity, number]>) {
       if (min - 1 < this.cursor[sev]) this.cursor[sev] = min - 1;
@@ -616,28 +619,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       return;
     }
     const merged = mergeRanges(ranges);
-    const covered = (seq: number): boolean => {
-      let lo = 0;
-      let hi = merged.length - 1;
-      while (lo <= hi) {
-        const mid = (lo + hi) >> 1;
-        const [from, to] = merged[mid];
-        if (seq < from) hi = mid - 1;
-        else if (seq > to) lo = mid + 1;
-        else return true;
-      }
-      return false;
-    };
     const now = this.clock.now();
     let lagMs: number | undefined;
     for (const batch of [...this.inflight]) {
       // Each ack usually covers one batch of the window: skip the others without visiting their seqs.
       if (!merged.some(([from, to]) => to >= batch.lo && from <= batch.hi)) continue;
-      for (const seq of batch.pending) {
-        if (!covered(seq)) continue;
-        batch.pending.delete(seq);
-        if (this.inflightSeqs.get(seq) === batch) this.inflightSeqs.delete(seq);
-      }
+      batch.pending.ack(merged);
       if (batch.pending.size === 0) {
         lagMs = now - batch.sentAt;
         this.release(batch, false);
@@ -647,6 +634,79 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (lagMs !== undefined) this.ackLagMs = lagMs;
     this.emit('ack', lagMs === undefined ? { events: deleted } : { events: deleted, lagMs });
     this.pump();
+  }
+}
+
+/**
+ * The seqs of one in-flight batch that no ack has covered yet: a sorted array
+ * and a flag per seq, instead of a Set per batch plus a Map from every seq to
+ * its batch. Those cost the event loop ~7 hash-table operations per event
+ * (claim, exclude checks, ack, release); the window holds a few batches, so
+ * "is this seq in flight" is a range check per batch and a binary search.
+ */
+export class PendingSeqs {
+  /** Ascending. */
+  private readonly seqs: number[];
+  private readonly acked: Uint8Array;
+  /** How many are not acknowledged yet. */
+  size: number;
+
+  constructor(seqs: number[]) {
+    this.seqs = seqs.sort((a, b) => a - b);
+    this.acked = new Uint8Array(this.seqs.length);
+    this.size = this.seqs.length;
+  }
+
+  get lo(): number {
+    return this.seqs[0];
+  }
+
+  get hi(): number {
+    return this.seqs[this.seqs.length - 1];
+  }
+
+  has(seq: number): boolean {
+    const s = this.seqs;
+    if (this.size === 0 || seq < s[0] || seq > s[s.length - 1]) return false;
+    let lo = 0;
+    let hi = s.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (s[mid] < seq) lo = mid + 1;
+      else if (s[mid] > seq) hi = mid - 1;
+      else return this.acked[mid] === 0;
+    }
+    return false;
+  }
+
+  /** Mark the seqs covered by `merged` (sorted, disjoint inclusive ranges) acknowledged; returns how many were pending. */
+  ack(merged: ReadonlyArray<readonly [number, number]>): number {
+    const s = this.seqs;
+    let n = 0;
+    let r = 0;
+    for (let i = 0; i < s.length && r < merged.length; i++) {
+      while (r < merged.length && merged[r][1] < s[i]) r++;
+      if (r === merged.length) break;
+      if (s[i] >= merged[r][0] && this.acked[i] === 0) {
+        this.acked[i] = 1;
+        n++;
+      }
+    }
+    this.size -= n;
+    return n;
+  }
+
+  /** The seqs not yet acknowledged, as inclusive ranges. */
+  ranges(): Array<[number, number]> {
+    const out: Array<[number, number]> = [];
+    for (let i = 0; i < this.seqs.length; i++) {
+      if (this.acked[i] !== 0) continue;
+      const seq = this.seqs[i];
+      const last = out[out.length - 1];
+      if (last && seq === last[1] + 1) last[1] = seq;
+      else out.push([seq, seq]);
+    }
+    return out;
   }
 }
 

@@ -5,7 +5,7 @@ import { type EventType, makeEnvelope } from '../../edge/envelope.js';
 import { isEdgewardError } from '../../edge/errors.js';
 import { silentLogger } from '../../edge/log.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
-import { Uplink } from '../../sync/uplink.js';
+import { PendingSeqs, Uplink } from '../../sync/uplink.js';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { freePort, startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
 import { ManualClock } from '../helpers/clock.js';
@@ -124,6 +124,50 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: first.map((s) => [s, s]) }));
     await waitFor(() => outbox.stats().events === 0, { message: 'drained after acks' });
     assert.equal(c.byId.size, 101);
+  });
+
+  it('a batch acked in parts stays in flight until every seq is covered; the unacked part is resent', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
+    const u = make({ maxInflight: 1, ackTimeoutMs: 1500 });
+    await append(10);
+    await u.start();
+    const c = central;
+    await waitFor(() => c.batches.length === 1, { message: 'one full batch sent' });
+    const seqs = c.batches[0].events.map((e) => e.seq!);
+    // Ack every other seq: half the batch leaves the outbox, the batch stays in flight.
+    const half = seqs.filter((_, i) => i % 2 === 0);
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: half.map((s) => [s, s]) }));
+    await waitFor(() => outbox.stats().events === 5, { message: 'the acked half deleted' });
+    assert.equal(u.status().inflightBatches, 1, 'still waiting for the other half');
+    // No ack for the rest: after the timeout only the unacked half is read and sent again.
+    await waitFor(() => c.batches.length === 2, { message: 'resent after the ack timeout' });
+    assert.deepEqual(
+      c.batches[1].events.map((e) => e.seq!),
+      seqs.filter((_, i) => i % 2 === 1),
+    );
+    c.setAck(true);
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[seqs[0], seqs[9]]] }));
+    await waitFor(() => outbox.stats().events === 0 && u.status().inflightBatches === 0, { message: 'all acked' });
+  });
+
+  it('PendingSeqs: membership, partial and repeated acks, remaining ranges', () => {
+    const p = new PendingSeqs([9, 3, 4, 5, 12, 7]);
+    assert.equal(p.size, 6);
+    assert.deepEqual([p.lo, p.hi], [3, 12]);
+    assert.deepEqual(
+      [2, 3, 6, 7, 12, 13].map((s) => p.has(s)),
+      [false, true, false, true, true, false],
+    );
+    assert.deepEqual(p.ranges(), [[3, 5], [7, 7], [9, 9], [12, 12]]);
+    assert.equal(p.ack([[1, 4], [8, 9]]), 3);
+    assert.equal(p.size, 3);
+    assert.equal(p.has(4), false);
+    assert.equal(p.ack([[4, 4], [9, 9]]), 0, 'acked twice counts once');
+    assert.deepEqual(p.ranges(), [[5, 5], [7, 7], [12, 12]]);
+    assert.equal(p.ack([[5, 100]]), 3);
+    assert.equal(p.size, 0);
+    assert.equal(p.has(12), false);
+    assert.deepEqual(p.ranges(), []);
   });
 
   it('ack: broker deletes on PUBACK', async () => {
