@@ -19,6 +19,7 @@ import { Metrics } from './metrics.js';
 import type { EdgewardNodeApi } from './node-api.js';
 import { embedNodeRed } from './nodered.js';
 import { Registry } from './registry.js';
+import { SeqSlots } from './seq-slots.js';
 
 /** Options of {@link Runtime}. */
 export interface RuntimeOptions {
@@ -507,10 +508,12 @@ function isoOrNull(v: unknown): string | null {
 /**
  * Count `edgeward_events_out_total{type}` without the uplink knowing about
  * metrics: remember the type of every seq handed out by `read()` and count it
- * when `ack()` covers it. Memory is bounded by what is in flight.
+ * when `ack()` covers it. Memory is fixed (2^16 slots, ~1 MB): a seq read
+ * 65,536 seqs after another that is still unacked takes its slot, and that one
+ * goes uncounted (the window in flight is a few thousand).
  */
 function meterOutbox(inner: Outbox, metrics: Metrics): Outbox {
-  const typeOf = new Map<number, string>();
+  const typeOf = new SeqSlots<string>(16);
   const TYPE_RE = /"type":"([^"]+)"/;
   return {
     open: () => inner.open(),
@@ -521,8 +524,6 @@ function meterOutbox(inner: Outbox, metrics: Metrics): Outbox {
     append: (events) => inner.append(events),
     read: async (opts) => {
       const got = await inner.read(opts);
-      // A reader that never acks (or a crash of its batches) must not grow this forever.
-      if (typeOf.size > 200_000) typeOf.clear();
       for (const s of got) {
         if (s.type !== undefined) {
           typeOf.set(s.seq, s.type);
@@ -536,14 +537,24 @@ function meterOutbox(inner: Outbox, metrics: Metrics): Outbox {
     },
     ack: async (ranges) => {
       const n = await inner.ack(ranges);
+      // Acked seqs mostly come in runs of one type: count runs, not one map update per event.
       const byType = new Map<string, number>();
+      let runType: string | undefined;
+      let run = 0;
+      const flush = () => {
+        if (runType !== undefined) byType.set(runType, (byType.get(runType) ?? 0) + run);
+      };
       for (const [from, to] of ranges) {
-        if (to - from < typeOf.size) {
-          for (let s = from; s <= to; s++) count(s, byType);
-        } else {
-          for (const s of [...typeOf.keys()]) if (s >= from && s <= to) count(s, byType);
-        }
+        typeOf.takeRange(from, to, (_seq, type) => {
+          if (type !== runType) {
+            flush();
+            runType = type;
+            run = 0;
+          }
+          run++;
+        });
       }
+      flush();
       for (const [type, k] of byType) metrics.eventOut(type, k);
       return n;
     },
@@ -551,12 +562,4 @@ function meterOutbox(inner: Outbox, metrics: Metrics): Outbox {
     recent: (limit) => inner.recent(limit),
     onAppend: (listener) => inner.onAppend(listener),
   };
-
-  function count(seq: number, byType: Map<string, number>): void {
-    const t = typeOf.get(seq);
-    if (t !== undefined) {
-      typeOf.delete(seq);
-      byType.set(t, (byType.get(t) ?? 0) + 1);
-    }
-  }
 }

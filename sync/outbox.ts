@@ -3,6 +3,7 @@ import { Level } from 'level';
 import { type Clock, systemClock } from '../edge/clock.js';
 import { type Envelope, isSeverity, makeEnvelope, newId, type Severity, withSeq } from '../edge/envelope.js';
 import { EdgewardError } from '../edge/errors.js';
+import { SeqSlots } from '../edge/seq-slots.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
 
@@ -49,8 +50,11 @@ const CRITICAL_PRELOAD_MAX = 10_000;
 const HOT_TAIL_BYTES: Record<Severity, number> = { critical: 4 << 20, warning: 4 << 20, info: 8 << 20 };
 /** Events remembered for `recent()`. */
 const RECENT_SIZE = 1000;
-/** Most read-but-unacked seqs remembered for fast acks (~4 MB); beyond that acks look seqs up. */
-const MAX_TRACKED = 200_000;
+/**
+ * Read-but-unacked seqs are remembered for fast acks in 2^17 slots (~2 MB,
+ * see SeqSlots); one whose slot a later seq took is looked up instead.
+ */
+const TRACKED_BITS = 17;
 /**
  * Head lookups (refreshHeads) start at most this often. Each is an iterator
  * that walks the tombstones of the events acked since the last one; one per
@@ -333,7 +337,7 @@ export class LevelOutbox implements Outbox {
    * yet deleted, so acking them needs no lookup. A small integer, not an object,
    * to keep a large in-flight window cheap.
    */
-  private readonly tracked = new Map<number, number>();
+  private readonly tracked = new SeqSlots<number>(TRACKED_BITS);
   /** Bumped by every committed batch that deletes; with `deleteLog` it keeps read() from handing out or tracking a seq deleted meanwhile. */
   private deleteGen = 0;
   private readonly deleteLog: Array<{ gen: number; seqs: Set<number> }> = [];
@@ -984,7 +988,6 @@ export class LevelOutbox implements Outbox {
 
   /** Remember seq → severity and size of events handed out (read() has already dropped any deleted meanwhile). */
   private track(events: StoredEvent[]): void {
-    if (events.length === 0 || this.tracked.size + events.length > MAX_TRACKED) return;
     for (const e of events) this.tracked.set(e.seq, e.bytes * 4 + PRIORITY.indexOf(e.severity));
   }
 
@@ -1164,10 +1167,16 @@ type Op = { type: 'put'; key: string; value: string } | { type: 'del'; key: stri
  * the oldest event when the tail is over its byte budget.
  */
 export class HotTail {
-  /** Events in seq order from `head`; entries whose seq is no longer in `live` were deleted. */
+  /** Events in seq order from `head`. */
   private queue: StoredEvent[] = [];
+  /**
+   * 1 while `queue[i]` is stored, 0 once deleted (acked or evicted). A flag
+   * beside each entry, found by binary search on delete, instead of a Map of
+   * the live ones: the Map cost four hash-table operations per event on the
+   * runtime's busiest path.
+   */
+  private alive: number[] = [];
   private head = 0;
-  private readonly live = new Map<number, StoredEvent>();
   private bytes = 0;
 
   constructor(
@@ -1181,18 +1190,34 @@ export class HotTail {
   }
 
   add(e: StoredEvent): void {
-    this.queue.push(e);
-    this.live.set(e.seq, e);
+    const last = this.queue.length - 1;
+    if (last < this.head || this.queue[last].seq < e.seq) {
+      this.queue.push(e);
+      this.alive.push(1);
+    } else {
+      // Seqs are added in increasing order (commits assign them so); keep the
+      // queue sorted for the binary search all the same, should one ever not be.
+      let i = last;
+      while (i >= this.head && this.queue[i].seq > e.seq) i--;
+      if (i >= this.head && this.queue[i].seq === e.seq) {
+        if (this.alive[i] === 1) this.bytes -= this.queue[i].bytes;
+        this.queue[i] = e;
+        this.alive[i] = 1;
+      } else {
+        this.queue.splice(i + 1, 0, e);
+        this.alive.splice(i + 1, 0, 1);
+      }
+    }
     this.bytes += e.bytes;
     while (this.bytes > this.maxBytes && this.head < this.queue.length) this.shift();
   }
 
   /** A deleted (acked or evicted) event: it is no longer stored, `from` is unaffected. */
   delete(seq: number): void {
-    const e = this.live.get(seq);
-    if (!e) return;
-    this.live.delete(seq);
-    this.bytes -= e.bytes;
+    const i = this.indexOf(seq);
+    if (i < 0 || this.alive[i] === 0) return;
+    this.alive[i] = 0;
+    this.bytes -= this.queue[i].bytes;
   }
 
   /**
@@ -1206,19 +1231,35 @@ export class HotTail {
     while (this.head < this.queue.length && this.queue[this.head].seq <= after) this.shift();
     for (let i = this.head; i < this.queue.length; i++) {
       const e = this.queue[i];
-      if (!this.live.has(e.seq) || exclude?.(e.seq)) continue;
+      if (this.alive[i] === 0 || exclude?.(e.seq)) continue;
       if (!accept(e)) return;
     }
   }
 
+  /** Index of `seq` in the queue (from `head`), or -1. */
+  private indexOf(seq: number): number {
+    let lo = this.head;
+    let hi = this.queue.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const s = this.queue[mid].seq;
+      if (s < seq) lo = mid + 1;
+      else if (s > seq) hi = mid - 1;
+      else return mid;
+    }
+    return -1;
+  }
+
   /** Drop the oldest entry and raise `from` past it. */
   private shift(): void {
-    const e = this.queue[this.head++];
-    if (this.live.delete(e.seq)) this.bytes -= e.bytes;
+    const i = this.head++;
+    const e = this.queue[i];
+    if (this.alive[i] === 1) this.bytes -= e.bytes;
     if (e.seq + 1 > this.from) this.from = e.seq + 1;
-    // Compact now and then so the array does not grow with everything ever added.
+    // Compact now and then so the arrays do not grow with everything ever added.
     if (this.head >= 1024 && this.head * 2 >= this.queue.length) {
       this.queue = this.queue.slice(this.head);
+      this.alive = this.alive.slice(this.head);
       this.head = 0;
     }
   }
