@@ -571,7 +571,20 @@ export class LevelOutbox implements Outbox {
   private async drain(): Promise<void> {
     // `draining` is cleared in the same tick the loop sees an empty queue: a job
     // enqueued after that starts a new drain, one enqueued before is taken here.
-    while (this.queue.length > 0) {
+    let first = true;
+    for (;;) {
+      // After a commit, let the appenders it just settled come back before the
+      // next batch is cut (their promise chains settle within the turn; one
+      // turn of the event loop). Taking the queue at once instead locked
+      // concurrent appenders into alternating commits: measured with 8
+      // appenders of 100 events through runtime.ingest, commits of 1 and 7
+      // appends by turns, 400 events per fsync; with the turn, 8 appends, 800
+      // events per fsync, and the driver path went from 94-112k to 112-130k
+      // events/s. The first batch of a drain is cut at once: an alarm on an
+      // idle box waits for nothing.
+      if (!first) await new Promise<void>((resolve) => setImmediate(resolve));
+      first = false;
+      if (this.queue.length === 0) break;
       const jobs = this.takeBatch();
       try {
         await this.writeBatch(jobs);

@@ -847,6 +847,25 @@ describe('LevelOutbox (durable)', () => {
     assert.equal(ob.stats().events, n);
   });
 
+  it('group commit: appenders that come back after their commit all get into the next one', async () => {
+    const ob = await open();
+    // Like runtime.ingest under a driver: each appender's next append comes a few
+    // promise hops after its last one resolved. Cutting the next batch at once
+    // split them into alternating commits (1 append, then 7, and so on).
+    const hops = async (depth: number, f: () => Promise<unknown>): Promise<unknown> => (depth === 0 ? f() : hops(depth - 1, f));
+    const appenders = 8;
+    const rounds = 25;
+    const before = ob.writes;
+    await Promise.all(
+      Array.from({ length: appenders }, async () => {
+        for (let r = 0; r < rounds; r++) await hops(3, () => ob.append([ev('info'), ev('info')]));
+      }),
+    );
+    assert.equal(ob.stats().events, appenders * rounds * 2);
+    const writes = ob.writes - before;
+    assert.ok(writes <= rounds + 2, `${writes} writes for ${rounds} rounds of ${appenders} concurrent appenders`);
+  });
+
   it('a critical append overtakes a backlog of queued appends (at most one batch behind)', async () => {
     const ob = await open();
     const order: string[] = [];
