@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { makeEnvelope } from '../../edge/envelope.js';
 import { isEdgewardError } from '../../edge/errors.js';
@@ -144,9 +145,19 @@ describe('batch codec', () => {
     }
   });
 
-  it('refuses a gzip bomb past the size limit', async () => {
-    const big = gzipSync(Buffer.alloc(2 * 1024 * 1024, 0x20));
-    await rejectsWith(decodeBatch(big, { maxBytes: 1024 * 1024 }), 'EDGE_BATCH_GZIP');
+  it('refuses a gzip bomb past the size limit, inflated inline (small payload) or on the thread pool (large)', async () => {
+    const small = gzipSync(Buffer.alloc(2 * 1024 * 1024, 0x20));
+    assert.ok(small.length < 32 * 1024);
+    await rejectsWith(decodeBatch(small, { maxBytes: 1024 * 1024 }), 'EDGE_BATCH_GZIP');
+    // Incompressible bytes first make the payload larger than what is inflated inline.
+    const large = gzipSync(Buffer.concat([randomBytes(64 * 1024), Buffer.alloc(2 * 1024 * 1024, 0x20)]));
+    assert.ok(large.length > 32 * 1024);
+    await rejectsWith(decodeBatch(large, { maxBytes: 1024 * 1024 }), 'EDGE_BATCH_GZIP');
+    // Under the limit, both paths decode.
+    const jsons = Array.from({ length: 300 }, (_, i) => envJson(i + 1));
+    const padded = gzipSync(Buffer.from(batchJson(header, jsons)), { level: 0 });
+    assert.ok(padded.length > 32 * 1024);
+    assert.equal((await decodeBatch(padded)).events.length, 300);
   });
 
   it('acks: round trip and strict validation', () => {
