@@ -51,10 +51,10 @@ const HOT_TAIL_BYTES: Record<Severity, number> = { critical: 4 << 20, warning: 4
 /** Events remembered for `recent()`. */
 const RECENT_SIZE = 1000;
 /**
- * Read-but-unacked seqs are remembered for fast acks in 2^17 slots (~2 MB,
+ * Read-but-unacked seqs are remembered for fast acks in 2^16 slots (~1 MB,
  * see SeqSlots); one whose slot a later seq took is looked up instead.
  */
-const TRACKED_BITS = 17;
+const TRACKED_BITS = 16;
 /**
  * Head lookups (refreshHeads) start at most this often. Each is an iterator
  * that walks the tombstones of the events acked since the last one; one per
