@@ -340,7 +340,7 @@ export class LevelOutbox implements Outbox {
   private readonly tracked = new SeqSlots<number>(TRACKED_BITS);
   /** Bumped by every committed batch that deletes; with `deleteLog` it keeps read() from handing out or tracking a seq deleted meanwhile. */
   private deleteGen = 0;
-  private readonly deleteLog: Array<{ gen: number; seqs: Set<number> }> = [];
+  private readonly deleteLog: Array<{ gen: number; seqs: ReadonlyMap<number, Severity> }> = [];
   private warnedOverBound = false;
   /** The latest overflow event while no reader has seen it: the next eviction replaces it. */
   private pendingOverflow: { seq: number; bytes: number; data: OverflowData } | null = null;
@@ -823,7 +823,8 @@ export class LevelOutbox implements Outbox {
     for (const e of appendedStored) this.hot[e.severity].add(e);
     if (deleted.size > 0) {
       this.deleteGen++;
-      this.deleteLog.push({ gen: this.deleteGen, seqs: new Set(deleted.keys()) });
+      // The batch's own map, not a copy: nothing changes it once committed.
+      this.deleteLog.push({ gen: this.deleteGen, seqs: deleted });
       if (this.deleteLog.length > DELETE_LOG_SIZE) this.deleteLog.shift();
       for (const [seq, severity] of deleted) {
         this.tracked.delete(seq);
@@ -978,7 +979,7 @@ export class LevelOutbox implements Outbox {
    * The deleting batches committed after `gen`, or null when the log (the last
    * DELETE_LOG_SIZE of them) no longer reaches back that far: then "unknown".
    */
-  private deletedSince(gen: number): Array<{ gen: number; seqs: Set<number> }> | null {
+  private deletedSince(gen: number): Array<{ gen: number; seqs: ReadonlyMap<number, Severity> }> | null {
     if (this.deleteGen === gen) return [];
     const since = this.deleteLog.filter((d) => d.gen > gen);
     return since.length === this.deleteGen - gen ? since : null;
