@@ -7,6 +7,7 @@
  */
 import { type ChildProcess, fork } from 'node:child_process';
 import http from 'node:http';
+import { gunzipSync } from 'node:zlib';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
@@ -17,6 +18,8 @@ import { startMosquitto, type TestMosquitto } from '../test/helpers/mosquitto.js
 import {
   ackEveryBatch,
   BENCH_IDS,
+  connectMqtt,
+  endMqtt,
   benchEnvelope,
   benchInput,
   chunked,
@@ -402,16 +405,39 @@ function latencyFigures(samples: Map<number, number>, count: number): LatencyFig
  * time it from just before the request to its arrival at the central
  * (`total`); `stored` is the same event's request → 202 (durably stored).
  */
+/**
+ * A subscriber on the edge's Mosquitto that stamps the arrival of each bench
+ * critical event (by its marker `data.n`): the SPEC's "driver to broker" figure.
+ * It inflates every batch (the backlog's too, ~0.2 ms each) but parses only
+ * those with a critical event in them.
+ */
+async function brokerProbe(brokerUrl: string, onCritical: (n: number, at: number) => void): Promise<MqttClient> {
+  const client = await connectMqtt(brokerUrl, { clientId: `bench-probe-${process.pid}`, clean: true });
+  client.on('message', (_topic, payload) => {
+    const at = wallNow();
+    const raw = payload[0] === 0x1f && payload[1] === 0x8b ? gunzipSync(payload) : payload;
+    const text = raw.toString('utf8');
+    if (!text.includes('"severity":"critical"')) return;
+    const batch = JSON.parse(text) as { events: Array<{ severity: string; data: { n?: number } }> };
+    for (const e of batch.events) if (e.severity === 'critical' && typeof e.data.n === 'number') onCritical(e.data.n, at);
+  });
+  await client.subscribeAsync('edgeward/v1/+/+/events', { qos: 0 });
+  return client;
+}
+
 async function criticalLatency(
   port: number,
   central: CentralChild,
+  brokerUrl: string,
   samples: number,
   intervalMs: number,
-): Promise<{ total: LatencyFigures; stored: LatencyFigures }> {
+): Promise<{ broker: LatencyFigures; total: LatencyFigures; stored: LatencyFigures }> {
   const sent = new Map<number, number>();
+  const sentAt: number[] = [];
   /** sample index → ms */
   const total = new Map<number, number>();
   const stored = new Map<number, number>();
+  const atBroker = new Map<number, number>();
   const base = 2_000_000_000 + Math.floor(Math.random() * 1_000_000);
   central.onCritical((n, at) => {
     const t0 = sent.get(n);
@@ -420,30 +446,43 @@ async function criticalLatency(
       total.set(n - base, at - t0);
     }
   });
+  const probe = await brokerProbe(brokerUrl, (n, at) => {
+    const i = n - base;
+    if (i >= 0 && i < samples && sentAt[i] !== undefined && !atBroker.has(i)) atBroker.set(i, at - sentAt[i]);
+  });
   const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
   const posts: Promise<unknown>[] = [];
-  for (let i = 0; i < samples; i++) {
-    const n = base + i;
-    const body = JSON.stringify([benchInput(n, 'critical')]);
-    const t0 = wallNow();
-    sent.set(n, t0);
-    posts.push(
-      request(agent, port, 'POST', '/api/v1/events', body).then(
-        (res) => {
-          if (res.status === 202) stored.set(i, wallNow() - t0);
-        },
-        () => undefined,
-      ),
+  try {
+    for (let i = 0; i < samples; i++) {
+      const n = base + i;
+      const body = JSON.stringify([benchInput(n, 'critical')]);
+      const t0 = wallNow();
+      sent.set(n, t0);
+      sentAt[i] = t0;
+      posts.push(
+        request(agent, port, 'POST', '/api/v1/events', body).then(
+          (res) => {
+            if (res.status === 202) stored.set(i, wallNow() - t0);
+          },
+          () => undefined,
+        ),
+      );
+      await delay(intervalMs);
+    }
+    await Promise.all(posts);
+    await waitFor(() => sent.size === 0, { timeoutMs: 30_000, intervalMs: 20, message: 'critical events at the central' }).catch(
+      () => undefined,
     );
-    await delay(intervalMs);
+  } finally {
+    agent.destroy();
+    central.onCritical(() => undefined);
+    await endMqtt(probe, true);
   }
-  await Promise.all(posts);
-  await waitFor(() => sent.size === 0, { timeoutMs: 30_000, intervalMs: 20, message: 'critical events at the central' }).catch(
-    () => undefined,
-  );
-  agent.destroy();
-  central.onCritical(() => undefined);
-  return { total: latencyFigures(total, samples), stored: latencyFigures(stored, samples) };
+  return {
+    broker: latencyFigures(atBroker, samples),
+    total: latencyFigures(total, samples),
+    stored: latencyFigures(stored, samples),
+  };
 }
 
 async function awaitDistinct(central: CentralChild, atLeast: number, what: string): Promise<void> {
@@ -489,8 +528,8 @@ export interface PipelineResult {
     driver: Record<string, number>;
     memoryDriver: Record<string, number>;
   };
-  /** Critical event POST → arrival at the central (and → 202), idle system (ms). */
-  idleLatency: { total: LatencyFigures; stored: LatencyFigures };
+  /** Critical event POST → arrival at the broker, at the central, and → 202, idle system (ms). */
+  idleLatency: { broker: LatencyFigures; total: LatencyFigures; stored: LatencyFigures };
   /** RSS of the runtime process after the throughput runs (bytes), without the editor. */
   rssNoEditor: number;
   /** RSS of a runtime with the Node-RED editor loaded (bytes), idle. */
@@ -505,7 +544,7 @@ export interface PipelineResult {
 export interface BacklogResult {
   backlog: number;
   preloadPerS: number;
-  latency: { total: LatencyFigures; stored: LatencyFigures };
+  latency: { broker: LatencyFigures; total: LatencyFigures; stored: LatencyFigures };
   /** Backlog events drained per second while the samples were taken. */
   drainPerS: number;
   /** Backlog events still queued when the samples ended (0 means it drained too early). */
@@ -552,7 +591,7 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     await awaitUplink(child.port);
 
     progress('critical latency, idle');
-    const idle = await criticalLatency(child.port, central, 100, 20);
+    const idle = await criticalLatency(child.port, central, broker.url, 100, 20);
 
     progress(`pipeline: POST ${n} events over HTTP`);
     const pids = { runtime: child.pid, central: central.pid, broker: broker.pid, bench: process.pid };
@@ -784,7 +823,7 @@ export async function runBacklogBench(): Promise<BacklogResult> {
     progress(`backlog: ${samples} critical events while it drains`);
     const r0 = (await c.counts()).received;
     const t1 = performance.now();
-    const latency = await criticalLatency(child.port, c, samples, 20);
+    const latency = await criticalLatency(child.port, c, broker.url, samples, 20);
     const drainPerS = (((await c.counts()).received - r0) / (performance.now() - t1)) * 1000;
     const left = (await runtimeStatus(child.port)).outbox.events;
     progress(`backlog: ${left} events still queued after the samples (draining at ${Math.round(drainPerS)}/s)`);

@@ -208,25 +208,35 @@ function slow(l: LatencyFigures): string {
   return l.slowest.map(([i, ms]) => `#${i}: ${fmtNum(ms)}`).join(', ');
 }
 
-/** The p50/p99 of a critical event POST → central, plus POST → 202 (stored) as the breakdown. */
-function latencyRows(section: string, label: string, l: { total: LatencyFigures; stored: LatencyFigures }): Figure[] {
+/** The p50/p99 of a critical event POST → broker (the bar), with POST → 202 (stored) and → central as the breakdown. */
+function latencyRows(section: string, label: string, l: { broker: LatencyFigures; total: LatencyFigures; stored: LatencyFigures }): Figure[] {
+  const b = l.broker;
   const t = l.total;
+  const missing = (f: LatencyFigures) => (f.missing ? `, ${f.missing} never arrived` : '');
   return [
-    { section, name: `critical event POST → central, ${label}: p50`, value: t.p50, unit: 'ms' },
+    // SPEC: "critical event from driver to broker: p99 under 50 ms": the bar is on arrival at the broker.
+    { section, name: `critical event POST → broker, ${label}: p50`, value: b.p50, unit: 'ms' },
     {
       section,
-      name: `critical event POST → central, ${label}: p99`,
-      value: t.p99,
+      name: `critical event POST → broker, ${label}: p99`,
+      value: b.p99,
       unit: 'ms',
       target: '< 50',
-      pass: t.p99 < 50,
-      note: `${t.samples} samples one per 20 ms, max ${fmtNum(t.max)} ms${t.missing ? `, ${t.missing} never arrived` : ''}; slowest (sample #: ms, total | stored): ${slow(t)} | ${slow(l.stored)}`,
+      pass: b.p99 < 50,
+      note: `${b.samples} samples one per 20 ms, stamped by a subscriber on the edge's Mosquitto; max ${fmtNum(b.max)} ms${missing(b)}; slowest (sample #: ms, broker | stored): ${slow(b)} | ${slow(l.stored)}`,
     },
     {
       section,
       name: `  of which POST → 202 (stored durably): p50 / p99`,
       value: `${fmtNum(l.stored.p50)} / ${fmtNum(l.stored.p99)}`,
       unit: 'ms',
+    },
+    {
+      section,
+      name: `  and on to the central (decoded, acked): p50 / p99`,
+      value: `${fmtNum(t.p50)} / ${fmtNum(t.p99)}`,
+      unit: 'ms',
+      note: `the central shares these 2 cores and decodes batches in arrival order; max ${fmtNum(t.max)} ms${missing(t)}; slowest: ${slow(t)}`,
     },
   ];
 }
