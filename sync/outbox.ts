@@ -37,6 +37,16 @@ const META_VERSION = 1;
 const SEQ_DIGITS = 16;
 /** Upper bound of a severity's key space ('~' sorts after every digit). */
 const SEQ_END = '~';
+/**
+ * LevelDB's memtable size (its default is 4 MiB). A write waits when the
+ * memtable is full while the previous one is still being flushed; draining a
+ * backlog, the acks' tombstones filled 4 MiB every half second while the
+ * background thread was busy compacting the deleted events, and an alarm's
+ * 2-op write then waited 57-287 ms (measured, 1,000,000-event backlog). With
+ * 32 MiB no such wait was seen. Costs up to two memtables of RSS under heavy
+ * writes; an idle memtable holds only what was written since its last flush.
+ */
+const WRITE_BUFFER_BYTES = 32 << 20;
 /** Room kept for the overflow event itself when evicting. */
 const OVERFLOW_RESERVE = 1024;
 /**
@@ -280,6 +290,13 @@ interface AppendJob {
 interface AckJob {
   kind: 'ack';
   ranges: Array<[number, number]>;
+  /**
+   * When some acked seqs were not tracked: every stored seq of the ranges,
+   * looked up before the job was queued (seq → bytes * 4 + priority index), as
+   * of delete generation `foundGen`. See `ack`.
+   */
+  found?: Map<number, number>;
+  foundGen?: number;
   resolve: (n: number) => void;
   reject: (e: unknown) => void;
 }
@@ -382,7 +399,7 @@ export class LevelOutbox implements Outbox {
   async open(): Promise<void> {
     if (this.db) return;
     const t0 = performance.now();
-    const db: Db = new Level<string, string>(this.opts.dir, { keyEncoding: 'utf8', valueEncoding: 'utf8' });
+    const db: Db = new Level<string, string>(this.opts.dir, { keyEncoding: 'utf8', valueEncoding: 'utf8', writeBufferSize: WRITE_BUFFER_BYTES });
     try {
       await db.open();
     } catch (err) {
@@ -469,9 +486,52 @@ export class LevelOutbox implements Outbox {
       }
     }
     if (ranges.length === 0) return Promise.resolve(0);
-    return new Promise<number>((resolve, reject) => {
-      this.enqueue({ kind: 'ack', ranges, resolve, reject });
+    const queue = (found?: Map<number, number>, foundGen?: number) =>
+      new Promise<number>((resolve, reject) => {
+        this.enqueue({ kind: 'ack', ranges, found, foundGen, resolve, reject });
+      });
+    if (!this.needsLookup(ranges)) return queue();
+    // Seqs nobody read in this process (or whose tracking was lost) are looked up
+    // here, before the job joins the writer's queue: a LevelDB scan waits on
+    // libuv's pool behind the reads of a draining backlog, and done by the writer
+    // it held every append behind it, alarms included (measured: a critical
+    // append waited 36-96 ms behind one such lookup of a single seq).
+    const gen = this.deleteGen;
+    return this.lookupStored(ranges).then((found) => {
+      if (!this.db || this.closing) throw notOpen();
+      return queue(found, gen);
     });
+  }
+
+  /** Whether some seq of `ranges` (up to the last assigned) is not tracked, or a range is too wide to walk. */
+  private needsLookup(ranges: Array<[number, number]>): boolean {
+    const last = this.meta?.lastSeq ?? 0;
+    for (const [from, to] of ranges) {
+      const lo = Math.max(from, 1);
+      const hi = Math.min(to, last);
+      if (hi < lo) continue;
+      if (hi - lo + 1 > MAX_WALK_RANGE) return true;
+      for (let seq = lo; seq <= hi; seq++) if (this.tracked.get(seq) === undefined) return true;
+    }
+    return false;
+  }
+
+  /** Every stored seq in `ranges`, each severity's key space scanned: seq → bytes * 4 + priority index. */
+  private async lookupStored(ranges: Array<[number, number]>): Promise<Map<number, number>> {
+    const db = this.db;
+    if (!db) throw notOpen();
+    const found = new Map<number, number>();
+    for (const [from, to] of ranges) {
+      const lo = Math.max(from, 1);
+      if (to < lo) continue;
+      for (let i = 0; i < PRIORITY.length; i++) {
+        const severity = PRIORITY[i];
+        for await (const chunk of chunks(db, { gte: eventKey(severity, lo), lte: eventKey(severity, to) }, 1000)) {
+          for (const [key, json] of chunk) found.set(seqOfKey(key), Buffer.byteLength(json) * 4 + i);
+        }
+      }
+    }
+    return found;
   }
 
   async read(opts: OutboxReadOptions): Promise<StoredEvent[]> {
@@ -671,7 +731,7 @@ export class LevelOutbox implements Outbox {
     for (const job of jobs) {
       if (job.kind !== 'ack') continue;
       let n = 0;
-      for (const [from, to] of job.ranges) n += await this.collectAck(db, from, to, deleted, counts, del);
+      for (const [from, to] of job.ranges) n += await this.collectAck(db, job, from, to, deleted, counts, del);
       ackResults.set(job, n);
     }
 
@@ -876,6 +936,7 @@ export class LevelOutbox implements Outbox {
   /** Find the live events in [from, to]; calls `del` for each. Tracked seqs need no lookup. */
   private async collectAck(
     db: Db,
+    job: AckJob,
     from: number,
     to: number,
     deleted: Map<number, Severity>,
@@ -887,6 +948,24 @@ export class LevelOutbox implements Outbox {
     const hi = Math.min(to, this.meta!.lastSeq);
     if (hi < lo) return 0;
     let n = 0;
+    // Looked up before queueing: what was stored then, less what commits since deleted.
+    const since = job.found && job.foundGen !== undefined ? this.deletedSince(job.foundGen) : null;
+    if (job.found && since !== null) {
+      const take = (seq: number, t: number) => {
+        if (seq < lo || seq > hi || deleted.has(seq) || since.some((d) => d.seqs.has(seq))) return;
+        del(seq, PRIORITY[t & 3], t >>> 2);
+        n++;
+      };
+      if (hi - lo + 1 <= job.found.size) {
+        for (let seq = lo; seq <= hi; seq++) {
+          const t = job.found.get(seq);
+          if (t !== undefined) take(seq, t);
+        }
+      } else {
+        for (const [seq, t] of job.found) take(seq, t);
+      }
+      return n;
+    }
     let missing = hi - lo + 1 > MAX_WALK_RANGE;
     if (!missing) {
       for (let seq = lo; seq <= hi; seq++) {

@@ -919,6 +919,48 @@ describe('LevelOutbox (durable)', () => {
     assert.deepEqual(again.stats(), s);
   });
 
+  it('acks of seqs nobody read are looked up before they queue: overlapping ones delete each event once', async () => {
+    const ob = await open();
+    await ob.append(Array.from({ length: 100 }, () => ev('info')));
+    await ob.append([ev('critical'), ev('warning', 'door.held_open')]);
+    // Never read here: both acks need lookups, which run concurrently and see 40-60 twice.
+    const [a, b] = await Promise.all([ob.ack([[1, 60]]), ob.ack([[40, 101]])]);
+    assert.equal(a + b, 101, `deleted ${a} + ${b}`);
+    const s = ob.stats();
+    assert.equal(s.events, 1);
+    assert.equal(s.bySeverity.warning.events, 1);
+    assert.equal(s.bytes, (await readAll(ob)).reduce((n, e) => n + e.bytes, 0));
+    await closeIt(ob);
+    assert.deepEqual((await open()).stats(), s);
+  });
+
+  it('an append (an alarm) does not wait for the lookup of an ack queued before it', async () => {
+    const ob = await open();
+    await ob.append(Array.from({ length: 10 }, () => ev('info')));
+    // Hold the ack's lookup of untracked seqs (a LevelDB scan behind a busy thread pool).
+    const internals = ob as unknown as { lookupStored: (r: Array<[number, number]>) => Promise<Map<number, number>> };
+    const real = internals.lookupStored.bind(ob);
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    internals.lookupStored = async (r) => {
+      await held;
+      return real(r);
+    };
+    let acked = false;
+    const ack = ob.ack([[1, 10]]).then((n) => {
+      acked = true;
+      return n;
+    });
+    const [alarm] = await ob.append([ev('critical')]);
+    assert.equal(alarm.seq, 11);
+    assert.equal(acked, false, 'the alarm was stored while the ack was still being looked up');
+    release();
+    assert.equal(await ack, 10);
+    assert.equal(ob.stats().events, 1);
+  });
+
   it('readOutboxStats reads a closed store, and reports a locked one', async () => {
     const ob = await open(5555);
     await ob.append([ev('info'), ev('critical')]);
