@@ -505,7 +505,7 @@ export interface PipelineResult {
    * The outbox-alone and driver-path runs, interleaved (alone, driver, alone,
    * driver…) so that each pair shares the same minute of a shared box.
    */
-  rounds: Array<{ alonePerS: number; driverPerS: number; elu: number; mainUsPerEvent: number; gcUsPerEvent: number; eventsPerBatch: number }>;
+  rounds: Array<{ alonePerS: number; cyclePerS: number; driverPerS: number; elu: number; mainUsPerEvent: number; gcUsPerEvent: number; eventsPerBatch: number }>;
   /** HTTP → outbox → uplink → Mosquitto → central ack, first POST to last event at the central. */
   pipelinePerS: number;
   /** Same, but only up to the last 202 (stored durably). */
@@ -575,6 +575,64 @@ export async function runOutboxAlone(n: number, batch: number, concurrency: numb
   }
 }
 
+/**
+ * The outbox's whole duty cycle without the network: the same appenders as
+ * `runOutboxAlone`, plus one in-process reader that reads batches of 500 (the
+ * uplink's default) after its cursor and acks each at once, up to 16 acks in
+ * flight (the uplink's default window). Events/s until every event is deleted.
+ * A store only sustains a rate if it also gets rid of what it stores: this is
+ * the outbox alone with the deletes the pipeline does. Reported beside the
+ * bar's figure, never in its place.
+ */
+export async function runOutboxCycle(n: number, batch: number, concurrency: number): Promise<number> {
+  const dir = await tmpDir('bench-outbox-cycle');
+  const outbox = new LevelOutbox({ dir: outboxPath(dir.path), maxBytes: 4 * 1024 ** 3, ...BENCH_IDS });
+  try {
+    await outbox.open();
+    let acked = 0;
+    let cursor = 0;
+    let wake: (() => void) | null = null;
+    const unsubscribe = outbox.onAppend(() => {
+      const w = wake;
+      wake = null;
+      w?.();
+    });
+    const inflight = new Set<Promise<void>>();
+    const t0 = performance.now();
+    const reader = (async () => {
+      while (acked < n) {
+        const events = await outbox.read({ maxEvents: 500, maxBytes: 256 * 1024, after: { info: cursor } });
+        if (events.length === 0) {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+            setTimeout(resolve, 5);
+          });
+          continue;
+        }
+        cursor = events[events.length - 1].seq;
+        const p: Promise<void> = outbox.ack([[events[0].seq, cursor]]).then((k) => {
+          acked += k;
+          inflight.delete(p);
+        });
+        inflight.add(p);
+        while (inflight.size >= 16) await Promise.race(inflight);
+      }
+    })();
+    await chunked(n, batch, concurrency, (from, to) => {
+      const envs = [];
+      for (let i = from; i < to; i++) envs.push(benchEnvelope(i));
+      return outbox.append(envs);
+    });
+    await reader;
+    const ms = performance.now() - t0;
+    unsubscribe();
+    return (n / ms) * 1000;
+  } finally {
+    await outbox.close();
+    await dir.cleanup();
+  }
+}
+
 export async function runPipelineBench(): Promise<PipelineResult> {
   const n = envInt('BENCH_EVENTS', 200_000);
   const batch = envInt('BENCH_BATCH', 100);
@@ -617,12 +675,15 @@ export async function runPipelineBench(): Promise<PipelineResult> {
       progress(`round ${r + 1}/${roundCount}: outbox alone, ${n} events, ${batch} per append, ${concurrency} writers`);
       const cpuAlone = cpuMeter({ bench: process.pid });
       const alonePerS = await runOutboxAlone(n, batch, concurrency);
+      progress(`round ${r + 1}/${roundCount}: outbox alone with its deletes (an in-process reader acking)`);
+      const cyclePerS = await runOutboxCycle(n, batch, concurrency);
       aloneCpu.push(cpuAlone.stop(n));
       progress(`round ${r + 1}/${roundCount}: driver path, runtime.ingest ${n} events`);
       const d = await driverRun(child, central, pids, { n, batch, concurrency, offset: (r + 1) * n }, 'every ingested event at the central');
       driverRuns.push(d);
       rounds.push({
         alonePerS,
+        cyclePerS,
         driverPerS: (n / d.ms) * 1000,
         elu: d.elu,
         mainUsPerEvent: (d.elu * d.ingestMs * 1000) / n,
