@@ -58,9 +58,6 @@ interface InflightBatch {
   pending: PendingSeqs;
   /** Lowest seq per severity, to rewind the read cursor when the batch is released. */
   minSeq: Partial<Record<Severity, number>>;
-  /** Lowest and highest seq of the batch: an ack outside them cannot concern it. */
-  lo: number;
-  hi: number;
   critical: boolean;
   sentAt: number;
   /** The PUBACK arrived (ack: broker completes the batch then). */
@@ -400,7 +397,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   /** Whether `seq` is in a batch in flight and not yet acknowledged. */
   private isInflight(seq: number): boolean {
-    for (const b of this.inflight) if (seq >= b.lo && seq <= b.hi && b.pending.has(seq)) return true;
+    for (const b of this.inflight) if (b.pending.has(seq)) return true;
     return false;
   }
 
@@ -467,17 +464,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       minSeq[e.severity] = Math.min(minSeq[e.severity] ?? e.seq, e.seq);
       if (e.seq > this.cursor[e.severity]) this.cursor[e.severity] = e.seq;
     }
-    let lo = Number.POSITIVE_INFINITY;
-    let hi = 0;
-    for (const e of events) {
-      if (e.seq < lo) lo = e.seq;
-      if (e.seq > hi) hi = e.seq;
-    }
     const batch: InflightBatch = {
       pending: new PendingSeqs(events.map((e) => e.seq)),
       minSeq,
-      lo,
-      hi,
       critical,
       sentAt: this.clock.now(),
       published: false,
@@ -623,7 +612,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     let lagMs: number | undefined;
     for (const batch of [...this.inflight]) {
       // Each ack usually covers one batch of the window: skip the others without visiting their seqs.
-      if (!merged.some(([from, to]) => to >= batch.lo && from <= batch.hi)) continue;
+      const { lo, hi } = batch.pending;
+      if (!merged.some(([from, to]) => to >= lo && from <= hi)) continue;
       batch.pending.ack(merged);
       if (batch.pending.size === 0) {
         lagMs = now - batch.sentAt;
@@ -657,6 +647,7 @@ export class PendingSeqs {
     this.size = this.seqs.length;
   }
 
+  /** Lowest and highest seq of the batch: an ack outside them cannot concern it. */
   get lo(): number {
     return this.seqs[0];
   }
