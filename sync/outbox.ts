@@ -522,14 +522,9 @@ export class LevelOutbox implements Outbox {
     if (!db) throw notOpen();
     const found = new Map<number, number>();
     for (const [from, to] of ranges) {
-      const lo = Math.max(from, 1);
-      if (to < lo) continue;
-      for (let i = 0; i < PRIORITY.length; i++) {
-        const severity = PRIORITY[i];
-        for await (const chunk of chunks(db, { gte: eventKey(severity, lo), lte: eventKey(severity, to) }, 1000)) {
-          for (const [key, json] of chunk) found.set(seqOfKey(key), Buffer.byteLength(json) * 4 + i);
-        }
-      }
+      await scanStored(db, Math.max(from, 1), to, PRIORITY, (seq, severity, bytes) => {
+        found.set(seq, bytes * 4 + PRIORITY.indexOf(severity));
+      });
     }
     return found;
   }
@@ -979,17 +974,12 @@ export class LevelOutbox implements Outbox {
     }
     if (!missing) return n;
     // Some seqs were never read (or read before a restart): look them up in each key space.
-    for (const severity of PRIORITY) {
-      if (counts[severity].events === 0) continue;
-      for await (const chunk of chunks(db, { gte: eventKey(severity, lo), lte: eventKey(severity, hi) }, 1000)) {
-        for (const [key, json] of chunk) {
-          const seq = seqOfKey(key);
-          if (deleted.has(seq)) continue;
-          del(seq, severity, Buffer.byteLength(json));
-          n++;
-        }
-      }
-    }
+    const stored = PRIORITY.filter((severity) => counts[severity].events > 0);
+    await scanStored(db, lo, hi, stored, (seq, severity, bytes) => {
+      if (deleted.has(seq)) return;
+      del(seq, severity, bytes);
+      n++;
+    });
     return n;
   }
 
@@ -1408,6 +1398,22 @@ async function writeOps(db: Db, ops: Op[], sync: boolean): Promise<void> {
     await batch._write({ sync });
   } finally {
     impl.detachResource(batch);
+  }
+}
+
+/** Each stored event with a seq in [lo, hi] of the given severities: its seq, severity and JSON size. */
+async function scanStored(
+  db: Db,
+  lo: number,
+  hi: number,
+  severities: readonly Severity[],
+  each: (seq: number, severity: Severity, bytes: number) => void,
+): Promise<void> {
+  if (hi < lo) return;
+  for (const severity of severities) {
+    for await (const chunk of chunks(db, { gte: eventKey(severity, lo), lte: eventKey(severity, hi) }, 1000)) {
+      for (const [key, json] of chunk) each(seqOfKey(key), severity, Buffer.byteLength(json));
+    }
   }
 }
 
