@@ -559,17 +559,22 @@ export interface EdgewardKillResult {
   acceptedPerS: number;
 }
 
+/** Append `n` fresh bench envelopes to `outbox`, `batch` per append, `concurrency` appenders; resolves with the ms. */
+function appendLoad(outbox: LevelOutbox, n: number, batch: number, concurrency: number): Promise<number> {
+  return chunked(n, batch, concurrency, (from, to) => {
+    const envs = [];
+    for (let i = from; i < to; i++) envs.push(benchEnvelope(i));
+    return outbox.append(envs);
+  });
+}
+
 /** The outbox alone: appends of `batch` fresh envelopes from `concurrency` writers, synced like the runtime's. */
 export async function runOutboxAlone(n: number, batch: number, concurrency: number): Promise<number> {
   const dir = await tmpDir('bench-outbox');
   const outbox = new LevelOutbox({ dir: outboxPath(dir.path), maxBytes: 4 * 1024 ** 3, ...BENCH_IDS });
   try {
     await outbox.open();
-    const ms = await chunked(n, batch, concurrency, (from, to) => {
-      const envs = [];
-      for (let i = from; i < to; i++) envs.push(benchEnvelope(i));
-      return outbox.append(envs);
-    });
+    const ms = await appendLoad(outbox, n, batch, concurrency);
     return (n / ms) * 1000;
   } finally {
     await outbox.close();
@@ -620,11 +625,7 @@ export async function runOutboxCycle(n: number, batch: number, concurrency: numb
         while (inflight.size >= 16) await Promise.race(inflight);
       }
     })();
-    await chunked(n, batch, concurrency, (from, to) => {
-      const envs = [];
-      for (let i = from; i < to; i++) envs.push(benchEnvelope(i));
-      return outbox.append(envs);
-    });
+    await appendLoad(outbox, n, batch, concurrency);
     await reader;
     const ms = performance.now() - t0;
     unsubscribe();
@@ -867,11 +868,7 @@ export async function runBacklogBench(): Promise<BacklogResult> {
     progress(`backlog: preloading ${backlog} info events into the outbox`);
     const outbox = new LevelOutbox({ dir: outboxPath(dir.path), maxBytes: 4 * 1024 ** 3, ...BENCH_IDS });
     await outbox.open();
-    const preloadMs = await chunked(backlog, 5000, 2, (from, to) => {
-      const envs = [];
-      for (let i = from; i < to; i++) envs.push(benchEnvelope(i));
-      return outbox.append(envs);
-    });
+    const preloadMs = await appendLoad(outbox, backlog, 5000, 2);
     const preloadPerS = (backlog / preloadMs) * 1000;
     await outbox.close();
 
