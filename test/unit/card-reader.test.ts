@@ -29,6 +29,20 @@ describe('card reader over a serial PTY', function () {
     return p;
   }
 
+  /** Pull the reader out: close its end, kill the PTY pair, and wait for the driver's offline event. */
+  async function unplug(message = 'offline'): Promise<void> {
+    events.length = 0;
+    await new Promise<void>((r) => reader.close(() => r()));
+    await pty.kill();
+    await waitFor(() => events.some((e) => e.type === 'device.offline'), { message });
+  }
+
+  /** Plug it back: the PTY pair at the same paths, the reader's end reopened. */
+  async function replug(): Promise<void> {
+    await pty.restart();
+    reader = await openReaderEnd();
+  }
+
   before(async () => {
     tmp = await tmpDir('card');
     pty = await openPtyPair(tmp.path);
@@ -76,12 +90,8 @@ describe('card reader over a serial PTY', function () {
   });
 
   it('reports offline on unplug and comes back with the port', async () => {
-    events.length = 0;
-    await new Promise<void>((r) => reader.close(() => r()));
-    await pty.kill();
-    await waitFor(() => events.some((e) => e.type === 'device.offline'), { message: 'offline' });
-    await pty.restart();
-    reader = await openReaderEnd();
+    await unplug();
+    await replug();
     await waitFor(() => events.some((e) => e.type === 'device.online'), {
       message: 'online again',
       timeoutMs: 8000,
@@ -91,23 +101,15 @@ describe('card reader over a serial PTY', function () {
   });
 
   it('reconnects after a stop and start made while a reconnect was pending', async () => {
-    events.length = 0;
-    await new Promise<void>((r) => reader.close(() => r()));
-    await pty.kill();
-    await waitFor(() => events.some((e) => e.type === 'device.offline'), { message: 'offline' });
+    await unplug();
     // A reconnect timer is pending now: stop() cancels it, start() (port still gone) must schedule its own.
     await driver.stop();
     await driver.start();
-    await pty.restart();
-    reader = await openReaderEnd();
+    await replug();
     await waitFor(() => driver.state().online, { message: 'online again after stop/start', timeoutMs: 8000 });
     // And the restarted driver still follows the port through another unplug.
-    events.length = 0;
-    await new Promise<void>((r) => reader.close(() => r()));
-    await pty.kill();
-    await waitFor(() => events.some((e) => e.type === 'device.offline'), { message: 'offline after the second unplug' });
-    await pty.restart();
-    reader = await openReaderEnd();
+    await unplug('offline after the second unplug');
+    await replug();
     await waitFor(() => events.some((e) => e.type === 'device.online'), { message: 'online after the second replug', timeoutMs: 8000 });
     reader.write('W26:6\n');
     await waitFor(() => events.some((e) => e.type === 'sensor.reading'), { message: 'card after stop/start and replug' });
