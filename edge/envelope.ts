@@ -1,5 +1,5 @@
 import { createHmac } from 'node:crypto';
-import { monotonicFactory } from 'ulid';
+import { monotonicUlid } from './ulid.js';
 
 /** Event types of the contract (SPEC.md "Event envelope"). `alert.<rule>` is open-ended. */
 export const EVENT_TYPES = [
@@ -180,7 +180,7 @@ export function messagesFor(type: EventType, device: string): Messages {
 }
 
 /** ULIDs, monotonic within this process so ids sort by creation even within one millisecond. */
-export const newId: (seedTime?: number) => string = monotonicFactory();
+export const newId: (seedTime?: number) => string = monotonicUlid();
 
 let lastIsoMs = Number.NaN;
 let lastIso = '';
