@@ -797,6 +797,52 @@ describe('LevelOutbox (durable)', () => {
     assert.equal((await c.append([ev('info')]))[0].seq, 12);
   });
 
+  it('a batch given up half-built (a failed eviction scan) rejects its jobs, changes nothing and is released', async () => {
+    const full = Array.from({ length: 10 }, () => ev('info'));
+    const ob = await open(sumSize(full) + 2 * sizeOf(ev('info')));
+    await ob.append(full);
+    const before = ob.stats();
+    type Db = {
+      _chainedBatch: () => unknown;
+      detachResource: (r: unknown) => void;
+      iterator: (...a: unknown[]) => { nextv: () => Promise<unknown>; close: () => Promise<void> };
+    };
+    const db = (ob as unknown as { db: Db }).db;
+    const real = { chained: db._chainedBatch, detach: db.detachResource, iterator: db.iterator };
+    const made: unknown[] = [];
+    const detached: unknown[] = [];
+    db._chainedBatch = function (this: unknown) {
+      const b = real.chained.call(this);
+      made.push(b);
+      return b;
+    };
+    db.detachResource = function (this: unknown, r: unknown) {
+      detached.push(r);
+      return real.detach.call(this, r);
+    };
+    // The eviction's scan fails: a stand-in for an I/O error while reading.
+    db.iterator = () => ({
+      nextv: async () => {
+        throw Object.assign(new Error('IO error: read failed'), { code: 'LEVEL_IO_ERROR' });
+      },
+      close: async () => undefined,
+    });
+    // One commit: the first append fits and is put into the native batch, the
+    // second needs room, and its eviction scan throws mid-build.
+    const results = await Promise.allSettled([ob.append([ev('info')]), ob.append(full.map(() => ev('info')))]);
+    for (const r of results) {
+      assert.equal(r.status, 'rejected');
+      assert.ok(isEdgewardError((r as PromiseRejectedResult).reason, 'EDGE_OUTBOX_WRITE_FAILED'));
+    }
+    assert.deepEqual(ob.stats(), before, 'nothing of the half-built batch was committed');
+    assert.ok(made.length > 0, 'the first append had reached a native batch');
+    assert.deepEqual(detached, made, 'every native batch was detached from the db');
+    Object.assign(db, { _chainedBatch: real.chained, detachResource: real.detach, iterator: real.iterator });
+    const [e] = await ob.append([ev('critical', 'door.forced')]);
+    assert.equal(e.seq, before.lastSeq + 1, 'the seqs of the failed batch were never handed out');
+    await closeIt(ob);
+  });
+
   it('a failed write (e.g. disk full) rejects with EDGE_OUTBOX_WRITE_FAILED and changes nothing', async () => {
     const ob = await open();
     await ob.append([ev('info'), ev('critical')]);
