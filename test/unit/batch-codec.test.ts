@@ -85,10 +85,11 @@ describe('batch codec', () => {
     assert.equal(b.events.length, 100);
   });
 
-  it('gzips at level 1 by default, at the configured level otherwise; both inflate the same (small and large batches)', async () => {
-    for (const n of [3, 400]) {
+  it('gzips at level 1 by default, at the configured level otherwise; both inflate the same (inline, and over 1 MiB on the thread pool)', async () => {
+    for (const n of [3, 400, 6000]) {
       const jsons = Array.from({ length: n }, (_, i) => envJson(i + 1));
       const raw = Buffer.from(batchJson(header, jsons), 'utf8');
+      if (n === 6000) assert.ok(raw.length > 1024 * 1024, `the largest batch (${raw.length} B) takes the thread-pool path`);
       const dflt = await encodeBatch(header, jsons, 'gzip');
       assert.equal(DEFAULT_GZIP_LEVEL, 1);
       assert.deepEqual(dflt, gzipSync(raw, { level: 1 }), `${n} events: level 1 by default`);
