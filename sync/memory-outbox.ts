@@ -3,7 +3,7 @@ import { type Envelope, isSeverity, newId, type Severity, withSeq } from '../edg
 import { EdgewardError } from '../edge/errors.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
-import { type OverflowData, OverflowTally, PRIORITY, RecentRing } from './outbox.js';
+import { type OverflowData, OverflowTally, PRIORITY, RecentRing, serializeEnvelopes } from './outbox.js';
 
 /** Options of {@link MemoryOutbox}. */
 export interface MemoryOutboxOptions {
@@ -162,12 +162,7 @@ export class MemoryOutbox implements Outbox {
   private doAppend(events: Envelope[]): Envelope[] {
     if (events.length === 0) return [];
     const seqd = events.map((e, i) => withSeq(e, this.lastSeq + 1 + i));
-    let jsons: string[];
-    try {
-      jsons = seqd.map((e) => JSON.stringify(e));
-    } catch (err) {
-      throw new EdgewardError('EDGE_OUTBOX_INVALID', `event not serializable as JSON: ${(err as Error).message}`, { cause: err });
-    }
+    const jsons = serializeEnvelopes(seqd);
     const size = jsons.reduce((n, j) => n + Buffer.byteLength(j), 0);
     const hasCritical = seqd.some((e) => e.severity === 'critical');
     const over = this.totalBytes() + size - this.opts.maxBytes;

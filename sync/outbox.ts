@@ -77,8 +77,40 @@ const TRACKED_BITS = 16;
 const HEAD_REFRESH_MIN_MS = 1000;
 /** Deleting batches remembered, so a read or head lookup that spanned them can drop what they deleted. */
 const DELETE_LOG_SIZE = 32;
+
+/** One committed batch that deleted events: its delete generation and what it deleted. */
+type DeletedBatch = { gen: number; seqs: ReadonlyMap<number, Severity> };
+
+function deletedIn(batches: readonly DeletedBatch[], seq: number): boolean {
+  return batches.some((d) => d.seqs.has(seq));
+}
+
+/**
+ * An event's severity and stored size as one small integer, bytes × 4 +
+ * priority index: what `tracked` and an ack's lookup hold per seq.
+ */
+function packStored(severity: Severity, bytes: number): number {
+  return bytes * 4 + PRIORITY.indexOf(severity);
+}
+
+function storedSeverity(packed: number): Severity {
+  return PRIORITY[packed & 3];
+}
+
+function storedBytes(packed: number): number {
+  return packed >>> 2;
+}
 /** Acks for ranges wider than this always look up the store instead of walking the range. */
 const MAX_WALK_RANGE = 100_000;
+
+/** The stored JSON of each envelope; EDGE_OUTBOX_INVALID when one does not serialize (a BigInt or a cycle in `data`). */
+export function serializeEnvelopes(envelopes: readonly Envelope[]): string[] {
+  try {
+    return envelopes.map((e) => JSON.stringify(e));
+  } catch (err) {
+    throw new EdgewardError('EDGE_OUTBOX_INVALID', `event not serializable as JSON: ${(err as Error).message}`, { cause: err });
+  }
+}
 
 /** Each severity's key prefix with the zeros that pad a seq of n digits: `KEY_HEADS[severity][n]`. */
 const KEY_HEADS = Object.fromEntries(
@@ -299,8 +331,8 @@ interface AckJob {
   ranges: Array<[number, number]>;
   /**
    * When some acked seqs were not tracked: every stored seq of the ranges,
-   * looked up before the job was queued (seq → bytes * 4 + priority index), as
-   * of delete generation `foundGen`. See `ack`.
+   * looked up before the job was queued (seq → `packStored`), as of delete
+   * generation `foundGen`. See `ack`.
    */
   found?: Map<number, number>;
   foundGen?: number;
@@ -357,14 +389,14 @@ export class LevelOutbox implements Outbox {
   private readonly listeners = new Set<(severities: Set<Severity>) => void>();
   private recentRing = new RecentRing();
   /**
-   * seq → (bytes × 4 + severity index) of events handed out by read() and not
-   * yet deleted, so acking them needs no lookup. A small integer, not an object,
-   * to keep a large in-flight window cheap.
+   * seq → severity and size (`packStored`) of events handed out by read() and
+   * not yet deleted, so acking them needs no lookup. A small integer, not an
+   * object, to keep a large in-flight window cheap.
    */
   private readonly tracked = new SeqSlots<number>(TRACKED_BITS);
   /** Bumped by every committed batch that deletes; with `deleteLog` it keeps read() from handing out or tracking a seq deleted meanwhile. */
   private deleteGen = 0;
-  private readonly deleteLog: Array<{ gen: number; seqs: ReadonlyMap<number, Severity> }> = [];
+  private readonly deleteLog: DeletedBatch[] = [];
   private warnedOverBound = false;
   /** The latest overflow event while no reader has seen it: the next eviction replaces it. */
   private pendingOverflow: { seq: number; bytes: number; data: OverflowData } | null = null;
@@ -523,14 +555,14 @@ export class LevelOutbox implements Outbox {
     return false;
   }
 
-  /** Every stored seq in `ranges`, each severity's key space scanned: seq → bytes * 4 + priority index. */
+  /** Every stored seq in `ranges`, each severity's key space scanned: seq → `packStored`. */
   private async lookupStored(ranges: Array<[number, number]>): Promise<Map<number, number>> {
     const db = this.db;
     if (!db) throw notOpen();
     const found = new Map<number, number>();
     for (const [from, to] of ranges) {
       await scanStored(db, Math.max(from, 1), to, PRIORITY, (seq, severity, bytes) => {
-        found.set(seq, bytes * 4 + PRIORITY.indexOf(severity));
+        found.set(seq, packStored(severity, bytes));
       });
     }
     return found;
@@ -598,7 +630,7 @@ export class LevelOutbox implements Outbox {
     // DELETE_LOG_SIZE deleting batches are known; past that, a duplicate is possible.
     const since = this.deletedSince(gen);
     const known = since ?? this.deleteLog;
-    const live = known.length === 0 ? out : out.filter((e) => !known.some((d) => d.seqs.has(e.seq)));
+    const live = known.length === 0 ? out : out.filter((e) => !deletedIn(known, e.seq));
     const result = this.replacingOverflow === null ? live : live.filter((e) => e.seq !== this.replacingOverflow);
     if (this.pendingOverflow && result.some((e) => e.seq === this.pendingOverflow!.seq)) this.pendingOverflow = null;
     // Tracked seqs let an ack skip its lookups; only track when nothing deleted meanwhile can be among them.
@@ -801,10 +833,10 @@ export class LevelOutbox implements Outbox {
       const seqd = job.events.map((e, i) => withSeq(e, lastSeq + 1 + i));
       let jsons: string[];
       try {
-        jsons = seqd.map((e) => JSON.stringify(e));
+        jsons = serializeEnvelopes(seqd);
       } catch (err) {
         // A BigInt or a cycle in `data`: refuse this append only, not the others of the group commit.
-        appendResults.set(job, new EdgewardError('EDGE_OUTBOX_INVALID', `event not serializable as JSON: ${(err as Error).message}`, { cause: err }));
+        appendResults.set(job, err as EdgewardError);
         continue;
       }
       const sizes = jsons.map((j) => Buffer.byteLength(j));
@@ -964,8 +996,8 @@ export class LevelOutbox implements Outbox {
     const since = job.found && job.foundGen !== undefined ? this.deletedSince(job.foundGen) : null;
     if (job.found && since !== null) {
       const take = (seq: number, t: number) => {
-        if (seq < lo || seq > hi || deleted.has(seq) || since.some((d) => d.seqs.has(seq))) return;
-        del(seq, PRIORITY[t & 3], t >>> 2);
+        if (seq < lo || seq > hi || deleted.has(seq) || deletedIn(since, seq)) return;
+        del(seq, storedSeverity(t), storedBytes(t));
         n++;
       };
       if (hi - lo + 1 <= job.found.size) {
@@ -984,7 +1016,7 @@ export class LevelOutbox implements Outbox {
         if (deleted.has(seq)) continue;
         const t = this.tracked.get(seq);
         if (t !== undefined) {
-          del(seq, PRIORITY[t & 3], t >>> 2);
+          del(seq, storedSeverity(t), storedBytes(t));
           n++;
         } else missing = true;
       }
@@ -1058,14 +1090,14 @@ export class LevelOutbox implements Outbox {
   /** Whether `seq` is known not to have been deleted by a batch committed after `gen`. */
   private notDeletedSince(seq: number, gen: number): boolean {
     const since = this.deletedSince(gen);
-    return since !== null && !since.some((d) => d.seqs.has(seq));
+    return since !== null && !deletedIn(since, seq);
   }
 
   /**
    * The deleting batches committed after `gen`, or null when the log (the last
    * DELETE_LOG_SIZE of them) no longer reaches back that far: then "unknown".
    */
-  private deletedSince(gen: number): Array<{ gen: number; seqs: ReadonlyMap<number, Severity> }> | null {
+  private deletedSince(gen: number): DeletedBatch[] | null {
     if (this.deleteGen === gen) return [];
     const since = this.deleteLog.filter((d) => d.gen > gen);
     return since.length === this.deleteGen - gen ? since : null;
@@ -1088,7 +1120,7 @@ export class LevelOutbox implements Outbox {
 
   /** Remember seq → severity and size of events handed out (read() has already dropped any deleted meanwhile). */
   private track(events: StoredEvent[]): void {
-    for (const e of events) this.tracked.set(e.seq, e.bytes * 4 + PRIORITY.indexOf(e.severity));
+    for (const e of events) this.tracked.set(e.seq, packStored(e.severity, e.bytes));
   }
 
   /** Fill the `recent()` ring from the newest stored events (by seq, across severities). */

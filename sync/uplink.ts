@@ -7,7 +7,7 @@ import type { UplinkConfig } from '../edge/config-types.js';
 import { EdgewardError } from '../edge/errors.js';
 import type { Logger } from '../edge/log.js';
 import type { Outbox, StoredEvent } from './outbox-api.js';
-import { decodeAck, encodeBatch, encodeStatus, type StatusPayload } from './batch-codec.js';
+import { decodeAck, encodeBatch, encodeStatus, type StatusPayload, toRanges } from './batch-codec.js';
 
 /** What the uplink needs; everything with timing or I/O is injected. */
 export interface UplinkOptions {
@@ -689,15 +689,7 @@ export class PendingSeqs {
 
   /** The seqs not yet acknowledged, as inclusive ranges. */
   ranges(): Array<[number, number]> {
-    const out: Array<[number, number]> = [];
-    for (let i = 0; i < this.seqs.length; i++) {
-      if (this.acked[i] !== 0) continue;
-      const seq = this.seqs[i];
-      const last = out[out.length - 1];
-      if (last && seq === last[1] + 1) last[1] = seq;
-      else out.push([seq, seq]);
-    }
-    return out;
+    return toRanges(this.seqs.filter((_, i) => this.acked[i] === 0));
   }
 }
 
