@@ -5,6 +5,7 @@ import { isEventType, isSeverity, pseudonymiseCard } from './envelope.js';
 import { isEdgewardError } from './errors.js';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
+import type { OutboxWriteError } from '../sync/outbox-api.js';
 
 /** The body of `GET /api/v1/status` (SPEC.md "Local HTTP API (contract)"). */
 export interface RuntimeStatus {
@@ -13,7 +14,8 @@ export interface RuntimeStatus {
   version: string;
   uptimeS: number;
   uplink: { connected: boolean; lastAckAt: string | null; configured: boolean };
-  outbox: { events: number; bytes: number; oldestTs: string | null };
+  /** `writeError` (an extension) only while the store cannot write: see `OutboxStats.writeError`. */
+  outbox: { events: number; bytes: number; oldestTs: string | null; writeError?: OutboxWriteError };
   devices: Array<{ name: string; driver: string; online: boolean; lastSeen: string | null }>;
 }
 

@@ -96,6 +96,26 @@ export class Metrics {
       },
     });
     new Gauge({
+      name: 'edgeward_outbox_write_failing',
+      help: '1 while the outbox cannot write (disk full, I/O error) and refuses events, else 0',
+      registers,
+      collect() {
+        this.set(self.sources.outboxStats?.()?.writeError ? 1 : 0);
+      },
+    });
+    let failuresSeen = 0;
+    new Counter({
+      name: 'edgeward_outbox_write_failures_total',
+      help: 'Outbox writes that failed (each refused the events it held)',
+      registers,
+      collect() {
+        const total = self.sources.outboxStats?.()?.writeFailures ?? failuresSeen;
+        // The store counts since it was opened; a counter only goes up.
+        if (total > failuresSeen) this.inc(total - failuresSeen);
+        failuresSeen = Math.max(failuresSeen, total);
+      },
+    });
+    new Gauge({
       name: 'edgeward_outbox_oldest_age_seconds',
       help: 'Age of the oldest event not yet acknowledged (0 when the outbox is empty)',
       registers,

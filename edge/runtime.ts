@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import express from 'express';
 import type { CommandRequest, Driver, DriverContext } from '../drivers/driver.js';
-import type { Outbox } from '../sync/outbox-api.js';
+import type { Outbox, OutboxWriteError } from '../sync/outbox-api.js';
 import { LevelOutbox, outboxPath } from '../sync/outbox.js';
 import { Uplink } from '../sync/uplink.js';
 import { EventBus } from './bus.js';
@@ -349,7 +349,12 @@ export class Runtime {
       version: this.version,
       uptimeS: Math.floor((this.clock.now() - this.startedAt) / 1000),
       uplink: { connected: up?.connected ?? false, lastAckAt: isoOrNull(up?.lastAckAt), configured: Boolean(this.uplink) },
-      outbox: { events: stats?.events ?? 0, bytes: stats?.bytes ?? 0, oldestTs: stats?.oldestTs ?? null },
+      outbox: {
+        events: stats?.events ?? 0,
+        bytes: stats?.bytes ?? 0,
+        oldestTs: stats?.oldestTs ?? null,
+        ...(stats?.writeError ? { writeError: stats.writeError } : {}),
+      },
       devices,
     };
   }
@@ -357,10 +362,13 @@ export class Runtime {
   health(): Health {
     const problems: string[] = [];
     if (this.state !== 'running') problems.push(`runtime is ${this.state}`);
-    let outbox: string | { events: number; bytes: number; maxBytes: number } = 'not open';
+    let outbox: string | { events: number; bytes: number; maxBytes: number; writeError?: OutboxWriteError } = 'not open';
     try {
       const s = this.outboxImpl?.stats();
-      if (s) outbox = { events: s.events, bytes: s.bytes, maxBytes: s.maxBytes };
+      if (s) outbox = { events: s.events, bytes: s.bytes, maxBytes: s.maxBytes, ...(s.writeError ? { writeError: s.writeError } : {}) };
+      const w = s?.writeError;
+      // Disk full or an I/O error: every event is refused until a write succeeds.
+      if (w) problems.push(`outbox cannot store events since ${w.since} (${w.failures} failed writes): ${w.message}`);
     } catch (err) {
       outbox = `error: ${(err as Error).message}`;
     }
@@ -561,5 +569,6 @@ function meterOutbox(inner: Outbox, metrics: Metrics): Outbox {
     stats: () => inner.stats(),
     recent: (limit) => inner.recent(limit),
     onAppend: (listener) => inner.onAppend(listener),
+    onWriteHealth: inner.onWriteHealth ? (listener) => inner.onWriteHealth!(listener) : undefined,
   };
 }

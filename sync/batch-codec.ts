@@ -71,7 +71,11 @@ export interface StatusPayload {
   state: 'online' | 'offline';
   ts: string;
   version: string;
-  outbox: { events: number };
+  /**
+   * `writeError` (an optional extension of the contract) only while the edge's
+   * outbox cannot write (disk full, I/O error) and refuses events.
+   */
+  outbox: { events: number; writeError?: { since: string; message: string } };
 }
 
 export type Compression = 'gzip' | 'none';
@@ -298,11 +302,15 @@ export function decodeStatus(buf: Uint8Array | string): StatusPayload {
     typeof v.ts !== 'string' ||
     typeof v.version !== 'string' ||
     !isObject(v.outbox) ||
-    !Number.isSafeInteger(v.outbox.events)
+    !Number.isSafeInteger(v.outbox.events) ||
+    (v.outbox.writeError !== undefined &&
+      (!isObject(v.outbox.writeError) ||
+        typeof v.outbox.writeError.since !== 'string' ||
+        typeof v.outbox.writeError.message !== 'string'))
   ) {
     throw new EdgewardError(
       'EDGE_STATUS_INVALID',
-      'status payload must be {state, ts, version, outbox: {events}}',
+      'status payload must be {state, ts, version, outbox: {events, writeError?: {since, message}}}',
     );
   }
   return v as unknown as StatusPayload;

@@ -11,6 +11,25 @@ export interface OutboxStats {
   /** Last seq assigned in this epoch (0 when none yet). */
   lastSeq: number;
   maxBytes: number;
+  /**
+   * Present while the store cannot write (disk full, I/O error): since when
+   * writes fail, the last error, and how many writes failed since. Appends
+   * are refused meanwhile (never acknowledged, so nothing accepted is lost);
+   * the first write that succeeds clears it.
+   */
+  writeError?: OutboxWriteError;
+  /** Writes that failed since the store was opened, when any did (a counter: it never goes down). */
+  writeFailures?: number;
+}
+
+/** See `OutboxStats.writeError`. */
+export interface OutboxWriteError {
+  /** ISO time of the first failed write of this spell. */
+  since: string;
+  /** The last failure's message (LevelDB's, e.g. `IO error: …: No space left on device`). */
+  message: string;
+  /** Failed writes in this spell. */
+  failures: number;
 }
 
 /** A stored event as read back for sending: the envelope (with seq) and its serialized size. */
@@ -63,4 +82,10 @@ export interface Outbox {
   recent(limit: number): Envelope[];
   /** Subscribe to appends (the uplink wakes on this). Returns an unsubscribe function. */
   onAppend(listener: (severities: Set<Severity>) => void): () => void;
+  /**
+   * Subscribe to the store starting or ceasing to fail its writes (`stats().writeError`
+   * appears or goes): the uplink republishes its status at once. Optional: a store
+   * that cannot fail (the memory reference) need not have it.
+   */
+  onWriteHealth?(listener: (failing: boolean) => void): () => void;
 }

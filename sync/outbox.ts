@@ -5,7 +5,7 @@ import { type Envelope, isSeverity, makeEnvelope, newId, type Severity, withSeq 
 import { EdgewardError } from '../edge/errors.js';
 import { SeqSlots } from '../edge/seq-slots.js';
 import { type Logger, silentLogger } from '../edge/log.js';
-import type { Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
+import type { Outbox, OutboxReadOptions, OutboxStats, OutboxWriteError, StoredEvent } from './outbox-api.js';
 
 /*
  * Layout of the LevelDB store (string keys, UTF-8 JSON values):
@@ -75,6 +75,10 @@ const TRACKED_BITS = 16;
  * `stats().oldestTs` lags by up to this long.
  */
 const HEAD_REFRESH_MIN_MS = 1000;
+/** After a failed write, the store is reopened before the next one; a failed reopen is retried at most this often. */
+const REOPEN_RETRY_MS = 1000;
+/** While writes keep failing, one log line at most this often (each failed batch would be one otherwise). */
+const WRITE_ERROR_LOG_MS = 10_000;
 /** Deleting batches remembered, so a read or head lookup that spanned them can drop what they deleted. */
 const DELETE_LOG_SIZE = 32;
 
@@ -423,6 +427,14 @@ export class LevelOutbox implements Outbox {
   private recentSavedVersion = 0;
   private recentTimer: NodeJS.Timeout | null = null;
   private recentSaving: Promise<void> | null = null;
+  /** The current spell of failing writes (see `OutboxStats.writeError`), and all failures since open. */
+  private writeError: OutboxWriteError | null = null;
+  private writeFailures = 0;
+  private lastWriteErrorLogAt = Number.NEGATIVE_INFINITY;
+  private readonly healthListeners = new Set<(failing: boolean) => void>();
+  /** A write failed: reopen the store before the next one (see reopenAfterFailure). */
+  private needsReopen = false;
+  private lastReopenAt = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly opts: LevelOutboxOptions) {
     this.log = (opts.log ?? silentLogger()).child({ module: 'sync/outbox' });
@@ -438,28 +450,8 @@ export class LevelOutbox implements Outbox {
   async open(): Promise<void> {
     if (this.db) return;
     const t0 = performance.now();
-    const db: Db = new Level<string, string>(this.opts.dir, { keyEncoding: 'utf8', valueEncoding: 'utf8', writeBufferSize: WRITE_BUFFER_BYTES });
+    const { db, meta } = await this.openStore();
     try {
-      await db.open();
-    } catch (err) {
-      throw translateOpenError(err, this.opts.dir);
-    }
-    try {
-      const raw = await db.get(META_KEY);
-      let meta: Meta;
-      if (raw === undefined) {
-        meta = await rebuildMeta(db, null, this.opts.maxBytes);
-        if (meta.lastSeq > 0) this.log.warn({ dir: this.opts.dir }, 'outbox meta record missing: rebuilt from events, new epoch');
-        await db.put(META_KEY, JSON.stringify(meta), { sync: true });
-      } else {
-        meta = JSON.parse(raw) as Meta;
-        if (!(await metaConsistent(db, meta))) {
-          this.log.warn({ dir: this.opts.dir, epoch: meta.epoch }, 'outbox counters inconsistent: rescanning store');
-          meta = await rebuildMeta(db, meta, this.opts.maxBytes);
-          await db.put(META_KEY, JSON.stringify(meta), { sync: true });
-        }
-      }
-      meta.maxBytes = this.opts.maxBytes;
       this.meta = meta;
       this.db = db;
       this.closing = false;
@@ -482,6 +474,89 @@ export class LevelOutbox implements Outbox {
       { epoch: this.meta.epoch, lastSeq: this.meta.lastSeq, events: totalEvents(this.meta.counts), ms: Math.round(performance.now() - t0) },
       'outbox open',
     );
+  }
+
+  /** Open the LevelDB store and its meta record, checked against the store (rebuilt when it does not match). */
+  private async openStore(): Promise<{ db: Db; meta: Meta }> {
+    const db: Db = new Level<string, string>(this.opts.dir, { keyEncoding: 'utf8', valueEncoding: 'utf8', writeBufferSize: WRITE_BUFFER_BYTES });
+    try {
+      await db.open();
+    } catch (err) {
+      throw translateOpenError(err, this.opts.dir);
+    }
+    try {
+      const raw = await db.get(META_KEY);
+      let meta: Meta;
+      if (raw === undefined) {
+        meta = await rebuildMeta(db, null, this.opts.maxBytes);
+        if (meta.lastSeq > 0) this.log.warn({ dir: this.opts.dir }, 'outbox meta record missing: rebuilt from events, new epoch');
+        await db.put(META_KEY, JSON.stringify(meta), { sync: true });
+      } else {
+        meta = JSON.parse(raw) as Meta;
+        if (!(await metaConsistent(db, meta))) {
+          this.log.warn({ dir: this.opts.dir, epoch: meta.epoch }, 'outbox counters inconsistent: rescanning store');
+          meta = await rebuildMeta(db, meta, this.opts.maxBytes);
+          await db.put(META_KEY, JSON.stringify(meta), { sync: true });
+        }
+      }
+      meta.maxBytes = this.opts.maxBytes;
+      return { db, meta };
+    } catch (err) {
+      await db.close().catch(() => undefined);
+      throw new EdgewardError('EDGE_OUTBOX_OPEN_FAILED', `cannot open outbox at ${this.opts.dir}`, { cause: err });
+    }
+  }
+
+  /**
+   * Reopen the store after a failed write, before anything else is written.
+   * A write that fails (disk full, I/O error) can leave a torn record at the
+   * end of LevelDB's log, and LevelDB 1.23 goes on appending to that log:
+   * measured, after a disk-full spell 300 events written and synced (each
+   * answered 202) were all dropped by the recovery of that log after a
+   * kill -9 ("checksum mismatch", whole 32 KiB blocks dropped). Reopening
+   * recovers the log while the torn record is still its last, writes what it
+   * held to a table and starts a new log. Also clears LevelDB's sticky
+   * background error (a failed compaction or fsync fails every later write).
+   *
+   * It needs disk space too. Until it succeeds the old handle stays closed,
+   * every batch is refused, and an attempt is made at most every
+   * REOPEN_RETRY_MS. The meta record is read back from the store, not kept:
+   * a batch whose fsync failed may have reached it after all. Reads in
+   * flight on the old handle fail (the uplink reads again later).
+   */
+  private async reopenAfterFailure(): Promise<boolean> {
+    const now = this.clock.now();
+    if (now - this.lastReopenAt < REOPEN_RETRY_MS) return false;
+    this.lastReopenAt = now;
+    const old = this.db!;
+    await old.close().catch((err) => this.log.debug({ err }, 'outbox: closing the failed store handle'));
+    let opened: { db: Db; meta: Meta };
+    try {
+      opened = await this.openStore();
+    } catch (err) {
+      this.log.debug({ err }, 'outbox reopen after a failed write failed; retrying');
+      return false;
+    }
+    const { db, meta } = opened;
+    this.db = db;
+    this.meta = meta;
+    this.tracked.clear();
+    // Reads and lookups that began before see a new generation: nothing they found is tracked.
+    this.deleteGen++;
+    this.deleteLog.length = 0;
+    this.pendingOverflow = null;
+    this.expressed = false;
+    try {
+      await this.loadHotTails(db, meta);
+    } catch (err) {
+      // Reads then go to LevelDB from the start; nothing is lost.
+      this.hot = this.newHotTails(0);
+      this.log.warn({ err }, 'outbox hot tails not reloaded after reopen');
+    }
+    this.needsReopen = false;
+    this.log.warn({ lastSeq: meta.lastSeq, events: totalEvents(meta.counts) }, 'outbox store reopened after a failed write');
+    if (PRIORITY.some((sev) => meta.heads[sev]?.stale)) this.refreshHeads();
+    return true;
   }
 
   async close(): Promise<void> {
@@ -641,7 +716,17 @@ export class LevelOutbox implements Outbox {
   stats(): OutboxStats {
     const meta = this.meta;
     if (!meta) throw notOpen();
-    return statsOf(meta);
+    const s = statsOf(meta);
+    if (this.writeFailures > 0) s.writeFailures = this.writeFailures;
+    if (this.writeError) s.writeError = { ...this.writeError };
+    return s;
+  }
+
+  onWriteHealth(listener: (failing: boolean) => void): () => void {
+    this.healthListeners.add(listener);
+    return () => {
+      this.healthListeners.delete(listener);
+    };
   }
 
   recent(limit: number): Envelope[] {
@@ -679,13 +764,22 @@ export class LevelOutbox implements Outbox {
       if (!first) await new Promise<void>((resolve) => setImmediate(resolve));
       first = false;
       if (this.queue.length === 0) break;
+      if (this.needsReopen && !this.closing && !(await this.reopenAfterFailure())) {
+        // The store is not usable yet: refuse what is queued now (nothing of it is stored).
+        const jobs = this.queue.splice(0);
+        const last = this.writeError?.message ?? 'reopen failed';
+        const e = new EdgewardError('EDGE_OUTBOX_WRITE_FAILED', `outbox store unusable after a failed write: ${last}`);
+        this.writeFailed(e, jobs.length, last);
+        for (const j of jobs) j.reject(e);
+        continue;
+      }
       const jobs = this.takeBatch();
       try {
         await this.writeBatch(jobs);
       } catch (err) {
         const e =
           err instanceof EdgewardError ? err : new EdgewardError('EDGE_OUTBOX_WRITE_FAILED', 'outbox write failed', { cause: err });
-        this.log.error({ err: e, jobs: jobs.length }, 'outbox batch failed');
+        this.writeFailed(e, jobs.length);
         for (const j of jobs) j.reject(e);
       } finally {
         this.replacingOverflow = null;
@@ -919,6 +1013,7 @@ export class LevelOutbox implements Outbox {
     const durable = jobs.some((j) => j.kind === 'append');
     await ops.write(durable);
     this.writes++;
+    if (this.writeError) this.writeRecovered();
 
     // Committed: publish the new state.
     this.meta = next;
@@ -962,6 +1057,46 @@ export class LevelOutbox implements Outbox {
         } catch (err) {
           this.log.error({ err }, 'outbox append listener threw');
         }
+      }
+    }
+  }
+
+  /**
+   * A batch failed: its jobs are rejected (nothing of it was committed). Disk
+   * full and I/O errors start a spell of failing writes, reported by
+   * `stats().writeError` until a write succeeds; logged once, then at most
+   * every WRITE_ERROR_LOG_MS.
+   */
+  private writeFailed(e: EdgewardError, jobs: number, message = causeMessage(e)): void {
+    if (this.closing && e.code === 'EDGE_OUTBOX_NOT_OPEN') return;
+    this.needsReopen = true;
+    this.writeFailures++;
+    const first = this.writeError === null;
+    if (first) this.writeError = { since: new Date(this.clock.now()).toISOString(), message, failures: 0 };
+    const spell = this.writeError!;
+    spell.failures++;
+    spell.message = message;
+    const now = this.clock.now();
+    if (first || now - this.lastWriteErrorLogAt >= WRITE_ERROR_LOG_MS) {
+      this.log.error({ err: e, jobs, failures: spell.failures, since: spell.since }, 'outbox cannot write: events are refused until it can');
+      this.lastWriteErrorLogAt = now;
+    }
+    if (first) this.notifyHealth(true);
+  }
+
+  private writeRecovered(): void {
+    const spell = this.writeError!;
+    this.writeError = null;
+    this.log.warn({ failures: spell.failures, since: spell.since, lastError: spell.message }, 'outbox writes again');
+    this.notifyHealth(false);
+  }
+
+  private notifyHealth(failing: boolean): void {
+    for (const l of this.healthListeners) {
+      try {
+        l(failing);
+      } catch (err) {
+        this.log.error({ err }, 'outbox health listener threw');
       }
     }
   }
@@ -1210,6 +1345,12 @@ export class LevelOutbox implements Outbox {
     });
     for (const e of unique.slice(-RECENT_SIZE)) this.recentRing.push(JSON.stringify(e));
   }
+}
+
+/** The store's own words for a failure (LevelDB's `IO error: …`), else the error's. */
+function causeMessage(e: EdgewardError): string {
+  const cause = e.cause as { message?: unknown } | undefined;
+  return typeof cause?.message === 'string' ? cause.message : e.message;
 }
 
 function notOpen(): EdgewardError {

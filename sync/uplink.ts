@@ -104,6 +104,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private retryTimer: NodeJS.Timeout | null = null;
   private lingerSince: number | null = null;
   private unsubscribeAppend: (() => void) | null = null;
+  private unsubscribeHealth: (() => void) | null = null;
 
   private readonly inflight = new Set<InflightBatch>();
   /**
@@ -153,6 +154,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.tls = await this.readTlsFiles();
     this.running = true;
     this.unsubscribeAppend = this.outbox.onAppend((severities) => this.onAppend(severities));
+    // The central learns at once when the store starts or stops refusing events (disk full).
+    this.unsubscribeHealth = this.outbox.onWriteHealth?.(() => this.statusNow()) ?? null;
     this.connect();
   }
 
@@ -161,7 +164,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (!this.running) return;
     this.running = false;
     this.unsubscribeAppend?.();
-    this.unsubscribeAppend = null;
+    this.unsubscribeHealth?.();
+    this.unsubscribeAppend = this.unsubscribeHealth = null;
     for (const t of [this.reconnectTimer, this.statusTimer, this.lingerTimer, this.retryTimer])
       if (t) this.clock.clearTimeout(t);
     this.reconnectTimer = this.statusTimer = this.lingerTimer = this.retryTimer = null;
@@ -213,11 +217,13 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   }
 
   private statusPayload(state: StatusPayload['state']): Buffer {
+    const stats = this.outbox.stats();
+    const w = stats.writeError;
     return encodeStatus({
       state,
       ts: new Date(this.clock.now()).toISOString(),
       version: this.opts.version,
-      outbox: { events: this.outbox.stats().events },
+      outbox: { events: stats.events, ...(w ? { writeError: { since: w.since, message: w.message } } : {}) },
     });
   }
 
@@ -331,14 +337,19 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     return timeoutMs === undefined ? done : withTimeout(done, timeoutMs).catch(() => undefined);
   }
 
+  /** Publish the online status now (when connected) and restart the refresh period. */
+  private statusNow(): void {
+    const client = this.client;
+    if (!this.live(client)) return;
+    void this.publishStatus(client, 'online');
+    this.scheduleStatus();
+  }
+
   private scheduleStatus(): void {
     if (this.statusTimer) this.clock.clearTimeout(this.statusTimer);
     this.statusTimer = this.clock.setTimeout(() => {
       this.statusTimer = null;
-      const client = this.client;
-      if (!this.live(client)) return;
-      void this.publishStatus(client, 'online');
-      this.scheduleStatus();
+      this.statusNow();
     }, this.statusIntervalMs);
   }
 

@@ -834,26 +834,32 @@ describe('LevelOutbox (durable)', () => {
       assert.equal(r.status, 'rejected');
       assert.ok(isEdgewardError((r as PromiseRejectedResult).reason, 'EDGE_OUTBOX_WRITE_FAILED'));
     }
-    assert.deepEqual(ob.stats(), before, 'nothing of the half-built batch was committed');
+    const { writeError, writeFailures, ...after } = ob.stats();
+    assert.deepEqual(after, before, 'nothing of the half-built batch was committed');
+    assert.match(writeError?.message ?? '', /read failed/, 'the failure is reported');
+    assert.equal(writeFailures, 1);
     assert.ok(made.length > 0, 'the first append had reached a native batch');
     assert.deepEqual(detached, made, 'every native batch was detached from the db');
     Object.assign(db, { _chainedBatch: real.chained, detachResource: real.detach, iterator: real.iterator });
     const [e] = await ob.append([ev('critical', 'door.forced')]);
     assert.equal(e.seq, before.lastSeq + 1, 'the seqs of the failed batch were never handed out');
+    assert.equal(ob.stats().writeError, undefined, 'a write that succeeds ends the spell');
     await closeIt(ob);
   });
 
-  it('a failed write (e.g. disk full) rejects with EDGE_OUTBOX_WRITE_FAILED and changes nothing', async () => {
+  it('a failed write (e.g. disk full) rejects with EDGE_OUTBOX_WRITE_FAILED, changes nothing, is reported, and the store is reopened before the next write', async () => {
     const ob = await open();
     await ob.append([ev('info'), ev('critical')]);
     const before = ob.stats();
-    // Stand-in for ENOSPC from LevelDB: the batch write fails (the outbox writes through
-    // classic-level's chained batch, `_chainedBatch()` … `_write()`).
+    // Stand-in for ENOSPC from LevelDB: every batch write fails, on this handle and on any
+    // reopened one, as on a full disk (the outbox writes through classic-level's chained
+    // batch, `_chainedBatch()` … `_write()`). The real thing: test/integration/outbox-disk-full.
     type Batch = { _write: (...a: unknown[]) => Promise<void> };
-    const db = (ob as unknown as { db: { _chainedBatch: () => Batch } }).db;
-    const realChained = db._chainedBatch;
+    const first = (ob as unknown as { db: object }).db;
+    const proto = Object.getPrototypeOf(first) as { _chainedBatch: () => Batch };
+    const realChained = proto._chainedBatch;
     let failedWrites = 0;
-    db._chainedBatch = function (this: unknown) {
+    proto._chainedBatch = function (this: unknown) {
       const batch = realChained.call(this);
       batch._write = async () => {
         failedWrites++;
@@ -861,18 +867,47 @@ describe('LevelOutbox (durable)', () => {
       };
       return batch;
     };
-    const failed = await Promise.allSettled([ob.append([ev('info')]), ob.append([ev('warning')]), ob.ack([[1, 2]])]);
-    for (const r of failed) {
-      assert.equal(r.status, 'rejected');
-      assert.ok(isEdgewardError((r as PromiseRejectedResult).reason, 'EDGE_OUTBOX_WRITE_FAILED'));
+    const health: boolean[] = [];
+    const unsubscribe = ob.onWriteHealth((failing) => health.push(failing));
+    const t0 = Date.now();
+    try {
+      const failed = await Promise.allSettled([ob.append([ev('info')]), ob.append([ev('warning')]), ob.ack([[1, 2]])]);
+      for (const r of failed) {
+        assert.equal(r.status, 'rejected');
+        assert.ok(isEdgewardError((r as PromiseRejectedResult).reason, 'EDGE_OUTBOX_WRITE_FAILED'));
+      }
+    } finally {
+      proto._chainedBatch = realChained;
     }
-    assert.deepEqual(ob.stats(), before);
+    const { writeError, writeFailures, ...after } = ob.stats();
+    assert.deepEqual(after, before);
     assert.ok(failedWrites > 0, 'the writes went through the stubbed batch');
-    db._chainedBatch = realChained;
-    const [e] = await ob.append([ev('info')]);
+    // Reported while it lasts: since when, the store's own message, how many writes failed.
+    assert.equal(writeError?.message, 'IO error: No space left on device');
+    assert.ok(writeError!.failures >= failedWrites);
+    assert.equal(writeFailures, writeError!.failures);
+    assert.ok(Date.parse(writeError!.since) >= t0 - 1000 && Date.parse(writeError!.since) <= Date.now());
+    assert.deepEqual(health, [true], 'listeners hear once that writes fail, not once per failed write');
+    // The disk has room again. The next write goes to a reopened handle (LevelDB's log may end
+    // in a torn record after a failed write); a reopen is tried at most once a second.
+    const e = await waitFor(() => ob.append([ev('info')]).then(([x]) => x, () => undefined), {
+      timeoutMs: 10_000,
+      intervalMs: 50,
+      message: 'an append succeeds once writes work again',
+    });
+    assert.notEqual((ob as unknown as { db: object }).db, first, 'the store was reopened');
     assert.equal(e.seq, 3, 'seqs of failed writes were never handed out');
+    assert.equal(ob.stats().writeError, undefined, 'the first write that succeeds ends the spell');
+    assert.ok(ob.stats().writeFailures! >= failedWrites, 'the count of failures since open stays');
+    assert.deepEqual(health, [true, false]);
+    unsubscribe();
     assert.equal(await ob.ack([[1, 2]]), 2);
     assert.equal(ob.stats().events, 1);
+    assert.deepEqual(
+      (await ob.read({ maxEvents: 10, maxBytes: 1 << 20 })).map((x) => x.seq),
+      [3],
+      'the reopened store holds exactly what was acknowledged',
+    );
   });
 
   it('group commit: many concurrent appends share few synced batches', async () => {
