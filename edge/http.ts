@@ -148,7 +148,9 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
       res.status(e.status).json({ error: e.message ?? 'bad request', field: 'body' });
     } else {
       const code = isEdgewardError(err) ? err.code : 'EDGE_INTERNAL';
-      log.error({ err, code }, 'api request failed');
+      // A store that cannot write logs its spell itself (once, then every 10 s), not once per request.
+      if (code === 'EDGE_OUTBOX_WRITE_FAILED') log.debug({ err, code }, 'api request refused: the outbox cannot write');
+      else log.error({ err, code }, 'api request failed');
       res.status(503).json({ error: 'events could not be stored', code });
     }
   });

@@ -1,69 +1,21 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
+import { join } from 'node:path';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
+import { killRuntimeChild, type RuntimeChild, startRuntimeChild } from '../helpers/runtime-process.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
 
 const SITE = 'crash-site';
 const EDGE = 'gate-09';
-const CHILD = resolve(__dirname, '../helpers/runtime-child.ts');
-
-interface Child {
-  proc: ChildProcess;
-  port: number;
-  stderr: () => string;
-  exited: Promise<number | null>;
-}
-
-/** Start the runtime child and wait for its ready line (fails loudly with its stderr). */
-async function startChild(configFile: string): Promise<Child> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', CHILD, configFile], {
-    cwd: resolve(__dirname, '../..'),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let err = '';
-  proc.stderr?.on('data', (d: Buffer) => {
-    err += d.toString();
-    if (err.length > 100_000) err = err.slice(-50_000);
-  });
-  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
-  const lines = createInterface({ input: proc.stdout! });
-  const ready = new Promise<number>((resolveReady, reject) => {
-    lines.on('line', (line) => {
-      try {
-        const msg = JSON.parse(line) as { ready?: boolean; port?: number };
-        if (msg.ready && typeof msg.port === 'number') resolveReady(msg.port);
-      } catch {
-        // not the ready line
-      }
-    });
-    exited.then((code) => reject(new Error(`runtime child exited (${code}) before ready:\n${err}`)));
-  });
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`runtime child not ready within 20 s:\n${err}`)), 20_000);
-  });
-  try {
-    const port = await Promise.race([ready, timeout]);
-    return { proc, port, stderr: () => err, exited };
-  } catch (e) {
-    proc.kill('SIGKILL');
-    throw e;
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 describe('runtime crash: kill -9 mid-stream loses no acknowledged event (integration)', function () {
   this.timeout(60_000);
   let dir: TmpDir;
   let broker: TestMosquitto;
   let central: TestCentral;
-  let child: Child | undefined;
+  let child: RuntimeChild | undefined;
 
   before(async () => {
     dir = await tmpDir('crash');
@@ -74,10 +26,7 @@ describe('runtime crash: kill -9 mid-stream loses no acknowledged event (integra
   });
 
   after(async () => {
-    if (child && child.proc.exitCode === null && child.proc.signalCode === null) {
-      child.proc.kill('SIGKILL');
-      await child.exited;
-    }
+    await killRuntimeChild(child);
     await central?.close();
     await broker?.stop();
     await dir?.cleanup();
@@ -99,7 +48,7 @@ describe('runtime crash: kill -9 mid-stream loses no acknowledged event (integra
       ].join('\n'),
     );
 
-    child = await startChild(configFile);
+    child = await startRuntimeChild(configFile);
     const first = child;
     const accepted = new Set<string>();
     let posted = 0;
@@ -149,7 +98,7 @@ describe('runtime crash: kill -9 mid-stream loses no acknowledged event (integra
     assert.ok(missingAtKill > 0, 'the kill should leave accepted events not yet delivered (the test would prove nothing)');
 
     central.setAck(true);
-    child = await startChild(configFile);
+    child = await startRuntimeChild(configFile);
     await waitFor(() => [...accepted].every((id) => central.byId.has(id)), {
       timeoutMs: 30_000,
       intervalMs: 50,
