@@ -6,6 +6,8 @@ export interface MetricsSources {
   outboxStats?: () => OutboxStats | undefined;
   uplink?: () => { connected: boolean; ackLagMs?: number } | undefined;
   now?: () => number;
+  /** Bus events held in memory while the outbox cannot write. */
+  heldEvents?: () => number;
 }
 
 /**
@@ -93,6 +95,14 @@ export class Metrics {
       registers,
       collect() {
         this.set((self.sources.uplink?.()?.ackLagMs ?? 0) / 1000);
+      },
+    });
+    new Gauge({
+      name: 'edgeward_ingest_held_events',
+      help: 'Bus events held in memory because the outbox cannot write (stored once it can)',
+      registers,
+      collect() {
+        this.set(self.sources.heldEvents?.() ?? 0);
       },
     });
     new Gauge({

@@ -19,6 +19,7 @@ import { Metrics } from './metrics.js';
 import type { EdgewardNodeApi } from './node-api.js';
 import { embedNodeRed } from './nodered.js';
 import { Registry } from './registry.js';
+import { HeldEvents } from './held-events.js';
 import { SeqSlots } from './seq-slots.js';
 
 /** Options of {@link Runtime}. */
@@ -39,6 +40,9 @@ export const UPLINK_UNHEALTHY_AFTER_MS = 60_000;
 const STOP_STEP_MS = 4_000;
 const STOP_BUDGET_MS = 12_000;
 const OUTBOX_CLOSE_MIN_MS = 2_500;
+/** Bus events held in memory while the outbox cannot write (see HeldEvents), and how often storing them is retried. */
+const HELD_MAX_EVENTS = 10_000;
+const HELD_RETRY_MS = 1_000;
 
 interface DeviceRecord {
   name: string;
@@ -72,6 +76,8 @@ export class Runtime {
   private readonly inflight = new Set<Promise<unknown>>();
   private pendingInputs: EventInput[] = [];
   private flushScheduled = false;
+  private readonly held = new HeldEvents(HELD_MAX_EVENTS);
+  private heldTimer: NodeJS.Timeout | null = null;
   private startedAt = 0;
   /** Since when the uplink is down (undefined while connected). */
   private uplinkDownSince?: number;
@@ -133,6 +139,7 @@ export class Runtime {
         outboxStats: () => this.outboxImpl?.stats(),
         uplink: () => this.uplink?.status(),
         now: () => this.clock.now(),
+        heldEvents: () => this.held.size,
       });
 
       // Drivers that expose `health()` (ONVIF: subscription age, renew failures…) get their
@@ -230,6 +237,13 @@ export class Runtime {
     await this.step('ingest', async () => {
       this.flush();
       await Promise.allSettled([...this.inflight]);
+      if (this.heldTimer) this.clock.clearTimeout(this.heldTimer);
+      this.heldTimer = null;
+      // A last try for bus events held while the outbox could not write.
+      if (this.held.pending && !(await this.storeHeld())) {
+        this.metrics.ingestError(this.held.size);
+        this.log.error({ events: this.held.size }, 'bus events held while the outbox could not write are lost at stop');
+      }
     });
     await this.step('uplink', async () => this.uplink?.stop());
     // The outbox close always gets time of its own: it is what makes the last appends durable.
@@ -247,9 +261,17 @@ export class Runtime {
     if (this.state !== 'running' && this.state !== 'starting' && this.state !== 'stopping') {
       throw new EdgewardError('EDGE_NOT_RUNNING', 'runtime is not running');
     }
+    return this.store(this.envelopes(inputs));
+  }
+
+  private envelopes(inputs: EventInput[]): Envelope[] {
     const ids = { site: this.config.site, edge: this.config.edge };
     const now = this.clock.now();
-    const envelopes = inputs.map((i) => makeEnvelope(i, ids, now));
+    return inputs.map((i) => makeEnvelope(i, ids, now));
+  }
+
+  /** Store envelopes durably (one group commit) and announce each on the bus as 'event.stored'. */
+  private async store(envelopes: Envelope[]): Promise<Envelope[]> {
     const p = this.outbox.append(envelopes);
     this.inflight.add(p);
     try {
@@ -362,10 +384,15 @@ export class Runtime {
   health(): Health {
     const problems: string[] = [];
     if (this.state !== 'running') problems.push(`runtime is ${this.state}`);
-    let outbox: string | { events: number; bytes: number; maxBytes: number; writeError?: OutboxWriteError } = 'not open';
+    let outbox: string | { events: number; bytes: number; maxBytes: number; writeError?: OutboxWriteError; heldEvents?: number } = 'not open';
     try {
       const s = this.outboxImpl?.stats();
-      if (s) outbox = { events: s.events, bytes: s.bytes, maxBytes: s.maxBytes, ...(s.writeError ? { writeError: s.writeError } : {}) };
+      if (s) {
+        outbox = { events: s.events, bytes: s.bytes, maxBytes: s.maxBytes };
+        if (s.writeError) outbox.writeError = s.writeError;
+        // Bus events waiting in memory for the store (see HeldEvents).
+        if (this.held.size > 0) outbox.heldEvents = this.held.size;
+      }
       const w = s?.writeError;
       // Disk full or an I/O error: every event is refused until a write succeeds.
       if (w) problems.push(`outbox cannot store events since ${w.since} (${w.failures} failed writes): ${w.message}`);
@@ -443,7 +470,13 @@ export class Runtime {
     if (this.pendingInputs.length === 0) return;
     const batch = this.pendingInputs;
     this.pendingInputs = [];
-    this.ingest(batch).catch((err) => {
+    const envelopes = this.envelopes(batch);
+    this.store(envelopes).catch((err) => {
+      if (isEdgewardError(err, 'EDGE_OUTBOX_WRITE_FAILED')) {
+        // The store cannot write (disk full): keep them until it can, id and ts as they are.
+        this.hold(envelopes);
+        return;
+      }
       if (batch.length === 1 || !isEdgewardError(err, 'EDGE_OUTBOX_INVALID')) {
         // Not about one event's content (outbox full of alarms, disk error): one line, not one per event.
         this.metrics.ingestError(batch.length);
@@ -456,13 +489,52 @@ export class Runtime {
       // One event the store refuses (say, data that is not JSON) must not take the others
       // of its tick with it: store them one by one, so only what fails is lost.
       this.log.warn({ err, events: batch.length }, 'bus events refused together: storing them one by one');
-      for (const input of batch) {
-        this.ingest([input]).catch((e) => {
+      for (const envelope of envelopes) {
+        this.store([envelope]).catch((e) => {
+          if (isEdgewardError(e, 'EDGE_OUTBOX_WRITE_FAILED')) {
+            this.hold([envelope]);
+            return;
+          }
           this.metrics.ingestError();
-          this.log.error({ err: e, type: input.type, device: input.source.device }, 'could not store a bus event');
+          this.log.error({ err: e, type: envelope.type, device: envelope.source.device }, 'could not store a bus event');
         });
       }
     });
+  }
+
+  private hold(envelopes: Envelope[]): void {
+    const before = this.held.size;
+    this.held.hold(envelopes);
+    if (before === 0) this.log.warn({ events: envelopes.length }, 'outbox cannot write: holding bus events in memory until it can');
+    this.scheduleHeldRetry();
+  }
+
+  private scheduleHeldRetry(): void {
+    if (this.heldTimer || this.state === 'stopped') return;
+    this.heldTimer = this.clock.setTimeout(() => {
+      this.heldTimer = null;
+      void this.storeHeld();
+    }, HELD_RETRY_MS);
+    this.heldTimer.unref?.();
+  }
+
+  /**
+   * Try to store the held bus events (and the report of any dropped): one
+   * append; on another write failure they are held again, ahead of newer ones.
+   */
+  private async storeHeld(): Promise<boolean> {
+    if (!this.held.pending) return true;
+    const taken = this.held.take({ site: this.config.site, edge: this.config.edge }, this.clock.now());
+    try {
+      await this.store(taken);
+      this.log.warn({ events: taken.length }, 'held bus events stored: the outbox writes again');
+      return true;
+    } catch (err) {
+      this.held.putBack(taken);
+      if (!isEdgewardError(err, 'EDGE_OUTBOX_WRITE_FAILED')) this.log.error({ err, events: taken.length }, 'could not store held bus events');
+      if (this.state !== 'stopping' && this.state !== 'stopped') this.scheduleHeldRetry();
+      return false;
+    }
   }
 
   private deviceState(name: string, driver: string, online: boolean, lastSeen?: string): void {

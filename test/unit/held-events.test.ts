@@ -1,0 +1,171 @@
+import assert from 'node:assert/strict';
+import { parseConfig } from '../../edge/config.js';
+import { type Envelope, type EventType, makeEnvelope, type Severity } from '../../edge/envelope.js';
+import { type HeldLossData, HeldEvents } from '../../edge/held-events.js';
+import { silentLogger } from '../../edge/log.js';
+import { Runtime } from '../../edge/runtime.js';
+import { ManualClock } from '../helpers/clock.js';
+import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+import { waitFor } from '../helpers/wait.js';
+
+const IDS = { site: 's', edge: 'gate-01' };
+
+function ev(severity: Severity, n: number, type: EventType = 'door.opened'): Envelope {
+  return makeEnvelope(
+    { type, severity, source: { device: 'door-1' }, data: { n } },
+    IDS,
+    Date.UTC(2025, 0, 1, 0, 0, n),
+  );
+}
+
+describe('HeldEvents: bus events kept while the outbox cannot write', () => {
+  it('keeps events oldest first, as they were made', () => {
+    const h = new HeldEvents(10);
+    const a = [ev('info', 1), ev('critical', 2), ev('warning', 3)];
+    h.hold(a);
+    assert.equal(h.size, 3);
+    assert.ok(h.pending);
+    assert.deepEqual(h.take(IDS, 0), a, 'the same envelopes: ids and ts unchanged');
+    assert.equal(h.size, 0);
+    assert.equal(h.pending, false);
+  });
+
+  it('past the bound drops the oldest info, then the oldest warnings, never a critical; one edge.events_lost reports it', () => {
+    const h = new HeldEvents(3);
+    h.hold([ev('warning', 1), ev('critical', 2), ev('info', 3), ev('info', 4)]);
+    assert.deepEqual(
+      h
+        .take(IDS, 0)
+        .slice(0, -1)
+        .map((e) => e.data.n),
+      [1, 2, 4],
+      'the oldest info went',
+    );
+    h.hold([ev('critical', 5), ev('warning', 6), ev('critical', 7), ev('critical', 8), ev('info', 9)]);
+    const taken = h.take(IDS, Date.UTC(2025, 0, 2));
+    // 5 held, bound 3: the info, then the oldest warning.
+    assert.deepEqual(
+      taken.slice(0, -1).map((e) => e.data.n),
+      [5, 7, 8],
+    );
+    const report = taken.at(-1)!;
+    assert.equal(report.type, 'edge.events_lost');
+    assert.equal(report.severity, 'warning');
+    assert.ok(report.msg?.zh && report.msg.bo && report.msg.en, 'trilingual, as every warning');
+    assert.deepEqual(report.source, { device: 'gate-01', driver: 'runtime' });
+    assert.deepEqual(report.data as unknown as HeldLossData, {
+      count: 2,
+      reason: 'outbox_write_failed',
+      bySeverity: { info: 1, warning: 1 },
+      fromTs: '2025-01-01T00:00:06.000Z',
+      toTs: '2025-01-01T00:00:09.000Z',
+    });
+  });
+
+  it('the first loss report is made by the first take, and a failed store puts everything back, report merged', () => {
+    const h = new HeldEvents(2);
+    h.hold([ev('info', 1), ev('info', 2), ev('info', 3)]);
+    const first = h.take(IDS, 0);
+    assert.equal(first.at(-1)!.type, 'edge.events_lost');
+    assert.equal((first.at(-1)!.data as unknown as HeldLossData).count, 1);
+    // Storing failed; meanwhile two more came and the bound is 2 again.
+    h.hold([ev('critical', 4)]);
+    h.putBack(first);
+    const again = h.take(IDS, 0);
+    assert.deepEqual(
+      again.slice(0, -1).map((e) => e.data.n),
+      [3, 4],
+      'put back ahead of the newer one, the oldest info dropped again',
+    );
+    assert.equal((again.at(-1)!.data as unknown as HeldLossData).count, 2, 'both losses in one report');
+    assert.equal(h.pending, false);
+  });
+
+  it('criticals alone may exceed the bound: they are never dropped', () => {
+    const h = new HeldEvents(2);
+    h.hold([ev('critical', 1), ev('critical', 2), ev('critical', 3)]);
+    assert.equal(h.size, 3);
+    assert.ok(h.take(IDS, 0).every((e) => e.type !== 'edge.events_lost'));
+  });
+});
+
+describe('runtime: bus events refused by a store that cannot write are held and stored once it can', function () {
+  this.timeout(30_000);
+  let dir: TmpDir;
+  let runtime: Runtime | undefined;
+
+  beforeEach(async () => {
+    dir = await tmpDir('held');
+  });
+  afterEach(async () => {
+    await runtime?.stop();
+    runtime = undefined;
+    await dir.cleanup();
+  });
+
+  it('keeps id and ts, reports them held in /healthz and metrics, stores them within a retry of the store coming back', async () => {
+    const clock = new ManualClock();
+    const config = parseConfig(
+      `site: s\nedge: gate-01\ndataDir: ${dir.path}\nhttp: { host: 127.0.0.1, port: 0 }\nprivacy: { siteKey: held-test-site-key-0123456789 }\nlog: { level: silent }\n`,
+      {},
+    );
+    runtime = new Runtime({ config, log: silentLogger(), clock });
+    await runtime.start();
+    const rt = runtime;
+    // Stand-in for a full disk (the real one: integration/outbox-disk-full): every LevelDB
+    // batch write fails, on any handle.
+    type Batch = { _write: (...a: unknown[]) => Promise<void> };
+    const db = (rt.outbox as unknown as { db: object }).db;
+    const proto = Object.getPrototypeOf(db) as { _chainedBatch: () => Batch };
+    const realChained = proto._chainedBatch;
+    proto._chainedBatch = function (this: unknown) {
+      const batch = realChained.call(this);
+      batch._write = async () => {
+        throw Object.assign(new Error('IO error: No space left on device'), { code: 'LEVEL_IO_ERROR' });
+      };
+      return batch;
+    };
+    const emittedAt = clock.now();
+    try {
+      rt.bus.emit('event.input', { type: 'door.forced', source: { device: 'door-1' }, data: { door: 0 } });
+      rt.bus.emit('event.input', { type: 'door.opened', source: { device: 'door-2' }, data: { door: 1 } });
+      await waitFor(() => (rt.health().outbox as { heldEvents?: number }).heldEvents === 2, {
+        message: () => `2 bus events held: ${JSON.stringify(rt.health())}`,
+      });
+      const health = rt.health();
+      assert.equal(health.ok, false, 'the write failure is a problem');
+      const metrics = await rt.metrics.registry.metrics();
+      assert.match(metrics, /^edgeward_ingest_held_events 2$/m);
+      assert.match(metrics, /^edgeward_ingest_errors_total 0$/m, 'held is not lost');
+      assert.equal(rt.outbox.stats().events, 0);
+      // A retry while the disk is still full holds them again, and schedules the next.
+      const failures = rt.outbox.stats().writeError!.failures;
+      clock.advance(1000);
+      await waitFor(
+        () => rt.outbox.stats().writeError!.failures > failures && clock.pending().includes(1000),
+        {
+          message: 'a retry failed and the next one is scheduled',
+        },
+      );
+      assert.equal((rt.health().outbox as { heldEvents?: number }).heldEvents, 2);
+    } finally {
+      proto._chainedBatch = realChained;
+    }
+    clock.advance(1000);
+    await waitFor(() => rt.outbox.stats().events === 2, {
+      message: 'the held events stored once the store writes',
+    });
+    const stored = rt.outbox.recent(2).reverse();
+    assert.deepEqual(
+      stored.map((e) => [e.type, e.source.device, e.ts]),
+      [
+        ['door.forced', 'door-1', new Date(emittedAt).toISOString()],
+        ['door.opened', 'door-2', new Date(emittedAt).toISOString()],
+      ],
+      'stored in order, with the ts of when they happened',
+    );
+    assert.equal((rt.health().outbox as { heldEvents?: number }).heldEvents, undefined);
+    assert.equal(rt.health().ok, true);
+    assert.match(await rt.metrics.registry.metrics(), /^edgeward_ingest_held_events 0$/m);
+  });
+});
