@@ -32,4 +32,9 @@ export interface UplinkConfig {
   ackTimeoutMs?: number;
   /** Optional: at most this many batches awaiting an ack at once. */
   maxInflight?: number;
+  /**
+   * Optional extension: the largest MQTT packet the broker takes (default 128 KiB).
+   * Bigger batches are split; an event that cannot fit alone is refused at ingest.
+   */
+  maxPacketBytes?: number;
 }

@@ -130,6 +130,12 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
         const stored = await deps.ingest(inputs);
         res.status(202).json({ accepted: stored.map((e) => ({ id: e.id, seq: e.seq })) });
       } catch (err) {
+        if (isEdgewardError(err, 'EDGE_OUTBOX_EVENT_TOO_LARGE')) {
+          // One event the uplink could never send (over its packet limit): nothing of the request is stored.
+          const index = (err.details as { index?: number } | undefined)?.index ?? 0;
+          res.status(413).json({ error: err.message, field: Array.isArray(req.body) ? `events[${index}]` : 'body' });
+          return;
+        }
         next(err);
       }
     },

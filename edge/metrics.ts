@@ -4,7 +4,7 @@ import type { OutboxStats } from '../sync/outbox-api.js';
 /** What the metrics read at scrape time (not pushed: a gauge is never stale). */
 export interface MetricsSources {
   outboxStats?: () => OutboxStats | undefined;
-  uplink?: () => { connected: boolean; ackLagMs?: number } | undefined;
+  uplink?: () => { connected: boolean; ackLagMs?: number; unsendable?: number } | undefined;
   now?: () => number;
   /** Bus events held in memory while the outbox cannot write. */
   heldEvents?: () => number;
@@ -87,6 +87,14 @@ export class Metrics {
       registers,
       collect() {
         this.set(self.sources.uplink?.()?.connected ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'edgeward_uplink_unsendable_events',
+      help: 'Stored events too large for uplink.maxPacketBytes even alone: kept, not sent',
+      registers,
+      collect() {
+        this.set(self.sources.uplink?.()?.unsendable ?? 0);
       },
     });
     new Gauge({

@@ -6,7 +6,7 @@ import express from 'express';
 import type { CommandRequest, Driver, DriverContext } from '../drivers/driver.js';
 import type { Outbox, OutboxWriteError } from '../sync/outbox-api.js';
 import { LevelOutbox, outboxPath } from '../sync/outbox.js';
-import { Uplink } from '../sync/uplink.js';
+import { maxEventBytes, Uplink } from '../sync/uplink.js';
 import { EventBus } from './bus.js';
 import { type Clock, systemClock } from './clock.js';
 import type { SiteConfig } from './config-types.js';
@@ -77,6 +77,8 @@ export class Runtime {
   private pendingInputs: EventInput[] = [];
   private flushScheduled = false;
   private readonly held = new HeldEvents(HELD_MAX_EVENTS);
+  /** With an uplink, events it could never send (over its packet limit even alone) are refused at ingest. */
+  private readonly maxEventBytes?: number;
   private heldTimer: NodeJS.Timeout | null = null;
   private startedAt = 0;
   /** Since when the uplink is down (undefined while connected). */
@@ -93,6 +95,8 @@ export class Runtime {
     this.clock = opts.clock ?? systemClock;
     this.version = opts.version ?? '0.0.0';
     this.outboxImpl = opts.outbox;
+    const up = opts.config.uplink;
+    if (up) this.maxEventBytes = maxEventBytes(up, opts.config.site, opts.config.edge);
   }
 
   /** The bound HTTP port (useful with `http.port: 0`). */
@@ -272,7 +276,7 @@ export class Runtime {
 
   /** Store envelopes durably (one group commit) and announce each on the bus as 'event.stored'. */
   private async store(envelopes: Envelope[]): Promise<Envelope[]> {
-    const p = this.outbox.append(envelopes);
+    const p = this.outbox.append(envelopes, { maxEventBytes: this.maxEventBytes });
     this.inflight.add(p);
     try {
       const stored = await p;
@@ -402,11 +406,15 @@ export class Runtime {
     if (typeof outbox === 'string') problems.push(`outbox ${outbox}`);
     let uplink: Record<string, unknown> = { configured: false };
     if (this.uplink) {
-      const connected = this.uplink.status().connected;
+      const { connected, unsendable } = this.uplink.status();
       const downMs = connected ? 0 : this.clock.now() - (this.uplinkDownSince ?? this.clock.now());
       uplink = { configured: true, connected, downS: Math.floor(downMs / 1000) };
       if (downMs > UPLINK_UNHEALTHY_AFTER_MS) {
         problems.push(`uplink disconnected for ${Math.floor(downMs / 1000)} s`);
+      }
+      if (unsendable > 0) {
+        uplink.unsendable = unsendable;
+        problems.push(`${unsendable} stored events too large for uplink.maxPacketBytes: kept, not sent`);
       }
     }
     return {
@@ -477,7 +485,8 @@ export class Runtime {
         this.hold(envelopes);
         return;
       }
-      if (batch.length === 1 || !isEdgewardError(err, 'EDGE_OUTBOX_INVALID')) {
+      const oneEvent = isEdgewardError(err, 'EDGE_OUTBOX_INVALID') || isEdgewardError(err, 'EDGE_OUTBOX_EVENT_TOO_LARGE');
+      if (batch.length === 1 || !oneEvent) {
         // Not about one event's content (outbox full of alarms, disk error): one line, not one per event.
         this.metrics.ingestError(batch.length);
         const where = { err, events: batch.length, type: batch[0].type, device: batch[0].source.device };
@@ -604,7 +613,7 @@ function meterOutbox(inner: Outbox, metrics: Metrics): Outbox {
     get epoch() {
       return inner.epoch;
     },
-    append: (events) => inner.append(events),
+    append: (events, opts) => inner.append(events, opts),
     read: async (opts) => {
       const got = await inner.read(opts);
       for (const s of got) {

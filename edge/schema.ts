@@ -57,6 +57,7 @@ export const siteConfigSchema = {
         gzipLevel: { type: 'integer', minimum: 1, maximum: 9 },
         ackTimeoutMs: { type: 'integer', minimum: 100 },
         maxInflight: { type: 'integer', minimum: 1 },
+        maxPacketBytes: { type: 'integer', minimum: 4096, maximum: 268435455 },
       },
     },
     outbox: {

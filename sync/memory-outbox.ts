@@ -2,8 +2,8 @@ import { type Clock, systemClock } from '../edge/clock.js';
 import { type Envelope, isSeverity, newId, type Severity, withSeq } from '../edge/envelope.js';
 import { EdgewardError } from '../edge/errors.js';
 import { type Logger, silentLogger } from '../edge/log.js';
-import type { Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
-import { type OverflowData, OverflowTally, PRIORITY, RecentRing, serializeEnvelopes } from './outbox.js';
+import type { AppendOptions, Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
+import { type OverflowData, OverflowTally, PRIORITY, RecentRing, serializeEnvelopes, tooLarge } from './outbox.js';
 
 /** Options of {@link MemoryOutbox}. */
 export interface MemoryOutboxOptions {
@@ -72,14 +72,14 @@ export class MemoryOutbox implements Outbox {
     this.isOpen = false;
   }
 
-  append(events: Envelope[]): Promise<Envelope[]> {
+  append(events: Envelope[], opts: AppendOptions = {}): Promise<Envelope[]> {
     if (!this.isOpen) return Promise.reject(notOpen());
     for (const e of events) {
       if (!e || !isSeverity(e.severity) || typeof e.id !== 'string') {
         return Promise.reject(new EdgewardError('EDGE_OUTBOX_INVALID', 'outbox events need an id and a valid severity'));
       }
     }
-    return this.serial(() => this.doAppend(events));
+    return this.serial(() => this.doAppend(events, opts.maxEventBytes));
   }
 
   ack(ranges: Array<[number, number]>): Promise<number> {
@@ -159,11 +159,14 @@ export class MemoryOutbox implements Outbox {
     return this.bytesBy.critical + this.bytesBy.warning + this.bytesBy.info;
   }
 
-  private doAppend(events: Envelope[]): Envelope[] {
+  private doAppend(events: Envelope[], maxEventBytes: number | undefined): Envelope[] {
     if (events.length === 0) return [];
     const seqd = events.map((e, i) => withSeq(e, this.lastSeq + 1 + i));
     const jsons = serializeEnvelopes(seqd);
-    const size = jsons.reduce((n, j) => n + Buffer.byteLength(j), 0);
+    const sizes = jsons.map((j) => Buffer.byteLength(j));
+    const refused = tooLarge(sizes, maxEventBytes);
+    if (refused) throw refused;
+    const size = sizes.reduce((n, s) => n + s, 0);
     const hasCritical = seqd.some((e) => e.severity === 'critical');
     const over = this.totalBytes() + size - this.opts.maxBytes;
     let tally: OverflowTally | null = null;

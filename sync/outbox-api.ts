@@ -43,6 +43,12 @@ export interface StoredEvent {
   type?: string;
 }
 
+/** Options of `Outbox.append`. */
+export interface AppendOptions {
+  /** Largest stored JSON of one event (the uplink's packet limit less the batch's own bytes). */
+  maxEventBytes?: number;
+}
+
 /** Options of `Outbox.read`. */
 export interface OutboxReadOptions {
   maxEvents: number;
@@ -68,8 +74,12 @@ export interface Outbox {
   open(): Promise<void>;
   close(): Promise<void>;
   readonly epoch: string;
-  /** Store envelopes durably; assigns and returns them with `seq` set, in input order. */
-  append(events: Envelope[]): Promise<Envelope[]>;
+  /**
+   * Store envelopes durably; assigns and returns them with `seq` set, in input order.
+   * With `maxEventBytes`, an append holding an event whose stored JSON is larger is
+   * refused whole with `EDGE_OUTBOX_EVENT_TOO_LARGE` (details: index, bytes, maxEventBytes).
+   */
+  append(events: Envelope[], opts?: AppendOptions): Promise<Envelope[]>;
   /**
    * Read up to `maxEvents`/`maxBytes` events not in `exclude`, highest
    * priority first (critical, then warning, then info), oldest first within a priority.

@@ -5,7 +5,7 @@ import { type Envelope, isSeverity, makeEnvelope, newId, type Severity, withSeq 
 import { EdgewardError } from '../edge/errors.js';
 import { SeqSlots } from '../edge/seq-slots.js';
 import { type Logger, silentLogger } from '../edge/log.js';
-import type { Outbox, OutboxReadOptions, OutboxStats, OutboxWriteError, StoredEvent } from './outbox-api.js';
+import type { AppendOptions, Outbox, OutboxReadOptions, OutboxStats, OutboxWriteError, StoredEvent } from './outbox-api.js';
 
 /*
  * Layout of the LevelDB store (string keys, UTF-8 JSON values):
@@ -114,6 +114,18 @@ export function serializeEnvelopes(envelopes: readonly Envelope[]): string[] {
   } catch (err) {
     throw new EdgewardError('EDGE_OUTBOX_INVALID', `event not serializable as JSON: ${(err as Error).message}`, { cause: err });
   }
+}
+
+/** EDGE_OUTBOX_EVENT_TOO_LARGE for the first event whose stored JSON is over `max`, else null. */
+export function tooLarge(sizes: readonly number[], max: number | undefined): EdgewardError | null {
+  if (max === undefined) return null;
+  const index = sizes.findIndex((n) => n > max);
+  if (index < 0) return null;
+  return new EdgewardError(
+    'EDGE_OUTBOX_EVENT_TOO_LARGE',
+    `event ${index} is ${sizes[index]} bytes as JSON; at most ${max} can be sent (uplink.maxPacketBytes less the batch's own bytes)`,
+    { details: { index, bytes: sizes[index], maxEventBytes: max } },
+  );
 }
 
 /** Each severity's key prefix with the zeros that pad a seq of n digits: `KEY_HEADS[severity][n]`. */
@@ -325,6 +337,7 @@ export interface LevelOutboxOptions {
 interface AppendJob {
   kind: 'append';
   events: Envelope[];
+  maxEventBytes?: number;
   critical: boolean;
   resolve: (v: Envelope[]) => void;
   reject: (e: unknown) => void;
@@ -576,7 +589,7 @@ export class LevelOutbox implements Outbox {
     this.tracked.clear();
   }
 
-  append(events: Envelope[]): Promise<Envelope[]> {
+  append(events: Envelope[], opts: AppendOptions = {}): Promise<Envelope[]> {
     if (!this.db || this.closing) return Promise.reject(notOpen());
     if (events.length === 0) return Promise.resolve([]);
     let critical = false;
@@ -588,7 +601,7 @@ export class LevelOutbox implements Outbox {
       if (e.severity === 'critical') critical = true;
     }
     return new Promise<Envelope[]>((resolve, reject) => {
-      this.enqueue({ kind: 'append', events, critical, resolve, reject });
+      this.enqueue({ kind: 'append', events, critical, maxEventBytes: opts.maxEventBytes, resolve, reject });
     });
   }
 
@@ -934,6 +947,11 @@ export class LevelOutbox implements Outbox {
         continue;
       }
       const sizes = jsons.map((j) => Buffer.byteLength(j));
+      const refused = tooLarge(sizes, job.maxEventBytes);
+      if (refused) {
+        appendResults.set(job, refused);
+        continue;
+      }
       let size = 0;
       let hasCritical = false;
       for (let i = 0; i < seqd.length; i++) {

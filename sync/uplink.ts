@@ -7,7 +7,7 @@ import type { UplinkConfig } from '../edge/config-types.js';
 import { EdgewardError } from '../edge/errors.js';
 import type { Logger } from '../edge/log.js';
 import type { Outbox, StoredEvent } from './outbox-api.js';
-import { decodeAck, encodeBatch, encodeStatus, type StatusPayload, toRanges } from './batch-codec.js';
+import { batchBuffer, decodeAck, encodeBatch, encodeStatus, type StatusPayload, toRanges } from './batch-codec.js';
 
 /** What the uplink needs; everything with timing or I/O is injected. */
 export interface UplinkOptions {
@@ -41,6 +41,8 @@ export interface UplinkStatus {
   inflightBatches: number;
   /** Publish → ack time of the last fully acknowledged batch. */
   ackLagMs?: number;
+  /** Stored events too large to be sent within `maxPacketBytes` even alone: kept, not sent (see README). */
+  unsendable: number;
 }
 
 /** Events the uplink emits, for metrics and logs. */
@@ -66,6 +68,33 @@ interface InflightBatch {
 }
 
 const DEFAULT_MAX_INFLIGHT = 16;
+/**
+ * `uplink.maxPacketBytes` when not set: at or under the limits of common
+ * brokers (AWS IoT Core 128 KB, Azure IoT Hub 256 KB, EMQX 1 MB). A default
+ * 500-event gzipped batch is ~20-60 KiB.
+ */
+export const DEFAULT_MAX_PACKET_BYTES = 128 * 1024;
+
+/** Size of an MQTT 3.1.1 PUBLISH with QoS 1: fixed header, topic, packet id and payload. */
+export function publishPacketBytes(topic: string, payloadBytes: number): number {
+  const remaining = 2 + Buffer.byteLength(topic) + 2 + payloadBytes;
+  const lengthBytes = remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4;
+  return 1 + lengthBytes + remaining;
+}
+
+/**
+ * The largest stored event JSON that always fits in one packet of
+ * `maxPacketBytes` on its own: the limit less the packet's header and topic,
+ * the batch's own JSON around the event, and gzip's worst case on
+ * incompressible data (deflate's stored blocks and header: under 0.1 % + 64
+ * bytes). The runtime refuses larger events at ingest.
+ */
+export function maxEventBytes(cfg: Pick<UplinkConfig, 'maxPacketBytes'>, site: string, edge: string): number {
+  const limit = cfg.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES;
+  const topic = `edgeward/v1/${site}/${edge}/events`;
+  const wrapper = batchBuffer({ site, edge, epoch: '0'.repeat(26) }, []).length;
+  return limit - publishPacketBytes(topic, 0) - wrapper - 64 - Math.ceil(limit / 1024);
+}
 const DEFAULT_ACK_TIMEOUT_MS = 10_000;
 const DEFAULT_STATUS_INTERVAL_MS = 30_000;
 const STOP_PUBLISH_TIMEOUT_MS = 2_000;
@@ -91,6 +120,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private readonly maxInflight: number;
   private readonly ackTimeoutMs: number;
   private readonly statusIntervalMs: number;
+  private readonly maxPacketBytes: number;
 
   private running = false;
   private client: MqttClient | null = null;
@@ -124,6 +154,15 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   private lastAckAt: string | null = null;
   private ackLagMs: number | undefined;
+  /**
+   * Seqs of stored events that do not fit in one packet even alone (stored
+   * before `maxPacketBytes` was lowered): never published, since the broker
+   * would drop the connection and every resend would do it again. Kept in
+   * the outbox; looked at again after a restart.
+   */
+  private readonly unsendable = new Set<number>();
+  /** Neither in a batch in flight nor unsendable: what a read may take. */
+  private readonly sendable = (seq: number): boolean => !this.isInflight(seq) && !this.unsendable.has(seq);
 
   constructor(private readonly opts: UplinkOptions) {
     super();
@@ -136,6 +175,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.maxInflight = opts.config.maxInflight ?? DEFAULT_MAX_INFLIGHT;
     this.ackTimeoutMs = opts.config.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
     this.statusIntervalMs = opts.statusIntervalMs ?? DEFAULT_STATUS_INTERVAL_MS;
+    this.maxPacketBytes = opts.config.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES;
   }
 
   /** Topics of this edge. */
@@ -192,6 +232,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       connected: this.connected,
       lastAckAt: this.lastAckAt,
       inflightBatches: this.inflight.size,
+      unsendable: this.unsendable.size,
     };
     if (this.ackLagMs !== undefined) s.ackLagMs = this.ackLagMs;
     return s;
@@ -373,7 +414,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       const events = await this.outbox.read({
         maxEvents,
         maxBytes,
-        exclude: (seq) => this.isInflight(seq),
+        exclude: (seq) => !this.sendable(seq),
         severities: ['critical'],
         after: { ...this.cursor },
       });
@@ -420,7 +461,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   private async fill(): Promise<void> {
     const { maxEvents, maxBytes, lingerMs } = this.cfg.batch;
-    const exclude = (seq: number) => this.isInflight(seq);
+    const exclude = (seq: number) => !this.sendable(seq);
     for (;;) {
       if (!this.live()) return;
       // A full window still lets critical events through: they are never stuck behind a backlog.
@@ -468,8 +509,13 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   private async send(client: MqttClient, claimed: StoredEvent[], critical: boolean): Promise<void> {
     // Read concurrently by the pump and the critical fast path: whoever gets here first sends it.
-    const events = claimed.filter((e) => !this.isInflight(e.seq));
+    const events = claimed.filter((e) => this.sendable(e.seq));
     if (events.length === 0) return;
+    await this.publishClaimed(client, this.claim(events, critical), events, critical);
+  }
+
+  /** Put `events` in flight as one batch, synchronously, so that no concurrent read picks these seqs again. */
+  private claim(events: StoredEvent[], critical: boolean): InflightBatch {
     const minSeq: Partial<Record<Severity, number>> = {};
     for (const e of events) {
       minSeq[e.severity] = Math.min(minSeq[e.severity] ?? e.seq, e.seq);
@@ -482,8 +528,11 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       sentAt: this.clock.now(),
       published: false,
     };
-    // Claimed before the (async) encoding so that no concurrent read picks these seqs again.
     this.inflight.add(batch);
+    return batch;
+  }
+
+  private async publishClaimed(client: MqttClient, batch: InflightBatch, events: StoredEvent[], critical: boolean): Promise<void> {
     let payload: Buffer;
     try {
       payload = await encodeBatch(
@@ -499,6 +548,25 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     // Never hand mqtt.js a publish while offline: it would queue it behind our back.
     if (!this.live(client) || !this.inflight.has(batch)) {
       this.release(batch);
+      return;
+    }
+    const packetBytes = publishPacketBytes(this.topics.events, payload.length);
+    if (packetBytes > this.maxPacketBytes) {
+      // The broker would drop the connection, and every resend would drop it again: a dead
+      // uplink. Halves go as batches of their own (both claimed before either is encoded).
+      this.inflight.delete(batch);
+      if (events.length === 1) {
+        this.unsendable.add(events[0].seq);
+        this.log.error(
+          { seq: events[0].seq, severity: events[0].severity, jsonBytes: events[0].bytes, packetBytes, maxPacketBytes: this.maxPacketBytes },
+          'stored event too large for uplink.maxPacketBytes even alone: kept in the outbox, not sent',
+        );
+        return;
+      }
+      const half = events.length >> 1;
+      const parts = [events.slice(0, half), events.slice(half)];
+      const batches = parts.map((p) => this.claim(p, critical));
+      for (let i = 0; i < parts.length; i++) await this.publishClaimed(client, batches[i], parts[i], critical);
       return;
     }
     batch.sentAt = this.clock.now();

@@ -60,7 +60,7 @@ let checked = false;
  * skips — when mosquitto is not installed or does not come up within 5 s.
  */
 export async function startMosquitto(
-  opts: { port?: number; dir?: string; tls?: MosquittoTls } = {},
+  opts: { port?: number; dir?: string; tls?: MosquittoTls; extraConfig?: string[] } = {},
 ): Promise<TestMosquitto> {
   if (!checked) {
     const r = spawnSync('mosquitto', ['-h']);
@@ -96,6 +96,7 @@ export async function startMosquitto(
         // As a central broker for alarms should run: without it Nagle holds a lone small
         // message until the subscriber ACKs the previous segment (tens of ms).
         'set_tcp_nodelay true',
+        ...(opts.extraConfig ?? []),
         'log_dest stderr',
         'log_type error',
         'log_type warning',

@@ -423,6 +423,27 @@ function outboxSuite(name: string, makeHarness: () => Harness): void {
       assert.equal(ob.stats().lastSeq, 0);
     });
 
+    it('with maxEventBytes refuses a whole append holding a larger event (EDGE_OUTBOX_EVENT_TOO_LARGE), and only that append', async () => {
+      const ob = await make();
+      const big = makeEnvelope({ type: 'camera.motion', source: { device: 'cam-1' }, data: { pad: 'x'.repeat(2000) } }, IDS);
+      const small = ev('info');
+      const [refused, fine] = await Promise.allSettled([
+        ob.append([ev('critical'), big], { maxEventBytes: 1500 }),
+        ob.append([small], { maxEventBytes: 1500 }),
+      ]);
+      assert.equal(refused.status, 'rejected');
+      const err = (refused as PromiseRejectedResult).reason;
+      assert.ok(isEdgewardError(err, 'EDGE_OUTBOX_EVENT_TOO_LARGE'));
+      const d = err.details as { index: number; bytes: number; maxEventBytes: number };
+      assert.deepEqual(
+        { index: d.index, maxEventBytes: d.maxEventBytes, over: d.bytes > 1500 },
+        { index: 1, maxEventBytes: 1500, over: true },
+      );
+      assert.equal(fine.status, 'fulfilled');
+      assert.equal(ob.stats().events, 1, 'only the other append');
+      assert.equal((await ob.append([big]))[0].seq, 2, 'no limit, no refusal; no seq was used by the refused append');
+    });
+
     it('rejects use before open with EDGE_OUTBOX_NOT_OPEN', async () => {
       const ob = await h.create(1e6);
       await assert.rejects(ob.append([ev('info')]), (e) => isEdgewardError(e, 'EDGE_OUTBOX_NOT_OPEN'));

@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import type { Clock } from '../../edge/clock.js';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { type EventType, makeEnvelope } from '../../edge/envelope.js';
 import { isEdgewardError } from '../../edge/errors.js';
 import { silentLogger } from '../../edge/log.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
-import { PendingSeqs, Uplink } from '../../sync/uplink.js';
+import { encodeBatch } from '../../sync/batch-codec.js';
+import { maxEventBytes, PendingSeqs, publishPacketBytes, Uplink } from '../../sync/uplink.js';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { freePort, startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
 import { ManualClock } from '../helpers/clock.js';
@@ -222,5 +224,35 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     const u = make({ url: 'mqtts://127.0.0.1:8883', ca: '/nonexistent/ca.pem' });
     await assert.rejects(u.start(), (err: unknown) => isEdgewardError(err, 'EDGE_UPLINK_TLS'));
     assert.equal(u.status().connected, false);
+  });
+});
+
+describe('maxEventBytes: an event of that size always fits in one packet of maxPacketBytes', () => {
+  it('holds for incompressible events, gzip (levels 1 and 9) or none, at several limits', async () => {
+    const site = 'qumei-alley-07';
+    const edge = 'gate-07';
+    const topic = `edgeward/v1/${site}/${edge}/events`;
+    for (const limit of [4096, 65_536, 131_072, 1_048_576]) {
+      const room = maxEventBytes({ maxPacketBytes: limit }, site, edge);
+      assert.ok(room > limit * 0.97 - 400, `room ${room} for ${limit}`);
+      // Noise as a JSON string value: incompressible for deflate beyond base64's 6 bits per byte.
+      const noise = randomBytes(room).toString('base64');
+      const json = `{"data":"${noise}`.slice(0, room - 2) + '"}';
+      assert.equal(Buffer.byteLength(json), room);
+      for (const compress of ['gzip', 'none'] as const) {
+        for (const level of [1, 9]) {
+          const payload = await encodeBatch({ site, edge, epoch: '01JQ3V6X0000000000000000ZZ' }, [json], compress, level);
+          const packet = publishPacketBytes(topic, payload.length);
+          assert.ok(packet <= limit, `${compress}/${level}: packet ${packet} > ${limit}`);
+        }
+      }
+    }
+  });
+
+  it('publishPacketBytes counts the fixed header, topic, packet id and payload', () => {
+    // remaining = 2 + 1 + 2 + 100 = 105 (< 128: one length byte)
+    assert.equal(publishPacketBytes('t', 100), 1 + 1 + 105);
+    // remaining = 2 + 1 + 2 + 200 = 205 (two length bytes)
+    assert.equal(publishPacketBytes('t', 200), 1 + 2 + 205);
   });
 });
