@@ -539,7 +539,8 @@ export class LevelOutbox implements Outbox {
    */
   private async reopenAfterFailure(): Promise<boolean> {
     const now = this.clock.now();
-    if (now - this.lastReopenAt < REOPEN_RETRY_MS) return false;
+    // (A wall clock stepped back must not hold reopens off for the size of the step.)
+    if (now >= this.lastReopenAt && now - this.lastReopenAt < REOPEN_RETRY_MS) return false;
     this.lastReopenAt = now;
     const old = this.db!;
     await old.close().catch((err) => this.log.debug({ err }, 'outbox: closing the failed store handle'));

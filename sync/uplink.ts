@@ -486,6 +486,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
         // A partial batch waits up to lingerMs after we first saw it, for company.
         const now = this.clock.now();
         this.lingerSince ??= now;
+        // The wall clock stepped back (NTP): how long we waited is unknown, so it has been long
+        // enough. Otherwise the batch would linger for the size of the step.
+        if (this.lingerSince > now) this.lingerSince = now - lingerMs;
         const wait = this.lingerSince + lingerMs - now;
         if (wait > 0) {
           this.armLinger(wait);

@@ -30,6 +30,15 @@ export class ManualClock implements Clock {
     return [...this.timers.values()].map((x) => x.due - this.t).sort((a, b) => a - b);
   }
 
+  /**
+   * Step the wall clock by `ms` (negative: back, as NTP may step it) without
+   * firing anything: timers keep their delays, as Node's monotonic timers do.
+   */
+  jump(ms: number): void {
+    this.t += ms;
+    for (const timer of this.timers.values()) timer.due += ms;
+  }
+
   /** Move time forward, firing every timer that falls due, in order (including ones they set). */
   advance(ms: number): void {
     const end = this.t + ms;

@@ -93,6 +93,21 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     );
   });
 
+  it('a wall clock stepped back (NTP) does not hold a partial batch for the size of the step', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: true });
+    const clock = new ManualClock();
+    const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 3000 } }, broker.url, clock);
+    await u.start();
+    await waitFor(() => u.status().connected, { message: 'connected' });
+    const c = central;
+    await append(5);
+    await waitFor(() => clock.pending().includes(3000), { message: 'linger timer armed' });
+    // An hour back, then the linger timer fires: the batch goes now, not in an hour.
+    clock.jump(-3_600_000);
+    clock.advance(3000);
+    await waitFor(() => c.byId.size === 5, { message: 'partial batch sent when its linger timer fired' });
+  });
+
   it('critical events do not wait for linger', async () => {
     central = await startTestCentral({ url: broker.url, site, edge, ack: true });
     // Time stands still: a critical that waited for linger would never be sent.
