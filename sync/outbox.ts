@@ -1,8 +1,9 @@
+import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { type Clock, systemClock } from '../edge/clock.js';
 import { type Envelope, isSeverity, makeEnvelope, newId, type Severity, withSeq } from '../edge/envelope.js';
-import { EdgewardError } from '../edge/errors.js';
+import { EdgewardError, isEdgewardError } from '../edge/errors.js';
 import { SeqSlots } from '../edge/seq-slots.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { AppendOptions, Outbox, OutboxReadOptions, OutboxStats, OutboxWriteError, StoredEvent } from './outbox-api.js';
@@ -463,7 +464,7 @@ export class LevelOutbox implements Outbox {
   async open(): Promise<void> {
     if (this.db) return;
     const t0 = performance.now();
-    const { db, meta } = await this.openStore();
+    const { db, meta, movedAside } = await this.openOrRecover();
     try {
       this.meta = meta;
       this.db = db;
@@ -487,6 +488,66 @@ export class LevelOutbox implements Outbox {
       { epoch: this.meta.epoch, lastSeq: this.meta.lastSeq, events: totalEvents(this.meta.counts), ms: Math.round(performance.now() - t0) },
       'outbox open',
     );
+    if (movedAside) {
+      // The first event of the new store says what became of the old one.
+      await this.append([
+        makeEnvelope(
+          {
+            type: 'edge.events_lost',
+            source: { device: this.opts.edge, driver: 'outbox' },
+            data: { reason: 'outbox_unrecoverable', movedTo: movedAside.to, error: movedAside.error },
+          },
+          { site: this.opts.site, edge: this.opts.edge },
+          this.clock.now(),
+        ),
+      ]);
+    }
+  }
+
+  /**
+   * Open the store, and heal one that does not open rather than stop the box
+   * from storing alarms (a runtime that cannot open its outbox exits, and its
+   * supervisor restarts it into the same failure). A power cut on an SD card
+   * can leave CURRENT or the MANIFEST damaged: such a store is repaired with
+   * LevelDB's RepairDB, which rebuilds the MANIFEST from the log and table
+   * files (the meta record is then checked against the store as at every
+   * open, and rebuilt from it if need be). One that still does not open is
+   * renamed to `<dir>.unrecoverable-<time>` (kept for a technician) and an
+   * empty store with a new epoch takes its place; its first event is an
+   * `edge.events_lost` saying so. A store locked by another process is never
+   * touched.
+   */
+  private async openOrRecover(): Promise<{ db: Db; meta: Meta; movedAside?: { to: string; error: string } }> {
+    let firstErr: unknown;
+    try {
+      return await this.openStore();
+    } catch (err) {
+      if (isEdgewardError(err, 'EDGE_OUTBOX_LOCKED')) throw err;
+      firstErr = err;
+    }
+    const dir = this.opts.dir;
+    this.log.error({ err: firstErr, dir }, 'outbox store does not open: repairing it');
+    let repairErr: unknown;
+    try {
+      // level's Level is classic-level's ClassicLevel in Node; its typings leave out the static repair().
+      await (Level as unknown as { repair(location: string): Promise<void> }).repair(dir);
+      const repaired = await this.openStore();
+      this.log.warn({ dir, events: totalEvents(repaired.meta.counts), epoch: repaired.meta.epoch }, 'outbox store repaired');
+      return repaired;
+    } catch (err) {
+      if (isEdgewardError(err, 'EDGE_OUTBOX_LOCKED')) throw err;
+      repairErr = err;
+    }
+    const to = `${dir}.unrecoverable-${new Date(this.clock.now()).toISOString().replace(/[:.]/g, '-')}`;
+    try {
+      await rename(dir, to);
+    } catch {
+      // Not even that (a read-only disk, no permission): the first error says why.
+      throw firstErr;
+    }
+    const error = causeMessage(repairErr as EdgewardError);
+    this.log.error({ err: repairErr, movedTo: to }, 'outbox store unrecoverable: moved aside; starting an empty store with a new epoch');
+    return { ...(await this.openStore()), movedAside: { to, error } };
   }
 
   /** Open the LevelDB store and its meta record, checked against the store (rebuilt when it does not match). */

@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { type Envelope, type EventType, makeEnvelope, type Severity } from '../../edge/envelope.js';
 import { isEdgewardError } from '../../edge/errors.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
@@ -1061,6 +1063,72 @@ describe('LevelOutbox (durable)', () => {
     release();
     assert.equal(await ack, 10);
     assert.equal(ob.stats().events, 1);
+  });
+
+  describe('a store that does not open', () => {
+    const storeIn = (parent: string) => join(parent, 'outbox');
+    async function filled(path: string, n: number): Promise<{ epoch: string; ids: string[] }> {
+      const ob = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
+      await ob.open();
+      const stored = await ob.append(Array.from({ length: n }, (_, i) => ev(i % 10 === 0 ? 'critical' : 'info')));
+      await ob.ack([[1, 5]]);
+      const epoch = ob.epoch;
+      await ob.close();
+      return { epoch, ids: stored.slice(5).map((e) => e.id) };
+    }
+
+    it('with a damaged MANIFEST (a power cut on an SD card) is repaired at open: same epoch, every event back, acked ones stay gone', async () => {
+      const path = storeIn(dir.path);
+      const { epoch, ids } = await filled(path, 300);
+      const manifest = readdirSync(path).find((f) => f.startsWith('MANIFEST-'))!;
+      writeFileSync(join(path, manifest), 'not a manifest');
+      // Without the repair this open fails ("no meta-nextfile entry in descriptor").
+      const ob = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
+      await ob.open();
+      toClose.push(ob);
+      assert.equal(ob.epoch, epoch);
+      assert.equal(ob.stats().events, 295);
+      const read = await ob.read({ maxEvents: 1000, maxBytes: 1 << 30 });
+      assert.deepEqual(new Set(read.map((e) => (JSON.parse(e.json) as Envelope).id)), new Set(ids));
+      const [next] = await ob.append([ev('info')]);
+      assert.equal(next.seq, 301, 'no seq reused');
+    });
+
+    it('that cannot be repaired is moved aside, and a new store starts with an edge.events_lost saying so', async () => {
+      const path = storeIn(dir.path);
+      const { epoch } = await filled(path, 50);
+      // CURRENT turned into a directory: neither open nor RepairDB get past it.
+      rmSync(join(path, 'CURRENT'));
+      mkdirSync(join(path, 'CURRENT', 'x'), { recursive: true });
+      const ob = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
+      await ob.open();
+      toClose.push(ob);
+      assert.notEqual(ob.epoch, epoch, 'a new store, a new epoch');
+      const aside = readdirSync(dir.path).filter((f) => f.startsWith('outbox.unrecoverable-'));
+      assert.equal(aside.length, 1, 'the old store is kept for a technician');
+      assert.ok(readdirSync(join(dir.path, aside[0])).some((f) => /\.(log|ldb)$/.test(f)), 'with its files');
+      const [report] = await ob.read({ maxEvents: 10, maxBytes: 1 << 30 });
+      const e = JSON.parse(report.json) as Envelope;
+      assert.equal(e.type, 'edge.events_lost');
+      assert.equal(e.seq, 1);
+      assert.deepEqual(e.source, { device: IDS.edge, driver: 'outbox' });
+      assert.equal(e.data.reason, 'outbox_unrecoverable');
+      assert.equal(e.data.movedTo, join(dir.path, aside[0]));
+      assert.match(String(e.data.error), /CURRENT|dbtmp|directory/);
+      assert.ok(e.msg?.zh && e.msg.bo && e.msg.en);
+    });
+
+    it('locked by another process is neither repaired nor moved: EDGE_OUTBOX_LOCKED', async () => {
+      const path = storeIn(dir.path);
+      const first = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
+      await first.open();
+      toClose.push(first);
+      await first.append([ev('critical')]);
+      const second = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
+      await assert.rejects(second.open(), (e) => isEdgewardError(e, 'EDGE_OUTBOX_LOCKED'));
+      assert.deepEqual(readdirSync(dir.path), ['outbox']);
+      assert.equal(first.stats().events, 1);
+    });
   });
 
   it('readOutboxStats reads a closed store, and reports a locked one', async () => {
