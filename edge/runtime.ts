@@ -35,6 +35,11 @@ export interface RuntimeOptions {
 
 /** The uplink may be down this long before /healthz says so (a weak cellular link drops often). */
 export const UPLINK_UNHEALTHY_AFTER_MS = 60_000;
+/**
+ * Batches may wait this long for their ack before /healthz says so: the link
+ * is up, but the central (or the broker's ACL, or a subscription) swallows them.
+ */
+export const ACK_SILENT_UNHEALTHY_AFTER_MS = 60_000;
 
 /** `stop()` gives up on a step after this long, and on the whole after STOP_BUDGET_MS (+ the outbox close). */
 const STOP_STEP_MS = 4_000;
@@ -406,11 +411,15 @@ export class Runtime {
     if (typeof outbox === 'string') problems.push(`outbox ${outbox}`);
     let uplink: Record<string, unknown> = { configured: false };
     if (this.uplink) {
-      const { connected, unsendable } = this.uplink.status();
+      const { connected, unsendable, unackedForMs, inflightBatches } = this.uplink.status();
       const downMs = connected ? 0 : this.clock.now() - (this.uplinkDownSince ?? this.clock.now());
       uplink = { configured: true, connected, downS: Math.floor(downMs / 1000) };
       if (downMs > UPLINK_UNHEALTHY_AFTER_MS) {
         problems.push(`uplink disconnected for ${Math.floor(downMs / 1000)} s`);
+      }
+      if (connected && unackedForMs !== undefined && unackedForMs > ACK_SILENT_UNHEALTHY_AFTER_MS) {
+        const who = this.config.uplink?.ack === 'broker' ? 'the broker has not acknowledged' : 'no ack from the central';
+        problems.push(`${who} for ${Math.floor(unackedForMs / 1000)} s with ${inflightBatches} batches in flight`);
       }
       if (unsendable > 0) {
         uplink.unsendable = unsendable;

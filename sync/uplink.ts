@@ -43,6 +43,11 @@ export interface UplinkStatus {
   ackLagMs?: number;
   /** Stored events too large to be sent within `maxPacketBytes` even alone: kept, not sent (see README). */
   unsendable: number;
+  /**
+   * While batches are in flight: how long since the acks last made progress
+   * (or since the first of them was published). Resends do not reset it.
+   */
+  unackedForMs?: number;
 }
 
 /** Events the uplink emits, for metrics and logs. */
@@ -154,6 +159,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   private lastAckAt: string | null = null;
   private ackLagMs: number | undefined;
+  /** Since when batches have been waiting without any ack making progress (null: none waiting). */
+  private waitingSince: number | null = null;
   /**
    * Seqs of stored events that do not fit in one packet even alone (stored
    * before `maxPacketBytes` was lowered): never published, since the broker
@@ -235,6 +242,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       unsendable: this.unsendable.size,
     };
     if (this.ackLagMs !== undefined) s.ackLagMs = this.ackLagMs;
+    if (this.inflight.size > 0 && this.waitingSince !== null) s.unackedForMs = Math.max(0, this.clock.now() - this.waitingSince);
     return s;
   }
 
@@ -573,6 +581,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       return;
     }
     batch.sentAt = this.clock.now();
+    this.waitingSince ??= batch.sentAt;
     client.publish(this.topics.events, payload, { qos: 1 }, (err) => this.onPuback(client, batch, err));
     if (this.cfg.ack === 'central') {
       // Jittered so that a window sent together does not time out (and resend) together.
@@ -627,6 +636,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   private releaseAll(): void {
     for (const b of [...this.inflight]) this.release(b);
+    this.waitingSince = null;
     this.lingerSince = null;
     if (this.lingerTimer) this.clock.clearTimeout(this.lingerTimer);
     this.lingerTimer = null;
@@ -704,6 +714,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     }
     this.lastAckAt = new Date(now).toISOString();
     if (lagMs !== undefined) this.ackLagMs = lagMs;
+    if (deleted > 0 || lagMs !== undefined) this.waitingSince = this.inflight.size > 0 ? now : null;
     this.emit('ack', lagMs === undefined ? { events: deleted } : { events: deleted, lagMs });
     this.pump();
   }

@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
+import { systemClock } from '../../edge/clock.js';
+import { parseConfig } from '../../edge/config.js';
 import { makeEnvelope } from '../../edge/envelope.js';
-import { createLogger, type Logger } from '../../edge/log.js';
+import { createLogger, type Logger, silentLogger } from '../../edge/log.js';
+import { Runtime } from '../../edge/runtime.js';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { LevelOutbox } from '../../sync/outbox.js';
 import { Uplink } from '../../sync/uplink.js';
@@ -146,5 +149,68 @@ describe('uplink, ack: central (integration, Mosquitto + LevelOutbox)', function
     const warned = logs.lines.filter((l) => l.msg === 'ignoring malformed ack');
     assert.equal(warned.length, bad.length, 'each malformed ack logged once');
     assert.equal(warned[0].level, 40, 'as a warning');
+  });
+});
+
+describe('runtime health when the central does not ack (integration, Mosquitto)', function () {
+  this.timeout(30_000);
+  let broker: TestMosquitto;
+  let central: TestCentral;
+  let dir: TmpDir;
+  let rt: Runtime | undefined;
+
+  before(async () => {
+    broker = await startMosquitto();
+    // Connected and subscribed, but it acks nothing: as a central that swallows batches,
+    // or a broker ACL that drops the edge's publishes (MQTT 3.1.1 still PUBACKs them).
+    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
+    dir = await tmpDir('ack-silent');
+  });
+  after(async () => {
+    await rt?.stop();
+    await central?.close();
+    await broker?.stop();
+    await dir?.cleanup();
+  });
+
+  it('says 503 on /healthz once batches have waited over 60 s for an ack (resends do not reset it), and 200 once acks flow', async () => {
+    let offset = 0;
+    // Only now() is shifted; timers (the 300 ms ack timeout, resends) run for real.
+    const clock = { ...systemClock, now: () => Date.now() + offset };
+    const config = parseConfig(
+      [
+        `site: ${site}`,
+        `edge: ${edge}`,
+        `dataDir: ${dir.path}`,
+        'http: { host: 127.0.0.1, port: 0 }',
+        `uplink: { url: "${broker.url}", ack: central, ackTimeoutMs: 300 }`,
+        'privacy: { siteKey: ack-silent-site-key-0123456789 }',
+        'log: { level: silent }',
+      ].join('\n'),
+      {},
+    );
+    rt = new Runtime({ config, log: silentLogger(), clock });
+    await rt.start();
+    const runtime = rt;
+    const healthz = async () => {
+      const res = await fetch(`http://127.0.0.1:${runtime.port}/healthz`);
+      return { status: res.status, body: (await res.json()) as { problems: string[] } };
+    };
+    await waitFor(() => runtime.status().uplink.connected, { message: 'uplink connected' });
+    const [alarm] = await runtime.ingest([{ type: 'door.forced', source: { device: 'door-1' }, data: { door: 0 } }]);
+    await waitFor(() => central.byId.has(alarm.id), { message: 'the batch reached the central' });
+    assert.equal((await healthz()).status, 200, 'waiting a little for an ack is normal');
+    offset = 61_000;
+    // Resends after the ack timeout go on meanwhile; they are not progress.
+    await waitFor(() => central.arrivals.length >= 3, { message: 'resent at least twice' });
+    const silent = await healthz();
+    assert.equal(silent.status, 503);
+    assert.ok(
+      silent.body.problems.some((p) => /^no ack from the central for 6\d s with 1 batches in flight$/.test(p)),
+      silent.body.problems.join('; '),
+    );
+    central.setAck(true);
+    await waitFor(() => runtime.outbox.stats().events === 0, { message: 'acked once the central acks' });
+    assert.equal((await healthz()).status, 200);
   });
 });
