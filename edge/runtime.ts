@@ -405,6 +405,8 @@ export class Runtime {
       const w = s?.writeError;
       // Disk full or an I/O error: every event is refused until a write succeeds.
       if (w) problems.push(`outbox cannot store events since ${w.since} (${w.failures} failed writes): ${w.message}`);
+      const c = s?.corruption;
+      if (c) problems.push(`outbox store damaged since ${c.since}, repair pending: ${c.message}`);
     } catch (err) {
       outbox = `error: ${(err as Error).message}`;
     }

@@ -18,6 +18,11 @@ export interface OutboxStats {
    * the first write that succeeds clears it.
    */
   writeError?: OutboxWriteError;
+  /**
+   * Present while LevelDB reports damaged data (`Corruption: …`, bit rot on an
+   * SD card): since when, and its message. The store is repaired (see README).
+   */
+  corruption?: { since: string; message: string };
   /** Writes that failed since the store was opened, when any did (a counter: it never goes down). */
   writeFailures?: number;
 }

@@ -76,6 +76,8 @@ const TRACKED_BITS = 16;
  * `stats().oldestTs` lags by up to this long.
  */
 const HEAD_REFRESH_MIN_MS = 1000;
+/** A damaged store is repaired (RepairDB rewrites it) at most this often. */
+const REPAIR_MIN_INTERVAL_MS = 10 * 60_000;
 /** After a failed write, the store is reopened before the next one; a failed reopen is retried at most this often. */
 const REOPEN_RETRY_MS = 1000;
 /** While writes keep failing, one log line at most this often (each failed batch would be one otherwise). */
@@ -448,6 +450,9 @@ export class LevelOutbox implements Outbox {
   private readonly healthListeners = new Set<(failing: boolean) => void>();
   /** A write failed: reopen the store before the next one (see reopenAfterFailure). */
   private needsReopen = false;
+  /** LevelDB reported a damaged block: repair the store (see repairAfterCorruption). */
+  private corruption: { since: string; message: string } | null = null;
+  private lastRepairAt = Number.NEGATIVE_INFINITY;
   private lastReopenAt = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly opts: LevelOutboxOptions) {
@@ -529,9 +534,8 @@ export class LevelOutbox implements Outbox {
     this.log.error({ err: firstErr, dir }, 'outbox store does not open: repairing it');
     let repairErr: unknown;
     try {
-      // level's Level is classic-level's ClassicLevel in Node; its typings leave out the static repair().
-      await (Level as unknown as { repair(location: string): Promise<void> }).repair(dir);
-      const repaired = await this.openStore();
+      await repairStore(dir);
+      const repaired = await this.openStore({ rebuild: true });
       this.log.warn({ dir, events: totalEvents(repaired.meta.counts), epoch: repaired.meta.epoch }, 'outbox store repaired');
       return repaired;
     } catch (err) {
@@ -551,7 +555,7 @@ export class LevelOutbox implements Outbox {
   }
 
   /** Open the LevelDB store and its meta record, checked against the store (rebuilt when it does not match). */
-  private async openStore(): Promise<{ db: Db; meta: Meta }> {
+  private async openStore(opts: { rebuild?: boolean } = {}): Promise<{ db: Db; meta: Meta }> {
     const db: Db = new Level<string, string>(this.opts.dir, { keyEncoding: 'utf8', valueEncoding: 'utf8', writeBufferSize: WRITE_BUFFER_BYTES });
     try {
       await db.open();
@@ -567,7 +571,11 @@ export class LevelOutbox implements Outbox {
         await db.put(META_KEY, JSON.stringify(meta), { sync: true });
       } else {
         meta = JSON.parse(raw) as Meta;
-        if (!(await metaConsistent(db, meta))) {
+        if (opts.rebuild) {
+          // After a repair: recount what is really there (RepairDB drops what it cannot read).
+          meta = await rebuildMeta(db, meta, this.opts.maxBytes);
+          await db.put(META_KEY, JSON.stringify(meta), { sync: true });
+        } else if (!(await metaConsistent(db, meta))) {
           this.log.warn({ dir: this.opts.dir, epoch: meta.epoch }, 'outbox counters inconsistent: rescanning store');
           meta = await rebuildMeta(db, meta, this.opts.maxBytes);
           await db.put(META_KEY, JSON.stringify(meta), { sync: true });
@@ -612,7 +620,72 @@ export class LevelOutbox implements Outbox {
       this.log.debug({ err }, 'outbox reopen after a failed write failed; retrying');
       return false;
     }
-    const { db, meta } = opened;
+    await this.install(opened.db, opened.meta);
+    this.needsReopen = false;
+    this.log.warn({ lastSeq: opened.meta.lastSeq, events: totalEvents(opened.meta.counts) }, 'outbox store reopened after a failed write');
+    return true;
+  }
+
+  /**
+   * A damaged block (bit rot on an SD card) made a read fail: every read
+   * that reaches it fails the same way, so the uplink would be stuck behind
+   * it for good. The writer repairs the store before its next batch.
+   */
+  private noteCorruption(err: unknown): void {
+    if (this.closing) return;
+    if (!this.corruption) {
+      this.corruption = { since: new Date(this.clock.now()).toISOString(), message: causeMessage(err as EdgewardError) };
+      this.log.error({ err }, 'outbox store damaged: repairing it');
+    }
+    if (!this.draining) this.draining = this.drain();
+  }
+
+  /**
+   * Repair the store in place (LevelDB's RepairDB keeps every entry it can
+   * read and drops the damaged blocks), recount it, and report what was lost
+   * as one `edge.events_lost` {reason: outbox_corrupt, count, error}. At most
+   * one repair per REPAIR_MIN_INTERVAL_MS (it rewrites the store); meanwhile,
+   * or if it fails, the damage stays reported in `stats().corruption`.
+   */
+  private async repairAfterCorruption(): Promise<void> {
+    const now = this.clock.now();
+    if (now >= this.lastRepairAt && now - this.lastRepairAt < REPAIR_MIN_INTERVAL_MS) return;
+    this.lastRepairAt = now;
+    const before = totalEvents(this.meta!.counts);
+    const error = this.corruption!.message;
+    await this.db!.close().catch((err) => this.log.debug({ err }, 'outbox: closing the damaged store handle'));
+    let opened: { db: Db; meta: Meta };
+    try {
+      await repairStore(this.opts.dir);
+      opened = await this.openStore({ rebuild: true });
+    } catch (err) {
+      // The handle is closed: the next batch fails and reopens it (reopenAfterFailure).
+      this.needsReopen = true;
+      this.log.error({ err }, 'outbox repair failed');
+      return;
+    }
+    await this.install(opened.db, opened.meta);
+    this.needsReopen = false;
+    this.corruption = null;
+    const lost = before - totalEvents(opened.meta.counts);
+    this.log.warn({ lost, events: totalEvents(opened.meta.counts) }, 'outbox store repaired');
+    if (lost > 0) {
+      const report = makeEnvelope(
+        {
+          type: 'edge.events_lost',
+          source: { device: this.opts.edge, driver: 'outbox' },
+          data: { reason: 'outbox_corrupt', count: lost, error },
+        },
+        { site: this.opts.site, edge: this.opts.edge },
+        this.clock.now(),
+      );
+      // Queued behind this turn of the writer; nobody waits for it.
+      this.append([report]).catch((err) => this.log.error({ err }, 'outbox: the report of a repair was not stored'));
+    }
+  }
+
+  /** Take a reopened store handle and its meta: what was known of the old handle is dropped. */
+  private async install(db: Db, meta: Meta): Promise<void> {
     this.db = db;
     this.meta = meta;
     this.tracked.clear();
@@ -624,14 +697,11 @@ export class LevelOutbox implements Outbox {
     try {
       await this.loadHotTails(db, meta);
     } catch (err) {
-      // Reads then go to LevelDB from the start; nothing is lost.
-      this.hot = this.newHotTails(0);
+      // Tails that hold only what comes next: reads of what is stored go to LevelDB.
+      this.hot = this.newHotTails(meta.lastSeq + 1);
       this.log.warn({ err }, 'outbox hot tails not reloaded after reopen');
     }
-    this.needsReopen = false;
-    this.log.warn({ lastSeq: meta.lastSeq, events: totalEvents(meta.counts) }, 'outbox store reopened after a failed write');
     if (PRIORITY.some((sev) => meta.heads[sev]?.stale)) this.refreshHeads();
-    return true;
   }
 
   async close(): Promise<void> {
@@ -719,6 +789,15 @@ export class LevelOutbox implements Outbox {
   }
 
   async read(opts: OutboxReadOptions): Promise<StoredEvent[]> {
+    try {
+      return await this.readStored(opts);
+    } catch (err) {
+      if (isCorruption(err)) this.noteCorruption(err);
+      throw err;
+    }
+  }
+
+  private async readStored(opts: OutboxReadOptions): Promise<StoredEvent[]> {
     const db = this.db;
     const meta = this.meta;
     if (!db || !meta) throw notOpen();
@@ -794,6 +873,7 @@ export class LevelOutbox implements Outbox {
     const s = statsOf(meta);
     if (this.writeFailures > 0) s.writeFailures = this.writeFailures;
     if (this.writeError) s.writeError = { ...this.writeError };
+    if (this.corruption) s.corruption = { ...this.corruption };
     return s;
   }
 
@@ -838,6 +918,7 @@ export class LevelOutbox implements Outbox {
       // idle box waits for nothing.
       if (!first) await new Promise<void>((resolve) => setImmediate(resolve));
       first = false;
+      if (this.corruption && !this.closing) await this.repairAfterCorruption();
       if (this.queue.length === 0) break;
       if (this.needsReopen && !this.closing && !(await this.reopenAfterFailure())) {
         // The store is not usable yet: refuse what is queued now (nothing of it is stored).
@@ -1150,6 +1231,7 @@ export class LevelOutbox implements Outbox {
   private writeFailed(e: EdgewardError, jobs: number, message = causeMessage(e)): void {
     if (this.closing && e.code === 'EDGE_OUTBOX_NOT_OPEN') return;
     this.needsReopen = true;
+    if (isCorruption(e)) this.noteCorruption(e);
     this.writeFailures++;
     const first = this.writeError === null;
     if (first) this.writeError = { since: new Date(this.clock.now()).toISOString(), message, failures: 0 };
@@ -1431,6 +1513,19 @@ export class LevelOutbox implements Outbox {
 function causeMessage(e: EdgewardError): string {
   const cause = e.cause as { message?: unknown } | undefined;
   return typeof cause?.message === 'string' ? cause.message : e.message;
+}
+
+/** LevelDB's RepairDB (level's Level is classic-level's ClassicLevel in Node; its typings leave out the static repair()). */
+function repairStore(dir: string): Promise<void> {
+  return (Level as unknown as { repair(location: string): Promise<void> }).repair(dir);
+}
+
+/** LevelDB found a damaged block or file (classic-level's code for `Corruption: …`). */
+function isCorruption(err: unknown): boolean {
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
+    if (e.code === 'LEVEL_CORRUPTION') return true;
+  }
+  return false;
 }
 
 function notOpen(): EdgewardError {

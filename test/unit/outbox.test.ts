@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Envelope, type EventType, makeEnvelope, type Severity } from '../../edge/envelope.js';
 import { isEdgewardError } from '../../edge/errors.js';
@@ -1116,6 +1116,56 @@ describe('LevelOutbox (durable)', () => {
       assert.equal(e.data.movedTo, join(dir.path, aside[0]));
       assert.match(String(e.data.error), /CURRENT|dbtmp|directory/);
       assert.ok(e.msg?.zh && e.msg.bo && e.msg.en);
+    });
+
+    it('with a damaged table block (bit rot) opens, and the first read that hits it has the store repaired: the rest is sent, the loss reported', async () => {
+      const path = storeIn(dir.path);
+      const a = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
+      await a.open();
+      const all: Envelope[] = [];
+      for (let i = 0; i < 40; i++) {
+        const batch = Array.from({ length: 100 }, (_, k) =>
+          makeEnvelope({ type: 'door.opened', source: { device: 'door-1' }, data: { i, k, pad: 'y'.repeat(300) } }, IDS),
+        );
+        all.push(...(await a.append(batch)));
+      }
+      const epoch = a.epoch;
+      await a.close();
+      // A reopen turns the log into a table (LevelDB's recovery); then damage one block of it.
+      const b = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
+      await b.open();
+      await b.close();
+      const table = readdirSync(path).find((f) => f.endsWith('.ldb'))!;
+      const bytes = readFileSync(join(path, table));
+      for (let i = 1000; i < 1100; i++) bytes[i] ^= 0xff;
+      writeFileSync(join(path, table), bytes);
+
+      const ob = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
+      await ob.open();
+      toClose.push(ob);
+      assert.equal(ob.stats().events, 4000, 'the meta record still counts what was stored');
+      const everything = { maxEvents: 100_000, maxBytes: 1 << 30 };
+      await assert.rejects(ob.read(everything), (e) => (e as { code?: string }).code === 'LEVEL_CORRUPTION');
+      const withReport = (r: StoredEvent[]) => (r.some((e) => e.json.includes('edge.events_lost')) ? r : undefined);
+      const read = await waitFor(() => ob.read(everything).then(withReport), {
+        timeoutMs: 20_000,
+        message: 'reads work again after the repair, with the report',
+      });
+      assert.equal(ob.stats().corruption, undefined);
+      assert.equal(ob.epoch, epoch);
+      const envelopes = read.map((e) => JSON.parse(e.json) as Envelope);
+      const report = envelopes.find((e) => e.type === 'edge.events_lost')!;
+      const kept = envelopes.filter((e) => e.type === 'door.opened');
+      assert.ok(kept.length > 3500 && kept.length < 4000, `${kept.length} of 4000 readable after the repair`);
+      assert.deepEqual(report.data, {
+        reason: 'outbox_corrupt',
+        count: 4000 - kept.length,
+        error: 'Corruption: corrupted compressed block contents',
+      });
+      assert.equal(report.seq, 4001, 'no seq reused');
+      assert.equal(ob.stats().events, kept.length + 1, 'recounted');
+      const ids = new Set(all.map((e) => e.id));
+      assert.ok(kept.every((e) => ids.has(e.id)), 'only events that were stored');
     });
 
     it('locked by another process is neither repaired nor moved: EDGE_OUTBOX_LOCKED', async () => {
