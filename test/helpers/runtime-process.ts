@@ -4,7 +4,8 @@
  * dataDir, or change its resource limits (`prlimit`).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { resolve } from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 
 const CHILD = resolve(__dirname, 'runtime-child.ts');
@@ -61,4 +62,26 @@ export async function killRuntimeChild(child: RuntimeChild | undefined): Promise
   if (!child || child.proc.exitCode !== null || child.proc.signalCode !== null) return;
   child.proc.kill('SIGKILL');
   await child.exited;
+}
+
+/**
+ * Write `<dir>/site.yaml` for a runtime child: data in `<dir>/data`, HTTP on
+ * a free loopback port, warnings only; `uplink` is the flow-style YAML map.
+ */
+export function writeSiteConfig(dir: string, c: { site: string; edge: string; uplink: string }): string {
+  const file = join(dir, 'site.yaml');
+  writeFileSync(
+    file,
+    [
+      `site: ${c.site}`,
+      `edge: ${c.edge}`,
+      'dataDir: ./data',
+      'http: { host: 127.0.0.1, port: 0 }',
+      `uplink: ${c.uplink}`,
+      `privacy: { siteKey: ${c.site}-test-site-key-0123456789 }`,
+      'log: { level: warn }',
+      '',
+    ].join('\n'),
+  );
+  return file;
 }

@@ -1,12 +1,17 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { StatusPayload } from '../../sync/batch-codec.js';
 import { LevelOutbox, outboxPath } from '../../sync/outbox.js';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
-import { killRuntimeChild, type RuntimeChild, startRuntimeChild } from '../helpers/runtime-process.js';
+import {
+  killRuntimeChild,
+  type RuntimeChild,
+  startRuntimeChild,
+  writeSiteConfig,
+} from '../helpers/runtime-process.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -81,20 +86,11 @@ describe('outbox on a full disk: refuses, reports, recovers, loses nothing ackno
   });
 
   it('503 + /healthz, status and metrics while writes fail; 202 again once they work; every 202 survives a kill -9', async () => {
-    const configFile = join(dir.path, 'site.yaml');
-    writeFileSync(
-      configFile,
-      [
-        `site: ${SITE}`,
-        `edge: ${EDGE}`,
-        'dataDir: ./data',
-        'http: { host: 127.0.0.1, port: 0 }',
-        `uplink: { url: "${broker.url}", ack: central, ackTimeoutMs: 60000 }`,
-        'privacy: { siteKey: disk-test-site-key-0123456789 }',
-        'log: { level: warn }',
-        '',
-      ].join('\n'),
-    );
+    const configFile = writeSiteConfig(dir.path, {
+      site: SITE,
+      edge: EDGE,
+      uplink: `{ url: "${broker.url}", ack: central, ackTimeoutMs: 60000 }`,
+    });
     // prlimit sets only the soft limit below: the hard one stays unlimited, so it can be raised back.
     child = await startRuntimeChild(configFile);
     const { port, pid } = child;

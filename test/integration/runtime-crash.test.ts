@@ -1,9 +1,7 @@
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
-import { killRuntimeChild, type RuntimeChild, startRuntimeChild } from '../helpers/runtime-process.js';
+import { killRuntimeChild, type RuntimeChild, startRuntimeChild, writeSiteConfig } from '../helpers/runtime-process.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -33,20 +31,11 @@ describe('runtime crash: kill -9 mid-stream loses no acknowledged event (integra
   });
 
   it('every 202-accepted id reaches the central after a restart on the same dataDir', async () => {
-    const configFile = join(dir.path, 'site.yaml');
-    writeFileSync(
-      configFile,
-      [
-        `site: ${SITE}`,
-        `edge: ${EDGE}`,
-        'dataDir: ./data',
-        'http: { host: 127.0.0.1, port: 0 }',
-        `uplink: { url: "${broker.url}", ack: central, ackTimeoutMs: 1000, batch: { maxEvents: 1000, lingerMs: 300 } }`,
-        'privacy: { siteKey: crash-test-site-key-0123456789 }',
-        'log: { level: warn }',
-        '',
-      ].join('\n'),
-    );
+    const configFile = writeSiteConfig(dir.path, {
+      site: SITE,
+      edge: EDGE,
+      uplink: `{ url: "${broker.url}", ack: central, ackTimeoutMs: 1000, batch: { maxEvents: 1000, lingerMs: 300 } }`,
+    });
 
     child = await startRuntimeChild(configFile);
     const first = child;
