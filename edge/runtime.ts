@@ -500,10 +500,7 @@ export class Runtime {
       if (batch.length === 1 || !oneEvent) {
         // Not about one event's content (outbox full of alarms, disk error): one line, not one per event.
         this.metrics.ingestError(batch.length);
-        const where = { err, events: batch.length, type: batch[0].type, device: batch[0].source.device };
-        // A store that cannot write logs its spell itself (once, then every 10 s), not once per tick.
-        if (isEdgewardError(err, 'EDGE_OUTBOX_WRITE_FAILED')) this.log.debug(where, 'could not store bus events');
-        else this.log.error(where, 'could not store bus events');
+        this.log.error({ err, events: batch.length, type: batch[0].type, device: batch[0].source.device }, 'could not store bus events');
         return;
       }
       // One event the store refuses (say, data that is not JSON) must not take the others

@@ -494,18 +494,18 @@ export class LevelOutbox implements Outbox {
       'outbox open',
     );
     if (movedAside) {
-      // The first event of the new store says what became of the old one.
-      await this.append([
-        makeEnvelope(
-          {
-            type: 'edge.events_lost',
-            source: { device: this.opts.edge, driver: 'outbox' },
-            data: { reason: 'outbox_unrecoverable', movedTo: movedAside.to, error: movedAside.error },
-          },
-          { site: this.opts.site, edge: this.opts.edge },
-          this.clock.now(),
-        ),
-      ]);
+      // The first event of the new store says what became of the old one (the store is open
+      // and usable even if this one cannot be written: the log has said it already).
+      const report = makeEnvelope(
+        {
+          type: 'edge.events_lost',
+          source: { device: this.opts.edge, driver: 'outbox' },
+          data: { reason: 'outbox_unrecoverable', movedTo: movedAside.to, error: movedAside.error },
+        },
+        { site: this.opts.site, edge: this.opts.edge },
+        this.clock.now(),
+      );
+      await this.append([report]).catch((err) => this.log.error({ err }, 'outbox: the report of a store moved aside was not stored'));
     }
   }
 

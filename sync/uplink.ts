@@ -76,7 +76,8 @@ const DEFAULT_MAX_INFLIGHT = 16;
 /**
  * `uplink.maxPacketBytes` when not set: at or under the limits of common
  * brokers (AWS IoT Core 128 KB, Azure IoT Hub 256 KB, EMQX 1 MB). A default
- * 500-event gzipped batch is ~20-60 KiB.
+ * 500-event batch of ~300-byte events gzips to ~8 KB; uncompressed
+ * (`compress: none`) it is up to 256 KiB and is split.
  */
 export const DEFAULT_MAX_PACKET_BYTES = 128 * 1024;
 
