@@ -13,18 +13,31 @@ export interface HeldLossData {
  * Bus events (a driver's, a flow's) that the outbox refused because it could
  * not write (disk full, I/O error), held in memory, oldest first, until it
  * can: their envelopes are kept, so id and ts stay those of when they
- * happened. Bounded: past `max`, the oldest info events go first, then the
- * oldest warnings; critical events are never dropped (above the bound only
- * criticals remain). What was dropped is reported by one `edge.events_lost`
- * event, stored with the held events once the store writes again.
+ * happened. Bounded in count and in bytes (of their JSON, measured only
+ * while events are held, i.e. while the disk is full): past either bound the
+ * oldest info events go first, then the oldest warnings; critical events are
+ * never dropped (above the bounds only criticals remain). What was dropped is
+ * reported by one `edge.events_lost` event, stored with the held events once
+ * the store writes again.
  */
 export class HeldEvents {
   private events: Envelope[] = [];
+  /** JSON size of each held event, by position in `events`. */
+  private sizes: number[] = [];
+  private bytes = 0;
   private lost: HeldLossData | null = null;
   /** The loss report handed out by the last `take`. */
   private report: Envelope | null = null;
 
-  constructor(private readonly max: number) {}
+  constructor(
+    private readonly max: number,
+    private readonly maxBytes: number = Number.POSITIVE_INFINITY,
+  ) {}
+
+  /** JSON bytes of the held events. */
+  get heldBytes(): number {
+    return this.bytes;
+  }
 
   get size(): number {
     return this.events.length;
@@ -36,13 +49,21 @@ export class HeldEvents {
   }
 
   hold(envelopes: readonly Envelope[]): void {
-    for (const e of envelopes) this.events.push(e);
-    let over = this.events.length - this.max;
+    for (const e of envelopes) {
+      const size = Buffer.byteLength(JSON.stringify(e));
+      this.events.push(e);
+      this.sizes.push(size);
+      this.bytes += size;
+    }
+    let count = this.events.length;
+    const over = () => count > this.max || this.bytes > this.maxBytes;
     for (const severity of ['info', 'warning'] as const) {
-      if (over <= 0) return;
+      if (!over()) return;
       const kept: Envelope[] = [];
-      for (const e of this.events) {
-        if (over > 0 && e.severity === severity) {
+      const keptSizes: number[] = [];
+      for (let i = 0; i < this.events.length; i++) {
+        const e = this.events[i];
+        if (e.severity === severity && over()) {
           this.mergeLoss({
             count: 1,
             reason: 'outbox_write_failed',
@@ -50,10 +71,15 @@ export class HeldEvents {
             fromTs: e.ts,
             toTs: e.ts,
           });
-          over--;
-        } else kept.push(e);
+          this.bytes -= this.sizes[i];
+          count--;
+        } else {
+          kept.push(e);
+          keptSizes.push(this.sizes[i]);
+        }
       }
       this.events = kept;
+      this.sizes = keptSizes;
     }
   }
 
@@ -65,6 +91,8 @@ export class HeldEvents {
   take(ids: { site: string; edge: string }, now: number): Envelope[] {
     const out = this.events;
     this.events = [];
+    this.sizes = [];
+    this.bytes = 0;
     this.report = null;
     const lost = this.lost;
     this.lost = null;
@@ -91,12 +119,20 @@ export class HeldEvents {
     if (report && events.length < taken.length) this.mergeLoss(report.data as unknown as HeldLossData);
     const later = this.events;
     this.events = [];
+    this.sizes = [];
+    this.bytes = 0;
     this.hold(events);
     this.hold(later);
   }
 
   private mergeLoss(d: HeldLossData): void {
-    this.lost ??= { count: 0, reason: 'outbox_write_failed', bySeverity: { info: 0, warning: 0 }, fromTs: null, toTs: null };
+    this.lost ??= {
+      count: 0,
+      reason: 'outbox_write_failed',
+      bySeverity: { info: 0, warning: 0 },
+      fromTs: null,
+      toTs: null,
+    };
     const l = this.lost;
     l.count += d.count;
     l.bySeverity.info += d.bySeverity.info;

@@ -47,6 +47,8 @@ const STOP_BUDGET_MS = 12_000;
 const OUTBOX_CLOSE_MIN_MS = 2_500;
 /** Bus events held in memory while the outbox cannot write (see HeldEvents), and how often storing them is retried. */
 const HELD_MAX_EVENTS = 10_000;
+/** …and at most this much of their JSON (events may be up to uplink.maxPacketBytes each). */
+const HELD_MAX_BYTES = 16 * 1024 * 1024;
 const HELD_RETRY_MS = 1_000;
 
 interface DeviceRecord {
@@ -81,7 +83,7 @@ export class Runtime {
   private readonly inflight = new Set<Promise<unknown>>();
   private pendingInputs: EventInput[] = [];
   private flushScheduled = false;
-  private readonly held = new HeldEvents(HELD_MAX_EVENTS);
+  private readonly held = new HeldEvents(HELD_MAX_EVENTS, HELD_MAX_BYTES);
   /** With an uplink, events it could never send (over its packet limit even alone) are refused at ingest. */
   private readonly maxEventBytes?: number;
   private heldTimer: NodeJS.Timeout | null = null;

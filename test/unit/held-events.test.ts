@@ -81,6 +81,30 @@ describe('HeldEvents: bus events kept while the outbox cannot write', () => {
     assert.equal(h.pending, false);
   });
 
+  it('is bounded in bytes too: big info events go first, and the bytes held are those kept', () => {
+    const big = (severity: Severity, n: number) =>
+      makeEnvelope(
+        { type: 'camera.motion', severity, source: { device: 'cam-1' }, data: { n, pad: 'z'.repeat(10_000) } },
+        IDS,
+        Date.UTC(2025, 0, 1, 0, 0, n),
+      );
+    const all = [big('info', 1), big('critical', 2), big('info', 3), big('warning', 4), big('info', 5)];
+    const size = (e: Envelope) => Buffer.byteLength(JSON.stringify(e));
+    // Room for the last three (a critical, a warning, an info), not one byte more.
+    const h = new HeldEvents(1000, size(all[1]) + size(all[3]) + size(all[4]));
+    h.hold(all);
+    const kept = h.take(IDS, 0);
+    assert.deepEqual(
+      kept.slice(0, -1).map((e) => e.data.n),
+      [2, 4, 5],
+      'the two oldest info events went',
+    );
+    assert.equal((kept.at(-1)!.data as unknown as HeldLossData).count, 2);
+    assert.equal(h.heldBytes, 0, 'nothing held once taken');
+    h.hold([all[0]]);
+    assert.equal(h.heldBytes, size(all[0]));
+  });
+
   it('criticals alone may exceed the bound: they are never dropped', () => {
     const h = new HeldEvents(2);
     h.hold([ev('critical', 1), ev('critical', 2), ev('critical', 3)]);
