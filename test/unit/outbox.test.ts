@@ -1157,11 +1157,9 @@ describe('LevelOutbox (durable)', () => {
       const report = envelopes.find((e) => e.type === 'edge.events_lost')!;
       const kept = envelopes.filter((e) => e.type === 'door.opened');
       assert.ok(kept.length > 3500 && kept.length < 4000, `${kept.length} of 4000 readable after the repair`);
-      assert.deepEqual(report.data, {
-        reason: 'outbox_corrupt',
-        count: 4000 - kept.length,
-        error: 'Corruption: corrupted compressed block contents',
-      });
+      // Which message depends on what the flipped bytes hit (block contents, its type byte…).
+      assert.match(String(report.data.error), /^Corruption: /);
+      assert.deepEqual({ ...report.data, error: 'Corruption' }, { reason: 'outbox_corrupt', count: 4000 - kept.length, error: 'Corruption' });
       assert.equal(report.seq, 4001, 'no seq reused');
       assert.equal(ob.stats().events, kept.length + 1, 'recounted');
       const ids = new Set(all.map((e) => e.id));
