@@ -280,6 +280,26 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private connect(): void {
     this.reconnectTimer = null;
     if (!this.running) return;
+    if (this.cfg.ca === undefined && this.cfg.cert === undefined && this.cfg.key === undefined) {
+      this.openConnection();
+      return;
+    }
+    // Certificates get renewed on disk (short-lived client certs, a new CA bundle): read
+    // them for every connection, so a renewal is used without a restart. Files that cannot
+    // be read now (replaced, mid-write) leave the last ones read in use.
+    this.readTlsFiles()
+      .then(
+        (tls) => {
+          this.tls = tls;
+        },
+        (err: Error) => this.log.warn({ err: err.message }, 'cannot read the TLS files again: connecting with the last ones read'),
+      )
+      .finally(() => {
+        if (this.running && this.client === null && this.reconnectTimer === null) this.openConnection();
+      });
+  }
+
+  private openConnection(): void {
     const options: IClientOptions = {
       protocolVersion: 4,
       clientId: this.opts.clientId ?? `edgeward-${this.opts.site}-${this.opts.edge}`,

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { makeEnvelope } from '../../edge/envelope.js';
@@ -131,6 +131,66 @@ describe('uplink over mutual TLS (integration, Mosquitto require_certificate)', 
     await waitFor(() => uplink!.status().connected, { timeoutMs: 10_000, message: 'TLS connect' });
     await waitFor(() => outbox.stats().events === 0, { timeoutMs: 10_000, message: 'acked over TLS' });
     assert.equal(central.byId.size, 30);
+  });
+
+  it('uses a renewed client certificate at the next connection, without a restart', async () => {
+    await uplink?.stop();
+    // The box's certificate is one the broker does not trust (another CA): every handshake fails.
+    mkdirSync(join(dir.path, 'other'));
+    const other = makePki(join(dir.path, 'other'));
+    const cert = join(dir.path, 'rotating.pem');
+    const key = join(dir.path, 'rotating.key');
+    copyFileSync(other.clientCert, cert);
+    copyFileSync(other.clientKey, key);
+    const config: UplinkConfig = {
+      url: broker.url,
+      ca: pki.ca,
+      cert,
+      key,
+      ack: 'central',
+      batch: { maxEvents: 50, maxBytes: 262144, lingerMs: 20 },
+      compress: 'gzip',
+    };
+    const lines: Array<{ msg?: string }> = [];
+    const log = createLogger({
+      level: 'debug',
+      destination: { write: (l: string) => lines.push(JSON.parse(l)) },
+    });
+    uplink = new Uplink({
+      config,
+      site,
+      edge,
+      version: 't',
+      outbox,
+      log,
+      reconnectMinMs: 50,
+      reconnectMaxMs: 200,
+    });
+    const u = uplink;
+    let connects = 0;
+    u.on('connect', () => connects++);
+    const [e] = await outbox.append([
+      makeEnvelope({ type: 'door.opened', source: { device: 'door-2' } }, { site, edge }),
+    ]);
+    await u.start();
+    await waitFor(() => lines.filter((l) => l.msg === 'reconnect scheduled').length >= 3, {
+      message: 'three refused handshakes',
+    });
+    assert.equal(connects, 0);
+    // The renewal lands on disk, as a cert-manager or a cron job would write it.
+    copyFileSync(pki.clientCert, `${cert}.new`);
+    copyFileSync(pki.clientKey, `${key}.new`);
+    renameSync(`${key}.new`, key);
+    renameSync(`${cert}.new`, cert);
+    await waitFor(() => u.status().connected, {
+      timeoutMs: 10_000,
+      message: 'connected with the renewed certificate',
+    });
+    await waitFor(() => central.byId.has(e.id) && outbox.stats().events === 0, {
+      timeoutMs: 10_000,
+      message: 'the event delivered and acked',
+    });
+    assert.equal(connects, 1, 'the first connection is the one with the renewed certificate');
   });
 
   it('does not connect without a client certificate (and keeps the events)', async () => {
