@@ -1,4 +1,4 @@
-import { rename } from 'node:fs/promises';
+import { readdir, rename, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { type Clock, systemClock } from '../edge/clock.js';
@@ -527,19 +527,28 @@ export class LevelOutbox implements Outbox {
     try {
       return await this.openStore();
     } catch (err) {
-      if (isEdgewardError(err, 'EDGE_OUTBOX_LOCKED')) throw err;
+      // A disk that refuses (full, read-only, no permission) is not damage: RepairDB would
+      // fail to write its tables and archive the logs it could not convert (measured: a full
+      // disk at open turned 2,000 stored events into an empty store). Leave the store as it
+      // is; the runtime exits and its supervisor tries again once the disk has room.
+      if (isEdgewardError(err, 'EDGE_OUTBOX_LOCKED') || !isDamage(err)) throw err;
       firstErr = err;
     }
     const dir = this.opts.dir;
     this.log.error({ err: firstErr, dir }, 'outbox store does not open: repairing it');
     let repairErr: unknown;
     try {
-      await repairStore(dir);
+      await this.repairWithRoom();
       const repaired = await this.openStore({ rebuild: true });
       this.log.warn({ dir, events: totalEvents(repaired.meta.counts), epoch: repaired.meta.epoch }, 'outbox store repaired');
       return repaired;
     } catch (err) {
       if (isEdgewardError(err, 'EDGE_OUTBOX_LOCKED')) throw err;
+      if (isDiskRefusal(err)) {
+        // Not the store's fault: keep it as it is for the next start.
+        this.log.error({ err }, 'outbox store not repaired: the disk refuses');
+        throw firstErr;
+      }
       repairErr = err;
     }
     const to = `${dir}.unrecoverable-${new Date(this.clock.now()).toISOString().replace(/[:.]/g, '-')}`;
@@ -656,7 +665,7 @@ export class LevelOutbox implements Outbox {
     await this.db!.close().catch((err) => this.log.debug({ err }, 'outbox: closing the damaged store handle'));
     let opened: { db: Db; meta: Meta };
     try {
-      await repairStore(this.opts.dir);
+      await this.repairWithRoom();
       opened = await this.openStore({ rebuild: true });
     } catch (err) {
       // The handle is closed: the next batch fails and reopens it (reopenAfterFailure).
@@ -682,6 +691,26 @@ export class LevelOutbox implements Outbox {
       // Queued behind this turn of the writer; nobody waits for it.
       this.append([report]).catch((err) => this.log.error({ err }, 'outbox: the report of a repair was not stored'));
     }
+  }
+
+  /**
+   * RepairDB, only with room for it: where it cannot write a table it archives
+   * the log it came from into `lost/`, events and all. So it runs only when
+   * the disk has free space for twice the store's files (and 16 MiB).
+   */
+  private async repairWithRoom(): Promise<void> {
+    const dir = this.opts.dir;
+    let used = 0;
+    for (const f of await readdir(dir)) used += (await stat(join(dir, f))).size;
+    const fs = await statfs(dir);
+    const free = fs.bavail * fs.bsize;
+    const need = 2 * used + (16 << 20);
+    if (free < need) {
+      throw new EdgewardError('EDGE_OUTBOX_NO_ROOM', `not repairing the outbox store: ${free} bytes free, a repair may need ${need}`, {
+        details: { free, need },
+      });
+    }
+    await repairStore(dir);
   }
 
   /** Take a reopened store handle and its meta: what was known of the old handle is dropped. */
@@ -1518,6 +1547,34 @@ function causeMessage(e: EdgewardError): string {
 /** LevelDB's RepairDB (level's Level is classic-level's ClassicLevel in Node; its typings leave out the static repair()). */
 function repairStore(dir: string): Promise<void> {
   return (Level as unknown as { repair(location: string): Promise<void> }).repair(dir);
+}
+
+/**
+ * An open failure that is damage to LevelDB's own files, which RepairDB can
+ * mend: `Corruption: …`, or CURRENT/MANIFEST missing or not a file. Not the
+ * disk refusing to write (full, read-only, quota, permission, I/O error).
+ */
+function isDamage(err: unknown): boolean {
+  if (isCorruption(err)) return true;
+  if (isDiskRefusal(err)) return false;
+  return /(CURRENT|MANIFEST-\d+)[^:|]*: (No such file or directory|Is a directory)|Corruption/.test(errorText(err));
+}
+
+/** The disk refused (full, too large for a limit, read-only, quota, permission, I/O error): nothing to repair. */
+function isDiskRefusal(err: unknown): boolean {
+  if (isEdgewardError(err, 'EDGE_OUTBOX_NO_ROOM')) return true;
+  return /No space left|File too large|Read-only file system|Permission denied|Operation not permitted|quota|Too many open files|Cannot allocate memory|Input\/output error/i.test(
+    errorText(err),
+  );
+}
+
+/** The messages of an error and its causes, joined. */
+function errorText(err: unknown): string {
+  const messages: string[] = [];
+  for (let e = err as { message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
+    if (typeof e.message === 'string') messages.push(e.message);
+  }
+  return messages.join(' | ');
 }
 
 /** LevelDB found a damaged block or file (classic-level's code for `Corruption: …`). */

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Envelope, type EventType, makeEnvelope, type Severity } from '../../edge/envelope.js';
@@ -1067,6 +1068,7 @@ describe('LevelOutbox (durable)', () => {
 
   describe('a store that does not open', () => {
     const storeIn = (parent: string) => join(parent, 'outbox');
+    const OPENER = join(__dirname, '..', 'helpers', 'outbox-open.ts');
     async function filled(path: string, n: number): Promise<{ epoch: string; ids: string[] }> {
       const ob = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
       await ob.open();
@@ -1164,6 +1166,30 @@ describe('LevelOutbox (durable)', () => {
       assert.equal(ob.stats().events, kept.length + 1, 'recounted');
       const ids = new Set(all.map((e) => e.id));
       assert.ok(kept.every((e) => ids.has(e.id)), 'only events that were stored');
+    });
+
+    it('on a full disk is left as it is: no repair, nothing moved, every event there at the next open', async () => {
+      const path = storeIn(dir.path);
+      const { epoch, ids } = await filled(path, 2000);
+      // Opened by a process that may write no file past 1 KiB: LevelDB's recovery cannot write
+      // the table of its log (EFBIG, as ENOSPC on a full disk). A RepairDB here archived the
+      // log into lost/ and left an empty store with a new epoch.
+      const child = spawnSync('bash', ['-c', `ulimit -S -f 1 && exec "$@"`, 'open', process.execPath, '--import', 'tsx', OPENER, path], {
+        cwd: join(__dirname, '..', '..'),
+        encoding: 'utf8',
+      });
+      assert.equal(child.status, 0, child.stderr);
+      const result = JSON.parse(child.stdout.trim()) as { ok: boolean; code?: string; message?: string };
+      assert.deepEqual({ ok: result.ok, code: result.code }, { ok: false, code: 'EDGE_OUTBOX_OPEN_FAILED' });
+      assert.match(result.message ?? '', /File too large/);
+      assert.deepEqual(readdirSync(dir.path), ['outbox'], 'nothing moved aside');
+      assert.ok(!readdirSync(path).includes('lost'), 'no RepairDB (it archives what it cannot convert into lost/)');
+      const ob = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
+      await ob.open();
+      toClose.push(ob);
+      assert.equal(ob.epoch, epoch);
+      const read = await ob.read({ maxEvents: 10_000, maxBytes: 1 << 30 });
+      assert.deepEqual(new Set(read.map((e) => (JSON.parse(e.json) as Envelope).id)), new Set(ids));
     });
 
     it('locked by another process is neither repaired nor moved: EDGE_OUTBOX_LOCKED', async () => {
