@@ -4,7 +4,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { Severity } from '../edge/envelope.js';
 import { type Clock, systemClock } from '../edge/clock.js';
 import type { UplinkConfig } from '../edge/config-types.js';
-import { EdgewardError } from '../edge/errors.js';
+import { EdgewardError, isEdgewardError } from '../edge/errors.js';
 import type { Logger } from '../edge/log.js';
 import type { Outbox, StoredEvent } from './outbox-api.js';
 import { batchBuffer, decodeAck, encodeBatch, encodeStatus, type StatusPayload, toRanges } from './batch-codec.js';
@@ -73,6 +73,8 @@ interface InflightBatch {
 }
 
 const DEFAULT_MAX_INFLIGHT = 16;
+/** An ack the outbox could not apply (a full disk) is applied again after this long. */
+const ACK_RETRY_MS = 1_000;
 /**
  * `uplink.maxPacketBytes` when not set: at or under the limits of common
  * brokers (AWS IoT Core 128 KB, Azure IoT Hub 256 KB, EMQX 1 MB). A default
@@ -157,6 +159,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   /** Acked ranges not yet applied: applied together, one outbox write for all that arrived meanwhile. */
   private pendingAcks: Array<[number, number]> = [];
   private acking = false;
+  /** Acked ranges the outbox could not apply yet (a full disk), and the timer that applies them again. */
+  private failedAcks: Array<[number, number]> = [];
+  private ackRetryTimer: NodeJS.Timeout | null = null;
 
   private lastAckAt: string | null = null;
   private ackLagMs: number | undefined;
@@ -214,9 +219,10 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.unsubscribeAppend?.();
     this.unsubscribeHealth?.();
     this.unsubscribeAppend = this.unsubscribeHealth = null;
-    for (const t of [this.reconnectTimer, this.statusTimer, this.lingerTimer, this.retryTimer])
+    for (const t of [this.reconnectTimer, this.statusTimer, this.lingerTimer, this.retryTimer, this.ackRetryTimer])
       if (t) this.clock.clearTimeout(t);
-    this.reconnectTimer = this.statusTimer = this.lingerTimer = this.retryTimer = null;
+    this.reconnectTimer = this.statusTimer = this.lingerTimer = this.retryTimer = this.ackRetryTimer = null;
+    this.failedAcks = [];
     await this.pumpDone;
     const client = this.client;
     this.client = null;
@@ -716,8 +722,21 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     try {
       deleted = await this.outbox.ack(ranges);
     } catch (err) {
-      // Nothing is forgotten: the batches stay in flight and time out into a resend.
-      this.log.error({ err }, 'outbox ack failed');
+      // The store could not delete them (disk full): nothing is forgotten, the ack is applied
+      // again shortly. A PUBACK (ack: broker) comes only once, and its batch has no ack timeout:
+      // without this it stayed in flight, neither deleted nor resent, until a reconnect.
+      const level = isEdgewardError(err, 'EDGE_OUTBOX_WRITE_FAILED') ? 'debug' : 'error';
+      this.log[level]({ err }, 'outbox ack failed; retrying');
+      for (const r of ranges) this.failedAcks.push(r);
+      if (!this.ackRetryTimer && this.running) {
+        this.ackRetryTimer = this.clock.setTimeout(() => {
+          this.ackRetryTimer = null;
+          if (!this.running) return;
+          const again = this.failedAcks;
+          this.failedAcks = [];
+          this.queueAck(again);
+        }, ACK_RETRY_MS);
+      }
       return;
     }
     const merged = mergeRanges(ranges);

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import type { Clock } from '../../edge/clock.js';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { type EventType, makeEnvelope } from '../../edge/envelope.js';
-import { isEdgewardError } from '../../edge/errors.js';
+import { EdgewardError, isEdgewardError } from '../../edge/errors.js';
 import { silentLogger } from '../../edge/log.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { encodeBatch } from '../../sync/batch-codec.js';
@@ -200,6 +200,27 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     await waitFor(() => outbox.stats().events === 0, { message: 'PUBACKs emptied the outbox' });
     assert.equal(acked, 55);
     await waitFor(() => c.byId.size === 55, { message: 'central got everything' });
+  });
+
+  it('ack: broker retries an ack the outbox could not apply (a full disk): nothing stays stuck in flight', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
+    // The store refuses its writes for a while (disk full), then takes them again.
+    const realAck = outbox.ack.bind(outbox);
+    let refusing = true;
+    const refusedSeqs = new Set<number>();
+    outbox.ack = (ranges) => {
+      if (!refusing) return realAck(ranges);
+      for (const [from, to] of ranges) for (let q = from; q <= to; q++) refusedSeqs.add(q);
+      return Promise.reject(new EdgewardError('EDGE_OUTBOX_WRITE_FAILED', 'IO error: No space left on device'));
+    };
+    const u = make({ ack: 'broker' });
+    await append(30);
+    await u.start();
+    await waitFor(() => refusedSeqs.size === 30, { message: 'every batch PUBACKed, its delete refused' });
+    refusing = false;
+    // No reconnect, no new event: the refused acks are applied once the store writes again.
+    await waitFor(() => outbox.stats().events === 0, { timeoutMs: 10_000, message: 'the PUBACKed events deleted' });
+    assert.equal(u.status().inflightBatches, 0, 'nothing left in flight');
   });
 
   it('keeps retrying while the broker is absent, publishes nothing, drains the backlog once it is up', async () => {
