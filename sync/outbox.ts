@@ -55,6 +55,16 @@ const OVERFLOW_RESERVE = 1024;
  * batches. Bounds how long one batch (and so a critical event behind it) takes.
  */
 const MAX_BATCH_EVENTS = 5000;
+/**
+ * Most events one write evicts. `outbox.maxBytes` lowered below what is
+ * stored (a technician shrinking it on a filling disk) made the next append
+ * evict everything over the new bound in one batch: 294,000 events, 1.9 s,
+ * during which an alarm waited (measured; a 1 GiB store would take ~20 s and
+ * a batch of millions of deletes). Past this many, the store stays over its
+ * bound and each later write evicts as many again (the same cap as MAX_BATCH_EVENTS:
+ * an alarm behind such a write waits ~25 ms, measured).
+ */
+const MAX_EVICTIONS_PER_WRITE = 5_000;
 /** Stored critical events loaded into the hot tail at open, up to this many (a burst of alarms, not a backlog). */
 const CRITICAL_PRELOAD_MAX = 10_000;
 /** Memory the hot tail of each severity may hold (serialized JSON bytes). */
@@ -335,6 +345,8 @@ export interface LevelOutboxOptions {
   hotTailBytes?: Partial<Record<Severity, number>>;
   /** How often the recent ring's snapshot is rewritten while it changes (default 5 s; tests). */
   recentSaveMs?: number;
+  /** Most events one write evicts (default MAX_EVICTIONS_PER_WRITE; tests). */
+  maxEvictionsPerWrite?: number;
 }
 
 interface AppendJob {
@@ -1065,10 +1077,13 @@ export class LevelOutbox implements Outbox {
       warning: (meta.heads.warning?.seq ?? lastSeq + 1) - 1,
     };
     /** Evict stored info, then warning events (oldest first) until `need` bytes are freed; returns bytes freed. */
+    const maxEvictions = this.opts.maxEvictionsPerWrite ?? MAX_EVICTIONS_PER_WRITE;
+    let evictions = 0;
     const evict = async (need: number): Promise<number> => {
       let freed = 0;
+      const enough = () => freed >= need || evictions >= maxEvictions;
       for (const severity of ['info', 'warning'] as const) {
-        if (freed >= need) break;
+        if (enough()) break;
         const range = { gt: eventKey(severity, evictCursor[severity]), lt: SEV_PREFIX[severity] + SEQ_END };
         for await (const chunk of chunks(db, range, 256)) {
           for (const [key, json] of chunk) {
@@ -1088,9 +1103,10 @@ export class LevelOutbox implements Outbox {
               tally.merge(this.pendingOverflow.data);
             } else tally.add(seq, severity, size, type, ts);
             freed += size;
-            if (freed >= need) break;
+            evictions++;
+            if (enough()) break;
           }
-          if (freed >= need) break;
+          if (enough()) break;
         }
       }
       return freed;
@@ -1145,9 +1161,13 @@ export class LevelOutbox implements Outbox {
         }
         const freed = await evict(need);
         // Critical events are never refused nor evicted: above the bound only criticals (and this write) remain.
+        // Or this write evicted its most (maxEvictions), and later ones go on.
         if (freed < over && !this.warnedOverBound) {
           this.warnedOverBound = true;
-          this.log.warn({ maxBytes: meta.maxBytes, bytes: totalBytes(counts) + size }, 'outbox over its byte bound with critical events only');
+          this.log.warn(
+            { maxBytes: meta.maxBytes, bytes: totalBytes(counts) + size, evictions },
+            evictions >= maxEvictions ? 'outbox over its byte bound: evicting by steps' : 'outbox over its byte bound with critical events only',
+          );
         }
       }
       lastSeq += seqd.length;

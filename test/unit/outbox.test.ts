@@ -6,7 +6,7 @@ import { type Envelope, type EventType, makeEnvelope, type Severity } from '../.
 import { isEdgewardError } from '../../edge/errors.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { Level } from 'level';
-import { eventKey, LevelOutbox, readOutboxStats } from '../../sync/outbox.js';
+import { eventKey, LevelOutbox, type OverflowData, readOutboxStats } from '../../sync/outbox.js';
 import type { Outbox, StoredEvent } from '../../sync/outbox-api.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
@@ -1064,6 +1064,32 @@ describe('LevelOutbox (durable)', () => {
     release();
     assert.equal(await ack, 10);
     assert.equal(ob.stats().events, 1);
+  });
+
+  it('a bound lowered below what is stored evicts by steps: at most maxEvictionsPerWrite per write, every eviction reported', async () => {
+    const a = await open();
+    await a.append(Array.from({ length: 60 }, () => ev('info')));
+    await a.append([ev('critical', 'door.forced')]);
+    await closeIt(a);
+    // The technician shrinks outbox.maxBytes to a tenth of what is stored.
+    const stored = a.stats().bytes;
+    const ob = new LevelOutbox({ dir: dir.path, maxBytes: Math.floor(stored / 10), ...IDS, maxEvictionsPerWrite: 20 });
+    await ob.open();
+    toClose.push(ob);
+    const counts: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      await ob.append([ev('info')]);
+      counts.push(ob.stats().bySeverity.info.events);
+    }
+    // 60 info stored; each write adds one info (and one overflow warning, merged while unread)
+    // and evicts 20 of the oldest: 41, 22, then within the bound.
+    assert.deepEqual(counts.slice(0, 2), [41, 22]);
+    assert.ok(ob.stats().bytes <= Math.floor(stored / 10), 'within the bound once enough writes came');
+    assert.equal(ob.stats().bySeverity.critical.events, 1, 'never a critical');
+    const overflow = parsed(await readAll(ob)).filter((e) => e.type === 'edge.outbox_overflow');
+    assert.equal(overflow.length, 1, 'unread: one merged overflow event');
+    const evicted = (overflow[0].data as unknown as OverflowData).evicted;
+    assert.equal(evicted, 60 + 4 - ob.stats().bySeverity.info.events, 'every eviction reported');
   });
 
   describe('a store that does not open', () => {
