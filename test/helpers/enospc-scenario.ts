@@ -1,0 +1,84 @@
+/**
+ * A full disk for real, for test/integration/outbox-enospc.test.ts: run inside
+ * `unshare -rm` with a small tmpfs mounted at argv[3] (the mount lives only in
+ * that namespace, so both steps run there, one after the other).
+ *
+ *   enospc-scenario.ts write <dir>   fill the tmpfs with a filler file, append until the
+ *                                    store refuses (ENOSPC), remove the filler, append 300
+ *                                    more (retrying until accepted), write the acknowledged
+ *                                    ids to <dir>/acked.json, then SIGKILL itself.
+ *   enospc-scenario.ts check <dir>   reopen the store; print one JSON line: how many ids were
+ *                                    acknowledged and how many of them it no longer holds.
+ */
+import { readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { makeEnvelope } from '../../edge/envelope.js';
+import { LevelOutbox } from '../../sync/outbox.js';
+
+const IDS = { site: 'enospc-site', edge: 'gate-97' };
+
+async function main(): Promise<void> {
+  const [mode, dir] = process.argv.slice(2);
+  const ob = new LevelOutbox({ dir: join(dir, 'outbox'), maxBytes: 1 << 30, ...IDS });
+  await ob.open();
+  const ev = (i: number) =>
+    makeEnvelope(
+      { type: 'door.opened', source: { device: 'door-1' }, data: { i, pad: 'q'.repeat(400) } },
+      IDS,
+    );
+  if (mode === 'check') {
+    const stored = new Set(
+      (await ob.read({ maxEvents: 1_000_000, maxBytes: 1 << 30 })).map(
+        (e) => (JSON.parse(e.json) as { id: string }).id,
+      ),
+    );
+    const acked = JSON.parse(readFileSync(join(dir, 'acked.json'), 'utf8')) as string[];
+    const missing = acked.filter((id) => !stored.has(id));
+    process.stdout.write(`${JSON.stringify({ acked: acked.length, missing: missing.length })}\n`);
+    await ob.close();
+    return;
+  }
+  const acked: string[] = [];
+  const save = () => writeFileSync(join(dir, 'acked.json'), JSON.stringify(acked));
+  // Leave ~1.5 MB: the log fills it within a few thousand events.
+  const fs = statfsSync(dir);
+  writeFileSync(join(dir, 'filler'), Buffer.alloc(Math.max(0, fs.bavail * fs.bsize - 1_500_000)));
+  let refused = 0;
+  let message = '';
+  for (let i = 0; i < 100_000 && refused < 5; i++) {
+    try {
+      const [e] = await ob.append([ev(i)]);
+      acked.push(e.id);
+    } catch (err) {
+      refused++;
+      message ||= String((err as { cause?: { message?: string } }).cause?.message ?? err);
+    }
+  }
+  const writeError = ob.stats().writeError;
+  const before = acked.length;
+  rmSync(join(dir, 'filler'));
+  const deadline = Date.now() + 20_000;
+  for (let i = 0; i < 300; i++) {
+    for (;;) {
+      try {
+        const [e] = await ob.append([ev(1_000_000 + i)]);
+        acked.push(e.id);
+        break;
+      } catch (err) {
+        if (Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+  save();
+  process.stdout.write(
+    `${JSON.stringify({ refused, message, writeError, before, after: acked.length - before, cleared: ob.stats().writeError === undefined })}\n`,
+  );
+  // No close: whatever LevelDB has not made durable is lost, as in a power cut or a crash.
+  process.kill(process.pid, 'SIGKILL');
+}
+
+main().catch((err) => {
+  process.stderr.write(`enospc-scenario failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});
