@@ -632,6 +632,14 @@ export class LevelOutbox implements Outbox {
     // (A wall clock stepped back must not hold reopens off for the size of the step.)
     if (now >= this.lastReopenAt && now - this.lastReopenAt < REOPEN_RETRY_MS) return false;
     this.lastReopenAt = now;
+    // Opening recovers the log into a table: on a disk without room for it the open fails and
+    // the store is shut until there is room. Until then keep the old handle: writes stay
+    // refused, but reads go on, so the uplink still delivers what is stored.
+    const room = await this.room(1);
+    if (room.free < room.need) {
+      this.log.debug(room, 'outbox: no room to reopen yet; reads go on, writes stay refused');
+      return false;
+    }
     const old = this.db!;
     await old.close().catch((err) => this.log.debug({ err }, 'outbox: closing the failed store handle'));
     let opened: { db: Db; meta: Meta };
@@ -708,21 +716,33 @@ export class LevelOutbox implements Outbox {
   /**
    * RepairDB, only with room for it: where it cannot write a table it archives
    * the log it came from into `lost/`, events and all. So it runs only when
-   * the disk has free space for twice the store's files (and 16 MiB).
+   * the disk has free space for twice the store's files (and 1 MiB).
    */
   private async repairWithRoom(): Promise<void> {
-    const dir = this.opts.dir;
-    let used = 0;
-    for (const f of await readdir(dir)) used += (await stat(join(dir, f))).size;
-    const fs = await statfs(dir);
-    const free = fs.bavail * fs.bsize;
-    const need = 2 * used + (16 << 20);
+    const { free, need } = await this.room(2, true);
     if (free < need) {
       throw new EdgewardError('EDGE_OUTBOX_NO_ROOM', `not repairing the outbox store: ${free} bytes free, a repair may need ${need}`, {
         details: { free, need },
       });
     }
-    await repairStore(dir);
+    await repairStore(this.opts.dir);
+  }
+
+  /**
+   * Free bytes on the store's disk (statfs), and what an open or a repair may
+   * need: `times` the size of its log files (all its files with `allFiles`),
+   * plus 1 MiB. A store whose directory cannot be read counts as needing nothing.
+   */
+  private async room(times: number, allFiles = false): Promise<{ free: number; need: number }> {
+    const dir = this.opts.dir;
+    let used = 0;
+    try {
+      for (const f of await readdir(dir)) if (allFiles || f.endsWith('.log')) used += (await stat(join(dir, f))).size;
+      const fs = await statfs(dir);
+      return { free: fs.bavail * fs.bsize, need: times * used + (1 << 20) };
+    } catch {
+      return { free: 1, need: 0 };
+    }
   }
 
   /** Take a reopened store handle and its meta: what was known of the old handle is dropped. */

@@ -10,7 +10,8 @@
  *   enospc-scenario.ts check <dir>   reopen the store; print one JSON line: how many ids were
  *                                    acknowledged and how many of them it no longer holds.
  */
-import { readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { appendFileSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeEnvelope } from '../../edge/envelope.js';
 import { LevelOutbox } from '../../sync/outbox.js';
@@ -19,11 +20,19 @@ const IDS = { site: 'enospc-site', edge: 'gate-97' };
 
 async function main(): Promise<void> {
   const [mode, dir] = process.argv.slice(2);
-  const ob = new LevelOutbox({ dir: join(dir, 'outbox'), maxBytes: 1 << 30, ...IDS });
+  // A small hot tail, so that reads go to LevelDB rather than to memory.
+  const small = { critical: 4096, warning: 4096, info: 4096 };
+  const ob = new LevelOutbox({ dir: join(dir, 'outbox'), maxBytes: 1 << 30, ...IDS, hotTailBytes: small });
   await ob.open();
+  // Noise, not a repeated letter: LevelDB compresses its tables, and the table of a log of
+  // compressible events would still fit on the disk that log filled.
   const ev = (i: number) =>
     makeEnvelope(
-      { type: 'door.opened', source: { device: 'door-1' }, data: { i, pad: 'q'.repeat(400) } },
+      {
+        type: 'door.opened',
+        source: { device: 'door-1' },
+        data: { i, pad: randomBytes(300).toString('base64') },
+      },
       IDS,
     );
   if (mode === 'check') {
@@ -56,6 +65,27 @@ async function main(): Promise<void> {
   }
   const writeError = ob.stats().writeError;
   const before = acked.length;
+  // Take the last free pages too, then give the store a write to try (after its reopen
+  // back-off): with no room at all, a reopen would fail and shut the store, reads included.
+  for (;;) {
+    try {
+      appendFileSync(join(dir, 'filler'), Buffer.alloc(4096));
+    } catch {
+      break;
+    }
+  }
+  await new Promise((r) => setTimeout(r, 1100));
+  await ob.append([ev(-1)]).then(
+    () => undefined,
+    () => refused++,
+  );
+  // While the disk is full, what is stored can still be read (and so sent upstream).
+  let readDuringSpell: number | string;
+  try {
+    readDuringSpell = (await ob.read({ maxEvents: 100, maxBytes: 1 << 30 })).length;
+  } catch (err) {
+    readDuringSpell = String(err);
+  }
   rmSync(join(dir, 'filler'));
   const deadline = Date.now() + 20_000;
   for (let i = 0; i < 300; i++) {
@@ -72,7 +102,7 @@ async function main(): Promise<void> {
   }
   save();
   process.stdout.write(
-    `${JSON.stringify({ refused, message, writeError, before, after: acked.length - before, cleared: ob.stats().writeError === undefined })}\n`,
+    `${JSON.stringify({ refused, message, writeError, readDuringSpell, before, after: acked.length - before, cleared: ob.stats().writeError === undefined })}\n`,
   );
   // No close: whatever LevelDB has not made durable is lost, as in a power cut or a crash.
   process.kill(process.pid, 'SIGKILL');

@@ -34,15 +34,18 @@ describe('outbox on a really full disk (integration: a 6 MiB tmpfs in a user and
       refused: number;
       message: string;
       writeError?: { message: string };
+      readDuringSpell: number | string;
       before: number;
       after: number;
       cleared: boolean;
     };
     const c = JSON.parse(lines[1]) as { acked: number; missing: number };
-    assert.equal(w.refused, 5, 'appends refused once the disk was full');
+    assert.equal(w.refused, 6, 'appends refused once the disk was full');
     assert.match(w.message, /No space left on device/);
     assert.match(w.writeError?.message ?? '', /No space left on device/, 'reported in stats().writeError');
     assert.ok(w.before > 1000, `${w.before} accepted before the disk was full`);
+    // The store is not shut while there is no room to reopen it: the uplink can still send.
+    assert.equal(w.readDuringSpell, 100, 'stored events readable during the spell');
     assert.equal(w.after, 300, 'accepted again once there was room');
     assert.ok(w.cleared, 'the report cleared');
     assert.equal(c.acked, w.before + 300);
