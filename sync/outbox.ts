@@ -1,4 +1,4 @@
-import { readdir, rename, stat, statfs } from 'node:fs/promises';
+import { readdir, rename, stat, statfs, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { type Clock, systemClock } from '../edge/clock.js';
@@ -731,10 +731,20 @@ export class LevelOutbox implements Outbox {
   /**
    * Free bytes on the store's disk (statfs), and what an open or a repair may
    * need: `times` the size of its log files (all its files with `allFiles`),
-   * plus 1 MiB. A store whose directory cannot be read counts as needing nothing.
+   * plus 1 MiB. A disk that refuses a 1-byte probe file has no room; a store
+   * whose directory cannot be read counts as needing nothing.
    */
   private async room(times: number, allFiles = false): Promise<{ free: number; need: number }> {
     const dir = this.opts.dir;
+    // Free space is not enough: a disk remounted read-only after errors (ext4 on an SD card
+    // does that) or failing with EIO has room and takes no write. Write a probe first.
+    const probe = join(dir, 'edgeward-write-probe');
+    try {
+      await writeFile(probe, 'x', { flush: true });
+      await unlink(probe);
+    } catch {
+      return { free: 0, need: 1 };
+    }
     let used = 0;
     try {
       for (const f of await readdir(dir)) if (allFiles || f.endsWith('.log')) used += (await stat(join(dir, f))).size;

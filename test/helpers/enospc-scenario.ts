@@ -49,6 +49,31 @@ async function main(): Promise<void> {
   }
   const acked: string[] = [];
   const save = () => writeFileSync(join(dir, 'acked.json'), JSON.stringify(acked));
+  /** Append 300 more, retrying each until accepted (the store reopens once it can), then save. */
+  const appendAfter = async (): Promise<number> => {
+    const deadline = Date.now() + 20_000;
+    for (let i = 0; i < 300; i++) {
+      for (;;) {
+        try {
+          const [e] = await ob.append([ev(1_000_000 + i)]);
+          acked.push(e.id);
+          break;
+        } catch (err) {
+          if (Date.now() > deadline) throw err;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+    }
+    save();
+    return 300;
+  };
+  const readNow = async (): Promise<number | string> => {
+    try {
+      return (await ob.read({ maxEvents: 100, maxBytes: 1 << 30 })).length;
+    } catch (err) {
+      return String(err);
+    }
+  };
   // Leave ~1.5 MB: the log fills it within a few thousand events.
   const fs = statfsSync(dir);
   writeFileSync(join(dir, 'filler'), Buffer.alloc(Math.max(0, fs.bavail * fs.bsize - 1_500_000)));
@@ -80,29 +105,11 @@ async function main(): Promise<void> {
     () => refused++,
   );
   // While the disk is full, what is stored can still be read (and so sent upstream).
-  let readDuringSpell: number | string;
-  try {
-    readDuringSpell = (await ob.read({ maxEvents: 100, maxBytes: 1 << 30 })).length;
-  } catch (err) {
-    readDuringSpell = String(err);
-  }
+  const readDuringSpell = await readNow();
   rmSync(join(dir, 'filler'));
-  const deadline = Date.now() + 20_000;
-  for (let i = 0; i < 300; i++) {
-    for (;;) {
-      try {
-        const [e] = await ob.append([ev(1_000_000 + i)]);
-        acked.push(e.id);
-        break;
-      } catch (err) {
-        if (Date.now() > deadline) throw err;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
-  }
-  save();
+  const after = await appendAfter();
   process.stdout.write(
-    `${JSON.stringify({ refused, message, writeError, readDuringSpell, before, after: acked.length - before, cleared: ob.stats().writeError === undefined })}\n`,
+    `${JSON.stringify({ refused, message, writeError, readDuringSpell, before, after, cleared: ob.stats().writeError === undefined })}\n`,
   );
   // No close: whatever LevelDB has not made durable is lost, as in a power cut or a crash.
   process.kill(process.pid, 'SIGKILL');
