@@ -88,6 +88,14 @@ describe('uplink over mutual TLS (integration, Mosquitto require_certificate)', 
   let uplink: Uplink | undefined;
   let central: TestCentral;
 
+  /** An uplink that retries every 50-200 ms, and the records of its debug log. */
+  function retryingUplink(config: UplinkConfig): { u: Uplink; lines: Array<{ msg?: string }> } {
+    const lines: Array<{ msg?: string }> = [];
+    const log = createLogger({ level: 'debug', destination: { write: (l: string) => lines.push(JSON.parse(l)) } });
+    uplink = new Uplink({ config, site, edge, version: 't', outbox, log, reconnectMinMs: 50, reconnectMaxMs: 200 });
+    return { u: uplink, lines };
+  }
+
   before(async () => {
     dir = await tmpDir('uplink-tls');
     pki = makePki(dir.path);
@@ -151,22 +159,7 @@ describe('uplink over mutual TLS (integration, Mosquitto require_certificate)', 
       batch: { maxEvents: 50, maxBytes: 262144, lingerMs: 20 },
       compress: 'gzip',
     };
-    const lines: Array<{ msg?: string }> = [];
-    const log = createLogger({
-      level: 'debug',
-      destination: { write: (l: string) => lines.push(JSON.parse(l)) },
-    });
-    uplink = new Uplink({
-      config,
-      site,
-      edge,
-      version: 't',
-      outbox,
-      log,
-      reconnectMinMs: 50,
-      reconnectMaxMs: 200,
-    });
-    const u = uplink;
+    const { u, lines } = retryingUplink(config);
     let connects = 0;
     u.on('connect', () => connects++);
     const [e] = await outbox.append([
@@ -202,36 +195,22 @@ describe('uplink over mutual TLS (integration, Mosquitto require_certificate)', 
       batch: { maxEvents: 50, maxBytes: 262144, lingerMs: 20 },
       compress: 'gzip',
     };
-    const lines: Array<{ msg?: string }> = [];
-    const log = createLogger({
-      level: 'debug',
-      destination: { write: (l: string) => lines.push(JSON.parse(l)) },
-    });
-    uplink = new Uplink({
-      config,
-      site,
-      edge,
-      version: 't',
-      outbox,
-      log,
-      reconnectMinMs: 50,
-      reconnectMaxMs: 200,
-    });
+    const { u, lines } = retryingUplink(config);
     let published = 0;
-    uplink.on('publish', () => {
+    u.on('publish', () => {
       published++;
     });
     await outbox.append([
       makeEnvelope({ type: 'door.opened', source: { device: 'door-1' } }, { site, edge }),
     ]);
-    await uplink.start();
+    await u.start();
     let connects = 0;
-    uplink.on('connect', () => connects++);
+    u.on('connect', () => connects++);
     // The TLS handshake is refused: several failed attempts, each followed by a scheduled retry.
     await waitFor(() => lines.filter((l) => l.msg === 'reconnect scheduled').length >= 3, {
       message: 'three refused attempts',
     });
-    assert.equal(uplink.status().connected, false);
+    assert.equal(u.status().connected, false);
     assert.equal(connects, 0);
     assert.equal(published, 0);
     assert.equal(outbox.stats().events, 1);

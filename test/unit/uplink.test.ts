@@ -70,14 +70,19 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     );
   }
 
-  it('sends full batches at once and holds a partial one for lingerMs', async () => {
+  /** A connected uplink with batches of 10, a 3 s linger on the test's clock, and an acking central. */
+  async function lingering(): Promise<{ clock: ManualClock; c: TestCentral }> {
     central = await startTestCentral({ url: broker.url, site, edge, ack: true });
     // Linger is timing logic: the uplink's clock is the test's, so a busy machine cannot fake it.
     const clock = new ManualClock();
     const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 3000 } }, broker.url, clock);
     await u.start();
     await waitFor(() => u.status().connected, { message: 'connected' });
-    const c = central;
+    return { clock, c: central };
+  }
+
+  it('sends full batches at once and holds a partial one for lingerMs', async () => {
+    const { clock, c } = await lingering();
     await append(25);
     await waitFor(() => c.byId.size >= 20, { message: 'two full batches without lingering' });
     // The partial batch is held: a linger timer of lingerMs is armed and, time standing still, nothing more is sent.
@@ -94,12 +99,7 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
   });
 
   it('a wall clock stepped back (NTP) does not hold a partial batch for the size of the step', async () => {
-    central = await startTestCentral({ url: broker.url, site, edge, ack: true });
-    const clock = new ManualClock();
-    const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 3000 } }, broker.url, clock);
-    await u.start();
-    await waitFor(() => u.status().connected, { message: 'connected' });
-    const c = central;
+    const { clock, c } = await lingering();
     await append(5);
     await waitFor(() => clock.pending().includes(3000), { message: 'linger timer armed' });
     // An hour back, then the linger timer fires: the batch goes now, not in an hour.
