@@ -41,6 +41,12 @@ export const UPLINK_UNHEALTHY_AFTER_MS = 60_000;
  */
 export const ACK_SILENT_UNHEALTHY_AFTER_MS = 60_000;
 
+/**
+ * A write to the outbox's disk may take this long before /healthz says so
+ * (an fsync normally takes milliseconds; a dying SD card hangs for seconds).
+ */
+export const OUTBOX_WRITE_STALLED_AFTER_MS = 10_000;
+
 /** `stop()` gives up on a step after this long, and on the whole after STOP_BUDGET_MS (+ the outbox close). */
 const STOP_STEP_MS = 4_000;
 const STOP_BUDGET_MS = 12_000;
@@ -409,6 +415,10 @@ export class Runtime {
       if (w) problems.push(`outbox cannot store events since ${w.since} (${w.failures} failed writes): ${w.message}`);
       const c = s?.corruption;
       if (c) problems.push(`outbox store damaged since ${c.since}, repair pending: ${c.message}`);
+      const pending = s?.writePendingMs;
+      if (pending !== undefined && pending > OUTBOX_WRITE_STALLED_AFTER_MS) {
+        problems.push(`outbox write on its way to disk for ${Math.floor(pending / 1000)} s: appends wait behind it`);
+      }
     } catch (err) {
       outbox = `error: ${(err as Error).message}`;
     }

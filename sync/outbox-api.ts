@@ -23,6 +23,11 @@ export interface OutboxStats {
    * SD card): since when, and its message. The store is repaired (see README).
    */
   corruption?: { since: string; message: string };
+  /**
+   * How long the write now on its way to disk has taken, while one is: a card
+   * that hangs on fsync holds every append (alarms too) behind it.
+   */
+  writePendingMs?: number;
   /** Writes that failed since the store was opened, when any did (a counter: it never goes down). */
   writeFailures?: number;
 }

@@ -466,6 +466,8 @@ export class LevelOutbox implements Outbox {
   private corruption: { since: string; message: string } | null = null;
   private lastRepairAt = Number.NEGATIVE_INFINITY;
   private lastReopenAt = Number.NEGATIVE_INFINITY;
+  /** When the write on its way to disk started (null: none): a card that hangs on fsync shows here. */
+  private writingSince: number | null = null;
 
   constructor(private readonly opts: LevelOutboxOptions) {
     this.log = (opts.log ?? silentLogger()).child({ module: 'sync/outbox' });
@@ -945,6 +947,7 @@ export class LevelOutbox implements Outbox {
     if (this.writeFailures > 0) s.writeFailures = this.writeFailures;
     if (this.writeError) s.writeError = { ...this.writeError };
     if (this.corruption) s.corruption = { ...this.corruption };
+    if (this.writingSince !== null) s.writePendingMs = Math.max(0, this.clock.now() - this.writingSince);
     return s;
   }
 
@@ -1251,7 +1254,12 @@ export class LevelOutbox implements Outbox {
     // persists it anyway (LevelDB's log is written in order). This keeps fsyncs
     // of a draining backlog's acks from sitting in front of an alarm's append.
     const durable = jobs.some((j) => j.kind === 'append');
-    await ops.write(durable);
+    this.writingSince = this.clock.now();
+    try {
+      await ops.write(durable);
+    } finally {
+      this.writingSince = null;
+    }
     this.writes++;
     if (this.writeError) this.writeRecovered();
 

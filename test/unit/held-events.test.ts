@@ -196,3 +196,65 @@ describe('runtime: bus events refused by a store that cannot write are held and 
     assert.match(await rt.metrics.registry.metrics(), /^edgeward_ingest_held_events 0$/m);
   });
 });
+
+describe('runtime: /healthz says when a write to disk hangs (a dying SD card)', function () {
+  this.timeout(30_000);
+  let dir: TmpDir;
+  let runtime: Runtime | undefined;
+
+  beforeEach(async () => {
+    dir = await tmpDir('stall');
+  });
+  afterEach(async () => {
+    await runtime?.stop();
+    runtime = undefined;
+    await dir.cleanup();
+  });
+
+  it('reports a write pending over 10 s, and nothing once it lands', async () => {
+    const clock = new ManualClock();
+    const config = parseConfig(
+      `site: s\nedge: gate-01\ndataDir: ${dir.path}\nhttp: { host: 127.0.0.1, port: 0 }\nprivacy: { siteKey: stall-test-site-key-0123456789 }\nlog: { level: silent }\n`,
+      {},
+    );
+    runtime = new Runtime({ config, log: silentLogger(), clock });
+    await runtime.start();
+    const rt = runtime;
+    // The batch write (classic-level's chained batch) hangs until the test lets it go on.
+    type Batch = { _write: (options: unknown) => Promise<void> };
+    const db = (rt.outbox as unknown as { db: object }).db;
+    const proto = Object.getPrototypeOf(db) as { _chainedBatch: () => Batch };
+    const realChained = proto._chainedBatch;
+    let letGo: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => {
+      letGo = resolve;
+    });
+    proto._chainedBatch = function (this: unknown) {
+      const batch = realChained.call(this);
+      const realWrite = batch._write;
+      batch._write = (options) => gate.then(() => realWrite.call(batch, options));
+      return batch;
+    };
+    try {
+      const stored = rt.ingest([{ type: 'door.forced', source: { device: 'door-1' }, data: { door: 0 } }]);
+      await waitFor(() => rt.outbox.stats().writePendingMs !== undefined, { message: 'a write on its way to disk' });
+      clock.advance(9_000);
+      assert.equal(rt.health().ok, true, '9 s is slow, not yet a problem');
+      clock.advance(2_000);
+      const health = rt.health();
+      assert.equal(health.ok, false);
+      assert.ok(
+        health.problems.includes('outbox write on its way to disk for 11 s: appends wait behind it'),
+        health.problems.join('; '),
+      );
+      letGo();
+      const [alarm] = await stored;
+      assert.equal(alarm.type, 'door.forced');
+    } finally {
+      proto._chainedBatch = realChained;
+      letGo();
+    }
+    assert.equal(rt.outbox.stats().writePendingMs, undefined);
+    assert.equal(rt.health().ok, true);
+  });
+});
