@@ -623,11 +623,13 @@ export class LevelOutbox implements Outbox {
    * held to a table and starts a new log. Also clears LevelDB's sticky
    * background error (a failed compaction or fsync fails every later write).
    *
-   * It needs disk space too. Until it succeeds the old handle stays closed,
-   * every batch is refused, and an attempt is made at most every
-   * REOPEN_RETRY_MS. The meta record is read back from the store, not kept:
-   * a batch whose fsync failed may have reached it after all. Reads in
-   * flight on the old handle fail (the uplink reads again later).
+   * It needs disk space too, so it is tried only with room for it (see
+   * `room`), at most every REOPEN_RETRY_MS; until it succeeds every batch is
+   * refused. While there is no room the old handle stays open for reads; a
+   * reopen that fails anyway (room, but the open still fails) leaves the
+   * store shut until the next one succeeds. The meta record is read back from
+   * the store, not kept: a batch whose fsync failed may have reached it after
+   * all. Reads in flight on the old handle fail (the uplink reads again later).
    */
   private async reopenAfterFailure(): Promise<boolean> {
     const now = this.clock.now();
