@@ -155,8 +155,11 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
     } else {
       const code = isEdgewardError(err) ? err.code : 'EDGE_INTERNAL';
       // A store that cannot write logs its spell itself (once, then every 10 s), not once per request.
-      if (code === 'EDGE_OUTBOX_WRITE_FAILED') log.debug({ err, code }, 'api request refused: the outbox cannot write');
-      else log.error({ err, code }, 'api request failed');
+      if (code === 'EDGE_OUTBOX_WRITE_FAILED') {
+        log.debug({ err, code }, 'api request refused: the outbox cannot write');
+        // It tries to recover once a second: a poster may try again as often.
+        res.set('Retry-After', '1');
+      } else log.error({ err, code }, 'api request failed');
       res.status(503).json({ error: 'events could not be stored', code });
     }
   });

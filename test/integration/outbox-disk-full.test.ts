@@ -36,7 +36,7 @@ function setFileSizeLimit(pid: number, kib: number | 'unlimited'): void {
   );
 }
 
-type Post = { status: number; ids: string[]; code?: string };
+type Post = { status: number; ids: string[]; code?: string; retryAfter: string | null };
 
 async function post(port: number, n: number, tag: string): Promise<Post> {
   const body = Array.from({ length: n }, (_, k) => ({
@@ -50,7 +50,12 @@ async function post(port: number, n: number, tag: string): Promise<Post> {
     body: JSON.stringify(body),
   });
   const json = (await res.json()) as { accepted?: Array<{ id: string }>; code?: string };
-  return { status: res.status, ids: (json.accepted ?? []).map((a) => a.id), code: json.code };
+  return {
+    status: res.status,
+    ids: (json.accepted ?? []).map((a) => a.id),
+    code: json.code,
+    retryAfter: res.headers.get('retry-after'),
+  };
 }
 
 async function getJson(url: string): Promise<{ status: number; body: Record<string, unknown> }> {
@@ -112,6 +117,7 @@ describe('outbox on a full disk: refuses, reports, recovers, loses nothing ackno
     const refused = await post(port, 20, 'during-0');
     assert.equal(refused.status, 503, JSON.stringify(refused));
     assert.equal(refused.code, 'EDGE_OUTBOX_WRITE_FAILED');
+    assert.equal(refused.retryAfter, '1', 'a poster learns when to try again');
     // It stays refused (reopens are tried, and fail), and reported everywhere.
     for (let i = 1; i < 5; i++) assert.equal((await post(port, 5, `during-${i}`)).status, 503);
     const health = await getJson(`http://127.0.0.1:${port}/healthz`);
