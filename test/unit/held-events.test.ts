@@ -4,6 +4,7 @@ import { type Envelope, type EventType, makeEnvelope, type Severity } from '../.
 import { type HeldLossData, HeldEvents } from '../../edge/held-events.js';
 import { silentLogger } from '../../edge/log.js';
 import { Runtime } from '../../edge/runtime.js';
+import { diskFull, replaceBatchWrites } from '../helpers/batch-writes.js';
 import { ManualClock } from '../helpers/clock.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
@@ -113,7 +114,7 @@ describe('HeldEvents: bus events kept while the outbox cannot write', () => {
   });
 });
 
-describe('runtime: bus events refused by a store that cannot write are held and stored once it can', function () {
+describe('runtime, its store on a disk that fails (a real LevelDB, its batch writes replaced)', function () {
   this.timeout(30_000);
   let dir: TmpDir;
   let runtime: Runtime | undefined;
@@ -127,28 +128,24 @@ describe('runtime: bus events refused by a store that cannot write are held and 
     await dir.cleanup();
   });
 
-  it('keeps id and ts, reports them held in /healthz and metrics, stores them within a retry of the store coming back', async () => {
-    const clock = new ManualClock();
+  /** A started runtime on `clock`, no uplink, its data in this test's dir. */
+  async function start(clock: ManualClock): Promise<Runtime> {
     const config = parseConfig(
       `site: s\nedge: gate-01\ndataDir: ${dir.path}\nhttp: { host: 127.0.0.1, port: 0 }\nprivacy: { siteKey: held-test-site-key-0123456789 }\nlog: { level: silent }\n`,
       {},
     );
     runtime = new Runtime({ config, log: silentLogger(), clock });
     await runtime.start();
-    const rt = runtime;
-    // Stand-in for a full disk (the real one: integration/outbox-disk-full): every LevelDB
-    // batch write fails, on any handle.
-    type Batch = { _write: (...a: unknown[]) => Promise<void> };
-    const db = (rt.outbox as unknown as { db: object }).db;
-    const proto = Object.getPrototypeOf(db) as { _chainedBatch: () => Batch };
-    const realChained = proto._chainedBatch;
-    proto._chainedBatch = function (this: unknown) {
-      const batch = realChained.call(this);
-      batch._write = async () => {
-        throw Object.assign(new Error('IO error: No space left on device'), { code: 'LEVEL_IO_ERROR' });
-      };
-      return batch;
-    };
+    return runtime;
+  }
+
+  it('bus events refused by a store that cannot write: keeps id and ts, reports them held in /healthz and metrics, stores them within a retry of the store coming back', async () => {
+    const clock = new ManualClock();
+    const rt = await start(clock);
+    // Stand-in for a full disk (the real one: integration/outbox-disk-full and outbox-enospc).
+    const restore = replaceBatchWrites(rt.outbox, async () => {
+      throw diskFull();
+    });
     const emittedAt = clock.now();
     try {
       rt.bus.emit('event.input', { type: 'door.forced', source: { device: 'door-1' }, data: { door: 0 } });
@@ -173,7 +170,7 @@ describe('runtime: bus events refused by a store that cannot write are held and 
       );
       assert.equal((rt.health().outbox as { heldEvents?: number }).heldEvents, 2);
     } finally {
-      proto._chainedBatch = realChained;
+      restore();
     }
     // The wall clock steps back an hour (NTP) as the disk gets room again: the next retry
     // still reopens the store (its rate limit must not wait for the clock to catch up).
@@ -195,46 +192,16 @@ describe('runtime: bus events refused by a store that cannot write are held and 
     assert.equal(rt.health().ok, true);
     assert.match(await rt.metrics.registry.metrics(), /^edgeward_ingest_held_events 0$/m);
   });
-});
 
-describe('runtime: /healthz says when a write to disk hangs (a dying SD card)', function () {
-  this.timeout(30_000);
-  let dir: TmpDir;
-  let runtime: Runtime | undefined;
-
-  beforeEach(async () => {
-    dir = await tmpDir('stall');
-  });
-  afterEach(async () => {
-    await runtime?.stop();
-    runtime = undefined;
-    await dir.cleanup();
-  });
-
-  it('reports a write pending over 10 s, and nothing once it lands', async () => {
+  it('/healthz reports a write to disk pending over 10 s (a dying SD card), and nothing once it lands', async () => {
     const clock = new ManualClock();
-    const config = parseConfig(
-      `site: s\nedge: gate-01\ndataDir: ${dir.path}\nhttp: { host: 127.0.0.1, port: 0 }\nprivacy: { siteKey: stall-test-site-key-0123456789 }\nlog: { level: silent }\n`,
-      {},
-    );
-    runtime = new Runtime({ config, log: silentLogger(), clock });
-    await runtime.start();
-    const rt = runtime;
-    // The batch write (classic-level's chained batch) hangs until the test lets it go on.
-    type Batch = { _write: (options: unknown) => Promise<void> };
-    const db = (rt.outbox as unknown as { db: object }).db;
-    const proto = Object.getPrototypeOf(db) as { _chainedBatch: () => Batch };
-    const realChained = proto._chainedBatch;
+    const rt = await start(clock);
+    // The batch write hangs until the test lets it go on.
     let letGo: () => void = () => undefined;
     const gate = new Promise<void>((resolve) => {
       letGo = resolve;
     });
-    proto._chainedBatch = function (this: unknown) {
-      const batch = realChained.call(this);
-      const realWrite = batch._write;
-      batch._write = (options) => gate.then(() => realWrite.call(batch, options));
-      return batch;
-    };
+    const restore = replaceBatchWrites(rt.outbox, (real, options) => gate.then(() => real(options)));
     try {
       const stored = rt.ingest([{ type: 'door.forced', source: { device: 'door-1' }, data: { door: 0 } }]);
       await waitFor(() => rt.outbox.stats().writePendingMs !== undefined, { message: 'a write on its way to disk' });
@@ -251,7 +218,7 @@ describe('runtime: /healthz says when a write to disk hangs (a dying SD card)', 
       const [alarm] = await stored;
       assert.equal(alarm.type, 'door.forced');
     } finally {
-      proto._chainedBatch = realChained;
+      restore();
       letGo();
     }
     assert.equal(rt.outbox.stats().writePendingMs, undefined);

@@ -8,6 +8,7 @@ import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { Level } from 'level';
 import { eventKey, LevelOutbox, type OverflowData, readOutboxStats } from '../../sync/outbox.js';
 import type { Outbox, StoredEvent } from '../../sync/outbox-api.js';
+import { diskFull, replaceBatchWrites } from '../helpers/batch-writes.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
 import pino from 'pino';
@@ -878,19 +879,12 @@ describe('LevelOutbox (durable)', () => {
     // Stand-in for ENOSPC from LevelDB: every batch write fails, on this handle and on any
     // reopened one, as on a full disk (the outbox writes through classic-level's chained
     // batch, `_chainedBatch()` … `_write()`). The real thing: test/integration/outbox-disk-full.
-    type Batch = { _write: (...a: unknown[]) => Promise<void> };
     const first = (ob as unknown as { db: object }).db;
-    const proto = Object.getPrototypeOf(first) as { _chainedBatch: () => Batch };
-    const realChained = proto._chainedBatch;
     let failedWrites = 0;
-    proto._chainedBatch = function (this: unknown) {
-      const batch = realChained.call(this);
-      batch._write = async () => {
-        failedWrites++;
-        throw Object.assign(new Error('IO error: No space left on device'), { code: 'LEVEL_IO_ERROR' });
-      };
-      return batch;
-    };
+    const restore = replaceBatchWrites(ob, async () => {
+      failedWrites++;
+      throw diskFull();
+    });
     const health: boolean[] = [];
     const unsubscribe = ob.onWriteHealth((failing) => health.push(failing));
     const t0 = Date.now();
@@ -901,7 +895,7 @@ describe('LevelOutbox (durable)', () => {
         assert.ok(isEdgewardError((r as PromiseRejectedResult).reason, 'EDGE_OUTBOX_WRITE_FAILED'));
       }
     } finally {
-      proto._chainedBatch = realChained;
+      restore();
     }
     const { writeError, writeFailures, ...after } = ob.stats();
     assert.deepEqual(after, before);
