@@ -1628,21 +1628,23 @@ function isDiskRefusal(err: unknown): boolean {
   );
 }
 
+/** An error and its causes, outermost first (ours wrap classic-level's, which wrap LevelDB's): at most 4. */
+function causeChain(err: unknown): Array<{ code?: unknown; message?: unknown }> {
+  const chain: Array<{ code?: unknown; message?: unknown; cause?: unknown }> = [];
+  for (let e = err as (typeof chain)[number] | undefined; e && chain.length < 4; e = e.cause as typeof e) chain.push(e);
+  return chain;
+}
+
 /** The messages of an error and its causes, joined. */
 function errorText(err: unknown): string {
-  const messages: string[] = [];
-  for (let e = err as { message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
-    if (typeof e.message === 'string') messages.push(e.message);
-  }
-  return messages.join(' | ');
+  return causeChain(err)
+    .flatMap((e) => (typeof e.message === 'string' ? [e.message] : []))
+    .join(' | ');
 }
 
 /** LevelDB found a damaged block or file (classic-level's code for `Corruption: …`). */
 function isCorruption(err: unknown): boolean {
-  for (let e = err as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
-    if (e.code === 'LEVEL_CORRUPTION') return true;
-  }
-  return false;
+  return causeChain(err).some((e) => e.code === 'LEVEL_CORRUPTION');
 }
 
 function notOpen(): EdgewardError {

@@ -75,6 +75,9 @@ interface InflightBatch {
 const DEFAULT_MAX_INFLIGHT = 16;
 /** An ack the outbox could not apply (a full disk) is applied again after this long. */
 const ACK_RETRY_MS = 1_000;
+const DEFAULT_ACK_TIMEOUT_MS = 10_000;
+const DEFAULT_STATUS_INTERVAL_MS = 30_000;
+const STOP_PUBLISH_TIMEOUT_MS = 2_000;
 /**
  * `uplink.maxPacketBytes` when not set: at or under the limits of common
  * brokers (AWS IoT Core 128 KB, Azure IoT Hub 256 KB, EMQX 1 MB). A default
@@ -103,9 +106,6 @@ export function maxEventBytes(cfg: Pick<UplinkConfig, 'maxPacketBytes'>, site: s
   const wrapper = batchBuffer({ site, edge, epoch: '0'.repeat(26) }, []).length;
   return limit - publishPacketBytes(topic, 0) - wrapper - 64 - Math.ceil(limit / 1024);
 }
-const DEFAULT_ACK_TIMEOUT_MS = 10_000;
-const DEFAULT_STATUS_INTERVAL_MS = 30_000;
-const STOP_PUBLISH_TIMEOUT_MS = 2_000;
 
 /**
  * The MQTT uplink (SPEC.md "MQTT protocol (contract)"): drains the outbox in
