@@ -78,7 +78,7 @@ const registerStart: CommandRegistration = (program) => {
         await runtime.start();
       } catch (err) {
         log.fatal({ err }, 'runtime failed to start');
-        throw new CliExit(EXIT_RUNTIME, [`edgeward: ${(err as Error).message}`]);
+        throw new CliExit(isEdgewardError(err, 'EDGE_CONFIG_INVALID') ? EXIT_USAGE : EXIT_RUNTIME, [`edgeward: ${(err as Error).message}`]);
       }
       await new Promise<void>((resolve) => {
         let stopping = false;

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import Ajv, { type ErrorObject } from 'ajv';
@@ -41,7 +41,37 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env, o
     const msg = `cannot read config file ${path}: ${(err as Error).message}`;
     throw new EdgewardError('EDGE_CONFIG_INVALID', msg, { cause: err, details: { errors: [msg] } });
   }
-  return parseConfig(text, env, { baseDir: dirname(resolve(path)), warnings: opts.warnings });
+  const config = parseConfig(text, env, { baseDir: dirname(resolve(path)), warnings: opts.warnings });
+  const missing = unreadableFiles(config);
+  if (missing.length > 0) fail(missing);
+  const flowFile = config.nodeRed.flowFile;
+  if (opts.warnings && flowFile !== undefined && !existsSync(flowFile)) {
+    opts.warnings.push(
+      `nodeRed.flowFile: ${flowFile} does not exist: Node-RED starts with no flows and reads no device until a flow is deployed (a deploy creates the file)`,
+    );
+  }
+  return config;
+}
+
+/**
+ * The files a valid config names that cannot be read (`uplink.ca|cert|key`):
+ * caught by `check` and before `start` touches the data dir, not when the
+ * uplink first connects. They are read again before every connection, so a
+ * renewed certificate needs no restart.
+ */
+export function unreadableFiles(config: SiteConfig): string[] {
+  const errors: string[] = [];
+  for (const k of ['ca', 'cert', 'key'] as const) {
+    const file = config.uplink?.[k];
+    if (file === undefined) continue;
+    try {
+      if (!statSync(file).isFile()) errors.push(`uplink.${k}: ${file} is not a file`);
+      else accessSync(file, constants.R_OK);
+    } catch (err) {
+      errors.push(`uplink.${k}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+  }
+  return errors;
 }
 
 /**
@@ -81,7 +111,7 @@ export function parseConfig(
     errors.push(...schemaErrors.map(formatAjvError));
   }
   // Cross-field rules run even on a config with schema errors, so one pass shows everything.
-  crossFieldRules(resolved as Partial<SiteConfig>, errors);
+  crossFieldRules(resolved as Partial<SiteConfig>, errors, unresolved);
   if (errors.length > 0) fail(dedupe(errors));
   const config = resolved as SiteConfig;
 
@@ -133,7 +163,8 @@ function literalSecrets(raw: Record<string, unknown>): string[] {
   return out;
 }
 
-function fail(errors: string[]): never {
+function fail(all: string[]): never {
+  const errors = dedupe(all);
   const head = errors.length === 1 ? errors[0] : `${errors.length} errors: ${errors.join('; ')}`;
   throw new EdgewardError('EDGE_CONFIG_INVALID', `invalid site config: ${head}`, { details: { errors } });
 }
@@ -207,21 +238,29 @@ function formatAjvError(e: ErrorObject): string {
     case 'enum':
       return `${at} must be one of ${(p.allowedValues as unknown[]).join(', ')}`;
     case 'type':
-      return `${at || 'config'} must be ${String(p.type)}`;
+      // `edge: 07` reads as the number 7 in YAML: say how to keep it as written.
+      return `${at || 'config'} must be ${String(p.type)}${p.type === 'string' ? ' (quote it if YAML read it as a number or true/false: "07")' : ''}`;
     default:
       return `${at || 'config'} ${e.message ?? 'is invalid'}`;
   }
 }
 
 /** Rules across fields. Written defensively: it also runs on configs that failed the schema. */
-function crossFieldRules(c: Partial<SiteConfig>, errors: string[]): void {
-  const host = typeof c.http?.host === 'string' ? c.http.host : '127.0.0.1';
-  const loopback = isLoopbackHost(host);
-  if (!loopback && c.http?.token === undefined) {
-    errors.push(`http.token is required when http.host (${host}) is not a loopback address`);
+function crossFieldRules(c: Partial<SiteConfig>, errors: string[], unresolved: ReadonlySet<string>): void {
+  // A host whose variable is missing has its own error already; judged as `env:NAME` it would add a wrong one.
+  if (!unresolved.has('http.host')) {
+    const host = typeof c.http?.host === 'string' ? c.http.host : '127.0.0.1';
+    const loopback = isLoopbackHost(host);
+    if (!loopback && c.http?.token === undefined) {
+      errors.push(`http.token is required when http.host (${host}) is not a loopback address`);
+    }
+    if (c.nodeRed?.editor === true && c.nodeRed.adminAuth === undefined && !loopback) {
+      errors.push('nodeRed.adminAuth is required when nodeRed.editor is true and http.host is not a loopback address');
+    }
   }
-  if (c.nodeRed?.editor === true && c.nodeRed.adminAuth === undefined && !loopback) {
-    errors.push('nodeRed.adminAuth is required when nodeRed.editor is true and http.host is not a loopback address');
+  // A token says local clients are not all trusted: the editor, which deploys code, must not be the way around it.
+  if (c.nodeRed?.editor === true && c.nodeRed.adminAuth === undefined && c.http?.token !== undefined) {
+    errors.push('nodeRed.adminAuth is required when nodeRed.editor is true and http.token is set (the editor would need no login while the API needs the token)');
   }
   const keys = c.commands?.publicKeys;
   if (Array.isArray(keys)) {

@@ -56,8 +56,18 @@ class BadField extends Error {
 const ISO_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$/;
 const INPUT_KEYS = new Set(['type', 'source', 'data', 'severity', 'ts']);
 const SOURCE_KEYS = new Set(['device', 'driver']);
-// Printable, not starting with a space: names come from Node-RED node names.
-const DEVICE_RE = /^(?!\s)[^\p{Cc}]{1,128}$/u;
+// Printable, not starting with a space: names come from Node-RED node names. No control
+// characters, no lone surrogates (PostgreSQL's jsonb refuses them: the central could not store
+// the event) and no bidirectional overrides, which make a name display as another one in logs.
+const DEVICE_RE = /^(?!\s)[^\p{Cc}\p{Cs}\u202A-\u202E\u2066-\u2069]{1,128}$/u;
+/** `data` nested deeper than this is refused (JSON.stringify would overflow the stack long before a central could use it). */
+export const MAX_DATA_DEPTH = 32;
+const LONE_SURROGATE_RE = /\p{Cs}/u;
+
+/** NUL or an unpaired surrogate, which PostgreSQL's jsonb (the central's store) refuses in strings and keys. */
+function unstorable(s: string): boolean {
+  return s.includes('\u0000') || LONE_SURROGATE_RE.test(s);
+}
 
 /**
  * Mount the local HTTP API on `app` (Node-RED mounts on the same app later,
@@ -105,6 +115,11 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
   api.post(
     '/events',
     (req, res, next) => {
+      // No body at all (type-is then answers null whatever the Content-Type says).
+      if (req.headers['transfer-encoding'] === undefined && (req.headers['content-length'] ?? '0') === '0') {
+        res.status(400).json({ error: 'the request has no body: send one event or an array of events as JSON', field: 'body' });
+        return;
+      }
       // Checked before parsing: a form or text body would otherwise arrive as `{}` and be "valid".
       if (!req.is('application/json')) {
         res.status(415).json({ error: 'Content-Type must be application/json', field: 'body' });
@@ -130,6 +145,11 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
         const stored = await deps.ingest(inputs);
         res.status(202).json({ accepted: stored.map((e) => ({ id: e.id, seq: e.seq })) });
       } catch (err) {
+        if (isEdgewardError(err, 'EDGE_OUTBOX_INVALID')) {
+          // An event that does not serialize (validation above should have caught it): the request's fault, not the store's.
+          res.status(400).json({ error: err.message, field: 'body' });
+          return;
+        }
         if (isEdgewardError(err, 'EDGE_OUTBOX_EVENT_TOO_LARGE')) {
           // One event the uplink could never send (over its packet limit): nothing of the request is stored.
           const index = (err.details as { index?: number } | undefined)?.index ?? 0;
@@ -140,6 +160,16 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
       }
     },
   );
+
+  // The API answers in JSON, also for a method a path does not take or a path it does not have.
+  const notAllowed = (allow: string) => (req: express.Request, res: express.Response) => {
+    res.set('Allow', allow).status(405).json({ error: `${req.method} is not allowed here; allowed: ${allow}`, field: 'method' });
+  };
+  api.all('/status', notAllowed('GET, HEAD'));
+  api.all('/events', notAllowed('GET, HEAD, POST'));
+  api.use((req, res) => {
+    res.status(404).json({ error: `no such API path: ${`${req.baseUrl}${req.path}`.slice(0, 200)}` });
+  });
 
   // Errors of the API routes only: body-parser's and storage failures, as JSON.
   api.use((err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
@@ -231,12 +261,13 @@ function parseEventInput(
     throw new BadField(at(prefix, 'source.driver'), 'source.driver must be a string');
   }
   if (data !== undefined && !isPlainObject(data)) throw new BadField(at(prefix, 'data'), 'data must be an object');
+  if (data !== undefined) checkStorable(data, at(prefix, 'data'), 1);
   if (severity !== undefined && !isSeverity(severity)) {
     throw new BadField(at(prefix, 'severity'), 'severity must be info, warning or critical');
   }
   let when: string | undefined;
   if (ts !== undefined) {
-    const t = typeof ts === 'string' && ISO_RE.test(ts) ? Date.parse(ts) : Number.NaN;
+    const t = typeof ts === 'string' && ISO_RE.test(ts) && calendarValid(ts) ? Date.parse(ts) : Number.NaN;
     if (!Number.isFinite(t)) throw new BadField(at(prefix, 'ts'), 'ts must be an ISO 8601 date-time');
     when = new Date(t).toISOString();
   }
@@ -248,6 +279,44 @@ function parseEventInput(
   if (severity !== undefined) input.severity = severity;
   if (when !== undefined) input.ts = when;
   return input;
+}
+
+/**
+ * Whether the date and time fields of an ISO_RE-shaped string exist: Date.parse
+ * rolls 2025-02-30 over to March 2 and 24:00 to the next day, so an event
+ * would be stored with a date its sender never wrote.
+ */
+function calendarValid(ts: string): boolean {
+  const [y, mo, d, h, mi, s] = [ts.slice(0, 4), ts.slice(5, 7), ts.slice(8, 10), ts.slice(11, 13), ts.slice(14, 16), ts.slice(17, 19)].map(Number);
+  if (mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || s > 59) return false;
+  const leap = (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0;
+  const days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1];
+  if (d > days) return false;
+  const off = /([+-])(\d{2}):?(\d{2})$/.exec(ts);
+  return !off || (Number(off[2]) <= 23 && Number(off[3]) <= 59);
+}
+
+/**
+ * Refuse what the outbox or the central could not store, naming the field:
+ * `data` nested deeper than MAX_DATA_DEPTH (measured: 10,000 levels in a 60 KB
+ * body overflowed JSON.stringify's stack, and the poster got a 503 it would
+ * retry for ever), and NUL or lone surrogates in a string or key.
+ */
+function checkStorable(v: unknown, path: string, depth: number): void {
+  if (typeof v === 'string') {
+    if (unstorable(v)) throw new BadField(path, 'strings must not hold NUL (\\u0000) or unpaired surrogates');
+    return;
+  }
+  if (v === null || typeof v !== 'object') return;
+  if (depth > MAX_DATA_DEPTH) throw new BadField(path, `data must not be nested deeper than ${MAX_DATA_DEPTH} levels`);
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) checkStorable(v[i], `${path}[${i}]`, depth + 1);
+    return;
+  }
+  for (const [k, x] of Object.entries(v)) {
+    if (unstorable(k)) throw new BadField(path, 'keys must not hold NUL (\\u0000) or unpaired surrogates');
+    checkStorable(x, `${path}.${k}`, depth + 1);
+  }
 }
 
 /**

@@ -91,12 +91,13 @@ export async function embedNodeRed(opts: EmbedNodeRedOptions): Promise<EmbeddedN
   const log = opts.log.child({ module: 'edge/nodered' });
   const editor = config.nodeRed.editor;
   const adminAuth = config.nodeRed.adminAuth;
-  if (editor && !adminAuth && !isLoopbackHost(config.http.host)) {
+  if (editor && !adminAuth && (!isLoopbackHost(config.http.host) || config.http.token !== undefined)) {
     // The config loader refuses this too; this is the second lock on the door,
-    // because an open editor off loopback is remote code execution.
+    // because an open editor off loopback is remote code execution, and with a
+    // token it would be the way around the token.
     throw new EdgewardError(
       'EDGE_NODERED_UNSAFE',
-      `refusing to serve the Node-RED editor on ${config.http.host} without nodeRed.adminAuth`,
+      `refusing to serve the Node-RED editor on ${config.http.host}${config.http.token !== undefined ? ' with http.token set' : ''} without nodeRed.adminAuth`,
     );
   }
   if (active) {

@@ -10,6 +10,7 @@ import { maxEventBytes, Uplink } from '../sync/uplink.js';
 import { EventBus } from './bus.js';
 import { type Clock, systemClock } from './clock.js';
 import type { SiteConfig } from './config-types.js';
+import { unreadableFiles } from './config.js';
 import { type Envelope, type EventInput, isEventType, isSeverity, makeEnvelope } from './envelope.js';
 import { EdgewardError, isEdgewardError } from './errors.js';
 import { registerFamilies } from './families.js';
@@ -141,6 +142,11 @@ export class Runtime {
     this.startedAt = this.clock.now();
     const c = this.config;
     try {
+      // A TLS file that cannot be read fails the start before the data dir is touched (loadConfig checks it too).
+      const unreadable = unreadableFiles(c);
+      if (unreadable.length > 0) {
+        throw new EdgewardError('EDGE_CONFIG_INVALID', `invalid site config: ${unreadable.join('; ')}`, { details: { errors: unreadable } });
+      }
       await mkdir(c.dataDir, { recursive: true });
       this.outboxImpl ??= new LevelOutbox({
         dir: outboxPath(c.dataDir),

@@ -4,7 +4,7 @@ import { systemClock } from '../../edge/clock.js';
 import { parseConfig } from '../../edge/config.js';
 import { type Envelope, pseudonymiseCard } from '../../edge/envelope.js';
 import { silentLogger } from '../../edge/log.js';
-import { parseEventsBody } from '../../edge/http.js';
+import { MAX_DATA_DEPTH, parseEventsBody } from '../../edge/http.js';
 import { Runtime } from '../../edge/runtime.js';
 import { readOutboxStats, outboxPath } from '../../sync/outbox.js';
 import { freePort } from '../helpers/mosquitto.js';
@@ -148,6 +148,18 @@ describe('local HTTP API (integration)', function () {
       [{ type: 'door.opened', source: { device: 'd' }, severity: 'fatal' }, 'severity'],
       [{ type: 'door.opened', source: { device: 'd' }, ts: 'yesterday' }, 'ts'],
       [{ type: 'door.opened', source: { device: 'd' }, ts: '2025-13-45T99:00:00Z' }, 'ts'],
+      // Dates Date.parse would roll over into another day (stored as a date nobody wrote).
+      [{ type: 'door.opened', source: { device: 'd' }, ts: '2025-02-30T00:00:00Z' }, 'ts'],
+      [{ type: 'door.opened', source: { device: 'd' }, ts: '2025-04-31T10:00:00Z' }, 'ts'],
+      [{ type: 'door.opened', source: { device: 'd' }, ts: '2025-02-28T24:00:00Z' }, 'ts'],
+      [{ type: 'door.opened', source: { device: 'd' }, ts: '2023-02-29T00:00:00Z' }, 'ts'],
+      [{ type: 'door.opened', source: { device: 'd' }, ts: '2025-01-01T00:00:00+25:00' }, 'ts'],
+      // What the central's jsonb could not store, and names that display as other names.
+      [{ type: 'door.opened', source: { device: 'a\ud800b' } }, 'source.device'],
+      [{ type: 'door.opened', source: { device: 'door\u202e1-roodkcab' } }, 'source.device'],
+      [{ type: 'door.opened', source: { device: 'd' }, data: { note: 'a\u0000b' } }, 'data.note'],
+      [{ type: 'door.opened', source: { device: 'd' }, data: { list: ['ok', 'x\udc00'] } }, 'data.list[1]'],
+      [{ type: 'door.opened', source: { device: 'd' }, data: { 'k\u0000': 1 } }, 'data'],
       [{ type: 'door.opened', source: { device: 'd' }, seq: 5 }, 'seq'],
       [{ type: 'door.opened', source: { device: 'd' }, id: '01JNH6Y3Q4X5Z7V8W9A0B1C2D3' }, 'id'],
       [[good, good, good, { ...good, type: 'nope' }], 'events[3].type'],
@@ -170,6 +182,49 @@ describe('local HTTP API (integration)', function () {
     const after = runtime.outbox.stats();
     assert.equal(after.events, before.events);
     assert.equal(after.lastSeq, before.lastSeq);
+  });
+
+  it('accepts real leap days, offsets and nesting up to the limit; refuses deeper data with 400, not a 503 to retry', async () => {
+    const ok = await post([
+      { type: 'door.opened', source: { device: 'd' }, ts: '2024-02-29T23:59:59+08:00' },
+      { type: 'door.opened', source: { device: '门-1 སྒོ་' }, data: { emoji: '🚪', zh: '东门' } },
+    ]);
+    assert.equal(ok.status, 202, await ok.text());
+    // Written as text: JSON.stringify itself overflows long before 10,000 levels.
+    const nest = (depth: number) => `${'{"a":'.repeat(depth - 1)}{"leaf":1}${'}'.repeat(depth - 1)}`;
+    const event = (depth: number) => `{"type":"door.opened","source":{"device":"d"},"data":${nest(depth)}}`;
+    const fits = await post(event(MAX_DATA_DEPTH));
+    assert.equal(fits.status, 202, await fits.text());
+    const before = runtime.outbox.stats();
+    for (const depth of [MAX_DATA_DEPTH + 1, 10_000]) {
+      const res = await post(event(depth));
+      const body = (await res.json()) as { error: string; field: string };
+      assert.equal(res.status, 400, JSON.stringify(body));
+      assert.match(body.field, /^data(\.a)+$/);
+      assert.match(body.error, /nested deeper than 32/);
+    }
+    assert.equal(runtime.outbox.stats().lastSeq, before.lastSeq);
+  });
+
+  it('answers in JSON: 400 for a POST without a body, 405 with Allow for a method a path does not take, 404 for no such path', async () => {
+    const before = runtime.outbox.stats();
+    const empty = await fetch(`${base}/api/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+    assert.equal(empty.status, 400);
+    assert.equal(((await empty.json()) as { field: string }).field, 'body');
+    for (const [method, path, allow] of [
+      ['PUT', '/api/v1/events', 'GET, HEAD, POST'],
+      ['DELETE', '/api/v1/events', 'GET, HEAD, POST'],
+      ['POST', '/api/v1/status', 'GET, HEAD'],
+    ]) {
+      const res = await fetch(`${base}${path}`, { method });
+      assert.equal(res.status, 405, `${method} ${path}`);
+      assert.equal(res.headers.get('allow'), allow);
+      assert.match(((await res.json()) as { error: string }).error, new RegExp(`${method} is not allowed`));
+    }
+    const none = await fetch(`${base}/api/v1/nope`);
+    assert.equal(none.status, 404);
+    assert.match(((await none.json()) as { error: string }).error, /no such API path: \/api\/v1\/nope/);
+    assert.equal(runtime.outbox.stats().lastSeq, before.lastSeq);
   });
 
   it('rejects invalid JSON (400) and a wrong content type (415), storing nothing', async () => {

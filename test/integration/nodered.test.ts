@@ -134,6 +134,22 @@ describe('embedded Node-RED (integration)', function () {
     );
   });
 
+  it('refuses an editor without adminAuth on loopback when a token is set (it would be the way around the token)', async () => {
+    const { log } = captureLogger();
+    const withToken = { ...config({}, path.join(tmp.path, 'unsafe-token')), http: { host: '127.0.0.1', port: 0, token: 'x'.repeat(16) } };
+    await assert.rejects(
+      embedNodeRed({
+        app: express(),
+        server: http.createServer(),
+        config: withToken,
+        api: new Runtime({ config: config({}, path.join(tmp.path, 'unsafe-token')), log }).nodeApi,
+        log,
+        userDir: path.join(tmp.path, 'unsafe-token'),
+      }),
+      (err) => isEdgewardError(err, 'EDGE_NODERED_UNSAFE') && /with http\.token set/.test(err.message),
+    );
+  });
+
   describe('with the editor behind adminAuth', () => {
     let h: Harness;
     let token: string;

@@ -68,7 +68,12 @@ describe('site config', () => {
   });
 
   it('accepts the documented example (examples/site.yaml) with its secrets set', () => {
-    const env = { EDGEWARD_TOKEN: 't'.repeat(24), EDGEWARD_MQTT_PASSWORD: 'pw', EDGEWARD_SITE_KEY: KEY };
+    const env = {
+      EDGEWARD_TOKEN: 't'.repeat(24),
+      EDGEWARD_MQTT_PASSWORD: 'pw',
+      EDGEWARD_SITE_KEY: KEY,
+      EDGEWARD_EDITOR_HASH: `$2b$08$${'a'.repeat(53)}`,
+    };
     const path = resolve(__dirname, '../../examples/site.yaml');
     const c = loadConfig(path, env);
     assert.equal(c.http.token, env.EDGEWARD_TOKEN);
@@ -179,6 +184,28 @@ describe('site config', () => {
       {},
     );
     assert.deepEqual(c.nodeRed.adminAuth, { username: 'tech', passwordHash: hash });
+  });
+
+  it('refuses the editor without adminAuth when a token is set, on loopback too (it would be the way around the token)', () => {
+    assertError(
+      `${BASE}http: { token: ${'z'.repeat(16)} }\nnodeRed: { editor: true }\n`,
+      /^nodeRed\.adminAuth is required when nodeRed\.editor is true and http\.token is set/,
+    );
+  });
+
+  it('judges a host whose env: variable is missing by that error alone', () => {
+    assert.deepEqual(errorsOf(`${BASE}http: { host: env:NO_HOST }\nnodeRed: { editor: true }\n`), [
+      'http.host: environment variable NO_HOST is not set',
+    ]);
+  });
+
+  it('says to quote a value YAML read as a number where a string is wanted', () => {
+    assertError(`site: s\nedge: 07\ndataDir: ./d\nprivacy: { siteKey: ${KEY} }\n`, /^edge must be string \(quote it/);
+  });
+
+  it('lists each YAML error once', () => {
+    const errors = errorsOf('{{{');
+    assert.equal(new Set(errors).size, errors.length, errors.join('\n'));
   });
 
   it('accepts 32-byte base64 public keys', () => {
@@ -297,6 +324,34 @@ describe('site config', () => {
       const ok = check(viaEnv, { EDGEWARD_SITE_KEY: KEY });
       assert.equal(ok.status, 0, ok.stderr);
       assert.equal(ok.stderr, '', 'no warning when the secret comes from the environment');
+    });
+
+    it('exits 2 naming a TLS file that cannot be read; accepts one that can', () => {
+      writeFileSync(join(dir.path, 'ca.pem'), 'not checked here, only read');
+      const tls = (ca: string) => `${BASE}uplink: { url: mqtts://central:8883, ca: ${ca} }\n`;
+      writeFileSync(join(dir.path, 'tls.yaml'), tls('./missing.pem'));
+      let r = check(join(dir.path, 'tls.yaml'));
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, /uplink\.ca: cannot read .*missing\.pem \(ENOENT\)/);
+      writeFileSync(join(dir.path, 'tls.yaml'), tls('.'));
+      r = check(join(dir.path, 'tls.yaml'));
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, /uplink\.ca: .* is not a file/);
+      writeFileSync(join(dir.path, 'tls.yaml'), tls('./ca.pem'));
+      r = check(join(dir.path, 'tls.yaml'));
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(existsSync(join(dir.path, 'data')), false);
+    });
+
+    it('warns (exit 0) when nodeRed.flowFile does not exist: Node-RED would start with no flows', () => {
+      writeFileSync(join(dir.path, 'flow.yaml'), `${BASE}nodeRed: { flowFile: ./entrance.json }\n`);
+      let r = check(join(dir.path, 'flow.yaml'));
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /warning: nodeRed\.flowFile: .*entrance\.json does not exist: Node-RED starts with no flows/);
+      writeFileSync(join(dir.path, 'entrance.json'), '[]');
+      r = check(join(dir.path, 'flow.yaml'));
+      assert.equal(r.status, 0, r.stderr);
+      assert.doesNotMatch(r.stderr, /flowFile/);
     });
 
     it('exits 2 on a missing file', () => {
