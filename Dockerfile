@@ -15,8 +15,10 @@
 # (the volume: outbox and Node-RED user dir) and
 # `http.host: 0.0.0.0` (which the config only accepts with `http.token` and
 # `nodeRed.adminAuth`). Node-RED writes deploys back to `nodeRed.flowFile`:
-# keep it on a writable mount (/config or /data). The health check below
-# assumes the default `http.port: 1880`.
+# keep it on a writable mount (/config or /data). The health check probes
+# EDGEWARD_HEALTH_URL (default http://127.0.0.1:1880/healthz): with another
+# `http.port`, or `http.host` set to one interface's address, pass
+# `-e EDGEWARD_HEALTH_URL=http://<host>:<port>/healthz`.
 
 # ---- build: all dependencies, compile TypeScript, then drop dev dependencies
 FROM node:20-bookworm-slim AS build
@@ -35,6 +37,7 @@ RUN npm run build \
 # ---- runtime: compiled code, production node_modules, and the plain files read at run time
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production
+ENV EDGEWARD_HEALTH_URL=http://127.0.0.1:1880/healthz
 WORKDIR /app
 # Serial ports (RS-485 adapters, card readers, Firmata boards) belong to group dialout.
 RUN groupadd --system edgeward \
@@ -55,5 +58,5 @@ VOLUME ["/data"]
 EXPOSE 1880
 # No curl in the slim image: Node 20's fetch does the probe.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["node", "-e", "fetch('http://127.0.0.1:1880/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+  CMD ["node", "-e", "fetch(process.env.EDGEWARD_HEALTH_URL).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 CMD ["node", "dist/edge/cli.js", "start", "-c", "/config/site.yaml"]

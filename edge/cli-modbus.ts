@@ -5,7 +5,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { profilesDir } from '../drivers/door/profile.js';
 import { ModbusBus, type ModbusBusOptions } from '../drivers/modbus/bus.js';
 import { DoorSim } from '../hardware/sim/door-sim.js';
-import { type CliIo, stdio, untilStopSignal } from './cli-io.js';
+import { type CliIo, hostPortArg, intArg, stdio, untilStopSignal } from './cli-io.js';
 import { systemClock } from './clock.js';
 import { EdgewardError, isEdgewardError } from './errors.js';
 import { silentLogger } from './log.js';
@@ -80,7 +80,8 @@ export async function scanModbus(
   try {
     const deadline = Date.now() + 3000;
     while (!bus.isConnected && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    if (!bus.isConnected) throw new EdgewardError('EDGE_MODBUS_OPEN', `cannot open ${bus.label}`);
+    if (!bus.isConnected)
+      throw new EdgewardError('EDGE_MODBUS_OPEN', `cannot open ${bus.label}: ${bus.openError ?? 'no connection within 3 s'}`);
     for (const unit of opts.units) {
       let u: ScannedUnit | undefined;
       try {
@@ -112,29 +113,26 @@ export function scanModbusCommand(io: CliIo = stdio): Command {
   return new Command('modbus')
     .description('list the Modbus units that answer on a bus, with device type and firmware')
     .option('--serial <dev>', 'serial device (Modbus RTU)')
-    .option('--baud <n>', 'baud rate', '9600')
+    .option('--baud <n>', 'baud rate', intArg(50, 4_000_000), 9600)
     .option('--parity <p>', 'none | even | odd', 'none')
-    .option('--tcp <host:port>', 'Modbus TCP server')
+    .option('--tcp <host:port>', 'Modbus TCP server (port 502 if left out)', hostPortArg(502))
     .option('--units <ranges>', 'unit ids to try, e.g. 1-247 or 1,5-8', '1-247')
-    .option('--timeout <ms>', 'reply timeout per unit', '100')
-    .action(async (o: Record<string, string | undefined>) => {
+    .option('--timeout <ms>', 'reply timeout per unit', intArg(1, 60_000), 100)
+    .action(async (o: { serial?: string; baud: number; parity: string; tcp?: { host: string; port: number }; units: string; timeout: number }) => {
       if (!o.serial === !o.tcp)
         throw new InvalidArgumentError('give exactly one of --serial DEV or --tcp HOST:PORT');
       const units = parseUnits(String(o.units));
-      const timeoutMs = Number(o.timeout);
+      const timeoutMs = o.timeout;
       let bus: ModbusBusOptions;
       if (o.tcp) {
-        const m = /^(.+):(\d+)$/.exec(o.tcp);
-        bus = m
-          ? { transport: 'tcp', host: m[1], port: Number(m[2]), timeoutMs }
-          : { transport: 'tcp', host: o.tcp, port: 502, timeoutMs };
+        bus = { transport: 'tcp', host: o.tcp.host, port: o.tcp.port, timeoutMs };
       } else {
         if (o.parity !== 'none' && o.parity !== 'even' && o.parity !== 'odd')
           throw new InvalidArgumentError('--parity must be none, even or odd');
-        bus = { transport: 'rtu', path: o.serial, baudRate: Number(o.baud), parity: o.parity, timeoutMs };
+        bus = { transport: 'rtu', path: o.serial, baudRate: o.baud, parity: o.parity, timeoutMs };
       }
       io.out(
-        `scanning ${units.length} unit id(s) on ${o.tcp ?? `${o.serial} @ ${o.baud}`} (timeout ${timeoutMs} ms)`,
+        `scanning ${units.length} unit id(s) on ${o.tcp ? `${o.tcp.host}:${o.tcp.port}` : `${o.serial} @ ${o.baud}`} (timeout ${timeoutMs} ms)`,
       );
       io.out('unit  device type  firmware  profile');
       const found = await scanModbus({ ...bus, units }, (u) => {
@@ -154,19 +152,20 @@ export function simDoorCommand(io: CliIo = stdio): Command {
       'run simulated generic-door controllers as a Modbus RTU slave on a serial path or a Modbus TCP server, until Ctrl-C',
     )
     .option('--serial <path>', 'serial device to serve on (e.g. one end of a socat PTY pair)')
-    .option('--tcp <port>', 'serve Modbus TCP on this port (0 = any)')
+    .option('--tcp <port>', 'serve Modbus TCP on this port (0 = any)', intArg(0, 65535))
     .option('--host <addr>', 'TCP address to listen on', '127.0.0.1')
     .option('--units <ranges>', 'unit ids to simulate', '1-8')
-    .option('--doors <n>', 'doors per controller (1-4)', '1')
-    .option('--baud <n>', 'baud rate (and wire pacing with --pace)', '9600')
+    .option('--doors <n>', 'doors per controller (1-4)', intArg(1, 4), 1)
+    .option('--baud <n>', 'baud rate (and wire pacing with --pace)', intArg(50, 4_000_000), 9600)
     .option('--pace', 'delay replies by their wire time at --baud')
     .option('--profile <name>', 'device profile', 'generic-door')
     .option(
       '--autoplay <ms>',
       'lifelike activity (cards, doors, an occasional forced entry) every MS (0 = off)',
-      '0',
+      intArg(0, 3_600_000),
+      0,
     )
-    .action(async (o: Record<string, string | boolean | undefined>) => {
+    .action(async (o: Record<string, string | number | boolean | undefined>) => {
       if (!o.serial === (o.tcp === undefined))
         throw new InvalidArgumentError('give exactly one of --serial PATH or --tcp PORT');
       const sim = new DoorSim({

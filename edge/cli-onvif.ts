@@ -1,7 +1,7 @@
 import { Command, Option } from 'commander';
 import { discoverAndDescribe } from '../drivers/onvif/discovery.js';
 import { CameraSim } from '../hardware/sim/camera-sim.js';
-import { type CliIo, stdio, untilStopSignal } from './cli-io.js';
+import { type CliIo, intArg, secondsArg, stdio, untilStopSignal } from './cli-io.js';
 
 export type { CliIo };
 
@@ -9,19 +9,14 @@ export type { CliIo };
 export function discoverOnvifCommand(io: CliIo = stdio): Command {
   return new Command('onvif')
     .description('find ONVIF cameras (WS-Discovery multicast, plus unicast probes) and print model, firmware and stream URI')
-    .option('--timeout <s>', 'seconds to wait for answers', '3')
+    .option('--timeout <s>', 'seconds to wait for answers', secondsArg(600), 3)
     .option('--probe <host...>', 'also probe these addresses by unicast (host or host:port, default port 3702), for LANs that filter multicast')
     .option('--no-multicast', 'send unicast probes only')
     .option('-u, --username <user>', 'camera user for device information', process.env.EDGEWARD_ONVIF_USERNAME)
     .addOption(new Option('-p, --password <password>', 'camera password (or EDGEWARD_ONVIF_PASSWORD)').env('EDGEWARD_ONVIF_PASSWORD'))
     .option('--json', 'print JSON')
-    .action(async (o: { timeout: string; probe?: string[]; multicast: boolean; username?: string; password?: string; json?: boolean }) => {
-      const timeoutS = Number(o.timeout);
-      if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
-        io.err('--timeout must be a positive number of seconds');
-        process.exitCode = 2;
-        return;
-      }
+    .action(async (o: { timeout: number; probe?: string[]; multicast: boolean; username?: string; password?: string; json?: boolean }) => {
+      const timeoutS = o.timeout;
       const cams = await discoverAndDescribe({
         timeoutMs: timeoutS * 1000,
         probe: o.probe,
@@ -53,15 +48,15 @@ export function simCameraCommand(io: CliIo = stdio): Command {
   return new Command('camera')
     .description('run a simulated ONVIF camera (HTTP SOAP + WS-Discovery) until Ctrl-C')
     .option('--host <addr>', 'address to listen on', '127.0.0.1')
-    .option('--port <n>', 'HTTP port (0 = any)', '8899')
-    .option('--discovery-port <n>', 'UDP port answering unicast WS-Discovery probes (0 = any)', '0')
+    .option('--port <n>', 'HTTP port (0 = any)', intArg(0, 65535), 8899)
+    .option('--discovery-port <n>', 'UDP port answering unicast WS-Discovery probes (0 = any)', intArg(0, 65535), 0)
     .option('--multicast', 'also answer multicast probes on 239.255.255.250:3702')
     .option('--username <user>', 'camera user', 'admin')
     .option('--password <password>', 'camera password', 'admin')
     .option('--model <model>', 'model', 'SimCam-200')
     .option('--firmware <v>', 'firmware version', '1.4.2')
     .option('--name <name>', 'name in discovery scopes', 'entrance-cam')
-    .option('--motion-every <s>', 'emit motion on/off every S seconds (0 = never)', '0')
+    .option('--motion-every <s>', 'emit motion on/off every S seconds (0 = never)', intArg(0, 86400), 0)
     .action(async (o: Record<string, string | boolean | undefined>) => {
       const sim = new CameraSim({
         host: String(o.host),

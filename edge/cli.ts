@@ -37,9 +37,9 @@ export class CliExit extends Error {
 export type CommandRegistration = (program: Command) => void;
 
 /** Load a config or turn its errors into exit 2 with one error per line; `warnings` receives the valid-but-unwise. */
-export function loadConfigOrExit(path: string, warnings?: string[]): SiteConfig {
+export function loadConfigOrExit(path: string, warnings?: string[], opts: { storageOnly?: boolean } = {}): SiteConfig {
   try {
-    return loadConfig(path, process.env, { warnings });
+    return loadConfig(path, process.env, { warnings, storageOnly: opts.storageOnly });
   } catch (err) {
     if (isEdgewardError(err, 'EDGE_CONFIG_INVALID')) {
       const errors = (err.details?.errors as string[] | undefined) ?? [err.message];
@@ -115,16 +115,17 @@ const registerOutbox: CommandRegistration = (program) => {
   const outbox = program.command('outbox').description('inspect the local outbox');
   outbox
     .command('stats')
-    .description('events and bytes held, by severity (works only while the runtime is stopped)')
+    .description('events and bytes held, by severity (works only while the runtime is stopped; needs no secrets)')
     .requiredOption('-c, --config <file>', 'site config (YAML)')
     .option('--json', 'print JSON')
     .action(async (opts: { config: string; json?: boolean }) => {
-      const config = loadConfigOrExit(opts.config);
+      // Only the data dir is read: a central engineer reading an epoch needs none of the box's secrets.
+      const config = loadConfigOrExit(opts.config, undefined, { storageOnly: true });
       let stats: Awaited<ReturnType<typeof readOutboxStats>>;
       try {
         stats = await readOutboxStats(outboxPath(config.dataDir));
       } catch (err) {
-        throw new CliExit(EXIT_RUNTIME, [`edgeward: ${(err as Error).message}`]);
+        throw new CliExit(EXIT_RUNTIME, [`edgeward: ${withCause(err)}`]);
       }
       if (opts.json) {
         process.stdout.write(`${JSON.stringify(stats, null, 2)}\n`);
@@ -170,6 +171,42 @@ const registerDemo: CommandRegistration = (program) => {
     );
 };
 
+/** An error's message and its cause's (LevelDB's `IO error: …/LOCK: No such file…`), when the message does not hold it already. */
+function withCause(err: unknown): string {
+  const e = err as Error;
+  // classic-level wraps LevelDB's words in its own ("Database failed to open"): take the innermost.
+  let cause: Error | undefined;
+  for (let c = e.cause as Error | undefined, i = 0; c && i < 4; c = c.cause as Error | undefined, i++) cause = c;
+  return cause?.message && !e.message.includes(cause.message) ? `${e.message}: ${cause.message}` : e.message;
+}
+
+/**
+ * Commands of the CLI contract that later versions build (SPEC.md "CLI"):
+ * listed, with their help, and a clear refusal instead of "unknown command".
+ */
+const NOT_BUILT: Array<{ name: string; parent?: string; usage: string; what: string }> = [
+  { name: 'keygen', usage: '--out <dir>', what: 'make an Ed25519 key pair for signed downlink commands' },
+  { name: 'sign', usage: '--key <file> --action <a> --target <t> [--args <json>] [--ttl <s>]', what: 'sign a downlink command' },
+  { name: 'central', usage: '--broker <url> [--db <url>]', what: 'run the reference central receiver (PostgreSQL)' },
+  { name: 'fire', parent: 'sim', usage: '[options]', what: 'run a simulated fire panel' },
+];
+
+const registerNotBuilt: CommandRegistration = (program) => {
+  for (const c of NOT_BUILT) {
+    const parent = c.parent ? (program.commands.find((p) => p.name() === c.parent) ?? program.command(c.parent)) : program;
+    parent
+      .command(c.name)
+      .description(`${c.what} (not built yet in this version)`)
+      .usage(c.usage)
+      .allowUnknownOption()
+      .allowExcessArguments()
+      .action(() => {
+        const name = c.parent ? `${c.parent} ${c.name}` : c.name;
+        throw new CliExit(EXIT_USAGE, [`edgeward: ${name} is not built yet in this version (README, "Not yet"); the SPEC names it for a later one`]);
+      });
+  }
+};
+
 function parseIntOption(v: string): number {
   if (!/^\d+$/.test(v)) throw new InvalidArgumentError('must be a non-negative integer');
   return Number(v);
@@ -195,6 +232,7 @@ export const COMMANDS: CommandRegistration[] = [
   registerOutbox,
   registerDemo,
   registerDeviceCommands,
+  registerNotBuilt,
 ];
 
 export function buildProgram(): Command {

@@ -33,7 +33,11 @@ const ENV_RE = /^env:(.*)$/;
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /** Read and validate a site config file. Throws EdgewardError('EDGE_CONFIG_INVALID') with every error. */
-export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env, opts: { warnings?: string[] } = {}): SiteConfig {
+export function loadConfig(
+  path: string,
+  env: NodeJS.ProcessEnv = process.env,
+  opts: { warnings?: string[]; storageOnly?: boolean } = {},
+): SiteConfig {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -41,7 +45,8 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env, o
     const msg = `cannot read config file ${path}: ${(err as Error).message}`;
     throw new EdgewardError('EDGE_CONFIG_INVALID', msg, { cause: err, details: { errors: [msg] } });
   }
-  const config = parseConfig(text, env, { baseDir: dirname(resolve(path)), warnings: opts.warnings });
+  const config = parseConfig(text, env, { baseDir: dirname(resolve(path)), warnings: opts.warnings, storageOnly: opts.storageOnly });
+  if (opts.storageOnly) return config;
   const missing = unreadableFiles(config);
   if (missing.length > 0) fail(missing);
   const flowFile = config.nodeRed.flowFile;
@@ -77,12 +82,15 @@ export function unreadableFiles(config: SiteConfig): string[] {
 /**
  * Validate config text. `baseDir` (default: the working directory) anchors
  * relative paths; `warnings`, when given, receives what is valid but unwise
- * (a secret written in the file instead of `env:NAME`).
+ * (a secret written in the file instead of `env:NAME`). `storageOnly`: the
+ * caller reads only the data dir and names (`edgeward outbox stats`), so an
+ * `env:NAME` whose variable is not set is no error; the field keeps its
+ * `env:NAME` text.
  */
 export function parseConfig(
   yamlText: string,
   env: NodeJS.ProcessEnv = process.env,
-  opts: { baseDir?: string; warnings?: string[] } = {},
+  opts: { baseDir?: string; warnings?: string[]; storageOnly?: boolean } = {},
 ): SiteConfig {
   const baseDir = opts.baseDir ?? process.cwd();
   const doc = parseDocument(yamlText, { prettyErrors: true, uniqueKeys: true });
@@ -104,7 +112,9 @@ export function parseConfig(
 
   const errors: string[] = [];
   const unresolved = new Set<string>();
-  const resolved = resolveEnv(raw, '', env, errors, unresolved);
+  const envErrors: string[] = [];
+  const resolved = resolveEnv(raw, '', env, envErrors, unresolved);
+  if (!opts.storageOnly) errors.push(...envErrors);
   if (!validate(resolved)) {
     // A field whose variable is missing already has its error; its `env:` text would only add noise.
     const schemaErrors = (validate.errors ?? []).filter((e) => !unresolved.has(dottedPath(e.instancePath)));

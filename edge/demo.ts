@@ -12,6 +12,7 @@ import { pendingTimers } from '../hardware/sim/timers.js';
 import { type ConsoleCentral, startConsoleCentral } from '../sync/console-central.js';
 import type { SiteConfig } from './config-types.js';
 import { type Logger, REDACT_PATHS } from './log.js';
+import { EdgewardError, isEdgewardError } from './errors.js';
 import { DEMO_FLOW_FILE } from './nodered.js';
 import { Runtime } from './runtime.js';
 import { SyntheticSource } from './synthetic-source.js';
@@ -192,7 +193,20 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoSummary> {
     });
     stack.push(['device lines', () => runtime.bus.removeOwner(deviceOwner)]);
 
-    await runtime.start();
+    try {
+      await runtime.start();
+    } catch (err) {
+      const cause = (err as Error).cause as NodeJS.ErrnoException | undefined;
+      if (isEdgewardError(err, 'EDGE_HTTP_LISTEN') && cause?.code === 'EADDRINUSE') {
+        // 1880 is Node-RED's own port: a Node-RED already on this machine has it.
+        throw new EdgewardError(
+          'EDGE_HTTP_LISTEN',
+          `port ${opts.httpPort ?? 1880} is taken (another Node-RED?): run \`npm run demo -- --port 0\` to take a free one`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
     stack.push(['runtime', () => runtime.stop()]);
 
     // Activity starts once the drivers run: a door's first poll is its baseline.

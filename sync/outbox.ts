@@ -1935,10 +1935,14 @@ async function scanStored(
 }
 
 export async function readOutboxStats(dir: string): Promise<OutboxStats> {
+  const none = (cause?: unknown) =>
+    new EdgewardError('EDGE_OUTBOX_NOT_FOUND', `no outbox at ${dir}: nothing was ever stored with this dataDir`, { cause });
+  if (!(await stat(dir).catch(() => null))) throw none();
   const db: Db = new Level<string, string>(dir, { keyEncoding: 'utf8', valueEncoding: 'utf8', createIfMissing: false });
   try {
     await db.open();
   } catch (err) {
+    if (/does not exist \(create_if_missing is false\)/.test(errorText(err))) throw none(err);
     throw translateOpenError(err, dir);
   }
   try {

@@ -138,6 +138,7 @@ export class ModbusBus implements Resource {
   private quietTimer?: NodeJS.Timeout;
   private reconnectTimer?: NodeJS.Timeout;
   private reconnectAttempt = 0;
+  private lastOpenError: string | undefined;
   private txId = 0;
   private readonly log: Logger;
   private readonly listeners = new Set<(connected: boolean) => void>();
@@ -555,6 +556,11 @@ export class ModbusBus implements Resource {
     return new SerialLink({ path: o.path ?? '', baudRate: o.baudRate ?? 9600, parity: o.parity ?? 'none' });
   }
 
+  /** Why the link last failed to open (ENOENT, EACCES, ECONNREFUSED…), until it opens. */
+  get openError(): string | undefined {
+    return this.lastOpenError;
+  }
+
   private async connect(): Promise<void> {
     if (this.closed) return;
     const link = this.makeLink();
@@ -575,6 +581,7 @@ export class ModbusBus implements Resource {
     try {
       await link.open();
     } catch (err) {
+      this.lastOpenError = (err as Error).message;
       if (this.reconnectAttempt === 0)
         this.log.warn({ err: (err as Error).message }, 'modbus link unavailable, retrying');
       this.scheduleReconnect();
@@ -586,6 +593,7 @@ export class ModbusBus implements Resource {
     }
     if (this.reconnectAttempt > 0) this.stats.reconnects++;
     this.reconnectAttempt = 0;
+    this.lastOpenError = undefined;
     this.link = link;
     this.quietUntil = 0;
     this.lastRxAt = Number.NEGATIVE_INFINITY;

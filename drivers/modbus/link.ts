@@ -237,8 +237,9 @@ export class TcpLink implements ByteLink {
           ),
         );
       };
-      s.setTimeout(this.opts.connectTimeoutMs, () => fail(new Error('connect timeout')));
+      // The handler first: setTimeout can throw (a bad timeout), and an error event without a handler kills the process.
       s.once('error', fail);
+      s.setTimeout(this.opts.connectTimeoutMs, () => fail(new Error('connect timeout')));
       s.once('connect', () => {
         s.setTimeout(0);
         s.off('error', fail);

@@ -1,6 +1,10 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { makeEnvelope } from '../../edge/envelope.js';
+import { LevelOutbox, outboxPath } from '../../sync/outbox.js';
+import { tmpDir } from '../helpers/tmp.js';
 
 const ROOT = path.resolve(__dirname, '../..');
 
@@ -10,6 +14,8 @@ function cli(...args: string[]): { status: number | null; stderr: string; stdout
     cwd: ROOT,
     encoding: 'utf8',
     timeout: 30_000,
+    // No EDGEWARD_* secrets from the caller's shell.
+    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EDGEWARD_'))),
   });
   return { status: r.status, stderr: r.stderr, stdout: r.stdout };
 }
@@ -29,8 +35,72 @@ describe('edgeward CLI usage errors', function () {
   it('reports a runtime failure by its code, without a stack trace (exit 1)', () => {
     const r = cli('scan', 'modbus', '--tcp', '127.0.0.1:1', '--units', '1');
     assert.equal(r.status, 1);
-    assert.match(r.stderr, /^edgeward: EDGE_MODBUS_OPEN: cannot open 127\.0\.0\.1:1$/m);
+    // With the reason: a technician tells a missing adapter or a refused port from a silent bus.
+    assert.match(r.stderr, /^edgeward: EDGE_MODBUS_OPEN: cannot open 127\.0\.0\.1:1: .*ECONNREFUSED/m);
     assert.doesNotMatch(r.stderr, /\n\s+at /);
+  });
+
+  it('checks numeric options before anything runs: exit 2 naming the option, no stack trace', () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['discover', 'onvif', '--timeout', 'abc'], /option '--timeout <s>' argument 'abc' is invalid/],
+      [['scan', 'modbus', '--tcp', '127.0.0.1:1', '--timeout', 'abc', '--units', '1'], /option '--timeout <ms>' argument 'abc' is invalid/],
+      [['scan', 'modbus', '--serial', '/dev/null', '--baud', 'fast'], /option '--baud <n>' argument 'fast' is invalid/],
+      [['scan', 'modbus', '--tcp', '127.0.0.1:99999'], /the port must be from 1 to 65535/],
+      [['sim', 'door', '--tcp', 'abc'], /option '--tcp <port>' argument 'abc' is invalid/],
+      [['sim', 'door', '--tcp', '0', '--doors', '9'], /option '--doors <n>' argument '9' is invalid. must be an integer from 1 to 4/],
+      [['sim', 'camera', '--port', '99999'], /option '--port <n>' argument '99999' is invalid/],
+    ];
+    for (const [args, want] of cases) {
+      const r = cli(...args);
+      assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, want, args.join(' '));
+      assert.doesNotMatch(r.stderr, /\n\s+at /);
+    }
+  });
+
+  it('says plainly that a contract command of a later version is not built yet (exit 2), with its usage in help', () => {
+    for (const args of [['keygen', '--out', 'x'], ['sign', '--key', 'k'], ['central', '--broker', 'mqtt://x'], ['sim', 'fire']]) {
+      const r = cli(...args);
+      assert.equal(r.status, 2, args.join(' '));
+      assert.match(r.stderr, new RegExp(`^edgeward: ${args[0] === 'sim' ? 'sim fire' : args[0]} is not built yet in this version`, 'm'));
+    }
+    const help = cli('keygen', '--help');
+    assert.equal(help.status, 0);
+    assert.match(help.stdout, /Usage: edgeward keygen --out <dir>/);
+  });
+
+  it('outbox stats reads a stopped store without the secrets of the box; says so when there is none', async () => {
+    const dir = await tmpDir('cli-stats');
+    try {
+      const ids = { site: 's1', edge: 'e1' };
+      const ob = new LevelOutbox({ dir: outboxPath(path.join(dir.path, 'data')), maxBytes: 1 << 20, ...ids });
+      await ob.open();
+      await ob.append([
+        makeEnvelope({ type: 'door.opened', source: { device: 'd1' } }, ids),
+        makeEnvelope({ type: 'door.forced', source: { device: 'd1' } }, ids),
+      ]);
+      const epoch = ob.epoch;
+      await ob.close();
+      const file = path.join(dir.path, 'site.yaml');
+      writeFileSync(
+        file,
+        'site: s1\nedge: e1\ndataDir: ./data\nprivacy: { siteKey: env:EDGEWARD_SITE_KEY }\nhttp: { token: env:EDGEWARD_TOKEN }\nuplink: { url: env:EDGEWARD_URL }\n',
+      );
+      const r = cli('outbox', 'stats', '-c', file, '--json');
+      assert.equal(r.status, 0, r.stderr);
+      const stats = JSON.parse(r.stdout) as { epoch: string; events: number; bySeverity: { critical: { events: number } } };
+      assert.equal(stats.epoch, epoch);
+      assert.equal(stats.events, 2);
+      assert.equal(stats.bySeverity.critical.events, 1);
+      // check still wants every secret.
+      assert.equal(cli('check', '-c', file).status, 2);
+      writeFileSync(file, 'site: s1\nedge: e1\ndataDir: ./none\nprivacy: { siteKey: env:EDGEWARD_SITE_KEY }\n');
+      const none = cli('outbox', 'stats', '-c', file);
+      assert.equal(none.status, 1);
+      assert.match(none.stderr, /^edgeward: no outbox at .*none\/outbox: nothing was ever stored with this dataDir/m);
+    } finally {
+      await dir.cleanup();
+    }
   });
 
   it('rejects an unknown command with usage help (exit 2)', () => {

@@ -1225,14 +1225,14 @@ describe('LevelOutbox (durable)', () => {
     });
   });
 
-  it('readOutboxStats reads a closed store, and reports a locked one', async () => {
+  it('readOutboxStats reads a closed store, and reports a locked one and a missing one', async () => {
     const ob = await open(5555);
     await ob.append([ev('info'), ev('critical')]);
     const live = ob.stats();
     await assert.rejects(readOutboxStats(dir.path), (e) => isEdgewardError(e, 'EDGE_OUTBOX_LOCKED'));
     await closeIt(ob);
     assert.deepEqual(await readOutboxStats(dir.path), live);
-    await assert.rejects(readOutboxStats(`${dir.path}/nope`), (e) => isEdgewardError(e, 'EDGE_OUTBOX_OPEN_FAILED'));
+    await assert.rejects(readOutboxStats(`${dir.path}/nope`), (e) => isEdgewardError(e, 'EDGE_OUTBOX_NOT_FOUND'));
   });
 
   it('prints throughput figures (concurrent single appends, 500-event appends, reads over a backlog); group commit holds', async function () {
