@@ -151,6 +151,13 @@ export class Uplink extends EventEmitter<UplinkEvents> {
    * Releasing a batch rewinds it so the batch's events are read again.
    */
   private readonly cursor: Record<Severity, number> = { critical: 0, warning: 0, info: 0 };
+  /**
+   * Bumped by every release that rewinds the cursor. A read that began before
+   * one excluded the released seqs (then in flight): its claim must not move
+   * the cursor past them, or they are never read again (seen: alarms left
+   * unsent until a restart when an ack timeout fell during a read).
+   */
+  private rewinds = 0;
   private pumping = false;
   private pumpAgain = false;
   private pumpDone: Promise<void> = Promise.resolve();
@@ -446,6 +453,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (!client || !this.live(client)) return;
     try {
       const { maxEvents, maxBytes } = this.cfg.batch;
+      const rewinds = this.rewinds;
       const events = await this.outbox.read({
         maxEvents,
         maxBytes,
@@ -453,7 +461,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
         severities: ['critical'],
         after: { ...this.cursor },
       });
-      if (events.length > 0 && this.live(client)) await this.send(client, events, true);
+      if (events.length > 0 && this.live(client)) await this.send(client, events, true, rewinds);
     } catch (err) {
       // The pump sends it anyway; this path only saves time.
       this.log.warn({ err }, 'fast path for critical events failed');
@@ -501,6 +509,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       if (!this.live()) return;
       // A full window still lets critical events through: they are never stuck behind a backlog.
       const windowOpen = this.normalInflight() < this.maxInflight;
+      const rewinds = this.rewinds;
       const events = await this.outbox.read({
         maxEvents,
         maxBytes,
@@ -533,7 +542,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       this.lingerSince = null;
       if (this.lingerTimer) this.clock.clearTimeout(this.lingerTimer);
       this.lingerTimer = null;
-      await this.send(this.client!, events, critical);
+      await this.send(this.client!, events, critical, rewinds);
     }
   }
 
@@ -545,19 +554,26 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     }, ms);
   }
 
-  private async send(client: MqttClient, claimed: StoredEvent[], critical: boolean): Promise<void> {
+  /** `rewinds`: the count when the read of `claimed` began (see `rewinds`). */
+  private async send(client: MqttClient, claimed: StoredEvent[], critical: boolean, rewinds: number): Promise<void> {
     // Read concurrently by the pump and the critical fast path: whoever gets here first sends it.
     const events = claimed.filter((e) => this.sendable(e.seq));
     if (events.length === 0) return;
-    await this.publishClaimed(client, this.claim(events, critical), events, critical);
+    await this.publishClaimed(client, this.claim(events, critical, rewinds), events, critical);
   }
 
-  /** Put `events` in flight as one batch, synchronously, so that no concurrent read picks these seqs again. */
-  private claim(events: StoredEvent[], critical: boolean): InflightBatch {
+  /**
+   * Put `events` in flight as one batch, synchronously, so that no concurrent
+   * read picks these seqs again. The cursor moves past them unless a release
+   * rewound it since their read began: then it stays, and the next read starts
+   * there (what is in flight is excluded anyway).
+   */
+  private claim(events: StoredEvent[], critical: boolean, rewinds = this.rewinds): InflightBatch {
     const minSeq: Partial<Record<Severity, number>> = {};
+    const advance = rewinds === this.rewinds;
     for (const e of events) {
       minSeq[e.severity] = Math.min(minSeq[e.severity] ?? e.seq, e.seq);
-      if (e.seq > this.cursor[e.severity]) this.cursor[e.severity] = e.seq;
+      if (advance && e.seq > this.cursor[e.severity]) this.cursor[e.severity] = e.seq;
     }
     const batch: InflightBatch = {
       pending: new PendingSeqs(events.map((e) => e.seq)),
@@ -656,6 +672,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (batch.timer) this.clock.clearTimeout(batch.timer);
     batch.timer = undefined;
     if (!rewind) return;
+    this.rewinds++;
     for (const [sev, min] of Object.entries(batch.minSeq) as Array<[Severity, number]>) {
       if (min - 1 < this.cursor[sev]) this.cursor[sev] = min - 1;
     }

@@ -167,6 +167,39 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     await waitFor(() => outbox.stats().events === 0 && u.status().inflightBatches === 0, { message: 'all acked' });
   });
 
+  it('a batch whose ack timed out while a read was in flight is sent again: the cursor does not jump past it', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
+    const clock = new ManualClock();
+    const u = make({ ackTimeoutMs: 1000, batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } }, broker.url, clock);
+    await u.start();
+    await waitFor(() => u.status().connected, { message: 'connected' });
+    const c = central;
+    const [first] = await append(1);
+    await waitFor(() => c.batches.length === 1, { message: 'the first batch sent' });
+    // Hold the next read once it has read the store (seq 1 excluded: it is in flight).
+    const read = outbox.read.bind(outbox);
+    let open: (() => void) | undefined;
+    let hold = true;
+    outbox.read = async (o) => {
+      const r = await read(o);
+      if (hold) {
+        hold = false;
+        await new Promise<void>((resolve) => {
+          open = resolve;
+        });
+      }
+      return r;
+    };
+    await append(1);
+    await waitFor(() => open !== undefined, { message: 'a read held with the second event' });
+    // The first batch times out meanwhile: released, its seq to be read again.
+    clock.advance(2000);
+    open!();
+    await waitFor(() => c.batches.length >= 3 && c.batches.slice(1).some((b) => b.events.some((e) => e.seq === first.seq)), {
+      message: 'the timed-out seq sent again',
+    });
+  });
+
   it('PendingSeqs: membership, partial and repeated acks, remaining ranges', () => {
     const p = new PendingSeqs([9, 3, 4, 5, 12, 7]);
     assert.equal(p.size, 6);
