@@ -3,7 +3,7 @@ import { type Envelope, isSeverity, newId, type Severity, withSeq } from '../edg
 import { EdgewardError } from '../edge/errors.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { AppendOptions, Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
-import { type OverflowData, OverflowTally, PRIORITY, RecentRing, serializeEnvelopes, tooLarge } from './outbox.js';
+import { evictableFor, type OverflowData, OverflowTally, outboxFull, PRIORITY, RecentRing, serializeEnvelopes, tooLarge } from './outbox.js';
 
 /** Options of {@link MemoryOutbox}. */
 export interface MemoryOutboxOptions {
@@ -168,21 +168,18 @@ export class MemoryOutbox implements Outbox {
     if (refused) throw refused;
     const size = sizes.reduce((n, s) => n + s, 0);
     const hasCritical = seqd.some((e) => e.severity === 'critical');
+    const hasWarning = seqd.some((e) => e.severity === 'warning');
     const over = this.totalBytes() + size - this.opts.maxBytes;
     let tally: OverflowTally | null = null;
     if (over > 0) {
-      const evictable = this.bytesBy.info + this.bytesBy.warning;
-      if (!hasCritical && evictable < over) {
-        throw new EdgewardError(
-          'EDGE_OUTBOX_FULL',
-          'outbox full: event does not fit even after evicting all info and warning events',
-          { details: { bytes: size, maxBytes: this.opts.maxBytes, storedBytes: this.totalBytes(), evictableBytes: evictable } },
-        );
-      }
+      const victims = evictableFor(hasCritical || hasWarning ? 'warning' : 'info');
+      let evictable = 0;
+      for (const sev of victims) evictable += this.bytesBy[sev];
+      if (!hasCritical && evictable < over) throw outboxFull(size, this.opts.maxBytes, this.totalBytes(), evictable, victims);
       // Same reserve as LevelOutbox: room for the overflow event itself.
       const need = over + 1024;
       let freed = 0;
-      for (const severity of ['info', 'warning'] as const) {
+      for (const severity of victims) {
         for (const [seq, h] of this.store[severity]) {
           if (freed >= need) break;
           this.store[severity].delete(seq);
@@ -209,13 +206,12 @@ export class MemoryOutbox implements Outbox {
         this.remove('warning', prev.seq);
         tally.merge(prev.data);
       }
-      const overflow = tally.toEnvelope({ site: this.opts.site, edge: this.opts.edge }, this.clock.now());
-      overflow.seq = ++this.lastSeq;
+      const overflow = withSeq(tally.toEnvelope({ site: this.opts.site, edge: this.opts.edge }, this.clock.now()), ++this.lastSeq);
       const overflowJson = JSON.stringify(overflow);
       this.put(overflow, overflowJson);
       stored.push(overflow);
       storedJson.push(overflowJson);
-      this.pendingOverflow = { seq: overflow.seq, data: tally.data() };
+      this.pendingOverflow = { seq: overflow.seq!, data: tally.data() };
     }
     this.writes++;
     for (const j of storedJson) this.recentRing.push(j);

@@ -129,6 +129,25 @@ export function serializeEnvelopes(envelopes: readonly Envelope[]): string[] {
   }
 }
 
+/**
+ * The severities an append may evict to make room, oldest first within each:
+ * info, then warnings (SPEC: "the oldest info events go first, then
+ * warnings"), but never a severity above the append's own highest. An append
+ * of info events only evicts older info: a store full of warnings does not
+ * lose one to keep a newer door.opened (it refuses the append instead).
+ * Critical events are never evicted.
+ */
+export function evictableFor(highest: 'info' | 'warning'): readonly ('info' | 'warning')[] {
+  return highest === 'info' ? ['info'] : ['info', 'warning'];
+}
+
+/** EDGE_OUTBOX_FULL for an append of `bytes` that does not fit even after evicting every stored event of `victims`. */
+export function outboxFull(bytes: number, maxBytes: number, storedBytes: number, evictableBytes: number, victims: readonly string[]): EdgewardError {
+  return new EdgewardError('EDGE_OUTBOX_FULL', `outbox full: the append does not fit even after evicting every stored ${victims.join(' and ')} event`, {
+    details: { bytes, maxBytes, storedBytes, evictableBytes },
+  });
+}
+
 /** EDGE_OUTBOX_EVENT_TOO_LARGE for the first event whose stored JSON is over `max`, else null. */
 export function tooLarge(sizes: readonly number[], max: number | undefined): EdgewardError | null {
   if (max === undefined) return null;
@@ -1111,13 +1130,13 @@ export class LevelOutbox implements Outbox {
       info: (meta.heads.info?.seq ?? lastSeq + 1) - 1,
       warning: (meta.heads.warning?.seq ?? lastSeq + 1) - 1,
     };
-    /** Evict stored info, then warning events (oldest first) until `need` bytes are freed; returns bytes freed. */
+    /** Evict stored events of `severities` (info, then warning; oldest first) until `need` bytes are freed; returns bytes freed. */
     const maxEvictions = this.opts.maxEvictionsPerWrite ?? MAX_EVICTIONS_PER_WRITE;
     let evictions = 0;
-    const evict = async (need: number): Promise<number> => {
+    const evict = async (need: number, severities: readonly ('info' | 'warning')[]): Promise<number> => {
       let freed = 0;
       const enough = () => freed >= need || evictions >= maxEvictions;
-      for (const severity of ['info', 'warning'] as const) {
+      for (const severity of severities) {
         if (enough()) break;
         const range = { gt: eventKey(severity, evictCursor[severity]), lt: SEV_PREFIX[severity] + SEQ_END };
         for await (const chunk of chunks(db, range, 256)) {
@@ -1177,24 +1196,23 @@ export class LevelOutbox implements Outbox {
       }
       let size = 0;
       let hasCritical = false;
+      let hasWarning = false;
       for (let i = 0; i < seqd.length; i++) {
         size += sizes[i];
         if (seqd[i].severity === 'critical') hasCritical = true;
+        else if (seqd[i].severity === 'warning') hasWarning = true;
       }
       const over = totalBytes(counts) + size - meta.maxBytes;
       if (over > 0) {
-        const evictable = counts.info.bytes - added.info.bytes + counts.warning.bytes - added.warning.bytes;
+        const victims = evictableFor(hasCritical || hasWarning ? 'warning' : 'info');
+        let evictable = 0;
+        for (const sev of victims) evictable += counts[sev].bytes - added[sev].bytes;
         const need = over + OVERFLOW_RESERVE;
         if (!hasCritical && evictable < over) {
-          appendResults.set(
-            job,
-            new EdgewardError('EDGE_OUTBOX_FULL', 'outbox full: event does not fit even after evicting all info and warning events', {
-              details: { bytes: size, maxBytes: meta.maxBytes, storedBytes: totalBytes(counts), evictableBytes: evictable },
-            }),
-          );
+          appendResults.set(job, outboxFull(size, meta.maxBytes, totalBytes(counts), evictable, victims));
           continue;
         }
-        const freed = await evict(need);
+        const freed = await evict(need, victims);
         // Critical events are never refused nor evicted: above the bound only criticals (and this write) remain.
         // Or this write evicted its most (maxEvictions), and later ones go on.
         if (freed < over && !this.warnedOverBound) {
@@ -1222,12 +1240,12 @@ export class LevelOutbox implements Outbox {
         del(prev.seq, 'warning', prev.bytes);
         t.merge(prev.data);
       }
-      const overflow = t.toEnvelope({ site: this.opts.site, edge: this.opts.edge }, this.clock.now());
-      overflow.seq = ++lastSeq;
+      // withSeq: the contract's key order (id, seq, ts, …), like every other stored event.
+      const overflow = withSeq(t.toEnvelope({ site: this.opts.site, edge: this.opts.edge }, this.clock.now()), ++lastSeq);
       const json = JSON.stringify(overflow);
       const size = Buffer.byteLength(json);
       put(overflow, json, size);
-      overflowWritten = { seq: overflow.seq, bytes: size, data: t.data() };
+      overflowWritten = { seq: overflow.seq!, bytes: size, data: t.data() };
     }
     if (totalBytes(counts) <= meta.maxBytes) this.warnedOverBound = false;
 

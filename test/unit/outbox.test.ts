@@ -366,7 +366,7 @@ function outboxSuite(name: string, makeHarness: () => Harness): void {
       assert.equal(d.fromSeq, (first.data as { fromSeq: number }).fromSeq);
     });
 
-    it('evicts the oldest warnings once no info is left, and never a critical', async () => {
+    it('evicts the oldest warnings once no info is left, for warnings, never for info, and never a critical', async () => {
       const c4 = Array.from({ length: 4 }, () => ev('critical', 'fire.alarm'));
       const w6 = Array.from({ length: 6 }, () => ev('warning', 'door.held_open'));
       const i3 = Array.from({ length: 3 }, () => ev('info'));
@@ -375,18 +375,30 @@ function outboxSuite(name: string, makeHarness: () => Harness): void {
       const crits = await ob.append(c4);
       const warns = await ob.append(w6);
       assert.equal(ob.stats().events, 10, 'nothing evicted yet');
-      const extra = await ob.append(i3);
+      // Newer info does not push out older warnings: "the oldest info events go first, then warnings".
+      await assert.rejects(ob.append(i3), (e) => isEdgewardError(e, 'EDGE_OUTBOX_FULL') && /every stored info event/.test(e.message));
+      assert.equal(ob.stats().events, 10, 'nothing evicted for info');
+      const extra = await ob.append(Array.from({ length: 3 }, () => ev('warning', 'door.held_open')));
       const stored = parsed(await readAll(ob));
       const seqs = new Set(stored.map((e) => e.seq));
       for (const e of crits) assert.ok(seqs.has(e.seq), 'critical kept');
       const o = stored.find((e) => e.type === 'edge.outbox_overflow');
       assert.ok(o, 'overflow event present');
       const d = o.data as { evicted: number; bySeverity: { info: number; warning: number }; byType: Record<string, number> };
+      assert.ok(d.evicted > 0);
       assert.equal(d.bySeverity.info, 0);
       assert.equal(d.bySeverity.warning, d.evicted);
       assert.deepEqual(d.byType, { 'door.held_open': d.evicted });
       for (const [i, e] of warns.entries()) assert.equal(seqs.has(e.seq), i >= d.evicted, `warning ${i}`);
       for (const e of extra) assert.ok(seqs.has(e.seq));
+    });
+
+    it('stores the overflow event with the contract key order, like every other event', async () => {
+      const ob = await make(sumSize(Array.from({ length: 4 }, () => ev('info'))) + 100);
+      for (let i = 0; i < 2; i++) await ob.append(Array.from({ length: 3 }, () => ev('info')));
+      const o = (await readAll(ob)).find((e) => e.json.includes('"edge.outbox_overflow"'));
+      assert.ok(o, 'overflow event present');
+      assert.deepEqual(Object.keys(JSON.parse(o.json)), ['id', 'seq', 'ts', 'site', 'edge', 'type', 'severity', 'source', 'data', 'msg', 'count']);
     });
 
     it('never evicts criticals: accepts them over the bound, then refuses non-critical with EDGE_OUTBOX_FULL', async () => {

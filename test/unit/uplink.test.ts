@@ -7,7 +7,7 @@ import { EdgewardError, isEdgewardError } from '../../edge/errors.js';
 import { silentLogger } from '../../edge/log.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { encodeBatch } from '../../sync/batch-codec.js';
-import { maxEventBytes, PendingSeqs, publishPacketBytes, Uplink } from '../../sync/uplink.js';
+import { maxEventBytes, normalizeRanges, PendingSeqs, publishPacketBytes, Uplink } from '../../sync/uplink.js';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { freePort, startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
 import { ManualClock } from '../helpers/clock.js';
@@ -198,6 +198,29 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     await waitFor(() => c.batches.length >= 3 && c.batches.slice(1).some((b) => b.events.some((e) => e.seq === first.seq)), {
       message: 'the timed-out seq sent again',
     });
+  });
+
+  it('normalizeRanges: an ack is clamped to the seqs handed out, sorted and merged, whatever it lists', () => {
+    assert.deepEqual(normalizeRanges([[5, 9], [1, 3], [4, 4], [20, 30]], 25), [[1, 9], [20, 25]]);
+    assert.deepEqual(normalizeRanges([[0, 2], [-5, -1], [26, 40]], 25), [[1, 2]]);
+    // 20,000 ranges up to MAX_SAFE_INTEGER (a valid ack that cost seconds of bookkeeping): one range.
+    const wide = Array.from({ length: 20_000 }, (_, i) => [1_000 + i, Number.MAX_SAFE_INTEGER] as [number, number]);
+    assert.deepEqual(normalizeRanges(wide, 5_000), [[1_000, 5_000]]);
+    assert.deepEqual(normalizeRanges(wide, 500), []);
+  });
+
+  it('applies a wide ack to what it covers, and only that', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
+    const u = make({ ackTimeoutMs: 60_000 });
+    await u.start();
+    const c = central;
+    const stored = await append(25);
+    await waitFor(() => c.byId.size === 25, { message: 'all sent' });
+    const ranges = Array.from({ length: 20_000 }, (_, i) => [stored[10].seq! + i, Number.MAX_SAFE_INTEGER]);
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: ranges }));
+    await waitFor(() => outbox.stats().events === 10, { message: 'seqs from the 11th on deleted' });
+    const left = (await outbox.read({ maxEvents: 100, maxBytes: 1 << 20 })).map((e) => e.seq);
+    assert.deepEqual(left, stored.slice(0, 10).map((e) => e.seq));
   });
 
   it('PendingSeqs: membership, partial and repeated acks, remaining ranges', () => {
