@@ -1,6 +1,7 @@
 import type { EventBus } from '../edge/bus.js';
 import type { Clock } from '../edge/clock.js';
 import type { EventInput } from '../edge/envelope.js';
+import type { DriverState } from '../edge/driver-state.js';
 import type { Logger } from '../edge/log.js';
 
 /**
@@ -15,6 +16,12 @@ export interface DriverContext {
   emit(event: EventInput): void;
   /** Site key for card pseudonyms (`privacy.siteKey`), and whether raw cards are allowed. */
   privacy: { siteKey: string; rawCards: boolean };
+  /**
+   * Small values of this device kept across restarts and redeploys (a door
+   * controller's event counter, so events logged while the edge was down are
+   * read, not skipped). Absent in tests that do not need it.
+   */
+  state?: DriverState;
 }
 
 export interface CommandRequest {

@@ -88,6 +88,9 @@ export async function scanModbus(
         const [deviceType, firmware] = await bus.readInputRegisters(unit, 200, 2);
         u = { unit, deviceType, firmware, profile: types.get(deviceType) };
       } catch (err) {
+        // The link itself went away: no unit answered anything; say so rather than list every id as present.
+        if (isEdgewardError(err) && LINK_DOWN.has(err.code))
+          throw new EdgewardError('EDGE_MODBUS_OPEN', `${bus.label}: the link dropped during the scan at unit ${unit} (${err.message})`, { cause: err });
         if (isEdgewardError(err, 'EDGE_MODBUS_EXCEPTION'))
           u = { unit, note: `answers, no identity registers (${err.message.replace(/^unit \d+: /, '')})` };
         else if (isEdgewardError(err) && err.code !== 'EDGE_MODBUS_TIMEOUT')
@@ -103,6 +106,9 @@ export async function scanModbus(
   }
   return found;
 }
+
+/** Errors that mean the bus's link is down, not that a unit answered oddly. */
+const LINK_DOWN = new Set(['EDGE_MODBUS_DISCONNECTED', 'EDGE_MODBUS_NOT_CONNECTED', 'EDGE_MODBUS_CLOSED']);
 
 function hex(n: number | undefined): string {
   return n === undefined ? '-' : `0x${n.toString(16).padStart(4, '0').toUpperCase()}`;

@@ -11,6 +11,7 @@ import { EventBus } from './bus.js';
 import { type Clock, systemClock } from './clock.js';
 import type { SiteConfig } from './config-types.js';
 import { unreadableFiles } from './config.js';
+import { DriverStateStore } from './driver-state.js';
 import { type Envelope, type EventInput, isEventType, isSeverity, makeEnvelope } from './envelope.js';
 import { EdgewardError, isEdgewardError } from './errors.js';
 import { registerFamilies } from './families.js';
@@ -91,6 +92,7 @@ export class Runtime {
   private pendingInputs: EventInput[] = [];
   private flushScheduled = false;
   private readonly held = new HeldEvents(HELD_MAX_EVENTS, HELD_MAX_BYTES);
+  private driverState?: DriverStateStore;
   /** With an uplink, events it could never send (over its packet limit even alone) are refused at ingest. */
   private readonly maxEventBytes?: number;
   private heldTimer: NodeJS.Timeout | null = null;
@@ -148,6 +150,8 @@ export class Runtime {
         throw new EdgewardError('EDGE_CONFIG_INVALID', `invalid site config: ${unreadable.join('; ')}`, { details: { errors: unreadable } });
       }
       await mkdir(c.dataDir, { recursive: true });
+      this.driverState = new DriverStateStore(join(c.dataDir, 'driver-state.json'), this.rootLog.child({ module: 'edge/driver-state' }), this.clock);
+      this.driverState.load();
       this.outboxImpl ??= new LevelOutbox({
         dir: outboxPath(c.dataDir),
         maxBytes: c.outbox.maxBytes,
@@ -249,6 +253,7 @@ export class Runtime {
       await Promise.allSettled([...stops, ...this.driverTasks]);
     });
     this.bus.removeOwner(this);
+    await this.step('driver state', async () => this.driverState?.flush());
     await this.step('http', async () => {
       const server = this.server;
       if (!server) return;
@@ -373,6 +378,7 @@ export class Runtime {
       log: this.rootLog.child({ module: 'drivers', device }),
       emit: (event) => this.bus.emit('event.input', event),
       privacy: this.config.privacy,
+      state: this.driverState?.scope(device),
     };
   }
 

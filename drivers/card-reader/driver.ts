@@ -1,3 +1,4 @@
+import { StringDecoder } from 'node:string_decoder';
 import type { CommandRequest, Driver, DriverContext } from '../driver.js';
 import type { EventInput } from '../../edge/envelope.js';
 import { pseudonymiseCard } from '../../edge/envelope.js';
@@ -17,6 +18,12 @@ export interface CardReaderOptions {
   door: number;
   /** Ignore the same card again within this window (readers repeat a held card); default 0 (off). */
   repeatMs?: number;
+  /**
+   * A partial line older than this when more bytes come is noise, not the
+   * start of the next card (default LINE_GAP_MS): a reader sends a line in
+   * one go, a few ms at 9600 baud.
+   */
+  lineGapMs?: number;
   reconnectMinMs?: number;
   reconnectMaxMs?: number;
 }
@@ -25,6 +32,8 @@ export interface CardReaderOptions {
 export const DEFAULT_CARD_PATTERN = '(?<card>\\d{1,20})\\s*$';
 
 const MAX_LINE = 256;
+/** See `CardReaderOptions.lineGapMs`. */
+export const LINE_GAP_MS = 300;
 
 /**
  * A plain serial card reader (a Wiegand-to-RS232 converter) sending one ASCII
@@ -41,6 +50,11 @@ export class CardReaderDriver implements Driver {
   private online?: boolean;
   private lastSeen?: string;
   private buf = '';
+  private readonly decoder = new StringDecoder('utf8');
+  /** When the last bytes came (the clock's ms): a partial line older than lineGapMs is dropped. */
+  private lastDataAt = 0;
+  /** After an overlong line: drop bytes up to the next line end (its tail is not a card line). */
+  private skipping = false;
   private timer?: NodeJS.Timeout;
   private attempt = 0;
   private lastCard?: { card: string; at: number };
@@ -106,6 +120,7 @@ export class CardReaderDriver implements Driver {
     this.link = link;
     this.attempt = 0;
     this.buf = '';
+    this.skipping = false;
     this.setOnline(true);
   }
 
@@ -121,17 +136,35 @@ export class CardReaderDriver implements Driver {
     }, delay);
   }
 
+  /**
+   * Split the bytes into lines. Leftovers never become part of a card: a
+   * partial line older than lineGapMs is dropped when more bytes come (seen:
+   * a stray '7' and then 12345678 read as card 712345678), and after an
+   * overlong line everything up to the next line end is dropped (seen: 300
+   * bytes of noise ending in 99 read as card 99).
+   */
   private onData(chunk: Buffer): void {
-    this.buf += chunk.toString('latin1');
+    const now = this.ctx.clock.now();
+    if (this.buf !== '' && now - this.lastDataAt > (this.opts.lineGapMs ?? LINE_GAP_MS)) {
+      this.log.debug({ length: this.buf.length }, 'card reader: a partial line went stale; dropped');
+      this.buf = '';
+    }
+    this.lastDataAt = now;
+    // UTF-8 (ASCII for most readers), split multi-byte characters kept whole across chunks.
+    this.buf += this.decoder.write(chunk);
     let nl = this.buf.search(/[\r\n]/);
     while (nl >= 0) {
       const line = this.buf.slice(0, nl).trim();
       this.buf = this.buf.slice(nl + 1);
-      if (line) this.onLine(line);
+      if (this.skipping) this.skipping = false;
+      else if (line) this.onLine(line);
       nl = this.buf.search(/[\r\n]/);
     }
     // A reader spewing noise without line ends must not grow the buffer forever.
-    if (this.buf.length > MAX_LINE) this.buf = '';
+    if (this.buf.length > MAX_LINE) {
+      this.buf = '';
+      this.skipping = true;
+    }
   }
 
   private onLine(line: string): void {

@@ -52,7 +52,16 @@ export class ModbusDoorDriver implements Driver {
   private failures = 0;
   private doorsState?: DoorState[];
   private counter?: number;
+  /** Commands one at a time: an unlock's pulse-length write, pulse and restore must not interleave with another's. */
+  private commands: Promise<unknown> = Promise.resolve();
+  /**
+   * The unit's own pulse length (holding register 0) to write back, when an
+   * unlock with `args.seconds` could not restore it: retried before each poll,
+   * or every later card swipe would hold the door for the command's seconds.
+   */
+  private pulseRestore?: number;
   private readonly log: Logger;
+  private readonly counterKey: string;
 
   constructor(
     readonly name: string,
@@ -61,11 +70,18 @@ export class ModbusDoorDriver implements Driver {
     private readonly ctx: DriverContext,
   ) {
     this.log = ctx.log.child({ module: 'drivers/door', device: name, unit: opts.unitId });
+    this.counterKey = `eventCounter@unit${opts.unitId}`;
   }
 
   async start(): Promise<void> {
     if (this.running) return;
     this.running = true;
+    // Where this unit's event log was read up to before a restart or redeploy: what it
+    // logged meanwhile is read at the first poll (seen: a forced door while the edge
+    // restarted was never reported). Kept per unit, so a device rewired to another unit
+    // starts from what that unit says.
+    const saved = this.ctx.state?.get(this.counterKey);
+    if (typeof saved === 'number' && Number.isInteger(saved) && saved >= 0 && saved <= 0xffff) this.counter = saved;
     const { resource, release } = this.getBus();
     this.bus = resource;
     this.release = release;
@@ -91,7 +107,13 @@ export class ModbusDoorDriver implements Driver {
     return { online: this.online === true, lastSeen: this.lastSeen };
   }
 
-  async execute(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
+  execute(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
+    const run = this.commands.then(() => this.executeNow(cmd));
+    this.commands = run.catch(() => undefined);
+    return run;
+  }
+
+  private async executeNow(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
     const bus = this.bus;
     if (!bus) throw new EdgewardError('EDGE_DRIVER_STOPPED', `${this.name} is not running`);
     const door = cmd.args.door ?? 0;
@@ -115,9 +137,11 @@ export class ModbusDoorDriver implements Driver {
               `${this.name}: args.seconds must be an integer 1…3600`,
             );
           }
-          await bus.writeRegister(unit, p.holdingRegisters.unlockSeconds, seconds, high);
+          await this.pulseFor(bus, seconds, base + p.coils.unlockPulse);
+        } else {
+          await this.restorePulse(bus);
+          await bus.writeCoil(unit, base + p.coils.unlockPulse, true, high);
         }
-        await bus.writeCoil(unit, base + p.coils.unlockPulse, true, high);
         this.log.info({ door, seconds, command: cmd.id }, 'door unlocked by command');
         return { door, ...(seconds === undefined ? {} : { seconds }) };
       }
@@ -128,7 +152,12 @@ export class ModbusDoorDriver implements Driver {
         return { door };
       case 'door.hold': {
         // args.hold (default true) holds the door unlocked; hold:false or release:true returns it to normal.
-        const hold = cmd.args.release === true ? false : cmd.args.hold !== false;
+        // Booleans only: "false", 0 or null from a flow must not leave a door held open.
+        const { hold: h, release: r } = cmd.args as { hold?: unknown; release?: unknown };
+        if ((h !== undefined && typeof h !== 'boolean') || (r !== undefined && typeof r !== 'boolean')) {
+          throw new EdgewardError('EDGE_COMMAND_INVALID', `${this.name}: args.hold and args.release must be true or false`);
+        }
+        const hold = r === true ? false : h !== false;
         await bus.writeCoil(unit, base + p.coils.holdUnlocked, hold, high);
         this.log.info(
           { door, hold, command: cmd.id },
@@ -138,6 +167,36 @@ export class ModbusDoorDriver implements Driver {
       }
       default:
         throw new EdgewardError('EDGE_COMMAND_UNSUPPORTED', `${this.name} does not execute ${cmd.action}`);
+    }
+  }
+
+  /**
+   * One unlock pulse of `seconds` (SPEC: args.seconds is the pulse): the pulse
+   * length is the unit's holding register 0, which card swipes use too, so it
+   * is set for this pulse and put back right after the coil write (the unit
+   * takes the length when the pulse starts). Measured before this: an unlock
+   * of 3600 s left every later granted card holding its door open for an hour.
+   */
+  private async pulseFor(bus: ModbusBus, seconds: number, coil: number): Promise<void> {
+    const unit = this.opts.unitId;
+    const reg = this.opts.profile.holdingRegisters.unlockSeconds;
+    const high = { priority: 'high' as const };
+    const [own] = this.pulseRestore !== undefined ? [this.pulseRestore] : await bus.readHoldingRegisters(unit, reg, 1, high);
+    this.pulseRestore = own;
+    await bus.writeRegister(unit, reg, seconds, high);
+    await bus.writeCoil(unit, coil, true, high);
+    await this.restorePulse(bus);
+  }
+
+  /** Write the unit's own pulse length back if a command left another there; a failure is retried later. */
+  private async restorePulse(bus: ModbusBus): Promise<void> {
+    const own = this.pulseRestore;
+    if (own === undefined) return;
+    try {
+      await bus.writeRegister(this.opts.unitId, this.opts.profile.holdingRegisters.unlockSeconds, own, { priority: 'high' });
+      this.pulseRestore = undefined;
+    } catch (err) {
+      this.log.warn({ err, seconds: own }, 'unlock pulse length not restored yet; retrying before the next poll');
     }
   }
 
@@ -178,18 +237,33 @@ export class ModbusDoorDriver implements Driver {
       1;
     // One after the other: a unit that does not answer costs one timeout per poll, not two.
     const [counter] = await bus.readInputRegisters(unit, p.inputRegisters.eventCounter, 1);
+    if (this.pulseRestore !== undefined) await this.restorePulse(bus);
     const bits = await bus.readDiscreteInputs(unit, 0, width);
-    if (this.counter !== undefined && counter !== this.counter)
-      await this.readRing(bus, this.counter, counter);
-    this.counter = counter;
+    if (this.counter !== undefined && counter !== this.counter) {
+      this.counter = await this.readRing(bus, this.counter, counter);
+    } else this.counter = counter;
+    this.ctx.state?.set(this.counterKey, this.counter);
     this.applyInputs(bits);
   }
 
-  /** Read ring events after `from` up to `to` (u16 counters, wrapping); report what the ring overwrote. */
-  private async readRing(bus: ModbusBus, from: number, to: number): Promise<void> {
+  /**
+   * Read ring events after `from` up to `to` (u16 counters, wrapping); report
+   * what the ring overwrote. The counter is read again after the entries: an
+   * event logged meanwhile may have overwritten the oldest entry read (seen:
+   * card 0 gone and card 777 emitted twice). Those entries are dropped and
+   * counted as lost; the new events are read at the next poll. Resolves with
+   * the counter the events were read up to.
+   */
+  private async readRing(bus: ModbusBus, from: number, to: number): Promise<number> {
     const ring = this.opts.profile.inputRegisters.ring;
     const n = (to - from) & 0xffff;
-    const lost = Math.max(0, n - ring.size);
+    if (n >= 0x8000) {
+      // Half the counter's range in one poll is not events: the controller restarted (its
+      // counter starts again at 0) or was replaced. Its ring then holds nothing we missed.
+      this.log.warn({ from, to }, 'device event counter went back: controller restarted; reading on from its counter');
+      return to;
+    }
+    let lost = Math.max(0, n - ring.size);
     const ks: number[] = [];
     for (let i = lost + 1; i <= n; i++) ks.push((from + i) & 0xffff);
     // One request per entry: the bus merges adjacent entries into as few transactions as the limits allow.
@@ -198,11 +272,16 @@ export class ModbusDoorDriver implements Driver {
         bus.readInputRegisters(this.opts.unitId, ring.base + ring.stride * (k % ring.size), ring.stride),
       ),
     );
+    const [after] = await bus.readInputRegisters(this.opts.unitId, this.opts.profile.inputRegisters.eventCounter, 1);
+    // Entries k whose slot events up to `after` have reused: k <= after - size.
+    const overwritten = Math.min(ks.length, Math.max(0, ((after - to) & 0xffff) - (ring.size - ks.length)));
+    lost += overwritten;
     if (lost > 0) {
       this.log.warn({ lost }, 'device event ring overran between polls');
       this.emit({ type: 'edge.events_lost', data: { count: lost, unit: this.opts.unitId } });
     }
-    for (const e of entries) this.ringEvent(e);
+    for (const e of entries.slice(overwritten)) this.ringEvent(e);
+    return to;
   }
 
   private ringEvent(e: number[]): void {

@@ -92,6 +92,8 @@ interface InFlight {
   txId: number;
   timer?: NodeJS.Timeout;
   gapTimer?: NodeJS.Timeout;
+  /** The unit of a complete frame of another unit skipped while waiting (RTU): named if ours never comes. */
+  foreign?: number;
 }
 
 const CODES = {
@@ -401,6 +403,17 @@ export class ModbusBus implements Resource {
     this.inflight = fl;
     this.stats.transactions++;
     fl.timer = this.ctx.clock.setTimeout(() => {
+      if (fl.foreign !== undefined) {
+        // Only another unit's frame came: a unit set to the wrong address, or a late reply and then nothing.
+        this.stats.garbled++;
+        this.finish(
+          fl,
+          new EdgewardError(CODES.garbled, `unit ${job.unit}: reply from unit ${fl.foreign}, none from unit ${job.unit} within ${job.timeoutMs} ms`, {
+            details: { unit: job.unit, fc: job.fc },
+          }),
+        );
+        return;
+      }
       this.stats.timeouts++;
       this.finish(
         fl,
@@ -422,53 +435,63 @@ export class ModbusBus implements Resource {
     else this.parseRtu(fl);
   }
 
+  /**
+   * RTU has no transaction id: the reply is the frame for this unit and
+   * function with a good CRC. Measured before this, each of these failed the
+   * request in flight: a complete frame of another unit ahead of ours (a slow
+   * unit's late reply, which then knocked a healthy unit on the same line
+   * offline for good, both drivers backing off in lock-step), and one noise
+   * byte before a good reply. Now complete foreign frames are skipped and our
+   * frame is looked for past any noise; what is left when the line goes quiet
+   * fails with the most specific error (another unit, function, CRC, short).
+   */
   private parseRtu(fl: InFlight): void {
-    const buf = fl.rx.length === 1 ? fl.rx[0] : Buffer.concat(fl.rx, fl.rxLen);
-    fl.rx = [buf];
+    let buf = fl.rx.length === 1 ? fl.rx[0] : Buffer.concat(fl.rx, fl.rxLen);
     const unit = fl.job.unit;
+    const fc = fl.job.fc;
+    while (buf.length >= 2 && buf[0] !== unit) {
+      const n = rtuReplyLength(buf[1] & 0x7f, buf);
+      if (n === undefined || buf.length < n || !crcOk(buf.subarray(0, n))) break;
+      fl.foreign = buf[0];
+      buf = buf.subarray(n);
+    }
+    fl.rx = buf.length > 0 ? [buf] : [];
+    fl.rxLen = buf.length;
+    if (buf.length === 0) return;
+    for (let i = 0; i < buf.length; i++) {
+      if (buf[i] !== unit || (i + 1 < buf.length && buf[i + 1] !== fc && buf[i + 1] !== (fc | 0x80))) continue;
+      const frame = buf.subarray(i);
+      const need = rtuReplyLength(fc, frame);
+      if (need === undefined || frame.length < need || !crcOk(frame.subarray(0, need))) continue;
+      if (i > 0) this.stats.garbled++;
+      this.complete(fl, frame.subarray(1, need - 2));
+      return;
+    }
+    // Nothing complete yet: the line going quiet ends it, well before the request timeout.
+    if (fl.gapTimer) this.ctx.clock.clearTimeout(fl.gapTimer);
+    fl.gapTimer = this.ctx.clock.setTimeout(() => this.failRtu(fl), this.frameGapMs);
+  }
+
+  /** The line went quiet without a good reply in `fl.rx`: say what came instead. */
+  private failRtu(fl: InFlight): void {
+    const buf = fl.rx.length === 1 ? fl.rx[0] : Buffer.concat(fl.rx, fl.rxLen);
+    const unit = fl.job.unit;
+    const fc = fl.job.fc;
+    const need = rtuReplyLength(fc, buf);
+    let err: EdgewardError;
     if (buf[0] !== unit) {
-      this.stats.garbled++;
-      this.finish(
-        fl,
-        new EdgewardError(CODES.garbled, `unit ${unit}: reply from unit ${buf[0]}`, { details: { unit } }),
-      );
-      return;
-    }
-    if (buf.length >= 2 && buf[1] !== fl.job.fc && buf[1] !== (fl.job.fc | 0x80)) {
-      this.stats.garbled++;
-      this.finish(
-        fl,
-        new EdgewardError(CODES.garbled, `unit ${unit}: reply with function ${buf[1]}`, {
-          details: { unit },
-        }),
-      );
-      return;
-    }
-    const need = rtuReplyLength(fl.job.fc, buf);
-    if (need === undefined || buf.length < need) {
-      // A reply that stops short is ended by line silence, well before the request timeout.
-      if (fl.gapTimer) this.ctx.clock.clearTimeout(fl.gapTimer);
-      fl.gapTimer = this.ctx.clock.setTimeout(() => {
-        this.stats.garbled++;
-        this.finish(
-          fl,
-          new EdgewardError(CODES.short, `unit ${unit}: short reply (${fl.rxLen} bytes)`, {
-            details: { unit },
-          }),
-        );
-      }, this.frameGapMs);
-      return;
-    }
-    const frame = buf.subarray(0, need);
-    if (!crcOk(frame)) {
+      err = new EdgewardError(CODES.garbled, `unit ${unit}: reply from unit ${buf[0]}`, { details: { unit } });
+    } else if (buf.length >= 2 && buf[1] !== fc && buf[1] !== (fc | 0x80)) {
+      err = new EdgewardError(CODES.garbled, `unit ${unit}: reply with function ${buf[1]}`, { details: { unit } });
+    } else if (need !== undefined && buf.length >= need) {
       this.stats.crcErrors++;
-      this.finish(
-        fl,
-        new EdgewardError(CODES.crc, `unit ${unit}: CRC error in reply`, { details: { unit } }),
-      );
+      this.finish(fl, new EdgewardError(CODES.crc, `unit ${unit}: CRC error in reply`, { details: { unit } }));
       return;
+    } else {
+      err = new EdgewardError(CODES.short, `unit ${unit}: short reply (${fl.rxLen} bytes)`, { details: { unit } });
     }
-    this.complete(fl, frame.subarray(1, need - 2));
+    this.stats.garbled++;
+    this.finish(fl, err);
   }
 
   private parseTcp(fl: InFlight): void {

@@ -121,8 +121,12 @@ export class DoorUnit {
     for (let i = 0; i < n; i++) this.record(2, door, 1_000_000 + i);
   }
 
+  /** Every unlock pulse started, with the length it took from holding register 0 (tests read it). */
+  readonly pulses: Array<{ door: number; seconds: number }> = [];
+
   private pulse(door: number): void {
     const seconds = this.hr[this.profile.holdingRegisters.unlockSeconds];
+    this.pulses.push({ door, seconds });
     const coil = this.bit(door, this.profile.coils.unlockPulse);
     this.coils[coil] = true;
     this.setReleased(door, true);

@@ -15,6 +15,8 @@ export class FakeRtuLine implements ByteLink {
   readonly requests: Array<{ unit: number; pdu: Buffer; at: number }> = [];
   /** Deliver replies one byte at a time, as a slow adapter would. */
   dribble = false;
+  /** Bytes sent just ahead of the next reply, once (line noise, another unit's late frame). */
+  prefix?: Buffer;
 
   constructor(readonly backend: SimBackend) {}
 
@@ -35,6 +37,10 @@ export class FakeRtuLine implements ByteLink {
     );
     if (fault === 'bad-crc') reply[reply.length - 1] ^= 0xff;
     if (fault === 'short') reply = reply.subarray(0, 3);
+    if (this.prefix) {
+      reply = Buffer.concat([this.prefix, reply]);
+      this.prefix = undefined;
+    }
     setImmediate(() => {
       if (!this.dribble) this.onData(reply);
       else for (const b of reply) this.onData(Buffer.from([b]));

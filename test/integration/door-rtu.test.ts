@@ -231,11 +231,14 @@ describe('door controllers over Modbus RTU on a PTY pair (integration)', functio
 
   it('commands: unlock with seconds, hold, release, lock', async () => {
     const d = drivers[5]; // door-6, unit 6
+    const own = sim.unit(6).hr[0];
     assert.deepEqual(
       await d.execute({ id: 'c1', action: 'door.unlock', target: 'door-6', args: { door: 1, seconds: 2 } }),
       { door: 1, seconds: 2 },
     );
-    assert.equal(sim.unit(6).hr[0], 2);
+    // The pulse took 2 s; the unit's own pulse length (card swipes use it) is back.
+    assert.deepEqual(sim.unit(6).pulses.at(-1), { door: 1, seconds: 2 });
+    assert.equal(sim.unit(6).hr[0], own);
     await expectEvents('door-6', [{ type: 'door.unlocked', data: { door: 1 } }]);
     await d.execute({ id: 'c2', action: 'door.lock', target: 'door-6', args: { door: 1 } });
     await waitFor(() => of('door-6').some((e) => e.type === 'door.locked'), {

@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
 import { SerialPort } from 'serialport';
 import type { Driver } from '../../drivers/driver.js';
+import { CardReaderDriver, DEFAULT_CARD_PATTERN, LINE_GAP_MS } from '../../drivers/card-reader/driver.js';
 import { register as registerCardReader } from '../../drivers/card-reader/index.js';
+import type { ByteLink } from '../../drivers/modbus/link.js';
 import { EventBus } from '../../edge/bus.js';
 import { systemClock } from '../../edge/clock.js';
 import { type EventInput, pseudonymiseCard } from '../../edge/envelope.js';
 import { createLogger } from '../../edge/log.js';
 import { Registry } from '../../edge/registry.js';
+import { ManualClock } from '../helpers/clock.js';
 import { openPtyPair, type PtyPair } from '../helpers/pty.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
@@ -120,5 +123,65 @@ describe('card reader over a serial PTY', function () {
       () => registry.createDriver('card-reader', 'r', { path: '/dev/null', pattern: '\\d+' }, {} as never),
       /pattern/,
     );
+  });
+});
+
+/** The line splitting alone, on a link the test feeds and a clock it moves. */
+describe('card reader lines (fed bytes, manual clock)', () => {
+  const siteKey = 'site';
+  let clock: ManualClock;
+  let link: ByteLink;
+  let events: EventInput[];
+  let driver: CardReaderDriver;
+
+  beforeEach(async () => {
+    clock = new ManualClock();
+    events = [];
+    link = { open: async () => undefined, write: () => undefined, close: async () => undefined, onData: () => undefined, onLost: () => undefined };
+    driver = new CardReaderDriver(
+      'reader',
+      { path: 'fake', baudRate: 9600, pattern: new RegExp(DEFAULT_CARD_PATTERN), cardBase: 10, door: 0 },
+      { bus: new EventBus(), clock, log: createLogger({ level: 'silent' }), emit: (e) => void events.push(e), privacy: { siteKey, rawCards: false } },
+      () => link,
+    );
+    await driver.start();
+  });
+  afterEach(() => driver.stop());
+
+  const feed = (s: string | Buffer) => link.onData(Buffer.isBuffer(s) ? s : Buffer.from(s, 'utf8'));
+  const cards = () => events.filter((e) => e.type === 'sensor.reading').map((e) => (e.data as { card: string }).card);
+
+  it('drops a stale partial line instead of gluing it to the next card', () => {
+    feed('7');
+    clock.advance(LINE_GAP_MS + 1);
+    feed('12345678\r\n');
+    assert.deepEqual(cards(), [pseudonymiseCard(12345678, siteKey)]);
+    // Within the gap the chunks are one line.
+    feed('1234');
+    clock.advance(10);
+    feed('5\r\n');
+    assert.deepEqual(cards().at(-1), pseudonymiseCard(12345, siteKey));
+  });
+
+  it('drops an overlong line up to its end: its tail is not a card', () => {
+    feed('A'.repeat(300));
+    feed('99\r\n');
+    feed('4242\r\n');
+    assert.deepEqual(cards(), [pseudonymiseCard(4242, siteKey)]);
+  });
+
+  it('reads UTF-8 lines, a character split across chunks included', async () => {
+    await driver.stop();
+    driver = new CardReaderDriver(
+      'reader',
+      { path: 'fake', baudRate: 9600, pattern: /^卡号:(?<card>\d+)$/u, cardBase: 10, door: 0 },
+      { bus: new EventBus(), clock, log: createLogger({ level: 'silent' }), emit: (e) => void events.push(e), privacy: { siteKey, rawCards: false } },
+      () => link,
+    );
+    await driver.start();
+    const bytes = Buffer.from('卡号:5150\n', 'utf8');
+    feed(bytes.subarray(0, 2));
+    feed(bytes.subarray(2));
+    assert.deepEqual(cards(), [pseudonymiseCard(5150, siteKey)]);
   });
 });

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { makeEnvelope } from '../../edge/envelope.js';
 import { LevelOutbox, outboxPath } from '../../sync/outbox.js';
@@ -18,6 +19,22 @@ function cli(...args: string[]): { status: number | null; stderr: string; stdout
     env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EDGEWARD_'))),
   });
   return { status: r.status, stderr: r.stderr, stdout: r.stdout };
+}
+
+/** The same, without blocking this process's event loop (for a test that serves the CLI a peer). */
+function cliAsync(...args: string[]): Promise<{ status: number | null; stderr: string; stdout: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'edge/cli.ts'), ...args], { cwd: ROOT });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => {
+      stdout += d;
+    });
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
 }
 
 describe('edgeward CLI usage errors', function () {
@@ -38,6 +55,21 @@ describe('edgeward CLI usage errors', function () {
     // With the reason: a technician tells a missing adapter or a refused port from a silent bus.
     assert.match(r.stderr, /^edgeward: EDGE_MODBUS_OPEN: cannot open 127\.0\.0\.1:1: .*ECONNREFUSED/m);
     assert.doesNotMatch(r.stderr, /\n\s+at /);
+  });
+
+  it('a scan whose link drops fails (exit 1) instead of listing every unit id as present', async () => {
+    // A Modbus TCP endpoint that hangs up on the first request.
+    const server = net.createServer((s) => s.on('data', () => s.destroy()));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (server.address() as net.AddressInfo).port;
+      const r = await cliAsync('scan', 'modbus', '--tcp', `127.0.0.1:${port}`, '--units', '1-6');
+      assert.equal(r.status, 1, r.stdout + r.stderr);
+      assert.match(r.stderr, /the link dropped during the scan at unit 1/);
+      assert.doesNotMatch(r.stdout, /answers/);
+    } finally {
+      server.close();
+    }
   });
 
   it('checks numeric options before anything runs: exit 2 naming the option, no stack trace', () => {

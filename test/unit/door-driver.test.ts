@@ -128,6 +128,153 @@ describe('door driver', () => {
     }
   });
 
+  describe('commands and the event ring against a simulated unit', () => {
+    let sim: DoorSim;
+    let bus: ModbusBus;
+    let driver: ModbusDoorDriver;
+    const events: EventInput[] = [];
+
+    beforeEach(async () => {
+      events.length = 0;
+      sim = new DoorSim({ units: [1], doors: 2 });
+      bus = new ModbusBus(
+        { transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs: 150, frameGapMs: 2 },
+        { clock: systemClock, log: silentLogger(), link: new FakeRtuLine(sim) },
+      );
+      await bus.start();
+      const ctx: DriverContext = {
+        bus: new EventBus(),
+        clock: systemClock,
+        log: silentLogger(),
+        emit: (e) => void events.push(e),
+        privacy: { siteKey: 'k', rawCards: true },
+      };
+      driver = new ModbusDoorDriver(
+        'door-1',
+        { unitId: 1, profile: loadDoorProfile('generic-door'), doors: 2, pollMs: 20 },
+        () => ({ resource: bus, release: async () => undefined }),
+        ctx,
+      );
+      await driver.start();
+      await waitFor(() => driver.state().online, { message: 'online' });
+    });
+    afterEach(async () => {
+      await driver.stop();
+      sim.stop();
+      await bus.close();
+    });
+
+    it('an unlock of N seconds pulses that long and puts the unit pulse length back; concurrent ones do not mix', async () => {
+      const unit = sim.unit(1);
+      const own = unit.hr[0];
+      const req = (door: number, seconds: number) => ({ id: `u${door}`, action: 'door.unlock', target: 'door-1', args: { door, seconds } });
+      await Promise.all([driver.execute(req(0, 2)), driver.execute(req(1, 600))]);
+      assert.deepEqual(unit.pulses, [
+        { door: 0, seconds: 2 },
+        { door: 1, seconds: 600 },
+      ]);
+      assert.equal(unit.hr[0], own, 'the unit pulse length is back');
+      // A card swipe afterwards takes the unit's own length, not the last command's.
+      unit.swipe(0, 4242);
+      assert.deepEqual(unit.pulses.at(-1), { door: 0, seconds: own });
+      await driver.execute({ id: 'l', action: 'door.lock', target: 'door-1', args: { door: 1 } });
+    });
+
+    it('door.hold takes booleans only: "false", 0 or null are refused, not taken as hold', async () => {
+      const unit = sim.unit(1);
+      for (const args of [{ hold: 'false' }, { hold: 0 }, { hold: null }, { release: 'true' }]) {
+        await assert.rejects(
+          driver.execute({ id: 'h', action: 'door.hold', target: 'door-1', args: { door: 1, ...args } as never }),
+          (e) => (e as { code?: string }).code === 'EDGE_COMMAND_INVALID',
+          JSON.stringify(args),
+        );
+      }
+      assert.equal(unit.coils[8 + 1], false, 'door 1 not held');
+      assert.deepEqual(await driver.execute({ id: 'h', action: 'door.hold', target: 'door-1', args: { door: 1, hold: true } }), { door: 1, hold: true });
+      assert.equal(unit.coils[8 + 1], true);
+      await driver.execute({ id: 'h', action: 'door.hold', target: 'door-1', args: { door: 1, release: true } });
+      assert.equal(unit.coils[8 + 1], false);
+    });
+
+    it('an event logged while the ring is read does not duplicate an entry or lose one silently', async () => {
+      const unit = sim.unit(1);
+      // 32 new events fill the ring; the 33rd lands while the driver reads the entries.
+      const read = sim.readRegisters.bind(sim);
+      let injected = false;
+      sim.readRegisters = (u, fc, address, count) => {
+        if (!injected && fc === 4 && address >= 16) {
+          injected = true;
+          unit.swipe(0, 777, 'unknown');
+        }
+        return read(u, fc, address, count);
+      };
+      for (let i = 0; i < 32; i++) unit.swipe(0, 1000 + i, 'unknown');
+      await waitFor(() => events.filter((e) => e.type === 'access.denied').length >= 32, { message: '32 denials' });
+      const cards = events.filter((e) => e.type === 'access.denied').map((e) => Number((e.data as { card: string }).card));
+      const lost = events.filter((e) => e.type === 'edge.events_lost').reduce((n, e) => n + (e.data as { count: number }).count, 0);
+      assert.equal(new Set(cards).size, cards.length, `no card twice: ${cards.join(' ')}`);
+      assert.equal(cards.length + lost, 33, `every event delivered or counted lost (${cards.length} + ${lost})`);
+      assert.equal(cards.at(-1), 777, 'the event logged during the read comes last');
+    });
+  });
+
+  it('reads at its next start what the unit logged while it was stopped; a controller restart is no flood of lost events', async () => {
+    const sim = new DoorSim({ units: [1] });
+    const bus = new ModbusBus(
+      { transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs: 150, frameGapMs: 2 },
+      { clock: systemClock, log: silentLogger(), link: new FakeRtuLine(sim) },
+    );
+    await bus.start();
+    const kept = new Map<string, unknown>();
+    const events: EventInput[] = [];
+    const ctx: DriverContext = {
+      bus: new EventBus(),
+      clock: systemClock,
+      log: silentLogger(),
+      emit: (e) => void events.push(e),
+      privacy: { siteKey: 'k', rawCards: true },
+      state: { get: (k) => kept.get(k), set: (k, v) => void kept.set(k, v) },
+    };
+    const make = () =>
+      new ModbusDoorDriver(
+        'door-1',
+        { unitId: 1, profile: loadDoorProfile('generic-door'), doors: 1, pollMs: 20 },
+        () => ({ resource: bus, release: async () => undefined }),
+        ctx,
+      );
+    const unit = sim.unit(1);
+    let driver = make();
+    try {
+      await driver.start();
+      await waitFor(() => driver.state().online, { message: 'online' });
+      unit.swipe(0, 1, 'unknown');
+      await waitFor(() => events.some((e) => e.type === 'access.denied'), { message: 'the first denial' });
+      await driver.stop();
+      // The edge restarts (or Node-RED redeploys): meanwhile a denied card and a forced door.
+      unit.swipe(0, 2, 'unknown');
+      unit.force(0);
+      events.length = 0;
+      driver = make();
+      await driver.start();
+      await waitFor(() => events.some((e) => e.type === 'door.forced'), { message: 'the forced door logged while stopped' });
+      assert.deepEqual(
+        events.filter((e) => e.type === 'access.denied').map((e) => (e.data as { card: string }).card),
+        ['2'],
+      );
+      // The controller restarts: its counter starts again at 0. Not 65,000 lost events.
+      events.length = 0;
+      unit.ir[0] = 0;
+      await waitFor(() => kept.get('eventCounter@unit1') === 0, { message: 'the new counter taken' });
+      unit.swipe(0, 3, 'unknown');
+      await waitFor(() => events.some((e) => e.type === 'access.denied'), { message: 'a denial after the restart' });
+      assert.ok(!events.some((e) => e.type === 'edge.events_lost'), JSON.stringify(events));
+    } finally {
+      await driver.stop();
+      sim.stop();
+      await bus.close();
+    }
+  });
+
   it('validates its properties, naming the field (unit 0 is rejected, not defaulted)', () => {
     assert.throws(() => parseDoorProps('d', { unitId: 0 }), /unitId/);
     assert.throws(() => parseDoorProps('d', { doors: 5 }), /doors/);

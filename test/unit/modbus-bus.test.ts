@@ -93,6 +93,18 @@ describe('modbus: one transaction queue per bus', () => {
     );
   });
 
+  it('finds its reply past line noise and past a complete frame of another unit (a slow unit answering late)', async () => {
+    sim.unit(1).swipe(0, 1, 'unknown');
+    line.prefix = Buffer.from([0x00]);
+    assert.deepEqual(await bus.readInputRegisters(1, 0, 1), [1]);
+    // Unit 2's late answer to an earlier read (a good CRC, another unit) lands first.
+    line.prefix = rtuFrame(2, Buffer.from([4, 2, 0x0d, 0x01]));
+    assert.deepEqual(await bus.readInputRegisters(1, 0, 1), [1]);
+    line.dribble = true;
+    line.prefix = Buffer.concat([Buffer.from([0x01, 0x99]), rtuFrame(3, Buffer.from([4, 2, 0, 7]))]);
+    assert.deepEqual(await bus.readInputRegisters(1, 0, 1), [1]);
+  });
+
   it('reassembles a reply that arrives byte by byte', async () => {
     line.dribble = true;
     sim.unit(1).swipe(0, 1, 'unknown');

@@ -1,0 +1,109 @@
+import { readFileSync } from 'node:fs';
+import { open, rename } from 'node:fs/promises';
+import type { Clock } from './clock.js';
+import type { Logger } from './log.js';
+
+/** A driver's own small persisted values (see `DriverContext.state`). */
+export interface DriverState {
+  get(key: string): unknown;
+  /** Remembered now, on disk within `DRIVER_STATE_SAVE_MS` (and at a clean stop). */
+  set(key: string, value: unknown): void;
+}
+
+/**
+ * How long a value may wait in memory before it is written. It must stay
+ * short: what a driver records here (a door controller's event counter) says
+ * which device events were read, and those events are stored by then (one
+ * event-loop turn and one fsync), so a crash replays at most this much as
+ * duplicates rather than losing any.
+ */
+export const DRIVER_STATE_SAVE_MS = 1000;
+
+/**
+ * Values drivers keep across restarts and Node-RED redeploys, in one JSON
+ * file (`<dataDir>/driver-state.json`), keyed by device. Written whole to a
+ * temporary file, synced and renamed over the old one: a crash leaves either
+ * the old file or the new one. A file that does not parse counts as empty
+ * (drivers then start from what the device says, as on a first start) and is
+ * replaced at the next write.
+ */
+export class DriverStateStore {
+  private values: Record<string, Record<string, unknown>> = {};
+  private timer: NodeJS.Timeout | null = null;
+  private saving: Promise<void> = Promise.resolve();
+  private dirty = false;
+
+  constructor(
+    private readonly file: string,
+    private readonly log: Logger,
+    private readonly clock: Clock,
+  ) {}
+
+  load(): void {
+    let text: string;
+    try {
+      text = readFileSync(this.file, 'utf8');
+    } catch {
+      return; // none yet
+    }
+    try {
+      const parsed: unknown = JSON.parse(text);
+      if (parsed && typeof parsed === 'object' && !Array.isArray(parsed))
+        this.values = parsed as typeof this.values;
+    } catch (err) {
+      this.log.warn(
+        { err, file: this.file },
+        'driver state unreadable: drivers start from what their devices say',
+      );
+    }
+  }
+
+  /** The state of one device. */
+  scope(device: string): DriverState {
+    return {
+      get: (key) => this.values[device]?.[key],
+      set: (key, value) => {
+        if (this.values[device]?.[key] === value) return;
+        this.values[device] = { ...this.values[device], [key]: value };
+        this.dirty = true;
+        if (!this.timer) {
+          this.timer = this.clock.setTimeout(() => {
+            this.timer = null;
+            void this.save();
+          }, DRIVER_STATE_SAVE_MS);
+          this.timer.unref?.();
+        }
+      },
+    };
+  }
+
+  /** Write what changed now (at stop). */
+  async flush(): Promise<void> {
+    if (this.timer) this.clock.clearTimeout(this.timer);
+    this.timer = null;
+    await this.save();
+  }
+
+  private save(): Promise<void> {
+    this.saving = this.saving.then(async () => {
+      if (!this.dirty) return;
+      this.dirty = false;
+      const tmp = `${this.file}.tmp`;
+      try {
+        const fh = await open(tmp, 'w');
+        try {
+          await fh.writeFile(JSON.stringify(this.values));
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+        await rename(tmp, this.file);
+      } catch (err) {
+        // A full disk: kept in memory, tried again with the next change or at stop.
+        this.dirty = true;
+        this.log.warn({ err, file: this.file }, 'driver state not written');
+      }
+    });
+    return this.saving;
+  }
+}
