@@ -73,6 +73,9 @@ const registerStart: CommandRegistration = (program) => {
       const config = loadConfigOrExit(opts.config, warnings);
       const log = createLogger({ level: config.log.level });
       for (const w of warnings) log.warn({ config: opts.config }, w);
+      // What the box writes (the outbox, flows, node credentials, driver state) is for its own
+      // user only: other accounts on the box must not read events or the flow's secrets.
+      process.umask(0o077);
       const runtime = new Runtime({ config, log, version: packageVersion() });
       try {
         await runtime.start();

@@ -13,7 +13,7 @@ import { type ConsoleCentral, startConsoleCentral } from '../sync/console-centra
 import type { SiteConfig } from './config-types.js';
 import { type Logger, REDACT_PATHS } from './log.js';
 import { EdgewardError, isEdgewardError } from './errors.js';
-import { DEMO_FLOW_FILE } from './nodered.js';
+import { DEMO_FLOW_FILE, encryptedCredentials } from './nodered.js';
 import { Runtime } from './runtime.js';
 import { SyntheticSource } from './synthetic-source.js';
 
@@ -164,15 +164,6 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoSummary> {
     const flowFile = path.join(dataDir, 'flows.json');
     if (!existsSync(flowFile)) await copyFile(DEMO_FLOW_FILE, flowFile);
     await pointFlowAtSimulators(flowFile, { modbusPort, cameraPort: camera.port });
-    // Node-RED keeps `flows_cred.json` in its userDir (`<dataDir>/node-red`). Written in clear
-    // once; Node-RED reads it and encrypts it on the first deploy. An existing file (a kept
-    // data dir) is left alone: it may hold credentials the technician set.
-    const credFile = path.join(dataDir, 'node-red', 'flows_cred.json');
-    if (!existsSync(credFile)) {
-      await mkdir(path.dirname(credFile), { recursive: true });
-      await writeFile(credFile, JSON.stringify({ [FLOW_CAMERA_NODE]: { password: DEMO_CAMERA_PASSWORD } }));
-    }
-
     const siteKey = await demoSiteKey(dataDir, ownDataDir);
     const config = demoConfig({
       dataDir,
@@ -181,6 +172,16 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoSummary> {
       siteKey,
       flowFile,
     });
+    // Node-RED keeps `flows_cred.json` in its userDir (`<dataDir>/node-red`), encrypted with the
+    // credential secret (derived from the site key): written so once, never in clear. An existing
+    // file (a kept data dir) is left alone: it may hold credentials the technician set.
+    const credFile = path.join(dataDir, 'node-red', 'flows_cred.json');
+    if (!existsSync(credFile)) {
+      await mkdir(path.dirname(credFile), { recursive: true });
+      await writeFile(credFile, JSON.stringify(encryptedCredentials(config, { [FLOW_CAMERA_NODE]: { password: DEMO_CAMERA_PASSWORD } })), {
+        mode: 0o600,
+      });
+    }
     const runtime = new Runtime({ config, log, version: 'demo' });
 
     // One line per device coming online or going offline.

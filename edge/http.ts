@@ -197,18 +197,25 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
   app.use('/api/v1', api);
 }
 
-/** Constant-time bearer check; without a configured token every request passes. */
-export function bearerAuth(token: string | undefined): express.RequestHandler {
-  if (token === undefined) return (_req, _res, next) => next();
+/** Whether a request carries `Authorization: Bearer <token>`, compared in constant time. */
+export function bearerOk(token: string): (req: { headers: { authorization?: string } }) => boolean {
   // Compare digests: equal lengths for timingSafeEqual, and no length leak.
   const want = createHash('sha256').update(token, 'utf8').digest();
-  return (req, res, next) => {
-    const h = req.headers.authorization ?? '';
-    const m = /^Bearer (.+)$/i.exec(h);
+  return (req) => {
+    const m = /^Bearer (.+)$/i.exec(req.headers.authorization ?? '');
     const got = createHash('sha256')
       .update(m ? m[1] : '', 'utf8')
       .digest();
-    if (m && timingSafeEqual(want, got)) {
+    return m !== null && timingSafeEqual(want, got);
+  };
+}
+
+/** Constant-time bearer check; without a configured token every request passes. */
+export function bearerAuth(token: string | undefined): express.RequestHandler {
+  if (token === undefined) return (_req, _res, next) => next();
+  const ok = bearerOk(token);
+  return (req, res, next) => {
+    if (ok(req)) {
       next();
       return;
     }

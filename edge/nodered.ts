@@ -1,4 +1,4 @@
-import { createHmac } from 'node:crypto';
+import { createCipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir } from 'node:fs/promises';
 import type http from 'node:http';
@@ -32,6 +32,8 @@ export interface EmbeddedNodeRed {
   stop(): Promise<void>;
   /** The absolute flow file Node-RED reads and writes deploys back to. */
   readonly flowFile: string;
+  /** Why the flows are not running (a node type this box lacks, safe mode), or null while they run. */
+  problem(): string | null;
 }
 
 /** The part of the `node-red` module's API used to embed it (it ships no types). */
@@ -74,7 +76,7 @@ export const DEMO_FLOW_FILE = path.join(repoRoot(), 'flows', 'demo.json');
  *
  * - The flow file is the technician's file and the source of truth: Node-RED
  *   reads `config.nodeRed.flowFile` (resolved against the working directory)
- *   and writes every deploy back to it, with its credentials beside it
+ *   and writes every deploy back to it; its credentials go in the user dir
  *   (`<name>_cred.json`, encrypted with the credential secret). When no flow
  *   file is configured, `<userDir>/flows.json` is seeded once from the default
  *   entrance flow.
@@ -118,8 +120,23 @@ export async function embedNodeRed(opts: EmbedNodeRedOptions): Promise<EmbeddedN
     // background): wait for them, so `http in` routes and device nodes are
     // live when the runtime reports started.
     const flows = flowsStarted(RED.events);
+    // Kept up to date across deploys: a deploy can stop the flows (a missing type) or start them again.
+    let problem: string | null = null;
+    const onStarted = () => {
+      problem = null;
+    };
+    const onRuntimeEvent = (ev: { id?: string; payload?: { error?: string; type?: string; types?: unknown } }) => {
+      if (ev?.id !== 'runtime-state') return;
+      if (ev.payload?.error) {
+        const types = Array.isArray(ev.payload.types) ? `: ${ev.payload.types.join(', ')}` : '';
+        problem = `node-red flows are not running (${ev.payload.error}${types})`;
+      }
+    };
+    RED.events.on('flows:started', onStarted);
+    RED.events.on('runtime-event', onRuntimeEvent);
     await RED.start();
     const outcome = await flows;
+    if (!outcome.ok && problem === null) problem = `node-red flows are not running (${outcome.problem})`;
     if (outcome.ok) {
       log.info({ flowFile, editor, adminAuth: Boolean(adminAuth) }, 'node-red started');
     } else {
@@ -131,9 +148,12 @@ export async function embedNodeRed(opts: EmbedNodeRedOptions): Promise<EmbeddedN
     let stopped = false;
     return {
       flowFile,
+      problem: () => problem,
       stop: async () => {
         if (stopped) return;
         stopped = true;
+        RED.events.off('flows:started', onStarted);
+        RED.events.off('runtime-event', onRuntimeEvent);
         try {
           await RED.stop();
         } finally {
@@ -290,6 +310,19 @@ function credentialSecret(config: SiteConfig): string {
   return createHmac('sha256', Buffer.from(config.privacy.siteKey, 'utf8'))
     .update('edgeward/node-red-credentials', 'utf8')
     .digest('hex');
+}
+
+/**
+ * Node credentials as Node-RED stores them with the site's credential secret
+ * (its format: aes-256-ctr under SHA-256 of the secret, `{"$": iv hex +
+ * base64}`), for a file written before Node-RED runs (the demo's camera
+ * password) so that it is never on disk in clear.
+ */
+export function encryptedCredentials(config: SiteConfig, credentials: Record<string, unknown>): { $: string } {
+  const key = createHash('sha256').update(credentialSecret(config)).digest();
+  const iv = randomBytes(16);
+  const cipher = createCipheriv('aes-256-ctr', key, iv);
+  return { $: iv.toString('hex') + cipher.update(JSON.stringify(credentials), 'utf8', 'base64') + cipher.final('base64') };
 }
 
 /** Node-RED is chatty at info (one line per node type loaded): warn unless the site asked for debug. */

@@ -10,12 +10,13 @@ import { maxEventBytes, Uplink } from '../sync/uplink.js';
 import { EventBus } from './bus.js';
 import { type Clock, systemClock } from './clock.js';
 import type { SiteConfig } from './config-types.js';
-import { unreadableFiles } from './config.js';
+import { isLoopbackHost, unreadableFiles } from './config.js';
 import { DriverStateStore } from './driver-state.js';
 import { type Envelope, type EventInput, isEventType, isSeverity, makeEnvelope } from './envelope.js';
 import { EdgewardError, isEdgewardError } from './errors.js';
 import { registerFamilies } from './families.js';
-import { type Health, mountHttpApi, type RuntimeStatus } from './http.js';
+import { bearerOk, type Health, mountHttpApi, type RuntimeStatus } from './http.js';
+import { guardUpgrades, originGuard } from './origin-guard.js';
 import type { Logger } from './log.js';
 import { Metrics } from './metrics.js';
 import type { EdgewardNodeApi } from './node-api.js';
@@ -85,7 +86,7 @@ export class Runtime {
   private outboxImpl?: Outbox;
   private uplink?: Uplink;
   private server?: http.Server;
-  private nodeRed?: { stop(): Promise<void> };
+  private nodeRed?: { stop(): Promise<void>; problem(): string | null };
   private readonly devices = new Map<string, DeviceRecord>();
   private readonly driverTasks = new Set<Promise<unknown>>();
   private readonly inflight = new Set<Promise<unknown>>();
@@ -206,6 +207,9 @@ export class Runtime {
 
       const app = express();
       app.disable('x-powered-by');
+      // Before every route: no other site's page may drive this box through the technician's browser.
+      const policy = { loopbackOnly: isLoopbackHost(c.http.host) };
+      app.use(originGuard(policy));
       mountHttpApi(app, {
         log: this.rootLog,
         metrics: this.metrics,
@@ -217,6 +221,12 @@ export class Runtime {
         health: () => this.health(),
       });
       this.server = http.createServer(app);
+      const tokenOk = c.http.token === undefined ? undefined : bearerOk(c.http.token);
+      guardUpgrades(this.server, policy, {
+        tokenOk,
+        adminPath: '/comms',
+        onRefused: (why, path) => this.log.warn({ path, why }, 'websocket refused'),
+      });
       await listen(this.server, c.http.host, c.http.port);
       this.boundPort = (this.server.address() as AddressInfo).port;
 
@@ -435,6 +445,9 @@ export class Runtime {
       outbox = `error: ${(err as Error).message}`;
     }
     if (typeof outbox === 'string') problems.push(`outbox ${outbox}`);
+    // No device is read while the flows do not run.
+    const flows = this.nodeRed?.problem();
+    if (flows) problems.push(flows);
     let uplink: Record<string, unknown> = { configured: false };
     if (this.uplink) {
       const { connected, unsendable, unackedForMs, inflightBatches } = this.uplink.status();

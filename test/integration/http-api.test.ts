@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import type { Driver } from '../../drivers/driver.js';
 import { systemClock } from '../../edge/clock.js';
 import { parseConfig } from '../../edge/config.js';
@@ -225,6 +226,44 @@ describe('local HTTP API (integration)', function () {
     assert.equal(none.status, 404);
     assert.match(((await none.json()) as { error: string }).error, /no such API path: \/api\/v1\/nope/);
     assert.equal(runtime.outbox.stats().lastSeq, before.lastSeq);
+  });
+
+  it('refuses what another site makes a browser send (Origin, Sec-Fetch-Site, a rebound Host): 403, nothing stored', async () => {
+    const raw = (method: string, path: string, headers: Record<string, string>, body?: string) =>
+      new Promise<{ status: number; text: string }>((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port: runtime.port, method, path, headers }, (res) => {
+          let text = '';
+          res.on('data', (d) => {
+            text += d;
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+    const before = runtime.outbox.stats();
+    const event = JSON.stringify({ type: 'door.opened', source: { device: 'd' } });
+    const json = { 'content-type': 'application/json' };
+    const refused: Array<[string, string, Record<string, string>, string?]> = [
+      ['POST', '/api/v1/events', { ...json, origin: 'http://evil.example' }, event],
+      ['POST', '/api/v1/events', { ...json, origin: 'null' }, event],
+      ['POST', '/api/v1/events', { ...json, 'sec-fetch-site': 'cross-site' }, event],
+      ['GET', '/api/v1/events', { 'sec-fetch-site': 'same-site' }],
+      // DNS rebinding: evil.example resolved to 127.0.0.1, the page reads under its own name.
+      ['GET', '/api/v1/events', { host: `evil.example:${runtime.port}` }],
+      ['GET', '/metrics', { host: 'evil.example' }],
+    ];
+    for (const [method, path, headers, body] of refused) {
+      const r = await raw(method, path, headers, body);
+      assert.equal(r.status, 403, `${method} ${path} ${JSON.stringify(headers)} → ${r.status} ${r.text}`);
+      assert.match(r.text, /refused/);
+    }
+    assert.equal(runtime.outbox.stats().lastSeq, before.lastSeq, 'nothing stored');
+    // The box's own pages, and clients that are not browsers.
+    const own = `http://127.0.0.1:${runtime.port}`;
+    assert.equal((await raw('POST', '/api/v1/events', { ...json, origin: own, 'sec-fetch-site': 'same-origin' }, event)).status, 202);
+    assert.equal((await raw('GET', '/api/v1/events', { host: `localhost:${runtime.port}` })).status, 200);
+    assert.equal((await raw('GET', '/healthz', {})).status, 200);
   });
 
   it('rejects invalid JSON (400) and a wrong content type (415), storing nothing', async () => {

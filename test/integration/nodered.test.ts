@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
@@ -106,6 +107,34 @@ async function start(
     lines,
     close: () => runtime.stop(),
   };
+}
+
+/** A websocket handshake on `path`: resolves with the status (101 when the upgrade is accepted). */
+function upgrade(h: Harness, path: string, headers: Record<string, string>): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      host: '127.0.0.1',
+      port: h.runtime.port,
+      path,
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-key': randomBytes(16).toString('base64'),
+        'sec-websocket-version': '13',
+        ...headers,
+      },
+    });
+    req.on('upgrade', (res, socket) => {
+      socket.destroy();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('response', (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 describe('embedded Node-RED (integration)', function () {
@@ -306,6 +335,59 @@ describe('embedded Node-RED (integration)', function () {
     });
   });
 
+  describe('with the editor on loopback without adminAuth (the demo), and another site in the browser', () => {
+    let h: Harness;
+
+    before(async () => {
+      h = await start(tmp, { editor: true }, 'open-editor');
+    });
+    after(async () => {
+      await h?.close();
+    });
+
+    it('refuses a cross-site deploy and a cross-site websocket to the editor; the editor itself still works', async () => {
+      const deploy = (headers: Record<string, string>) =>
+        fetch(`${h.base}/flows`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'node-red-deployment-type': 'full', ...headers },
+          body: '[]',
+        });
+      const evil = await deploy({ origin: 'http://evil.example' });
+      assert.equal(evil.status, 403);
+      const preflight = await fetch(`${h.base}/flows`, { method: 'OPTIONS', headers: { origin: 'http://evil.example', 'access-control-request-method': 'POST' } });
+      assert.equal(preflight.status, 403);
+      assert.equal(preflight.headers.get('access-control-allow-origin'), null);
+      assert.equal((await fetch(`${h.base}/flows`)).status, 200, 'the flows are still there to read: nothing was deployed');
+      assert.ok(((await (await fetch(`${h.base}/flows`)).json()) as unknown[]).length > 0);
+      assert.equal(await upgrade(h, '/comms', { origin: 'http://evil.example' }), 403);
+      assert.equal(await upgrade(h, '/comms', { origin: h.base }), 101);
+    });
+  });
+
+  describe('with websocket endpoints in the flow and an HTTP token', () => {
+    let h: Harness;
+    const TOKEN = 'flow-endpoint-token-0123';
+    const flow = [
+      { id: 'w.tab', type: 'tab', label: 'w' },
+      { id: 'w.l', type: 'websocket-listener', path: '/ws/feed', wholemsg: 'false' },
+      { id: 'w.in', type: 'websocket in', z: 'w.tab', server: 'w.l', client: '', wires: [] },
+    ];
+
+    before(async () => {
+      h = await start(tmp, { editor: false }, 'ws-token', flow, TOKEN);
+    });
+    after(async () => {
+      await h?.close();
+    });
+
+    it('needs the bearer token on a flow websocket, as on http in routes', async () => {
+      assert.equal(await upgrade(h, '/ws/feed', {}), 401);
+      assert.equal(await upgrade(h, '/ws/feed', { authorization: 'Bearer wrong-token-wrong-token' }), 401);
+      assert.equal(await upgrade(h, '/ws/feed', { authorization: `Bearer ${TOKEN}` }), 101);
+      assert.ok(h.lines.some((l) => l.msg === 'websocket refused' && l.path === '/ws/feed'));
+    });
+  });
+
   describe('with a node type this box does not have', () => {
     let h: Harness;
 
@@ -327,6 +409,11 @@ describe('embedded Node-RED (integration)', function () {
       assert.equal(line.level, 50);
       assert.equal(line.problem, 'missing-types');
       assert.deepEqual(line.types, ['no-such-node']);
+      // No device is read: the box is not healthy, whatever else works.
+      const health = await fetch(`${h.base}/healthz`);
+      assert.equal(health.status, 503);
+      const { problems } = (await health.json()) as { problems: string[] };
+      assert.ok(problems.includes('node-red flows are not running (missing-types: no-such-node)'), problems.join('; '));
     });
   });
 });
