@@ -47,6 +47,11 @@ export interface Driver {
   stop(): Promise<void>;
   /** Execute a verified command. Rejects with an EdgewardError on failure. */
   execute(cmd: CommandRequest): Promise<Record<string, unknown> | undefined>;
-  /** Online and last seen, for status and metrics. */
-  state(): { online: boolean; lastSeen?: string };
+  /** Online and last seen, for status and metrics; `reason`: why it is offline (an error code or errno). */
+  state(): { online: boolean; lastSeen?: string; reason?: string };
+  /**
+   * What this driver must be alone to drive (a Modbus unit on a bus): the
+   * runtime refuses a second driver with the same claim.
+   */
+  readonly exclusive?: string;
 }

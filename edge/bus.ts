@@ -12,7 +12,8 @@ export interface BusEvents {
   /** The event was stored in the outbox (has `seq`). */
   'event.stored': [Envelope];
   /** Device presence changed (for status and metrics). */
-  'device.state': [{ name: string; driver: string; online: boolean; lastSeen?: string }];
+  /** `reason`: why a device is offline (an error code or errno), shown in its node's status. */
+  'device.state': [{ name: string; driver: string; online: boolean; lastSeen?: string; reason?: string }];
   /** A verified downlink command, routed to its target driver. */
   command: [{ id: string; action: string; target: string; args: Record<string, unknown> }];
 }

@@ -60,6 +60,11 @@ const SOURCE_KEYS = new Set(['device', 'driver']);
 // characters, no lone surrogates (PostgreSQL's jsonb refuses them: the central could not store
 // the event) and no bidirectional overrides, which make a name display as another one in logs.
 const DEVICE_RE = /^(?!\s)[^\p{Cc}\p{Cs}\u202A-\u202E\u2066-\u2069]{1,128}$/u;
+/** Whether `name` may name a device (an event's source.device, a Node-RED device node). */
+export function isDeviceName(name: unknown): name is string {
+  return typeof name === 'string' && DEVICE_RE.test(name);
+}
+
 /** `data` nested deeper than this is refused (JSON.stringify would overflow the stack long before a central could use it). */
 export const MAX_DATA_DEPTH = 32;
 const LONE_SURROGATE_RE = /\p{Cs}/u;

@@ -15,7 +15,7 @@ import { DriverStateStore } from './driver-state.js';
 import { type Envelope, type EventInput, isEventType, isSeverity, makeEnvelope } from './envelope.js';
 import { EdgewardError, isEdgewardError } from './errors.js';
 import { registerFamilies } from './families.js';
-import { bearerOk, type Health, mountHttpApi, type RuntimeStatus } from './http.js';
+import { bearerOk, type Health, isDeviceName, mountHttpApi, type RuntimeStatus } from './http.js';
 import { guardUpgrades, originGuard } from './origin-guard.js';
 import type { Logger } from './log.js';
 import { Metrics } from './metrics.js';
@@ -332,8 +332,21 @@ export class Runtime {
    * marks the device offline, never thrown) and stops it on unregister.
    */
   registerDriver(driver: Driver): () => void {
+    // The same rule as an event's source.device: ' door-1' and 'door-1' must not be two devices.
+    if (!isDeviceName(driver.name)) {
+      throw new EdgewardError(
+        'EDGE_DEVICE_NAME',
+        `device name ${JSON.stringify(driver.name).slice(0, 140)} must be 1-128 printable characters, not starting with a space`,
+      );
+    }
     if (this.devices.get(driver.name)?.instance) {
       throw new EdgewardError('EDGE_DUPLICATE_DEVICE', `a device named "${driver.name}" is already registered`);
+    }
+    const claim = driver.exclusive;
+    const owner = claim === undefined ? undefined : [...this.devices.values()].find((d) => d.instance?.exclusive === claim);
+    if (owner) {
+      // Two nodes on one unit would each report every event of it, twice over.
+      throw new EdgewardError('EDGE_DUPLICATE_DEVICE', `${driver.name}: ${claim} is already driven by "${owner.name}"`);
     }
     const rec: DeviceRecord = { name: driver.name, driver: driver.driver, online: false, lastSeen: null, instance: driver };
     this.devices.set(driver.name, rec);

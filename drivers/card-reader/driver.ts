@@ -58,6 +58,8 @@ export class CardReaderDriver implements Driver {
   private timer?: NodeJS.Timeout;
   private attempt = 0;
   private lastCard?: { card: string; at: number };
+  /** Why the port is unavailable (an errno when there is one). */
+  private reason?: string;
   private readonly log: Logger;
 
   constructor(
@@ -87,8 +89,8 @@ export class CardReaderDriver implements Driver {
     await link?.close();
   }
 
-  state(): { online: boolean; lastSeen?: string } {
-    return { online: this.online === true, lastSeen: this.lastSeen };
+  state(): { online: boolean; lastSeen?: string; reason?: string } {
+    return { online: this.online === true, lastSeen: this.lastSeen, ...(this.online === false && this.reason ? { reason: this.reason } : {}) };
   }
 
   async execute(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
@@ -192,6 +194,8 @@ export class CardReaderDriver implements Driver {
   }
 
   private setOnline(online: boolean, reason?: string): void {
+    // An errno (ENOENT: no such port, EACCES: not in dialout) says more in a node's status than a message.
+    this.reason = online ? undefined : (/\b(E[A-Z]{3,})\b/.exec(reason ?? '')?.[1] ?? /No such file/i.exec(reason ?? '')?.[0] ?? reason);
     if (this.online === online) return;
     // At start a missing port is reported offline once; afterwards only changes are.
     this.online = online;
@@ -201,12 +205,7 @@ export class CardReaderDriver implements Driver {
       type: online ? 'device.online' : 'device.offline',
       data: online ? {} : { error: 'EDGE_SERIAL_UNAVAILABLE' },
     });
-    this.ctx.bus.emit('device.state', {
-      name: this.name,
-      driver: this.driver,
-      online,
-      lastSeen: this.lastSeen,
-    });
+    this.ctx.bus.emit('device.state', { name: this.name, driver: this.driver, ...this.state() });
   }
 
   private emit(e: Omit<EventInput, 'source'>): void {

@@ -21,6 +21,8 @@ export interface DoorDriverOptions {
   offlineAfter?: number;
   /** Longest pause between polls of a failing unit (default 5000 ms). */
   maxBackoffMs?: number;
+  /** The bus's key (its config node id): with the unit id, what no other door driver may claim. */
+  busKey?: string;
 }
 
 interface DoorState {
@@ -41,6 +43,8 @@ const ACTIONS = ['door.unlock', 'door.lock', 'door.hold'] as const;
 export class ModbusDoorDriver implements Driver {
   readonly driver = 'modbus-door';
   readonly actions = ACTIONS;
+  /** One driver per unit and bus: two would each report every event (see Driver.exclusive). */
+  readonly exclusive: string;
   private bus?: ModbusBus;
   private release?: () => Promise<void>;
   private unsubscribe?: () => void;
@@ -52,6 +56,8 @@ export class ModbusDoorDriver implements Driver {
   private failures = 0;
   private doorsState?: DoorState[];
   private counter?: number;
+  /** The code of the last failed poll: why the unit is offline. */
+  private lastError?: string;
   /** Commands one at a time: an unlock's pulse-length write, pulse and restore must not interleave with another's. */
   private commands: Promise<unknown> = Promise.resolve();
   /**
@@ -71,6 +77,7 @@ export class ModbusDoorDriver implements Driver {
   ) {
     this.log = ctx.log.child({ module: 'drivers/door', device: name, unit: opts.unitId });
     this.counterKey = `eventCounter@unit${opts.unitId}`;
+    this.exclusive = `modbus unit ${opts.unitId} on bus ${opts.busKey ?? '?'}`;
   }
 
   async start(): Promise<void> {
@@ -103,8 +110,8 @@ export class ModbusDoorDriver implements Driver {
     await release?.();
   }
 
-  state(): { online: boolean; lastSeen?: string } {
-    return { online: this.online === true, lastSeen: this.lastSeen };
+  state(): { online: boolean; lastSeen?: string; reason?: string } {
+    return { online: this.online === true, lastSeen: this.lastSeen, ...(this.online === false && this.lastError ? { reason: this.lastError } : {}) };
   }
 
   execute(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
@@ -349,6 +356,7 @@ export class ModbusDoorDriver implements Driver {
   private failed(err: Error): number {
     this.failures++;
     const code = (err as EdgewardError).code ?? 'EDGE_DRIVER_ERROR';
+    this.lastError = code;
     if (this.failures >= (this.opts.offlineAfter ?? 3) && this.online !== false) {
       this.online = false;
       this.log.warn({ code, failures: this.failures }, 'door controller offline');
@@ -361,12 +369,7 @@ export class ModbusDoorDriver implements Driver {
   }
 
   private presence(): void {
-    this.ctx.bus.emit('device.state', {
-      name: this.name,
-      driver: this.driver,
-      online: this.online === true,
-      lastSeen: this.lastSeen,
-    });
+    this.ctx.bus.emit('device.state', { name: this.name, driver: this.driver, ...this.state() });
   }
 
   private emit(e: Omit<EventInput, 'source'>): void {

@@ -1,7 +1,7 @@
 import type { DriverContext } from '../driver.js';
 import type { Registry } from '../../edge/registry.js';
 import type { ModbusBus } from '../modbus/bus.js';
-import { register as registerModbus } from '../modbus/index.js';
+import { parseBusProps, register as registerModbus } from '../modbus/index.js';
 import { propReader } from '../props.js';
 import { type DoorDriverOptions, ModbusDoorDriver } from './driver.js';
 import { loadDoorProfile } from './profile.js';
@@ -38,9 +38,12 @@ export function register(registry: Registry): void {
     if (typeof key !== 'string' || key === '')
       throw propReader('door', name, props).invalid('bus', 'is required');
     const busConfig = (props.busConfig ?? {}) as Record<string, unknown>;
+    // Checked now, naming the field: a bad bus found only when the first door acquires it left
+    // every door on it showing "connecting" for good, the reason in the log alone.
+    parseBusProps(busConfig);
     return new ModbusDoorDriver(
       name,
-      opts,
+      { ...opts, busKey: key },
       () => reg.acquire<ModbusBus>('modbus-bus', key, busConfig, ctx),
       ctx,
     );

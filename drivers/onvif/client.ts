@@ -1,8 +1,82 @@
+import { randomBytes, createHash } from 'node:crypto';
+import { lookup } from 'node:dns/promises';
 import http from 'node:http';
 import net from 'node:net';
 import { Cam } from 'onvif';
 import { EdgewardError } from '../../edge/errors.js';
 import { attr, child, children, DEFAULT_MAX_XML_BYTES, parseUntrustedXml, soapBody, text, type XmlNode, xmlEscape } from './xml.js';
+
+/**
+ * Upper bound, computed as a reply streams in, of the work onvif 0.8.3's
+ * namespace filter will do on it.
+ *
+ * Why: the library's parseSOAPString (lib/utils.js) runs
+ * `xml.replace(/xmlns([^=]*?)=(".*?")/g, '')` on every reply before
+ * anything of ours sees the parsed result. For each `xmlns` the lazy
+ * `[^=]*?` scans to the next `=`, and after `="` the `.*?"` scans to the
+ * next quote or line end; a failed scan is redone from the next `xmlns`.
+ * A body of repeated `xmlns` with no `=` is therefore quadratic: measured
+ * 484 ms of blocked event loop at 64 KiB and 1.97 s at 128 KiB (Node 20),
+ * minutes at the 1 MiB cap, freezing every other device of the runtime.
+ * A limit per `xmlns` (say 1 KiB to its `=`) is not enough: 200 `xmlns`
+ * before each `="` that is followed by 1 000 quote-free bytes passes it and
+ * still costs 158 ms per 1 MiB reply, so the budget is on the total.
+ *
+ * Model: every body byte costs one step for each `xmlns` whose scan is
+ * still open (an over-estimate: a successful match skips the `xmlns` inside
+ * it). A reply over 4 steps a byte (+64 Ki) is refused; real replies cost
+ * about one step per byte of their namespace declarations.
+ */
+export class XmlnsScanBudget {
+  /** Steps counted so far. */
+  work = 0;
+  private bytes = 0;
+  /** Bytes of "xmlns" matched at the end of the previous chunk. */
+  private matched = 0;
+  /** `xmlns` whose `[^=]*?` is still looking for `=`. */
+  private seekingEq = 0;
+  /** `xmlns` whose `=` was the previous byte (the regex wants a quote next). */
+  private atEq = 0;
+  /** `xmlns` past `="`, looking for the closing quote or a line end. */
+  private seekingQuote = 0;
+
+  /** Account for the next body chunk; false once the reply is over budget. */
+  feed(chunk: Uint8Array): boolean {
+    for (let i = 0; i < chunk.length; i++) {
+      const b = chunk[i] as number;
+      this.work += this.seekingEq + this.atEq + this.seekingQuote;
+      // The byte after `=`: a quote starts the `.*?"` scan, anything else ends those matches.
+      const opened = this.atEq > 0 && b === QUOTE ? this.atEq : 0;
+      this.atEq = 0;
+      if (b === QUOTE || b === LF || b === CR) this.seekingQuote = 0;
+      this.seekingQuote += opened;
+      if (b === EQ) {
+        this.atEq = this.seekingEq;
+        this.seekingEq = 0;
+      }
+      if (b === XMLNS[this.matched]) {
+        this.matched++;
+        if (this.matched === XMLNS.length) {
+          this.seekingEq++;
+          this.matched = 0;
+        }
+      } else {
+        this.matched = b === XMLNS[0] ? 1 : 0;
+      }
+    }
+    this.bytes += chunk.length;
+    return this.work <= 4 * this.bytes + 65536;
+  }
+}
+
+const XMLNS = Buffer.from('xmlns');
+const QUOTE = 0x22;
+const EQ = 0x3d;
+const LF = 0x0a;
+const CR = 0x0d;
+
+/** Node's Agent.addRequest, called for every request made through the agent (not in @types/node). */
+type AddRequest = (req: http.ClientRequest, ...rest: unknown[]) => void;
 
 /**
  * An HTTP agent dedicated to one camera.
@@ -12,8 +86,10 @@ import { attr, child, children, DEFAULT_MAX_XML_BYTES, parseUntrustedXml, soapBo
  * global keep-alive agent, whose 5 s socket timeout kills a long-held
  * PullMessages ("socket hang up"). Our Cam subclass routes every request
  * through this agent: no keep-alive (one socket per request, so a held pull
- * never shares or times out a pooled socket) and a byte cap per reply
- * (a socket carries exactly one reply), so a camera cannot flood us.
+ * never shares or times out a pooled socket), a byte cap per reply (a
+ * socket carries exactly one reply), so a camera cannot flood us, and the
+ * {@link XmlnsScanBudget} on each reply body, checked before the library
+ * parses it.
  */
 export class CappedAgent extends http.Agent {
   private readonly maxBytes: number;
@@ -36,6 +112,28 @@ export class CappedAgent extends http.Agent {
     });
     return socket;
   }
+
+  /**
+   * The budget is checked on the decoded body (the response's data events),
+   * not on the socket: chunked transfer coding could split every `xmlns` of
+   * the raw stream. Our data listener runs before the library's; destroying
+   * the response with an error means its 'end' (where onvif parses) never
+   * comes, and the socket error reaches the library's request callback.
+   */
+  addRequest(req: http.ClientRequest, ...rest: unknown[]): void {
+    req.prependListener('response', (res: http.IncomingMessage) => {
+      const budget = new XmlnsScanBudget();
+      res.prependListener('data', (chunk: Buffer) => {
+        if (res.destroyed || budget.feed(chunk)) return;
+        res.destroy(
+          new EdgewardError('EDGE_ONVIF_BAD_XML', 'camera reply refused before parsing: its xmlns pattern would stall the onvif library (quadratic regex)', {
+            details: { steps: budget.work },
+          }),
+        );
+      });
+    });
+    (http.Agent.prototype as unknown as { addRequest: AddRequest }).addRequest.call(this, req, ...rest);
+  }
 }
 
 /** One in-flight operation: its library callbacks report faults to it, not to the process. */
@@ -51,6 +149,7 @@ interface CamLike {
   hostname: string;
   port: number;
   agent: unknown;
+  password?: string;
   timeShift?: number;
   profiles?: Array<Record<string, any>>;
   defaultProfile?: Record<string, any>;
@@ -67,16 +166,44 @@ interface CamLike {
 const CamBase = Cam as unknown as new (opts: Record<string, unknown>) => CamLike;
 
 /**
- * onvif's Cam with every request guarded: replies are checked with our
- * hardened parser before the library sees them (size, DTD, well-formedness,
- * HTTP status), and anything the library throws inside its own callbacks
- * (it does, on unexpected shapes) is caught here and reported to the
- * operation that made the request instead of reaching the process.
+ * onvif's Cam with every request guarded. Before the library parses a reply,
+ * CappedAgent caps its size and the cost of the library's namespace regex;
+ * after the library has parsed it (onvif parses inside its own request code,
+ * before any callback of ours), each reply is checked again with our
+ * hardened parser (DTD, well-formedness, HTTP status) before the library's
+ * result is used. Anything the library throws inside its own callbacks (it
+ * does, on unexpected shapes) is caught here and reported to the operation
+ * that made the request instead of reaching the process.
  */
 class GuardedCam extends CamBase {
   /** Set around each client call and each callback, so nested library requests inherit it. */
   currentOp: Op | undefined = undefined;
   maxXmlBytes = DEFAULT_MAX_XML_BYTES;
+
+  /**
+   * WS-UsernameToken PasswordDigest = Base64(SHA-1(nonce + created + password)).
+   * onvif 0.8.3 (lib/cam.js _passwordDigest) encodes the password as 'ascii',
+   * which keeps only the low 8 bits of each UTF-16 unit, so a password such as
+   * "岗亭密码2025" never authenticates; the UsernameToken profile hashes the
+   * UTF-8 bytes. Same timestamp as the library (its camera clock estimate).
+   */
+  _passwordDigest(): { passdigest: string; nonce: string; timestamp: string } {
+    const timestamp = new Date(this.cameraNowMs()).toISOString();
+    const nonce = randomBytes(16);
+    const passdigest = createHash('sha1')
+      .update(Buffer.concat([nonce, Buffer.from(timestamp, 'utf8'), Buffer.from(this.password ?? '', 'utf8')]))
+      .digest('base64');
+    return { passdigest, nonce: nonce.toString('base64'), timestamp };
+  }
+
+  /**
+   * The camera's clock as the library estimates it: it reads the camera's
+   * time once per connect and keeps `timeShift` = camera time − process
+   * uptime; before that, our own clock.
+   */
+  cameraNowMs(): number {
+    return this.timeShift ? process.uptime() * 1000 + this.timeShift : Date.now();
+  }
 
   override _request(options: CamRequest, callback: Callback): void {
     const op = this.currentOp;
@@ -246,12 +373,12 @@ export class OnvifClient {
       const s = await this.call<{ uri?: string }>('GetStreamUri', this.timeoutMs, (done) =>
         cam.getStreamUri({ protocol: 'RTSP', profileToken: token }, (err, uri) => done(err, uri)),
       );
-      streamUri = typeof s?.uri === 'string' ? s.uri : undefined;
+      streamUri = typeof s?.uri === 'string' ? withoutUserinfo(s.uri) : undefined;
       // Not every camera has snapshots; a fault here is not a failed connect.
       snapshotUri = await this.call<{ uri?: string }>('GetSnapshotUri', this.timeoutMs, (done) =>
         cam.getSnapshotUri({ profileToken: token }, (err, uri) => done(err, uri)),
       ).then(
-        (u) => (typeof u?.uri === 'string' ? u.uri : undefined),
+        (u) => (typeof u?.uri === 'string' ? withoutUserinfo(u.uri) : undefined),
         (err: EdgewardError) => {
           if (err.code === 'EDGE_ONVIF_UNREACHABLE') throw err;
           return undefined;
@@ -287,7 +414,27 @@ export class OnvifClient {
     } catch (cause) {
       throw new EdgewardError('EDGE_ONVIF_BAD_REPLY', `subscription address is not a URL: ${address.slice(0, 100)}`, { cause });
     }
-    return { address: parsed.href, grantedS: grantedSeconds(resp, lifetimeS) };
+    // Every pull, renew and unsubscribe goes to this address with our UsernameToken: a camera must not be able to
+    // send them (and us) to another host. The port may differ (some cameras serve events on their own port).
+    if (!(await this.isCameraHost(parsed.hostname))) {
+      throw new EdgewardError(
+        'EDGE_ONVIF_BAD_REPLY',
+        `subscription address is on host ${parsed.hostname}, not the camera's ${this.opts.host}: refused (credentials go to that address)`,
+        { details: { host: parsed.hostname } },
+      );
+    }
+    return { address: parsed.href, grantedS: grantedSeconds(resp, lifetimeS, this.cam?.cameraNowMs()) };
+  }
+
+  /** Whether `hostname` (from a URL the camera gave us) is the configured camera: the same address, or one its name resolves to. */
+  private async isCameraHost(hostname: string): Promise<boolean> {
+    const bare = (h: string) => h.replace(/^\[|\]$/g, '').toLowerCase();
+    const want = bare(this.opts.host);
+    const got = bare(hostname);
+    if (got === want) return true;
+    if (net.isIP(want) !== 0 || net.isIP(got) === 0) return false;
+    const addrs = await lookup(want, { all: true }).catch(() => []);
+    return addrs.some((a) => a.address.toLowerCase() === got);
   }
 
   /** Hold a PullMessages for up to `timeoutS` seconds; returns the notifications (possibly none). */
@@ -315,7 +462,7 @@ export class OnvifClient {
     );
     const resp = child(body, 'RenewResponse');
     if (!resp) throw new EdgewardError('EDGE_ONVIF_BAD_REPLY', 'Renew reply has no RenewResponse');
-    return grantedSeconds(resp, lifetimeS);
+    return grantedSeconds(resp, lifetimeS, this.cam?.cameraNowMs());
   }
 
   /** Best-effort unsubscribe. */
@@ -408,12 +555,31 @@ function summariseProfile(p: Record<string, any>): ProfileSummary {
   };
 }
 
-/** Granted lifetime = TerminationTime − CurrentTime (camera clock on both sides); falls back to what we asked for. */
-function grantedSeconds(resp: XmlNode | undefined, askedS: number): number {
+/**
+ * Granted lifetime = TerminationTime − CurrentTime (camera clock on both
+ * sides). CurrentTime is optional in a RenewResponse: then TerminationTime −
+ * our estimate of the camera's clock, less 1 s because that estimate comes
+ * from a time read to the second (it may run up to 1 s slow, which would
+ * make the lifetime look longer than it is). Falls back to what we asked for
+ * only when the reply gives no usable TerminationTime.
+ */
+function grantedSeconds(resp: XmlNode | undefined, askedS: number, cameraNowMs?: number): number {
   const cur = Date.parse(text(resp, 'CurrentTime') ?? '');
   const term = Date.parse(text(resp, 'TerminationTime') ?? '');
   if (Number.isFinite(cur) && Number.isFinite(term) && term > cur) return (term - cur) / 1000;
+  if (!Number.isFinite(cur) && Number.isFinite(term) && cameraNowMs !== undefined) {
+    return Math.max(1, (term - cameraNowMs) / 1000 - 1);
+  }
   return askedS;
+}
+
+/**
+ * A URI without its userinfo: some cameras hand out `rtsp://user:password@host/…`,
+ * and these URIs leave the box in device.online and are printed by the CLI.
+ * The userinfo runs to the last `@` before the path (passwords with a raw `@` are seen).
+ */
+export function withoutUserinfo(uri: string): string {
+  return uri.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1');
 }
 
 function items(node: XmlNode | undefined): Record<string, string> {

@@ -2,7 +2,7 @@ import { EdgewardError, isEdgewardError } from '../../edge/errors.js';
 import type { Logger } from '../../edge/log.js';
 import type { CommandRequest, Driver, DriverContext } from '../driver.js';
 import { type CameraInfo, type Notification, OnvifClient, type OnvifClientOptions, type PullPoint } from './client.js';
-import { mapNotification } from './topics.js';
+import { mapAnyNotification, normaliseTopic } from './topics.js';
 
 /**
  * Properties of an ONVIF camera (node properties / site config): the client's
@@ -40,6 +40,8 @@ export interface OnvifHealth {
 }
 
 interface ActiveSub {
+  /** Sequence number of the subscription (1 for the first one). */
+  seq: number;
   pp: PullPoint;
   createdAt: number;
   /** Rejects when the subscription must be abandoned (renew failed, stop). */
@@ -49,6 +51,25 @@ interface ActiveSub {
 }
 
 const NETWORK_CODES = new Set(['EDGE_ONVIF_UNREACHABLE', 'EDGE_ONVIF_TIMEOUT', 'EDGE_ONVIF_NOT_CONNECTED']);
+
+/**
+ * Longest wait before a renew, ms. A camera may grant years (one granted
+ * until 2100 was seen in review): 0.8 of that overflows setTimeout's 2^31−1 ms,
+ * which Node turns into 1 ms, and the driver sent 366 Renews in 3 s.
+ * Renewing early is harmless; every 10 min at most keeps the subscription
+ * known to be alive.
+ */
+const MAX_RENEW_DELAY_MS = 10 * 60_000;
+
+/**
+ * Shortest time from the start of one empty pull to the next, ms. A camera
+ * that ignores the pull Timeout and answers at once made the driver pull
+ * 280 times a second (half a core); a pull that brings messages goes on at once.
+ */
+const MIN_EMPTY_PULL_GAP_MS = 1000;
+
+/** How many property states (topic + source) are remembered to recognise a repeated Initialized snapshot. */
+const MAX_KNOWN_STATES = 1024;
 
 /**
  * An ONVIF camera: connects, reports device information and stream URIs in
@@ -81,8 +102,13 @@ export class OnvifCameraDriver implements Driver {
   private subscriptions = 0;
   private lastEventAt: number | null = null;
   private lastError: string | null = null;
-  /** Keys of recently emitted notifications (insertion-ordered), to drop duplicates across subscriptions. */
-  private readonly recent = new Set<string>();
+  /**
+   * Recently emitted notifications (insertion-ordered) → the subscription that
+   * delivered them, to drop the copy a replacement subscription delivers again.
+   */
+  private readonly recent = new Map<string, number>();
+  /** Last known state of each property (event type, topic, source), to recognise a repeated Initialized snapshot. */
+  private readonly states = new Map<string, boolean>();
 
   constructor(name: string, props: OnvifCameraProps, ctx: DriverContext) {
     this.name = name;
@@ -212,7 +238,7 @@ export class OnvifCameraDriver implements Driver {
       kill = reject;
     });
     dead.catch(() => undefined); // observed through Promise.race below
-    const sub: ActiveSub = { pp, createdAt: this.ctx.clock.now(), dead, kill };
+    const sub: ActiveSub = { seq: this.subscriptions, pp, createdAt: this.ctx.clock.now(), dead, kill };
     this.sub = sub;
     this.log.info({ grantedS: pp.grantedS, resubscription: this.subscriptions > 1 }, 'pull-point subscription created');
     this.scheduleRenew(sub, pp.grantedS);
@@ -221,18 +247,24 @@ export class OnvifCameraDriver implements Driver {
     while (!this.stopped && this.sub === sub) {
       // While reported offline, pull briefly: one good round trip brings the camera back online without waiting a full hold.
       const holdS = this.announcedOffline ? 1 : pullS;
-      const pulled = client.pull(pp, holdS).then((msgs) => this.onMessages(msgs));
+      const startedAt = this.ctx.clock.now();
+      const pulled = client.pull(pp, holdS).then((msgs) => {
+        this.onMessages(msgs, sub);
+        return msgs.length;
+      });
       pulled.catch(() => undefined); // observed through Promise.race below, even when the race is lost
-      await Promise.race([pulled, sub.dead]);
+      const count = await Promise.race([pulled, sub.dead]);
       // A good pull proves the camera and the subscription are healthy.
       this.failures = 0;
       this.seen();
       this.markOnline();
+      const gap = MIN_EMPTY_PULL_GAP_MS - (this.ctx.clock.now() - startedAt);
+      if (count === 0 && gap > 0) await this.sleep(gap);
     }
   }
 
   private scheduleRenew(sub: ActiveSub, grantedS: number): void {
-    const ms = Math.max(100, grantedS * 1000 * (this.props.renewAt ?? 0.8));
+    const ms = Math.min(MAX_RENEW_DELAY_MS, Math.max(100, grantedS * 1000 * (this.props.renewAt ?? 0.8)));
     sub.renewTimer = this.ctx.clock.setTimeout(() => {
       this.renew(sub).catch(() => undefined);
     }, ms);
@@ -264,19 +296,24 @@ export class OnvifCameraDriver implements Driver {
     sub.kill(reason);
   }
 
-  private onMessages(msgs: Notification[]): void {
+  private onMessages(msgs: Notification[], sub: ActiveSub): void {
     for (const n of msgs) {
       try {
-        const ev = mapNotification(n);
+        const ev = mapAnyNotification(n);
         if (!ev) {
           this.log.debug({ topic: n.topic }, 'unmapped camera topic');
           continue;
         }
-        // An abandoned subscription's last pull and its replacement can both carry the same notification.
+        // An abandoned subscription's last pull and its replacement can both carry the same notification. Only a copy
+        // from another subscription is dropped: within one stream, cameras with 1-second timestamps send identical
+        // notifications that are real events (motion true, false, true within a second).
         const key = `${n.topic}|${n.utcTime}|${n.operation}|${JSON.stringify(n.source)}|${JSON.stringify(n.data)}`;
-        if (n.utcTime !== undefined && this.recent.has(key)) continue;
-        this.recent.add(key);
-        if (this.recent.size > 256) this.recent.delete(this.recent.values().next().value as string);
+        const from = this.recent.get(key);
+        if (n.utcTime !== undefined && from !== undefined && from !== sub.seq) continue;
+        this.recent.delete(key);
+        this.recent.set(key, sub.seq);
+        if (this.recent.size > 256) this.recent.delete(this.recent.keys().next().value as string);
+        if (!this.isNews(n, ev.data.state as boolean | undefined)) continue;
         this.lastEventAt = this.ctx.clock.now();
         this.ctx.emit({ type: ev.type, severity: ev.severity, source: { device: this.name, driver: this.driver }, data: ev.data });
       } catch (err) {
@@ -285,14 +322,34 @@ export class OnvifCameraDriver implements Driver {
     }
   }
 
+  /**
+   * Every new subscription starts with an Initialized snapshot of each
+   * property's current state. It is an event only when it differs from what
+   * we last knew (inactive when nothing): otherwise a motion or tamper still
+   * active came back as a new event (a fresh camera.tamper warning) on every
+   * resubscription, and a tamper that cleared while we were away was never reported.
+   */
+  private isNews(n: Notification, state: boolean | undefined): boolean {
+    if (state === undefined) return n.operation !== 'Initialized';
+    const prop = `${normaliseTopic(n.topic)}|${JSON.stringify(n.source)}`;
+    const known = this.states.get(prop);
+    this.states.delete(prop);
+    this.states.set(prop, state);
+    if (this.states.size > MAX_KNOWN_STATES) this.states.delete(this.states.keys().next().value as string);
+    return n.operation !== 'Initialized' || state !== (known ?? false);
+  }
+
   private onFailure(err: unknown): void {
     const e = isEdgewardError(err) ? err : new EdgewardError('EDGE_ONVIF_ERROR', String((err as Error)?.message ?? err), { cause: err });
     this.failures++;
     this.lastError = `${e.code}: ${e.message}`;
     this.dropSubscription(e);
     const network = NETWORK_CODES.has(e.code);
+    // A refused UsernameToken is most often a camera clock that stepped (NTP sync, power cut): the library reads the
+    // camera's time only on connect, so reconnect at once rather than after the three failures that mean offline.
+    const auth = e.code === 'EDGE_ONVIF_AUTH' || isEdgewardError(e.cause, 'EDGE_ONVIF_AUTH');
     // Reconnect on network errors (a rebooted camera may come back changed) and when faults persist.
-    if (network || this.failures >= 3) this.info = undefined;
+    if (network || auth || this.failures >= 3) this.info = undefined;
     this.log.warn({ code: e.code, err: e.message, failures: this.failures }, 'camera failure');
     const offlineAfter = this.props.offlineAfter ?? 3;
     if (this.failures >= offlineAfter && !this.announcedOffline) {

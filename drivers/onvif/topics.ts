@@ -47,13 +47,20 @@ const RULES: Rule[] = [
  * Map a notification to camera.motion / camera.tamper / camera.analytics, the
  * raw topic kept in `data.topic`. Returns undefined for topics we do not map
  * and for the "Initialized" snapshot of an inactive state (sent on every new
- * subscription, it is not an event).
+ * subscription, it is not an event). Stateless: the driver uses
+ * {@link mapAnyNotification} and judges a snapshot against the state it last knew.
  */
 export function mapNotification(n: Notification): MappedEvent | undefined {
+  const ev = mapAnyNotification(n);
+  if (ev && n.operation === 'Initialized' && ev.data.state !== true) return undefined;
+  return ev;
+}
+
+/** Like {@link mapNotification}, but an Initialized snapshot is mapped whatever its state. */
+export function mapAnyNotification(n: Notification): MappedEvent | undefined {
   const rule = RULES.find((r) => r.match(normaliseTopic(n.topic)));
   if (!rule) return undefined;
   const state = rule.stateItem ? bool(n.data[rule.stateItem]) : undefined;
-  if (n.operation === 'Initialized' && state !== true) return undefined;
   const data: Record<string, unknown> = { topic: n.topic, source: n.source, items: n.data };
   if (state !== undefined) data.state = state;
   if (rule.analytic) data.analytic = rule.analytic;

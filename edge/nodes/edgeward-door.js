@@ -9,7 +9,7 @@
  * Output: every stored event of this device, msg.payload = the envelope, msg.topic = its type.
  * Input: msg.payload {action: 'door.unlock'|'door.lock'|'door.hold', args: {door, seconds, hold}} runs a local command.
  */
-const { edgewardApi, startDeviceNode } = require('./lib/device-node.js');
+const { edgewardApi, presence, startDeviceNode } = require('./lib/device-node.js');
 
 module.exports = function register(RED) {
   function EdgewardDoorNode(config) {
@@ -43,6 +43,9 @@ module.exports = function register(RED) {
       const p = msg.payload || {};
       driver.execute({ id: msg._msgid, action: p.action, target: name, args: p.args || {} }).then(
         (result) => {
+          // A command that works clears the mark an earlier failed one left.
+          const st = driver.state();
+          node.status(presence(st.online, st.reason));
           msg.payload = { ok: true, action: p.action, result: result || {} };
           send(msg);
           done();

@@ -1,13 +1,15 @@
 'use strict';
 
 /**
- * edgeward-event: any msg.payload `{type, data, severity?}` becomes an event,
+ * edgeward-event: any msg.payload `{type, data, severity?, ts?}` becomes an event,
  * stored durably by the runtime (then rules, outbox, uplink). A thin adapter:
  * the runtime validates the event; this node only shapes it and reports.
  *
  * Output: the same msg with msg.payload = the stored envelope (with seq).
  */
 const { edgewardApi } = require('./lib/device-node.js');
+
+const PAYLOAD_KEYS = new Set(['type', 'data', 'severity', 'ts']);
 
 module.exports = function register(RED) {
   function EdgewardEventNode(config) {
@@ -25,6 +27,13 @@ module.exports = function register(RED) {
         fail(new Error('msg.payload must be an object {type, data, severity?}'), done);
         return;
       }
+      // The fields of POST /api/v1/events that a flow sets (source is this node): anything
+      // else is refused by name, not dropped, so a typo (`serverity`) does not go unnoticed.
+      const unknown = Object.keys(p).filter((k) => !PAYLOAD_KEYS.has(k));
+      if (unknown.length > 0) {
+        fail(new Error(`msg.payload.${unknown[0]}: unknown field (an event has type, data, severity, ts)`), done);
+        return;
+      }
       const type = p.type ?? node.eventType;
       if (type === undefined || type === '') {
         fail(new Error('msg.payload.type is missing and the node has no default event type'), done);
@@ -36,6 +45,7 @@ module.exports = function register(RED) {
         data: p.data,
         severity: p.severity ?? node.severity,
       };
+      if (p.ts !== undefined) input.ts = p.ts;
       api.ingest([input]).then(
         (stored) => {
           const envelope = stored[0];

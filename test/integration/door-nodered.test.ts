@@ -158,3 +158,91 @@ describe('edgeward-modbus-bus, edgeward-door and edgeward-card-reader nodes in t
     assert.deepEqual(ev.data, { kind: 'card', door: 0, card: pseudonymiseCard(4242, SITE_KEY) });
   });
 });
+
+/**
+ * What a technician sees on the nodes when a flow is wired wrong: each mistake
+ * marks its node with a code that names it, the other nodes run on. Node
+ * statuses are read from Node-RED's own event emitter (the runtime embeds it
+ * in this process), which also carries those set while a node is created.
+ */
+describe('edgeward door nodes wired wrong (integration)', function () {
+  this.timeout(40_000);
+  let tmp: TmpDir;
+  let sim: DoorSim;
+  let runtime: Runtime;
+  const statuses: Array<{ id: string; text?: string }> = [];
+  const RED = require('node-red') as { events: NodeJS.EventEmitter };
+  const onStatus = (e: { id: string; status: { text?: string } }) => void statuses.push({ id: e.id, text: e.status?.text });
+
+  before(async () => {
+    tmp = await tmpDir('door-nodes-wrong');
+    sim = new DoorSim({ units: [1, 2] });
+    const { port } = await sim.serveTcp(0, '127.0.0.1');
+    RED.events.on('node-status', onStatus);
+    const door = (id: string, name: string, bus: string, unitId: string) => ({
+      id,
+      type: 'edgeward-door',
+      z: 'tab',
+      name,
+      bus,
+      unitId,
+      profile: 'generic-door',
+      doors: '1',
+      pollMs: '50',
+      wires: [[]],
+    });
+    const flow = [
+      { id: 'tab', type: 'tab', label: 'doors' },
+      { id: 'busT', type: 'edgeward-modbus-bus', name: 'line T', transport: 'tcp', host: '127.0.0.1', port: String(port), timeoutMs: '100' },
+      // The editor accepts a 5 ms timeout; the driver's rule is 10-60000.
+      { id: 'busB', type: 'edgeward-modbus-bus', name: 'line B', transport: 'tcp', host: '127.0.0.1', port: String(port), timeoutMs: '5' },
+      door('a', 'door-a', 'busT', '1'),
+      door('a2', 'door-a-copy', 'busT', '1'),
+      door('sp', ' door-space', 'busT', '2'),
+      door('b', 'door-b', 'busB', '2'),
+      door('c', 'door-c', 'busT', '3'),
+      // Commands over HTTP, as a flow might take them.
+      { id: 'in', type: 'http in', z: 'tab', url: '/cmd', method: 'post', wires: [['a']] },
+    ];
+    runtime = await startRuntimeWithFlow({ dir: tmp.path, flow, siteKey: SITE_KEY, allow: ['door.unlock', 'door.lock', 'door.hold'] });
+  });
+
+  after(async () => {
+    RED.events.off('node-status', onStatus);
+    await runtime?.stop();
+    await sim?.stop();
+    await tmp?.cleanup();
+  });
+
+  const last = (id: string) => statuses.filter((s) => s.id === id).at(-1)?.text;
+  const shows = (id: string, text: string) =>
+    waitFor(() => last(id) === text, { message: () => `${id} shows ${text}, last: ${last(id)}` });
+
+  it('names each mistake on its node: a bad bus, a second node on one unit, a bad name, a unit that does not answer', async () => {
+    await shows('a', 'online');
+    await shows('a2', 'error: EDGE_DUPLICATE_DEVICE');
+    await shows('sp', 'error: EDGE_DEVICE_NAME');
+    await shows('b', 'error: EDGE_CONFIG_INVALID');
+    await shows('c', 'offline: EDGE_MODBUS_TIMEOUT');
+    assert.deepEqual(
+      runtime.status().devices.map((d) => d.name).sort(),
+      ['door-a', 'door-c'],
+    );
+  });
+
+  it('a command that works clears the mark a failed one left', async () => {
+    await shows('a', 'online');
+    const port = runtime.port;
+    const command = (body: unknown) =>
+      fetch(`http://127.0.0.1:${port}/cmd`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(500),
+      }).catch(() => undefined); // nothing answers the request: the door node's output is not wired back
+    await command({ action: 'door.unlock', args: { door: 5 } });
+    await shows('a', 'error: EDGE_COMMAND_INVALID');
+    await command({ action: 'door.lock', args: { door: 0 } });
+    await shows('a', 'online');
+  });
+});

@@ -272,6 +272,28 @@ describe('embedded Node-RED (integration)', function () {
       assert.equal(h.runtime.outbox.stats().lastSeq, before);
     });
 
+    it('keeps a ts the flow gives, and refuses an unknown field by name instead of dropping it', async () => {
+      const post = (body: unknown) =>
+        fetch(`${h.base}/test/event`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+          signal: AbortSignal.timeout(1000),
+        });
+      const ts = '2025-03-05T08:12:03.120Z';
+      const ok = await post({ data: { door: 1 }, ts });
+      assert.equal(ok.status, 200);
+      assert.equal(((await ok.json()) as { ts: string }).ts, ts);
+      const before = h.runtime.outbox.stats().lastSeq;
+      await post({ data: { door: 1 }, serverity: 'warning' }).catch(() => undefined); // no answer: the node reports an error
+      const line = await waitFor(
+        () => h.lines.find((l) => l.nodeType === 'edgeward-event' && String(l.msg).includes('serverity')),
+        { message: 'edgeward-event named the unknown field' },
+      );
+      assert.match(String(line.msg), /event rejected: msg\.payload\.serverity: unknown field/);
+      assert.equal(h.runtime.outbox.stats().lastSeq, before);
+    });
+
     it('writes a deploy back to the technician\'s flow file', async () => {
       const flows = [...TEST_FLOW, { id: 't.note', type: 'comment', z: 't.tab', name: 'deployed from the editor', wires: [] }];
       const res = await fetch(`${h.base}/flows`, {

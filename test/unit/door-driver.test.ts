@@ -86,7 +86,7 @@ describe('door driver', () => {
       );
       assert.equal(events[2].data?.error, 'EDGE_MODBUS_TIMEOUT');
       assert.deepEqual(states.at(-1), { name: 'door-3', online: false });
-      assert.deepEqual(drivers[2].state(), { online: false, lastSeen: undefined });
+      assert.deepEqual(drivers[2].state(), { online: false, lastSeen: undefined, reason: 'EDGE_MODBUS_TIMEOUT' });
     } finally {
       for (const d of drivers) await d.stop();
       await bus.close();

@@ -24,6 +24,12 @@ function edgewardApi(RED, node, type) {
   return api;
 }
 
+/** The node status for a device's presence: offline says why (an error code, an errno), as the log does. */
+function presence(online, reason) {
+  if (online) return { fill: 'green', shape: 'dot', text: 'online' };
+  return { fill: 'red', shape: 'ring', text: reason ? `offline: ${String(reason).slice(0, 40)}` : 'offline' };
+}
+
 function fail(node, type, name, err, what) {
   node.status({ fill: 'red', shape: 'ring', text: 'error: ' + (err.code || what) });
   node.error(`${type} ${name}: ${err.message}`);
@@ -59,11 +65,7 @@ function startDeviceNode(node, api, { type, driverType, name, props }) {
 
   api.bus.on('device.state', node, (s) => {
     if (s.name !== name) return;
-    node.status(
-      s.online
-        ? { fill: 'green', shape: 'dot', text: 'online' }
-        : { fill: 'red', shape: 'ring', text: 'offline' },
-    );
+    node.status(presence(s.online, s.reason));
   });
   api.bus.on('event.stored', node, (env) => {
     if (env.source.device === name) node.send({ topic: env.type, payload: env });
@@ -77,4 +79,4 @@ function startDeviceNode(node, api, { type, driverType, name, props }) {
   return driver;
 }
 
-module.exports = { edgewardApi, startDeviceNode };
+module.exports = { edgewardApi, presence, startDeviceNode };
