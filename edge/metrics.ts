@@ -16,8 +16,13 @@ export interface MetricsSources {
  * Others call the small helpers (`eventIn`, `driverError`, `ruleFired`, …)
  * instead of touching prom-client objects.
  */
+/** `alert.<rule>` types with a label of their own in the event counters; more are `alert.other`. */
+export const MAX_ALERT_TYPES = 100;
+
 export class Metrics {
   readonly registry = new Registry();
+  /** The alert.<rule> types that have a label of their own (see typeLabel). */
+  private readonly alertTypes = new Set<string>();
   private readonly eventsIn: Counter<'type'>;
   private readonly eventsOut: Counter<'type'>;
   private readonly driverErrors: Counter<'device' | 'code'>;
@@ -152,11 +157,25 @@ export class Metrics {
   }
 
   eventIn(type: string, n = 1): void {
-    this.eventsIn.inc({ type }, n);
+    this.eventsIn.inc({ type: this.typeLabel(type) }, n);
   }
 
   eventOut(type: string, n = 1): void {
-    this.eventsOut.inc({ type }, n);
+    this.eventsOut.inc({ type: this.typeLabel(type) }, n);
+  }
+
+  /**
+   * The `type` label: every contract type, and the first MAX_ALERT_TYPES
+   * `alert.<rule>` types seen; later ones are counted as `alert.other`. Each
+   * label value is a series kept for the life of the process: a flow building
+   * alert types from data (a card number in the name, measured) would grow
+   * the scrape without bound.
+   */
+  private typeLabel(type: string): string {
+    if (!type.startsWith('alert.') || this.alertTypes.has(type)) return type;
+    if (this.alertTypes.size >= MAX_ALERT_TYPES) return 'alert.other';
+    this.alertTypes.add(type);
+    return type;
   }
 
   driverError(device: string, code: string): void {

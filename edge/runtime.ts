@@ -398,7 +398,9 @@ export class Runtime {
     return {
       bus: this.bus,
       clock: this.clock,
-      log: this.rootLog.child({ module: 'drivers', device }),
+      // Unbound: each driver binds its own module and device (both bound here too made every
+      // line carry "module" and "device" twice, and a shared bus logged as its first door).
+      log: this.rootLog,
       emit: (event) => this.bus.emit('event.input', event),
       privacy: this.config.privacy,
       state: this.driverState?.scope(device),

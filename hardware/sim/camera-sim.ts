@@ -56,6 +56,14 @@ export interface CameraSimOptions {
   maxClockSkewMs?: number;
   /** How callers authenticate: WS-UsernameToken in the SOAP header (default), or HTTP Digest (RFC 7616, MD5, qop=auth). */
   auth?: 'ws-security' | 'digest';
+  /** The camera's clock minus ours, ms (default 0); see {@link CameraSim.setClockOffset}. */
+  clockOffsetMs?: number;
+  /** Include CurrentTime in RenewResponse (default true; it is optional in WS-BaseNotification). */
+  renewCurrentTime?: boolean;
+  /** Base URL (`http://host:port`) put in subscription addresses instead of the camera's own (a camera behind NAT, or a hostile one). */
+  subscriptionBase?: string;
+  /** `user:password` the camera embeds in the stream and snapshot URIs it hands out (some do). */
+  uriCredentials?: string;
 }
 
 interface Subscription {
@@ -99,7 +107,8 @@ const DIGEST_REALM = 'edgeward-sim';
  * subscriptions, 401 on a call, slow replies, malformed XML).
  */
 export class CameraSim {
-  readonly opts: Required<Omit<CameraSimOptions, 'discovery'>> & { discovery: CameraSimOptions['discovery'] };
+  readonly opts: Required<Omit<CameraSimOptions, 'discovery' | 'subscriptionBase' | 'uriCredentials'>> &
+    Pick<CameraSimOptions, 'discovery' | 'subscriptionBase' | 'uriCredentials'>;
   readonly urn = `urn:uuid:${randomUUID()}`;
   readonly stats: CameraSimStats = { requests: {}, authFailures: 0, authedCreates: 0, subscriptions: 0, reboots: 0, probes: 0 };
   private server?: http.Server;
@@ -114,6 +123,8 @@ export class CameraSim {
   /** PullMessages requests being held open right now, and when the latest one started (ms epoch). */
   pullsHeld = 0;
   lastPullStartedAt = 0;
+  /** Current state of each stateful property (see PROPERTIES), sent as an Initialized snapshot to each new subscription. */
+  private readonly properties = new Map<string, string>(PROPERTIES.map((p) => [p.key, 'false']));
 
   constructor(opts: CameraSimOptions = {}) {
     this.opts = {
@@ -132,6 +143,10 @@ export class CameraSim {
       maxPullHoldMs: opts.maxPullHoldMs ?? Number.POSITIVE_INFINITY,
       maxClockSkewMs: opts.maxClockSkewMs ?? 5 * 60_000,
       auth: opts.auth ?? 'ws-security',
+      clockOffsetMs: opts.clockOffsetMs ?? 0,
+      renewCurrentTime: opts.renewCurrentTime ?? true,
+      subscriptionBase: opts.subscriptionBase,
+      uriCredentials: opts.uriCredentials,
     };
   }
 
@@ -148,12 +163,24 @@ export class CameraSim {
     return `http://${this.opts.host}:${this.httpPort}/onvif/device_service`;
   }
 
+  /** The stream URI as a client should report it (without the `uriCredentials` the camera embeds). */
   get streamUri(): string {
     return `rtsp://${this.opts.host}:554/Streaming/Channels/101?transportmode=unicast&profile=Profile_1`;
   }
 
+  /** The snapshot URI as a client should report it (without the `uriCredentials` the camera embeds). */
   get snapshotUri(): string {
     return `http://${this.opts.host}:${this.httpPort}/onvif/snapshot?profile=Profile_1`;
+  }
+
+  /** The camera's clock (ms epoch): ours plus `clockOffsetMs`. */
+  now(): number {
+    return Date.now() + this.opts.clockOffsetMs;
+  }
+
+  /** Step the camera's clock (an NTP sync, a power cut): it now reads ours plus `offsetMs`. */
+  setClockOffset(offsetMs: number): void {
+    this.opts.clockOffsetMs = offsetMs;
   }
 
   /** Live subscriptions (the tests check that reboots drop them). */
@@ -201,19 +228,24 @@ export class CameraSim {
     this.down = false;
   }
 
-  /** Queue a notification on every live subscription. Items are SimpleItem name/value pairs. */
+  /**
+   * Queue a notification on every live subscription. Items are SimpleItem
+   * name/value pairs; `utcTime` overrides the camera-clock timestamp (many
+   * cameras send whole seconds).
+   */
   emitEvent(
     topic: string,
-    opts: { source?: Record<string, string>; data?: Record<string, string>; operation?: 'Initialized' | 'Changed' | 'Deleted' } = {},
+    opts: {
+      source?: Record<string, string>;
+      data?: Record<string, string>;
+      operation?: 'Initialized' | 'Changed' | 'Deleted';
+      utcTime?: string;
+    } = {},
   ): void {
-    const items = (o: Record<string, string> | undefined) =>
-      Object.entries(o ?? {})
-        .map(([k, v]) => `<tt:SimpleItem Name="${xmlEscape(k)}" Value="${xmlEscape(v)}"/>`)
-        .join('');
-    const msg =
-      `<wsnt:NotificationMessage><wsnt:Topic Dialect="http://www.onvif.org/ver10/tev/topicExpression/ConcreteSet">${xmlEscape(topic)}</wsnt:Topic>` +
-      `<wsnt:Message><tt:Message UtcTime="${new Date().toISOString()}" PropertyOperation="${opts.operation ?? 'Changed'}">` +
-      `<tt:Source>${items(opts.source)}</tt:Source><tt:Data>${items(opts.data)}</tt:Data></tt:Message></wsnt:Message></wsnt:NotificationMessage>`;
+    const msg = notificationXml(topic, opts.operation ?? 'Changed', opts.utcTime ?? new Date(this.now()).toISOString(), opts.source, opts.data);
+    const prop = PROPERTIES.find((p) => p.topic === topic && JSON.stringify(p.source) === JSON.stringify(opts.source ?? {}));
+    const state = prop ? opts.data?.[prop.item] : undefined;
+    if (prop && state !== undefined && opts.operation !== 'Initialized') this.properties.set(prop.key, state);
     for (const sub of this.subs.values()) {
       sub.queue.push(msg);
       sub.waiter?.();
@@ -225,10 +257,7 @@ export class CameraSim {
   }
 
   cellMotion(on: boolean): void {
-    this.emitEvent('tns1:RuleEngine/CellMotionDetector/Motion', {
-      source: { VideoSourceConfigurationToken: 'VSC_1', VideoAnalyticsConfigurationToken: 'VAC_1', Rule: 'MyMotionDetectorRule' },
-      data: { IsMotion: String(on) },
-    });
+    this.emitEvent('tns1:RuleEngine/CellMotionDetector/Motion', { source: CELL_SOURCE, data: { IsMotion: String(on) } });
   }
 
   tamper(on: boolean): void {
@@ -243,10 +272,7 @@ export class CameraSim {
   }
 
   fieldInside(inside: boolean): void {
-    this.emitEvent('tns1:RuleEngine/FieldDetector/ObjectsInside', {
-      source: { VideoSourceConfigurationToken: 'VSC_1', VideoAnalyticsConfigurationToken: 'VAC_1', Rule: 'Courtyard' },
-      data: { IsInside: String(inside) },
-    });
+    this.emitEvent('tns1:RuleEngine/FieldDetector/ObjectsInside', { source: FIELD_SOURCE, data: { IsInside: String(inside) } });
   }
 
   // ---- HTTP -----------------------------------------------------------------
@@ -393,9 +419,10 @@ export class CameraSim {
     const created = text(token, 'Created');
     if (user !== this.opts.username || !digest || !nonce || !created) return false;
     const createdAt = Date.parse(created);
-    if (!Number.isFinite(createdAt) || Math.abs(createdAt - Date.now()) > this.opts.maxClockSkewMs) return false;
+    if (!Number.isFinite(createdAt) || Math.abs(createdAt - this.now()) > this.opts.maxClockSkewMs) return false;
+    // The UsernameToken profile hashes the UTF-8 bytes of the password (not 'ascii', which drops the high bits).
     const expect = createHash('sha1')
-      .update(Buffer.concat([Buffer.from(nonce, 'base64'), Buffer.from(created, 'ascii'), Buffer.from(this.opts.password, 'ascii')]))
+      .update(Buffer.concat([Buffer.from(nonce, 'base64'), Buffer.from(created, 'utf8'), Buffer.from(this.opts.password, 'utf8')]))
       .digest('base64');
     return expect === digest;
   }
@@ -422,7 +449,7 @@ export class CameraSim {
     const o = this.opts;
     switch (action) {
       case 'GetSystemDateAndTime': {
-        const d = new Date();
+        const d = new Date(this.now());
         return {
           body: envelope(
             `<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime><tt:DateTimeType>NTP</tt:DateTimeType><tt:DaylightSavings>false</tt:DaylightSavings>` +
@@ -465,14 +492,14 @@ export class CameraSim {
       case 'GetStreamUri':
         return {
           body: envelope(
-            `<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>${xmlEscape(this.streamUri)}</tt:Uri><tt:InvalidAfterConnect>false</tt:InvalidAfterConnect>` +
+            `<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>${xmlEscape(this.withCredentials(this.streamUri))}</tt:Uri><tt:InvalidAfterConnect>false</tt:InvalidAfterConnect>` +
               `<tt:InvalidAfterReboot>false</tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri></trt:GetStreamUriResponse>`,
           ),
         };
       case 'GetSnapshotUri':
         return {
           body: envelope(
-            `<trt:GetSnapshotUriResponse><trt:MediaUri><tt:Uri>${xmlEscape(this.snapshotUri)}</tt:Uri><tt:InvalidAfterConnect>false</tt:InvalidAfterConnect>` +
+            `<trt:GetSnapshotUriResponse><trt:MediaUri><tt:Uri>${xmlEscape(this.withCredentials(this.snapshotUri))}</tt:Uri><tt:InvalidAfterConnect>false</tt:InvalidAfterConnect>` +
               `<tt:InvalidAfterReboot>false</tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri></trt:GetSnapshotUriResponse>`,
           ),
         };
@@ -481,12 +508,17 @@ export class CameraSim {
         this.stats.subscriptions++;
         const now = Date.now();
         const lifeS = Math.min(parseDurationS(text(req, 'InitialTerminationTime')) ?? 60, o.maxTerminationS);
-        const sub: Subscription = { id: randomUUID(), createdAt: now, terminationAt: now + lifeS * 1000, queue: [] };
+        // As cameras do, a new subscription starts with an Initialized snapshot of every property's current state.
+        const snapshot = PROPERTIES.map((p) =>
+          notificationXml(p.topic, 'Initialized', this.cameraTime(now), p.source, { [p.item]: this.properties.get(p.key) ?? 'false' }),
+        );
+        const sub: Subscription = { id: randomUUID(), createdAt: now, terminationAt: now + lifeS * 1000, queue: snapshot };
         this.subs.set(sub.id, sub);
+        const address = `${o.subscriptionBase ?? this.xaddr('')}/onvif/subscription/${sub.id}`;
         return {
           body: envelope(
-            `<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference><wsa:Address>${this.xaddr(`/onvif/subscription/${sub.id}`)}</wsa:Address></tev:SubscriptionReference>` +
-              `<wsnt:CurrentTime>${new Date(now).toISOString()}</wsnt:CurrentTime><wsnt:TerminationTime>${new Date(sub.terminationAt).toISOString()}</wsnt:TerminationTime>` +
+            `<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference><wsa:Address>${xmlEscape(address)}</wsa:Address></tev:SubscriptionReference>` +
+              `<wsnt:CurrentTime>${this.cameraTime(now)}</wsnt:CurrentTime><wsnt:TerminationTime>${this.cameraTime(sub.terminationAt)}</wsnt:TerminationTime>` +
               `</tev:CreatePullPointSubscriptionResponse>`,
           ),
         };
@@ -515,10 +547,9 @@ export class CameraSim {
       const lifeS = Math.min(parseDurationS(text(req, 'TerminationTime')) ?? 60, this.opts.maxTerminationS);
       const now = Date.now();
       sub.terminationAt = now + lifeS * 1000;
+      const current = this.opts.renewCurrentTime ? `<wsnt:CurrentTime>${this.cameraTime(now)}</wsnt:CurrentTime>` : '';
       return {
-        body: envelope(
-          `<wsnt:RenewResponse><wsnt:TerminationTime>${new Date(sub.terminationAt).toISOString()}</wsnt:TerminationTime><wsnt:CurrentTime>${new Date(now).toISOString()}</wsnt:CurrentTime></wsnt:RenewResponse>`,
-        ),
+        body: envelope(`<wsnt:RenewResponse><wsnt:TerminationTime>${this.cameraTime(sub.terminationAt)}</wsnt:TerminationTime>${current}</wsnt:RenewResponse>`),
       };
     }
     // PullMessages: answer at once when messages are queued, else hold until one arrives or the timeout ends.
@@ -543,9 +574,18 @@ export class CameraSim {
     const now = Date.now();
     return {
       body: envelope(
-        `<tev:PullMessagesResponse><tev:CurrentTime>${new Date(now).toISOString()}</tev:CurrentTime><tev:TerminationTime>${new Date(sub.terminationAt).toISOString()}</tev:TerminationTime>${msgs.join('')}</tev:PullMessagesResponse>`,
+        `<tev:PullMessagesResponse><tev:CurrentTime>${this.cameraTime(now)}</tev:CurrentTime><tev:TerminationTime>${this.cameraTime(sub.terminationAt)}</tev:TerminationTime>${msgs.join('')}</tev:PullMessagesResponse>`,
       ),
     };
+  }
+
+  /** A time of ours (subscriptions expire on our clock) as the camera's clock reads it. */
+  private cameraTime(ms: number): string {
+    return new Date(ms + this.opts.clockOffsetMs).toISOString();
+  }
+
+  private withCredentials(uri: string): string {
+    return this.opts.uriCredentials === undefined ? uri : uri.replace('://', `://${this.opts.uriCredentials}@`);
   }
 
   // ---- WS-Discovery -----------------------------------------------------------
@@ -598,6 +638,29 @@ export class CameraSim {
       `<d:XAddrs>${xmlEscape(this.deviceUrl)}</d:XAddrs><d:MetadataVersion>1</d:MetadataVersion></d:ProbeMatch></d:ProbeMatches></s:Body></s:Envelope>`;
     this.udp?.send(reply, rinfo.port, rinfo.address);
   }
+}
+
+const CELL_SOURCE = { VideoSourceConfigurationToken: 'VSC_1', VideoAnalyticsConfigurationToken: 'VAC_1', Rule: 'MyMotionDetectorRule' };
+const FIELD_SOURCE = { VideoSourceConfigurationToken: 'VSC_1', VideoAnalyticsConfigurationToken: 'VAC_1', Rule: 'Courtyard' };
+
+/** The stateful properties the simulator reports (topic, source, the data item carrying the state). */
+const PROPERTIES = [
+  { topic: 'tns1:VideoSource/MotionAlarm', source: { Source: 'VideoSource_1' }, item: 'State' },
+  { topic: 'tns1:RuleEngine/CellMotionDetector/Motion', source: CELL_SOURCE, item: 'IsMotion' },
+  { topic: 'tns1:VideoSource/GlobalSceneChange/ImagingService', source: { Source: 'VideoSource_1' }, item: 'State' },
+  { topic: 'tns1:RuleEngine/FieldDetector/ObjectsInside', source: FIELD_SOURCE, item: 'IsInside' },
+].map((p) => ({ ...p, key: `${p.topic}|${JSON.stringify(p.source)}` }));
+
+function notificationXml(topic: string, operation: string, utcTime: string, source?: Record<string, string>, data?: Record<string, string>): string {
+  const items = (o: Record<string, string> | undefined) =>
+    Object.entries(o ?? {})
+      .map(([k, v]) => `<tt:SimpleItem Name="${xmlEscape(k)}" Value="${xmlEscape(v)}"/>`)
+      .join('');
+  return (
+    `<wsnt:NotificationMessage><wsnt:Topic Dialect="http://www.onvif.org/ver10/tev/topicExpression/ConcreteSet">${xmlEscape(topic)}</wsnt:Topic>` +
+    `<wsnt:Message><tt:Message UtcTime="${xmlEscape(utcTime)}" PropertyOperation="${operation}">` +
+    `<tt:Source>${items(source)}</tt:Source><tt:Data>${items(data)}</tt:Data></tt:Message></wsnt:Message></wsnt:NotificationMessage>`
+  );
 }
 
 function envelope(body: string): string {
