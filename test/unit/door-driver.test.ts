@@ -12,6 +12,42 @@ import { DoorSim } from '../../hardware/sim/door-sim.js';
 import { FakeRtuLine } from '../../hardware/sim/modbus-fake-line.js';
 import { waitFor } from '../helpers/wait.js';
 
+/** A bus on an in-process fake RTU line to `sim` (healthy units answer within a turn: 150 ms is no stall). */
+async function fakeBus(sim: DoorSim, line = new FakeRtuLine(sim), timeoutMs = 150): Promise<ModbusBus> {
+  const bus = new ModbusBus(
+    { transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs, frameGapMs: 2 },
+    { clock: systemClock, log: silentLogger(), link: line },
+  );
+  await bus.start();
+  return bus;
+}
+
+/** A driver context whose events land in `events`. */
+function context(events: EventInput[], rawCards: boolean, state?: DriverContext['state']): DriverContext {
+  return {
+    bus: new EventBus(),
+    clock: systemClock,
+    log: silentLogger(),
+    emit: (e) => void events.push(e),
+    privacy: { siteKey: 'k', rawCards },
+    ...(state ? { state } : {}),
+  };
+}
+
+/** A generic-door driver named door-<unit> on `bus`. */
+function doorOn(
+  bus: ModbusBus,
+  ctx: DriverContext,
+  opts: { unitId: number; doors?: number; pollMs: number; maxBackoffMs?: number },
+): ModbusDoorDriver {
+  return new ModbusDoorDriver(
+    `door-${opts.unitId}`,
+    { profile: loadDoorProfile('generic-door'), doors: 1, ...opts },
+    () => ({ resource: bus, release: async () => undefined }),
+    ctx,
+  );
+}
+
 describe('door driver', () => {
   it('polls a dead unit with backoff, so it costs the bus at most one timeout per backoff period', async () => {
     const POLL_MS = 20;
@@ -19,29 +55,11 @@ describe('door driver', () => {
     const sim = new DoorSim({ units: [1, 2, 3] });
     sim.setFault(3, 'silent');
     const line = new FakeRtuLine(sim);
-    // Healthy units answer within a turn; a 150 ms timeout means a scheduling stall cannot make one look dead.
-    const bus = new ModbusBus(
-      { transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs: 150, frameGapMs: 2 },
-      { clock: systemClock, log: silentLogger(), link: line },
-    );
-    await bus.start();
+    const bus = await fakeBus(sim, line);
     const events: EventInput[] = [];
-    const ctx: DriverContext = {
-      bus: new EventBus(),
-      clock: systemClock,
-      log: silentLogger(),
-      emit: (e) => void events.push(e),
-      privacy: { siteKey: 'k', rawCards: false },
-    };
-    const profile = loadDoorProfile('generic-door');
-    const drivers = [1, 2, 3].map(
-      (u) =>
-        new ModbusDoorDriver(
-          `door-${u}`,
-          { unitId: u, profile, doors: 1, pollMs: POLL_MS, maxBackoffMs: MAX_BACKOFF_MS },
-          () => ({ resource: bus, release: async () => undefined }),
-          ctx,
-        ),
+    const ctx = context(events, false);
+    const drivers = [1, 2, 3].map((u) =>
+      doorOn(bus, ctx, { unitId: u, pollMs: POLL_MS, maxBackoffMs: MAX_BACKOFF_MS }),
     );
     const states: Array<{ name: string; online: boolean }> = [];
     ctx.bus.on('device.state', states, (s) => void states.push({ name: s.name, online: s.online }));
@@ -86,7 +104,11 @@ describe('door driver', () => {
       );
       assert.equal(events[2].data?.error, 'EDGE_MODBUS_TIMEOUT');
       assert.deepEqual(states.at(-1), { name: 'door-3', online: false });
-      assert.deepEqual(drivers[2].state(), { online: false, lastSeen: undefined, reason: 'EDGE_MODBUS_TIMEOUT' });
+      assert.deepEqual(drivers[2].state(), {
+        online: false,
+        lastSeen: undefined,
+        reason: 'EDGE_MODBUS_TIMEOUT',
+      });
     } finally {
       for (const d of drivers) await d.stop();
       await bus.close();
@@ -96,25 +118,9 @@ describe('door driver', () => {
 
   it('reports raw cards only when privacy.rawCards is set', async () => {
     const sim = new DoorSim({ units: [1] });
-    const bus = new ModbusBus(
-      { transport: 'rtu', path: 'fake', timeoutMs: 30, frameGapMs: 2 },
-      { clock: systemClock, log: silentLogger(), link: new FakeRtuLine(sim) },
-    );
-    await bus.start();
+    const bus = await fakeBus(sim);
     const events: EventInput[] = [];
-    const ctx: DriverContext = {
-      bus: new EventBus(),
-      clock: systemClock,
-      log: silentLogger(),
-      emit: (e) => void events.push(e),
-      privacy: { siteKey: 'k', rawCards: true },
-    };
-    const d = new ModbusDoorDriver(
-      'door-1',
-      { unitId: 1, profile: loadDoorProfile('generic-door'), doors: 1, pollMs: 10 },
-      () => ({ resource: bus, release: async () => undefined }),
-      ctx,
-    );
+    const d = doorOn(bus, context(events, true), { unitId: 1, pollMs: 10 });
     try {
       await d.start();
       await waitFor(() => d.state().online, { message: 'online' });
@@ -137,24 +143,8 @@ describe('door driver', () => {
     beforeEach(async () => {
       events.length = 0;
       sim = new DoorSim({ units: [1], doors: 2 });
-      bus = new ModbusBus(
-        { transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs: 150, frameGapMs: 2 },
-        { clock: systemClock, log: silentLogger(), link: new FakeRtuLine(sim) },
-      );
-      await bus.start();
-      const ctx: DriverContext = {
-        bus: new EventBus(),
-        clock: systemClock,
-        log: silentLogger(),
-        emit: (e) => void events.push(e),
-        privacy: { siteKey: 'k', rawCards: true },
-      };
-      driver = new ModbusDoorDriver(
-        'door-1',
-        { unitId: 1, profile: loadDoorProfile('generic-door'), doors: 2, pollMs: 20 },
-        () => ({ resource: bus, release: async () => undefined }),
-        ctx,
-      );
+      bus = await fakeBus(sim);
+      driver = doorOn(bus, context(events, true), { unitId: 1, doors: 2, pollMs: 20 });
       await driver.start();
       await waitFor(() => driver.state().online, { message: 'online' });
     });
@@ -167,7 +157,12 @@ describe('door driver', () => {
     it('an unlock of N seconds pulses that long and puts the unit pulse length back; concurrent ones do not mix', async () => {
       const unit = sim.unit(1);
       const own = unit.hr[0];
-      const req = (door: number, seconds: number) => ({ id: `u${door}`, action: 'door.unlock', target: 'door-1', args: { door, seconds } });
+      const req = (door: number, seconds: number) => ({
+        id: `u${door}`,
+        action: 'door.unlock',
+        target: 'door-1',
+        args: { door, seconds },
+      });
       await Promise.all([driver.execute(req(0, 2)), driver.execute(req(1, 600))]);
       assert.deepEqual(unit.pulses, [
         { door: 0, seconds: 2 },
@@ -184,15 +179,33 @@ describe('door driver', () => {
       const unit = sim.unit(1);
       for (const args of [{ hold: 'false' }, { hold: 0 }, { hold: null }, { release: 'true' }]) {
         await assert.rejects(
-          driver.execute({ id: 'h', action: 'door.hold', target: 'door-1', args: { door: 1, ...args } as never }),
+          driver.execute({
+            id: 'h',
+            action: 'door.hold',
+            target: 'door-1',
+            args: { door: 1, ...args } as never,
+          }),
           (e) => (e as { code?: string }).code === 'EDGE_COMMAND_INVALID',
           JSON.stringify(args),
         );
       }
       assert.equal(unit.coils[8 + 1], false, 'door 1 not held');
-      assert.deepEqual(await driver.execute({ id: 'h', action: 'door.hold', target: 'door-1', args: { door: 1, hold: true } }), { door: 1, hold: true });
+      assert.deepEqual(
+        await driver.execute({
+          id: 'h',
+          action: 'door.hold',
+          target: 'door-1',
+          args: { door: 1, hold: true },
+        }),
+        { door: 1, hold: true },
+      );
       assert.equal(unit.coils[8 + 1], true);
-      await driver.execute({ id: 'h', action: 'door.hold', target: 'door-1', args: { door: 1, release: true } });
+      await driver.execute({
+        id: 'h',
+        action: 'door.hold',
+        target: 'door-1',
+        args: { door: 1, release: true },
+      });
       assert.equal(unit.coils[8 + 1], false);
     });
 
@@ -209,39 +222,32 @@ describe('door driver', () => {
         return read(u, fc, address, count);
       };
       for (let i = 0; i < 32; i++) unit.swipe(0, 1000 + i, 'unknown');
-      await waitFor(() => events.filter((e) => e.type === 'access.denied').length >= 32, { message: '32 denials' });
-      const cards = events.filter((e) => e.type === 'access.denied').map((e) => Number((e.data as { card: string }).card));
-      const lost = events.filter((e) => e.type === 'edge.events_lost').reduce((n, e) => n + (e.data as { count: number }).count, 0);
+      await waitFor(() => events.filter((e) => e.type === 'access.denied').length >= 32, {
+        message: '32 denials',
+      });
+      const cards = events
+        .filter((e) => e.type === 'access.denied')
+        .map((e) => Number((e.data as { card: string }).card));
+      const lost = events
+        .filter((e) => e.type === 'edge.events_lost')
+        .reduce((n, e) => n + (e.data as { count: number }).count, 0);
       assert.equal(new Set(cards).size, cards.length, `no card twice: ${cards.join(' ')}`);
-      assert.equal(cards.length + lost, 33, `every event delivered or counted lost (${cards.length} + ${lost})`);
+      assert.equal(
+        cards.length + lost,
+        33,
+        `every event delivered or counted lost (${cards.length} + ${lost})`,
+      );
       assert.equal(cards.at(-1), 777, 'the event logged during the read comes last');
     });
   });
 
   it('reads at its next start what the unit logged while it was stopped; a controller restart is no flood of lost events', async () => {
     const sim = new DoorSim({ units: [1] });
-    const bus = new ModbusBus(
-      { transport: 'rtu', path: 'fake', baudRate: 115200, timeoutMs: 150, frameGapMs: 2 },
-      { clock: systemClock, log: silentLogger(), link: new FakeRtuLine(sim) },
-    );
-    await bus.start();
+    const bus = await fakeBus(sim);
     const kept = new Map<string, unknown>();
     const events: EventInput[] = [];
-    const ctx: DriverContext = {
-      bus: new EventBus(),
-      clock: systemClock,
-      log: silentLogger(),
-      emit: (e) => void events.push(e),
-      privacy: { siteKey: 'k', rawCards: true },
-      state: { get: (k) => kept.get(k), set: (k, v) => void kept.set(k, v) },
-    };
-    const make = () =>
-      new ModbusDoorDriver(
-        'door-1',
-        { unitId: 1, profile: loadDoorProfile('generic-door'), doors: 1, pollMs: 20 },
-        () => ({ resource: bus, release: async () => undefined }),
-        ctx,
-      );
+    const ctx = context(events, true, { get: (k) => kept.get(k), set: (k, v) => void kept.set(k, v) });
+    const make = () => doorOn(bus, ctx, { unitId: 1, pollMs: 20 });
     const unit = sim.unit(1);
     let driver = make();
     try {
@@ -256,7 +262,9 @@ describe('door driver', () => {
       events.length = 0;
       driver = make();
       await driver.start();
-      await waitFor(() => events.some((e) => e.type === 'door.forced'), { message: 'the forced door logged while stopped' });
+      await waitFor(() => events.some((e) => e.type === 'door.forced'), {
+        message: 'the forced door logged while stopped',
+      });
       assert.deepEqual(
         events.filter((e) => e.type === 'access.denied').map((e) => (e.data as { card: string }).card),
         ['2'],
@@ -266,7 +274,9 @@ describe('door driver', () => {
       unit.ir[0] = 0;
       await waitFor(() => kept.get('eventCounter@unit1') === 0, { message: 'the new counter taken' });
       unit.swipe(0, 3, 'unknown');
-      await waitFor(() => events.some((e) => e.type === 'access.denied'), { message: 'a denial after the restart' });
+      await waitFor(() => events.some((e) => e.type === 'access.denied'), {
+        message: 'a denial after the restart',
+      });
       assert.ok(!events.some((e) => e.type === 'edge.events_lost'), JSON.stringify(events));
     } finally {
       await driver.stop();
