@@ -107,7 +107,7 @@ export class OnvifCameraDriver implements Driver {
    * delivered them, to drop the copy a replacement subscription delivers again.
    */
   private readonly recent = new Map<string, number>();
-  /** Last known state of each property (event type, topic, source), to recognise a repeated Initialized snapshot. */
+  /** Last known state of each property (topic and source), to recognise a repeated Initialized snapshot. */
   private readonly states = new Map<string, boolean>();
 
   constructor(name: string, props: OnvifCameraProps, ctx: DriverContext) {

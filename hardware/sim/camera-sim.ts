@@ -103,8 +103,11 @@ const DIGEST_REALM = 'edgeward-sim';
 /**
  * An ONVIF camera over real HTTP and UDP: WS-Discovery, the device, media and
  * events SOAP calls the driver uses, WS-UsernameToken (PasswordDigest)
- * enforcement, scripted events, and fault modes (reboot losing
- * subscriptions, 401 on a call, slow replies, malformed XML).
+ * enforcement, scripted events (each new subscription starting with the
+ * Initialized snapshot of every property, as cameras do), a camera clock that
+ * can step, and fault modes (reboot losing subscriptions, 401 on a call, slow
+ * replies, malformed XML, a subscription address on another host, credentials
+ * in the URIs it hands out).
  */
 export class CameraSim {
   readonly opts: Required<Omit<CameraSimOptions, 'discovery' | 'subscriptionBase' | 'uriCredentials'>> &

@@ -219,6 +219,68 @@ describe('onvif driver against the camera simulator (real HTTP)', function () {
     await waitFor(() => ofType('camera.motion').length === 1, { message: 'motion with digest' });
   });
 
+  it('reconnects at once when a camera clock step makes it refuse our UsernameToken (no false device.offline)', async () => {
+    // The library reads the camera's time only on connect; a camera that steps its clock by 2 h (an NTP sync after a
+    // power cut) refuses every later UsernameToken. It took three failures (= device.offline) before a reconnect.
+    await sim.stop();
+    sim = new CameraSim({ username: USER, password: PASS, clockOffsetMs: -2 * 3600_000, maxClockSkewMs: 60_000 });
+    await sim.start();
+    await startDriver({ subscriptionS: 60 });
+    await waitFor(() => ofType('device.online').length === 1 && sim.pullsHeld === 1, { message: 'online with the camera 2 h behind' });
+    sim.setClockOffset(0);
+    sim.motion(true); // ends the held pull; the next request carries a Created 2 h off the camera's new clock
+    await waitFor(() => sim.stats.authFailures >= 1, { message: 'a refused UsernameToken' });
+    await waitFor(() => sim.stats.subscriptions === 2 && sim.pullsHeld === 1, { message: 'subscribed again after re-reading the camera time' });
+    assert.equal(sim.stats.requests.GetSystemDateAndTime, 2, 'reconnected (camera time read again)');
+    assert.equal(sim.stats.authFailures, 1, 'one refusal, not three');
+    assert.equal(ofType('device.offline').length, 0);
+    sim.motion(false);
+    await waitFor(() => ofType('camera.motion').length === 2, { message: 'events flow after the clock step' });
+  });
+
+  it('emits every notification of one subscription, even identical ones within a second (1-second timestamps)', async () => {
+    await startDriver();
+    await waitFor(() => sim.pullsHeld === 1, { message: 'a held pull' });
+    const utcTime = '2026-03-05T08:00:00Z';
+    for (const on of [true, false, true]) sim.emitEvent('tns1:VideoSource/MotionAlarm', { source: { Source: 'VideoSource_1' }, data: { State: String(on) }, utcTime });
+    await waitFor(() => ofType('camera.motion').length === 3, { message: () => `three motion events (got ${ofType('camera.motion').length})` });
+    assert.deepEqual(
+      ofType('camera.motion').map((e) => e.data?.state),
+      [true, false, true],
+    );
+  });
+
+  it('authenticates with a non-ASCII password (UTF-8, as WS-Security says)', async () => {
+    await sim.stop();
+    sim = new CameraSim({ username: USER, password: '岗亭密码2025' });
+    await sim.start();
+    await startDriver({ password: '岗亭密码2025' });
+    await waitFor(() => ofType('device.online').length === 1 && sim.pullsHeld === 1, {
+      message: () => `online and pulling (authFailures ${sim.stats.authFailures}, lastError ${driver.health().lastError})`,
+    });
+    assert.equal(sim.stats.authFailures, 0);
+  });
+
+  it('reports a state from a new subscription\'s Initialized snapshot only when it differs from the last known one', async () => {
+    sim.tamper(true); // active before we subscribe: the first snapshot reports it
+    await startDriver({ subscriptionS: 60 });
+    await waitFor(() => ofType('camera.tamper').length === 1 && sim.pullsHeld === 1, { message: 'the active tamper from the first snapshot' });
+    assert.equal(ofType('camera.tamper')[0]?.data?.operation, 'Initialized');
+    // Still active after a reboot: the new subscription's snapshot repeats it, which is not a new tamper.
+    await sim.reboot();
+    await waitFor(() => sim.stats.subscriptions === 2 && sim.pullsHeld === 1, { message: 'second subscription, snapshot pulled' });
+    assert.equal(ofType('camera.tamper').length, 1, 'no second warning for the same tamper');
+    // Cleared while the camera was down: the next snapshot is news.
+    const rebooting = sim.reboot(300);
+    sim.tamper(false);
+    await rebooting;
+    await waitFor(() => ofType('camera.tamper').length === 2, { message: 'the cleared tamper from the third snapshot' });
+    const cleared = ofType('camera.tamper')[1];
+    assert.equal(cleared?.data?.state, false);
+    assert.equal(cleared?.severity, 'info');
+    assert.equal(ofType('camera.motion').length, 0, 'inactive motion in the snapshots is not an event');
+  });
+
   it('survives a camera whose replies make the onvif library throw, and backs off', async () => {
     // GetVideoSources with the wrong shape makes onvif throw inside its own callback ("Unrecognized configuration").
     sim.setFault({ kind: 'wrong-shape', action: 'GetVideoSources' });

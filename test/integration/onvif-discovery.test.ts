@@ -1,14 +1,42 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { discoverAndDescribe, discoverOnvif } from '../../drivers/onvif/discovery.js';
+import { discoverAndDescribe, discoverOnvif, MAX_MATCHES_PER_REPLY } from '../../drivers/onvif/discovery.js';
 import type { EdgewardError } from '../../edge/errors.js';
 import { onvifCommands } from '../../edge/cli-onvif.js';
 import { CameraSim } from '../../hardware/sim/camera-sim.js';
 
 const ROOT = join(__dirname, '..', '..');
+
+/**
+ * A WS-Discovery responder on 127.0.0.1 (port 0) answering each probe with
+ * `matches` ProbeMatches whose XAddrs are `xaddr(i)`; RelatesTo our MessageID
+ * unless `relatesTo` is false.
+ */
+async function responder(opts: { matches?: number; xaddr: (i: number) => string; relatesTo?: boolean }): Promise<dgram.Socket> {
+  const sock = dgram.createSocket('udp4');
+  sock.on('message', (m, r) => {
+    const messageId = /<a:MessageID>([^<]*)<\/a:MessageID>/.exec(m.toString())?.[1] ?? '';
+    let body = '';
+    for (let i = 0; i < (opts.matches ?? 1); i++) {
+      body += `<d:ProbeMatch><a:EndpointReference><a:Address>urn:uuid:00000000-0000-4000-8000-${String(i).padStart(12, '0')}</a:Address></a:EndpointReference>`;
+      body += `<d:XAddrs>${opts.xaddr(i)}</d:XAddrs></d:ProbeMatch>`;
+    }
+    const header = opts.relatesTo === false ? '' : `<s:Header><a:RelatesTo>${messageId}</a:RelatesTo></s:Header>`;
+    sock.send(
+      '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" ' +
+        `xmlns:d="http://schemas.xmlsoap.org/ws/2005/04/discovery">${header}<s:Body><d:ProbeMatches>${body}</d:ProbeMatches></s:Body></s:Envelope>`,
+      r.port,
+      r.address,
+    );
+  });
+  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
+  return sock;
+}
 
 describe('ONVIF WS-Discovery over real UDP', function () {
   this.timeout(20_000);
@@ -94,6 +122,68 @@ describe('ONVIF WS-Discovery over real UDP', function () {
       assert.equal(described[0]?.streamUri, sim.streamUri);
     } finally {
       rogue.close();
+    }
+  });
+
+  it('sends credentials only to an XAddr on the host that answered; a camera naming another host is listed, not contacted', async () => {
+    // The "other host" records what reaches it: with the old rule it got GetServices with our UsernameToken.
+    const seen: string[] = [];
+    const victim = http.createServer((req, res) => {
+      seen.push(req.url ?? '');
+      req.resume();
+      res.writeHead(500).end();
+    });
+    await new Promise<void>((r) => victim.listen(0, '127.0.0.3', () => r()));
+    const spoofer = await responder({ xaddr: () => `http://127.0.0.3:${(victim.address() as AddressInfo).port}/onvif/device_service` });
+    try {
+      const probe = [`127.0.0.1:${spoofer.address().port}`, `127.0.0.1:${sim.discoveryPort}`];
+      const described = await discoverAndDescribe({ multicast: false, probe, timeoutMs: 1000, username: 'admin', password: 'pw' });
+      assert.equal(described.length, 2);
+      const real = described.find((c) => c.urn === sim.urn);
+      assert.equal(real?.error, undefined);
+      assert.equal(real?.model, 'DS-2CD2143');
+      const spoofed = described.find((c) => c.urn !== sim.urn);
+      assert.equal(spoofed?.host, '127.0.0.3');
+      assert.match(spoofed?.error ?? '', /^EDGE_ONVIF_NOT_CONTACTED: .*127\.0\.0\.3.*127\.0\.0\.1/);
+      assert.deepEqual(seen, [], 'nothing was sent to 127.0.0.3');
+    } finally {
+      spoofer.close();
+      victim.close();
+    }
+  });
+
+  it('ignores an answer without RelatesTo (any host could push cameras into the list unasked)', async () => {
+    const pusher = await responder({ relatesTo: false, xaddr: () => 'http://127.0.0.1:1/onvif/device_service' });
+    try {
+      const bad: EdgewardError[] = [];
+      const probe = [`127.0.0.1:${pusher.address().port}`, `127.0.0.1:${sim.discoveryPort}`];
+      const found = await discoverOnvif({ multicast: false, probe, timeoutMs: 1000, onBadReply: (e) => bad.push(e) });
+      assert.deepEqual(
+        found.map((c) => c.urn),
+        [sim.urn],
+      );
+      assert.ok(
+        bad.some((e) => /no RelatesTo/.test(e.message)),
+        bad.map((e) => e.message).join('; '),
+      );
+    } finally {
+      pusher.close();
+    }
+  });
+
+  it('takes at most 16 ProbeMatches from one datagram and maxCameras in all', async () => {
+    // One datagram with 250 matches used to become 250 cameras, each connected to at once by discoverAndDescribe.
+    const flood = await responder({ matches: 250, xaddr: (i) => `http://127.0.0.1:${1000 + i}/onvif/device_service` });
+    try {
+      const probe = [`127.0.0.1:${flood.address().port}`];
+      const bad: EdgewardError[] = [];
+      const found = await discoverOnvif({ multicast: false, probe, timeoutMs: 500, onBadReply: (e) => bad.push(e) });
+      assert.equal(found.length, MAX_MATCHES_PER_REPLY);
+      assert.ok(bad.some((e) => /250 ProbeMatches/.test(e.message)));
+      const capped = await discoverOnvif({ multicast: false, probe, timeoutMs: 500, maxCameras: 5 });
+      assert.equal(capped.length, 5);
+    } finally {
+      flood.close();
     }
   });
 
