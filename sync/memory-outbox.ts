@@ -3,7 +3,7 @@ import { type Envelope, isSeverity, newId, type Severity, withSeq } from '../edg
 import { EdgewardError } from '../edge/errors.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { AppendOptions, Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
-import { evictableFor, type OverflowData, OverflowTally, outboxFull, PRIORITY, RecentRing, serializeEnvelopes, tooLarge } from './outbox.js';
+import { evictableFor, type OverflowData, OverflowTally, outboxFull, overflowDataOf, PRIORITY, RecentRing, serializeEnvelopes, tooLarge } from './outbox.js';
 
 /** Options of {@link MemoryOutbox}. */
 export interface MemoryOutboxOptions {
@@ -185,8 +185,9 @@ export class MemoryOutbox implements Outbox {
           this.store[severity].delete(seq);
           this.bytesBy[severity] -= h.bytes;
           tally ??= new OverflowTally();
-          // Same as LevelOutbox: an unread overflow event evicted here is folded in.
-          if (seq === this.pendingOverflow?.seq) tally.merge(this.pendingOverflow.data);
+          // Same as LevelOutbox: an overflow event evicted here, read or not, is folded in.
+          const earlier = seq === this.pendingOverflow?.seq ? this.pendingOverflow.data : h.type === 'edge.outbox_overflow' ? overflowDataOf(h.json) : null;
+          if (earlier) tally.merge(earlier);
           else tally.add(seq, severity, h.bytes, h.type, h.ts);
           freed += h.bytes;
         }

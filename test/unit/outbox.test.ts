@@ -366,6 +366,27 @@ function outboxSuite(name: string, makeHarness: () => Harness): void {
       assert.equal(d.fromSeq, (first.data as { fromSeq: number }).fromSeq);
     });
 
+    it('folds an overflow event handed out but not acknowledged, when evicted, into the next one: it may never have arrived', async () => {
+      const w = () => ev('warning', 'door.held_open');
+      const fill = Array.from({ length: 10 }, w);
+      const ob = await make(sumSize(fill) + 100);
+      await ob.append(fill);
+      await ob.append(Array.from({ length: 3 }, w));
+      // The uplink takes everything, the first overflow report included, and no ack comes.
+      const handed = parsed(await ob.read({ maxEvents: 100, maxBytes: 1e9 }));
+      const first = handed.find((e) => e.type === 'edge.outbox_overflow');
+      assert.ok(first, 'the first overflow event was handed out');
+      await ob.append(Array.from({ length: 9 }, w));
+      const stored = parsed(await readAll(ob));
+      assert.ok(!stored.some((e) => e.seq === first.seq), 'the handed-out report was evicted');
+      const overflows = stored.filter((e) => e.type === 'edge.outbox_overflow');
+      assert.equal(overflows.length, 1);
+      const d = overflows[0].data as { evicted: number; byType: Record<string, number> };
+      const lost = 10 + 3 + 9 - stored.filter((e) => e.type === 'door.held_open').length;
+      assert.equal(d.evicted, lost, 'every lost event counted in the report that is left');
+      assert.deepEqual(d.byType, { 'door.held_open': lost });
+    });
+
     it('evicts the oldest warnings once no info is left, for warnings, never for info, and never a critical', async () => {
       const c4 = Array.from({ length: 4 }, () => ev('critical', 'fire.alarm'));
       const w6 = Array.from({ length: 6 }, () => ev('warning', 'door.held_open'));
@@ -1235,6 +1256,26 @@ describe('LevelOutbox (durable)', () => {
       assert.deepEqual(readdirSync(dir.path), ['outbox']);
       assert.equal(first.stats().events, 1);
     });
+  });
+
+  it('does not look the store up for an ack of seqs already deleted (a central acking a resent batch again)', async () => {
+    const ob = await open(1 << 20);
+    const stored = await ob.append(Array.from({ length: 20 }, () => ev('info')));
+    const seqs = stored.map((e) => e.seq!);
+    await ob.read({ maxEvents: 100, maxBytes: 1 << 20 });
+    let lookups = 0;
+    const inner = (ob as unknown as { lookupStored: (r: unknown) => Promise<unknown> }).lookupStored.bind(ob);
+    (ob as unknown as { lookupStored: (r: unknown) => Promise<unknown> }).lookupStored = (r) => {
+      lookups++;
+      return inner(r);
+    };
+    assert.equal(await ob.ack([[seqs[0], seqs[9]]]), 10);
+    assert.equal(lookups, 0, 'tracked: no lookup');
+    // The same ack again: known gone (a recent batch deleted them), no lookup, nothing deleted.
+    assert.equal(await ob.ack([[seqs[0], seqs[9]]]), 0);
+    assert.equal(lookups, 0, 'known gone: no lookup');
+    assert.equal(ob.stats().events, 10);
+    await closeIt(ob);
   });
 
   it('readOutboxStats reads a closed store, and reports a locked one and a missing one', async () => {

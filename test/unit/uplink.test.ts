@@ -200,6 +200,33 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     });
   });
 
+  it('paces resends: each ack timeout doubles the next timeouts, a prompt ack halves them again', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
+    const clock = new ManualClock();
+    const u = make({ ackTimeoutMs: 1000, batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } }, broker.url, clock);
+    await u.start();
+    await waitFor(() => u.status().connected, { message: 'connected' });
+    const c = central;
+    // The ack timer of the batch in flight, jittered ±20 % around ackTimeoutMs × the backoff.
+    const ackTimer = (base: number) =>
+      waitFor(() => clock.pending().find((ms) => ms >= base * 0.8 && ms <= base * 1.2), { message: () => `an ack timer of ${base} ms ±20 %: ${clock.pending().join(', ')}` });
+    await append(1);
+    await waitFor(() => c.batches.length === 1, { message: 'sent' });
+    await ackTimer(1000);
+    clock.advance(1200);
+    await waitFor(() => c.batches.length === 2, { message: 'resent after the first timeout' });
+    await ackTimer(2000);
+    clock.advance(2400);
+    await waitFor(() => c.batches.length === 3, { message: 'resent after the second timeout' });
+    await ackTimer(4000);
+    // A prompt ack: the next batch waits half as long again.
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[1, 1]] }));
+    await waitFor(() => u.status().inflightBatches === 0, { message: 'acked' });
+    await append(1);
+    await waitFor(() => c.batches.length === 4, { message: 'the next batch' });
+    await ackTimer(2000);
+  });
+
   it('normalizeRanges: an ack is clamped to the seqs handed out, sorted and merged, whatever it lists', () => {
     assert.deepEqual(normalizeRanges([[5, 9], [1, 3], [4, 4], [20, 30]], 25), [[1, 9], [20, 25]]);
     assert.deepEqual(normalizeRanges([[0, 2], [-5, -1], [26, 40]], 25), [[1, 2]]);
