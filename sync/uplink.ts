@@ -78,8 +78,12 @@ const DEFAULT_MAX_INFLIGHT = 16;
 /** An ack the outbox could not apply (a full disk) is applied again after this long. */
 const ACK_RETRY_MS = 1_000;
 const DEFAULT_ACK_TIMEOUT_MS = 10_000;
-/** The ack timeout grows to at most this many times ackTimeoutMs while acks come late (see `ackBackoff`). */
-const MAX_ACK_BACKOFF = 32;
+/**
+ * The ack timeout grows to at most this many times ackTimeoutMs while acks come late (see
+ * `ackBackoff`): enough for a central 8 times slower than configured, and a central that comes
+ * back from a silent spell waits at most 8 × ackTimeoutMs for the resend (a reconnect resends at once).
+ */
+const MAX_ACK_BACKOFF = 8;
 const DEFAULT_STATUS_INTERVAL_MS = 30_000;
 const STOP_PUBLISH_TIMEOUT_MS = 2_000;
 /**
@@ -381,6 +385,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (client !== this.client || !this.running || !client.connected) return;
     this.connected = true;
     this.attempts = 0;
+    // A new session resends everything at once: its acks time out from scratch.
+    this.ackBackoff = 1;
     this.log.info({ url: this.safeUrl, backlog: this.outbox.stats().events }, 'uplink connected');
     void this.publishStatus(client, 'online');
     this.scheduleStatus();

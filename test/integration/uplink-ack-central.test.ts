@@ -86,8 +86,10 @@ describe('uplink, ack: central (integration, Mosquitto + LevelOutbox)', function
     assert.equal(outbox.stats().events, 120, 'still nothing deleted');
     assert.equal(uplink.status().lastAckAt, null);
     central.setAck(true);
+    // Resends are paced: every timeout so far doubled the next (up to 8 × ackTimeoutMs), so the
+    // waiting batches come again within 8 s of the central's recovery.
     await waitFor(() => outbox.stats().events === 0, {
-      timeoutMs: 8000,
+      timeoutMs: 15_000,
       message: 'outbox drained after acks',
     });
     await waitFor(() => uplink.status().inflightBatches === 0, { message: 'no batch left in flight' });
