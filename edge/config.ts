@@ -114,7 +114,8 @@ export function parseConfig(
   const unresolved = new Set<string>();
   const envErrors: string[] = [];
   const resolved = resolveEnv(raw, '', env, envErrors, unresolved);
-  if (!opts.storageOnly) errors.push(...envErrors);
+  // With storageOnly only the data dir is read: it must resolve, the rest may stay env:NAME.
+  errors.push(...(opts.storageOnly ? envErrors.filter((e) => e.startsWith('dataDir:')) : envErrors));
   if (!validate(resolved)) {
     // A field whose variable is missing already has its error; its `env:` text would only add noise.
     const schemaErrors = (validate.errors ?? []).filter((e) => !unresolved.has(dottedPath(e.instancePath)));

@@ -79,7 +79,7 @@ export function guardUpgrades(
   policy: OriginPolicy,
   opts: {
     tokenOk?: (req: IncomingMessage) => boolean;
-    adminPath: string;
+    adminPath?: string;
     onRefused?: (why: string, url: string) => void;
   },
 ): void {

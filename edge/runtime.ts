@@ -224,7 +224,8 @@ export class Runtime {
       const tokenOk = c.http.token === undefined ? undefined : bearerOk(c.http.token);
       guardUpgrades(this.server, policy, {
         tokenOk,
-        adminPath: '/comms',
+        // The editor's own websocket, which adminAuth guards; without the editor there is none.
+        adminPath: c.nodeRed.editor ? '/comms' : undefined,
         onRefused: (why, path) => this.log.warn({ path, why }, 'websocket refused'),
       });
       await listen(this.server, c.http.host, c.http.port);

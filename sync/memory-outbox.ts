@@ -3,7 +3,7 @@ import { type Envelope, isSeverity, newId, type Severity, withSeq } from '../edg
 import { EdgewardError } from '../edge/errors.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { AppendOptions, Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
-import { evictableFor, type OverflowData, OverflowTally, outboxFull, overflowDataOf, PRIORITY, RecentRing, serializeEnvelopes, tooLarge } from './outbox.js';
+import { EVICTABLE, type OverflowData, OverflowTally, outboxFull, overflowDataOf, PRIORITY, RecentRing, serializeEnvelopes, tooLarge } from './outbox.js';
 
 /** Options of {@link MemoryOutbox}. */
 export interface MemoryOutboxOptions {
@@ -168,11 +168,10 @@ export class MemoryOutbox implements Outbox {
     if (refused) throw refused;
     const size = sizes.reduce((n, s) => n + s, 0);
     const hasCritical = seqd.some((e) => e.severity === 'critical');
-    const hasWarning = seqd.some((e) => e.severity === 'warning');
     const over = this.totalBytes() + size - this.opts.maxBytes;
     let tally: OverflowTally | null = null;
     if (over > 0) {
-      const victims = evictableFor(hasCritical || hasWarning ? 'warning' : 'info');
+      const victims = EVICTABLE;
       let evictable = 0;
       for (const sev of victims) evictable += this.bytesBy[sev];
       if (!hasCritical && evictable < over) throw outboxFull(size, this.opts.maxBytes, this.totalBytes(), evictable, victims);
@@ -186,8 +185,9 @@ export class MemoryOutbox implements Outbox {
           this.bytesBy[severity] -= h.bytes;
           tally ??= new OverflowTally();
           // Same as LevelOutbox: an overflow event evicted here, read or not, is folded in.
-          const earlier = seq === this.pendingOverflow?.seq ? this.pendingOverflow.data : h.type === 'edge.outbox_overflow' ? overflowDataOf(h.json) : null;
-          if (earlier) tally.merge(earlier);
+          const handedOut = seq !== this.pendingOverflow?.seq && h.type === 'edge.outbox_overflow' ? overflowDataOf(h.json) : null;
+          if (seq === this.pendingOverflow?.seq) tally.merge(this.pendingOverflow.data);
+          else if (handedOut) tally.supersede(handedOut.id, handedOut);
           else tally.add(seq, severity, h.bytes, h.type, h.ts);
           freed += h.bytes;
         }

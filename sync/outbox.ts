@@ -130,16 +130,14 @@ export function serializeEnvelopes(envelopes: readonly Envelope[]): string[] {
 }
 
 /**
- * The severities an append may evict to make room, oldest first within each:
- * info, then warnings (SPEC: "the oldest info events go first, then
- * warnings"), but never a severity above the append's own highest. An append
- * of info events only evicts older info: a store full of warnings does not
- * lose one to keep a newer door.opened (it refuses the append instead).
- * Critical events are never evicted.
+ * What an append may evict to make room, oldest first within each: info,
+ * then warnings (SPEC: "the oldest info events go first, then warnings");
+ * critical events never. For any append: refusing new info while older
+ * warnings fill the store (tried, and reverted) left a store flooded with
+ * warnings refusing every new door event for good, drivers' events dropped
+ * with no overflow report.
  */
-export function evictableFor(highest: 'info' | 'warning'): readonly ('info' | 'warning')[] {
-  return highest === 'info' ? ['info'] : ['info', 'warning'];
-}
+export const EVICTABLE: readonly ('info' | 'warning')[] = ['info', 'warning'];
 
 /** EDGE_OUTBOX_FULL for an append of `bytes` that does not fit even after evicting every stored event of `victims`. */
 export function outboxFull(bytes: number, maxBytes: number, storedBytes: number, evictableBytes: number, victims: readonly string[]): EdgewardError {
@@ -245,13 +243,14 @@ function peek(json: string): { ts: string; type: string } {
 }
 
 /** The `data` of a stored `edge.outbox_overflow` event, or null when it does not parse as one. */
-export function overflowDataOf(json: string): OverflowData | null {
+export function overflowDataOf(json: string): (OverflowData & { id: string }) | null {
   try {
-    const d = (JSON.parse(json) as Envelope).data as Partial<OverflowData> | undefined;
+    const e = JSON.parse(json) as Envelope;
+    const d = e.data as Partial<OverflowData> | undefined;
     if (!d || typeof d.evicted !== 'number' || typeof d.evictedBytes !== 'number' || typeof d.byType !== 'object' || !d.byType || !d.bySeverity) {
       return null;
     }
-    return d as OverflowData;
+    return { ...(d as OverflowData), id: String(e.id) };
   } catch {
     return null;
   }
@@ -267,6 +266,12 @@ export interface OverflowData {
   toTs: string | null;
   fromSeq: number | null;
   toSeq: number | null;
+  /**
+   * Added field, present when not empty: the ids of earlier overflow events,
+   * handed to the uplink but not acknowledged and then evicted, whose counts
+   * this one includes. A central that stored one of them subtracts it.
+   */
+  supersedes?: string[];
 }
 
 /**
@@ -288,6 +293,7 @@ export class OverflowTally {
   toTs: string | null = null;
   fromSeq: number | null = null;
   toSeq: number | null = null;
+  readonly supersedes: string[] = [];
 
   add(seq: number, severity: 'info' | 'warning', bytes: number, type: string, ts: string): void {
     this.evicted++;
@@ -311,6 +317,13 @@ export class OverflowTally {
     if (d.toTs && (this.toTs === null || d.toTs > this.toTs)) this.toTs = d.toTs;
     if (d.fromSeq !== null && (this.fromSeq === null || d.fromSeq < this.fromSeq)) this.fromSeq = d.fromSeq;
     if (d.toSeq !== null && (this.toSeq === null || d.toSeq > this.toSeq)) this.toSeq = d.toSeq;
+    for (const id of d.supersedes ?? []) if (!this.supersedes.includes(id)) this.supersedes.push(id);
+  }
+
+  /** Fold in an earlier overflow event `id` that was handed out (maybe delivered) and is now evicted. */
+  supersede(id: string, d: OverflowData): void {
+    this.merge(d);
+    if (!this.supersedes.includes(id)) this.supersedes.push(id);
   }
 
   data(): OverflowData {
@@ -323,6 +336,7 @@ export class OverflowTally {
       toTs: this.toTs,
       fromSeq: this.fromSeq,
       toSeq: this.toSeq,
+      ...(this.supersedes.length > 0 ? { supersedes: [...this.supersedes] } : {}),
     };
   }
 
@@ -1206,7 +1220,7 @@ export class LevelOutbox implements Outbox {
               const earlier = type === 'edge.outbox_overflow' ? overflowDataOf(json) : null;
               if (earlier) {
                 foldedIn += earlier.evicted;
-                tally.merge(earlier);
+                tally.supersede(earlier.id, earlier);
               } else tally.add(seq, severity, size, type, ts);
             }
             freed += size;
@@ -1249,15 +1263,13 @@ export class LevelOutbox implements Outbox {
       }
       let size = 0;
       let hasCritical = false;
-      let hasWarning = false;
       for (let i = 0; i < seqd.length; i++) {
         size += sizes[i];
         if (seqd[i].severity === 'critical') hasCritical = true;
-        else if (seqd[i].severity === 'warning') hasWarning = true;
       }
       const over = totalBytes(counts) + size - meta.maxBytes;
       if (over > 0) {
-        const victims = evictableFor(hasCritical || hasWarning ? 'warning' : 'info');
+        const victims = EVICTABLE;
         let evictable = 0;
         for (const sev of victims) evictable += counts[sev].bytes - added[sev].bytes;
         const need = over + OVERFLOW_RESERVE;

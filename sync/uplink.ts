@@ -78,6 +78,8 @@ const DEFAULT_MAX_INFLIGHT = 16;
 /** An ack the outbox could not apply (a full disk) is applied again after this long. */
 const ACK_RETRY_MS = 1_000;
 const DEFAULT_ACK_TIMEOUT_MS = 10_000;
+/** A `rewinds` count no read began at: a claim given it leaves the cursor where it is. */
+const NO_ADVANCE = -1;
 /**
  * The ack timeout grows to at most this many times ackTimeoutMs while acks come late (see
  * `ackBackoff`): enough for a central 8 times slower than configured, and a central that comes
@@ -634,7 +636,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       }
       const half = events.length >> 1;
       const parts = [events.slice(0, half), events.slice(half)];
-      const batches = parts.map((p) => this.claim(p, critical));
+      // Already read and claimed once: the halves never move the cursor (a release since the
+      // read may have put it below them, and below what it released).
+      const batches = parts.map((p) => this.claim(p, critical, NO_ADVANCE));
       for (let i = 0; i < parts.length; i++) await this.publishClaimed(client, batches[i], parts[i], critical);
       return;
     }

@@ -50,7 +50,7 @@ export class CardReaderDriver implements Driver {
   private online?: boolean;
   private lastSeen?: string;
   private buf = '';
-  private readonly decoder = new StringDecoder('utf8');
+  private decoder = new StringDecoder('utf8');
   /** When the last bytes came (the clock's ms): a partial line older than lineGapMs is dropped. */
   private lastDataAt = 0;
   /** After an overlong line: drop bytes up to the next line end (its tail is not a card line). */
@@ -123,6 +123,7 @@ export class CardReaderDriver implements Driver {
     this.attempt = 0;
     this.buf = '';
     this.skipping = false;
+    this.decoder = new StringDecoder('utf8');
     this.setOnline(true);
   }
 
@@ -147,9 +148,13 @@ export class CardReaderDriver implements Driver {
    */
   private onData(chunk: Buffer): void {
     const now = this.ctx.clock.now();
-    if (this.buf !== '' && now - this.lastDataAt > (this.opts.lineGapMs ?? LINE_GAP_MS)) {
-      this.log.debug({ length: this.buf.length }, 'card reader: a partial line went stale; dropped');
+    if (now - this.lastDataAt > (this.opts.lineGapMs ?? LINE_GAP_MS)) {
+      // A quiet line ends whatever was pending: a stale partial line, the rest of an overlong
+      // one, half a character (a swipe after quiet is a new line, not the tail of noise).
+      if (this.buf !== '') this.log.debug({ length: this.buf.length }, 'card reader: a partial line went stale; dropped');
       this.buf = '';
+      this.skipping = false;
+      this.decoder = new StringDecoder('utf8');
     }
     this.lastDataAt = now;
     // UTF-8 (ASCII for most readers), split multi-byte characters kept whole across chunks.
@@ -159,6 +164,8 @@ export class CardReaderDriver implements Driver {
       const line = this.buf.slice(0, nl).trim();
       this.buf = this.buf.slice(nl + 1);
       if (this.skipping) this.skipping = false;
+      // A line over the limit whose end came in the same chunk: noise all the same.
+      else if (line.length > MAX_LINE) this.log.debug({ length: line.length }, 'card reader: an overlong line dropped');
       else if (line) this.onLine(line);
       nl = this.buf.search(/[\r\n]/);
     }

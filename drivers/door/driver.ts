@@ -32,6 +32,8 @@ interface DoorState {
 }
 
 const ACTIONS = ['door.unlock', 'door.lock', 'door.hold'] as const;
+/** More events a second than a door controller logs, sustained (for `implausible`): a flood of 40 while a quick restart took 2 s is still read. */
+const MAX_EVENTS_PER_S = 50;
 
 /**
  * A Modbus door access controller (1–4 doors) read through its profile's
@@ -66,6 +68,9 @@ export class ModbusDoorDriver implements Driver {
    * or every later card swipe would hold the door for the command's seconds.
    */
   private pulseRestore?: number;
+  /** When the restored counter was saved (the clock's ms), until the first poll has judged it. */
+  private savedAt?: number;
+  private commandRunning = false;
   private readonly log: Logger;
   private readonly counterKey: string;
 
@@ -87,8 +92,12 @@ export class ModbusDoorDriver implements Driver {
     // logged meanwhile is read at the first poll (seen: a forced door while the edge
     // restarted was never reported). Kept per unit, so a device rewired to another unit
     // starts from what that unit says.
-    const saved = this.ctx.state?.get(this.counterKey);
-    if (typeof saved === 'number' && Number.isInteger(saved) && saved >= 0 && saved <= 0xffff) this.counter = saved;
+    const saved = this.ctx.state?.get(this.counterKey) as { counter?: unknown; at?: unknown } | undefined;
+    const c = saved?.counter;
+    if (typeof c === 'number' && Number.isInteger(c) && c >= 0 && c <= 0xffff) {
+      this.counter = c;
+      this.savedAt = typeof saved?.at === 'number' ? saved.at : undefined;
+    }
     const { resource, release } = this.getBus();
     this.bus = resource;
     this.release = release;
@@ -121,6 +130,15 @@ export class ModbusDoorDriver implements Driver {
   }
 
   private async executeNow(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
+    this.commandRunning = true;
+    try {
+      return await this.executeCommand(cmd);
+    } finally {
+      this.commandRunning = false;
+    }
+  }
+
+  private async executeCommand(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
     const bus = this.bus;
     if (!bus) throw new EdgewardError('EDGE_DRIVER_STOPPED', `${this.name} is not running`);
     const door = cmd.args.door ?? 0;
@@ -244,13 +262,34 @@ export class ModbusDoorDriver implements Driver {
       1;
     // One after the other: a unit that does not answer costs one timeout per poll, not two.
     const [counter] = await bus.readInputRegisters(unit, p.inputRegisters.eventCounter, 1);
-    if (this.pulseRestore !== undefined) await this.restorePulse(bus);
+    // Not while a command runs: its restore would land between the command's length write and
+    // its pulse (measured: 13 of 20 timed unlocks pulsed for the unit's own length).
+    if (this.pulseRestore !== undefined && !this.commandRunning) await this.restorePulse(bus);
     const bits = await bus.readDiscreteInputs(unit, 0, width);
-    if (this.counter !== undefined && counter !== this.counter) {
+    const savedAt = this.savedAt;
+    this.savedAt = undefined;
+    if (this.counter !== undefined && counter !== this.counter && savedAt !== undefined && this.implausible(counter, savedAt)) {
+      this.counter = counter;
+    } else if (this.counter !== undefined && counter !== this.counter) {
       this.counter = await this.readRing(bus, this.counter, counter);
     } else this.counter = counter;
-    this.ctx.state?.set(this.counterKey, this.counter);
+    this.ctx.state?.set(this.counterKey, { counter: this.counter, at: this.ctx.clock.now() });
     this.applyInputs(bits);
+  }
+
+  /**
+   * Whether the unit's counter moved further since the edge saved it than a
+   * door controller can log in the time that passed: a controller restarted
+   * with the edge (a power cut) counts again from 0, and a saved 40,000
+   * against a new 3 would read as 25,539 events, the ring's 32 stale entries
+   * among them as new (measured). Then its counter is taken as it is.
+   */
+  private implausible(counter: number, savedAt: number): boolean {
+    const n = (counter - (this.counter ?? counter)) & 0xffff;
+    const seconds = Math.max(0, (this.ctx.clock.now() - savedAt) / 1000);
+    if (n <= this.opts.profile.inputRegisters.ring.size || n <= seconds * MAX_EVENTS_PER_S) return false;
+    this.log.warn({ saved: this.counter, counter, seconds: Math.round(seconds) }, 'device event counter moved more than it can in the time: controller restarted; reading on from its counter');
+    return true;
   }
 
   /**

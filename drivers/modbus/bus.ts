@@ -446,6 +446,10 @@ export class ModbusBus implements Resource {
    * fails with the most specific error (another unit, function, CRC, short).
    */
   private parseRtu(fl: InFlight): void {
+    // Bytes came: the line is not quiet. Re-armed below if what is there is still not a reply
+    // (left armed, a foreign frame completed by this chunk and skipped would fail us later).
+    if (fl.gapTimer) this.ctx.clock.clearTimeout(fl.gapTimer);
+    fl.gapTimer = undefined;
     let buf = fl.rx.length === 1 ? fl.rx[0] : Buffer.concat(fl.rx, fl.rxLen);
     const unit = fl.job.unit;
     const fc = fl.job.fc;
@@ -468,7 +472,6 @@ export class ModbusBus implements Resource {
       return;
     }
     // Nothing complete yet: the line going quiet ends it, well before the request timeout.
-    if (fl.gapTimer) this.ctx.clock.clearTimeout(fl.gapTimer);
     fl.gapTimer = this.ctx.clock.setTimeout(() => this.failRtu(fl), this.frameGapMs);
   }
 

@@ -17,6 +17,8 @@ export class FakeRtuLine implements ByteLink {
   dribble = false;
   /** Bytes sent just ahead of the next reply, once (line noise, another unit's late frame). */
   prefix?: Buffer;
+  /** With `prefix`: its bytes come one per macrotask, as a serial port delivers a slow frame. */
+  prefixSlow = false;
 
   constructor(readonly backend: SimBackend) {}
 
@@ -37,6 +39,23 @@ export class FakeRtuLine implements ByteLink {
     );
     if (fault === 'bad-crc') reply[reply.length - 1] ^= 0xff;
     if (fault === 'short') reply = reply.subarray(0, 3);
+    if (this.prefix && this.prefixSlow) {
+      const bytes = [...this.prefix];
+      this.prefix = undefined;
+      const full = reply;
+      // Each byte a macrotask apart, the reply 20 ms later (longer than a test bus's frame gap):
+      // gaps a parser's timers see.
+      const next = () => {
+        const b = bytes.shift();
+        if (b === undefined) setTimeout(() => this.onData(full), 20);
+        else {
+          this.onData(Buffer.from([b]));
+          setTimeout(next, 1);
+        }
+      };
+      setImmediate(next);
+      return;
+    }
     if (this.prefix) {
       reply = Buffer.concat([this.prefix, reply]);
       this.prefix = undefined;

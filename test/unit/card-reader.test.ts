@@ -168,6 +168,15 @@ describe('card reader lines (fed bytes, manual clock)', () => {
     feed('99\r\n');
     feed('4242\r\n');
     assert.deepEqual(cards(), [pseudonymiseCard(4242, siteKey)]);
+    // Its end in the same chunk as its 257th byte.
+    feed('N'.repeat(250));
+    feed('NNNNNNNNNN77\r\n');
+    assert.deepEqual(cards().length, 1);
+    // Noise without an end, then quiet: the next swipe is a line of its own.
+    feed('A'.repeat(300));
+    clock.advance(LINE_GAP_MS + 1);
+    feed('5151\r\n');
+    assert.deepEqual(cards(), [pseudonymiseCard(4242, siteKey), pseudonymiseCard(5151, siteKey)]);
   });
 
   it('reads UTF-8 lines, a character split across chunks included', async () => {

@@ -10,6 +10,7 @@ import type { EventInput } from '../../edge/envelope.js';
 import { silentLogger } from '../../edge/log.js';
 import { DoorSim } from '../../hardware/sim/door-sim.js';
 import { FakeRtuLine } from '../../hardware/sim/modbus-fake-line.js';
+import { ManualClock } from '../helpers/clock.js';
 import { waitFor } from '../helpers/wait.js';
 
 /** A bus on an in-process fake RTU line to `sim` (healthy units answer within a turn: 150 ms is no stall). */
@@ -272,17 +273,81 @@ describe('door driver', () => {
       // The controller restarts: its counter starts again at 0. Not 65,000 lost events.
       events.length = 0;
       unit.ir[0] = 0;
-      await waitFor(() => kept.get('eventCounter@unit1') === 0, { message: 'the new counter taken' });
+      await waitFor(() => (kept.get('eventCounter@unit1') as { counter: number }).counter === 0, { message: 'the new counter taken' });
       unit.swipe(0, 3, 'unknown');
       await waitFor(() => events.some((e) => e.type === 'access.denied'), {
         message: 'a denial after the restart',
       });
       assert.ok(!events.some((e) => e.type === 'edge.events_lost'), JSON.stringify(events));
+      // A power cut restarts both: the edge saved 40,000 a moment ago, the unit counts from 0 again
+      // (3 events since). 25,539 "events" in a second is no controller: the ring's stale entries stay unread.
+      await driver.stop();
+      for (let i = 0; i < 40; i++) unit.swipe(0, 100 + i, 'unknown');
+      unit.ir[0] = 3;
+      kept.set('eventCounter@unit1', { counter: 40_000, at: Date.now() });
+      events.length = 0;
+      driver = make();
+      await driver.start();
+      await waitFor(() => (kept.get('eventCounter@unit1') as { counter: number }).counter === 3, { message: 'the unit counter taken' });
+      assert.deepEqual(
+        events.map((e) => e.type),
+        ['device.online'],
+        JSON.stringify(events),
+      );
     } finally {
       await driver.stop();
       sim.stop();
       await bus.close();
     }
+  });
+
+  it("a poll during a timed unlock does not put the unit's pulse length back between the command's write and its pulse", async () => {
+    // A bus the test steps: ops are recorded in the order issued, the command's length write waits for the test.
+    const ops: string[] = [];
+    let releaseWrite: (() => void) | undefined;
+    const bus = {
+      onConnection: () => () => undefined,
+      readInputRegisters: async (_u: number, a: number, n: number) => {
+        ops.push(`readIR ${a}`);
+        return new Array(n).fill(0);
+      },
+      readDiscreteInputs: async (_u: number, _a: number, n: number) => {
+        ops.push('readDI');
+        return new Array(n).fill(false);
+      },
+      readHoldingRegisters: async () => {
+        ops.push('readHR 0');
+        return [5];
+      },
+      writeRegister: (_u: number, a: number, v: number) => {
+        ops.push(`writeHR ${a}=${v}`);
+        return v === 60 ? new Promise<void>((resolve) => (releaseWrite = resolve)) : Promise.resolve();
+      },
+      writeCoil: async (_u: number, a: number, v: boolean) => void ops.push(`writeCoil ${a}=${v}`),
+    } as unknown as ModbusBus;
+    const clock = new ManualClock();
+    const ctx = { ...context([], false), clock };
+    const d = new ModbusDoorDriver(
+      'door-1',
+      { unitId: 1, profile: loadDoorProfile('generic-door'), doors: 1, pollMs: 100 },
+      () => ({ resource: bus, release: async () => undefined }),
+      ctx,
+    );
+    await d.start();
+    clock.advance(0); // the first poll
+    await waitFor(() => d.state().online, { message: 'online' });
+    const done = d.execute({ id: 'u', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 60 } });
+    await waitFor(() => releaseWrite !== undefined, { message: 'the length write issued' });
+    // A poll falls due while the command waits on its length write.
+    clock.advance(100);
+    await waitFor(() => ops.filter((o) => o === 'readDI').length >= 2, { message: 'the second poll ran' });
+    releaseWrite!();
+    await done;
+    const from = ops.indexOf('writeHR 0=60');
+    const pulse = ops.indexOf('writeCoil 0=true');
+    assert.deepEqual(ops.slice(from, pulse).filter((o) => o.startsWith('writeHR')), ['writeHR 0=60'], ops.join(' | '));
+    assert.equal(ops.at(-1), 'writeHR 0=5', 'the length put back after the pulse');
+    await d.stop();
   });
 
   it('validates its properties, naming the field (unit 0 is rejected, not defaulted)', () => {

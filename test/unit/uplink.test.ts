@@ -200,6 +200,39 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     });
   });
 
+  it('the halves of a batch split for maxPacketBytes do not move the cursor past a batch released meanwhile', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
+    const clock = new ManualClock();
+    const u = make({ ackTimeoutMs: 1000, maxPacketBytes: 4096, compress: 'none', batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } }, broker.url, clock);
+    await u.start();
+    await waitFor(() => u.status().connected, { message: 'connected' });
+    const c = central;
+    const ev = (pad: number) => makeEnvelope({ type: 'sensor.reading', source: { device: 'd1' }, data: { pad: 'x'.repeat(pad) } }, { site, edge });
+    const [first] = await outbox.append([ev(10)]);
+    await waitFor(() => c.batches.length === 1, { message: 'the first batch sent' });
+    const read = outbox.read.bind(outbox);
+    let open: (() => void) | undefined;
+    let hold = true;
+    outbox.read = async (o) => {
+      const r = await read(o);
+      if (hold) {
+        hold = false;
+        await new Promise<void>((resolve) => {
+          open = resolve;
+        });
+      }
+      return r;
+    };
+    // Together over maxPacketBytes: sent as two halves.
+    await outbox.append([ev(2500), ev(2500)]);
+    await waitFor(() => open !== undefined, { message: 'a read held' });
+    clock.advance(2000); // the first batch times out: released, the cursor rewound
+    open!();
+    await waitFor(() => c.batches.slice(1).some((b) => b.events.some((e) => e.seq === first.seq)), {
+      message: () => `the timed-out seq sent again; batches: ${JSON.stringify(c.batches.map((b) => b.events.map((e) => e.seq)))}`,
+    });
+  });
+
   it('paces resends: each ack timeout doubles the next timeouts, a prompt ack halves them again', async () => {
     central = await startTestCentral({ url: broker.url, site, edge, ack: false });
     const clock = new ManualClock();
