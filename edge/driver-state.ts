@@ -33,10 +33,18 @@ export class DriverStateStore {
   private saving: Promise<void> = Promise.resolve();
   private dirty = false;
 
+  /**
+   * `canSave`: whether what drivers reported is stored by now. While the
+   * outbox cannot write, their events wait in memory: a counter saved then
+   * would, after a crash, skip events the controller still holds (measured
+   * with a file-size limit: 10 door events gone, nothing reported). Saving
+   * waits until it is true again.
+   */
   constructor(
     private readonly file: string,
     private readonly log: Logger,
     private readonly clock: Clock,
+    private readonly canSave: () => boolean = () => true,
   ) {}
 
   load(): void {
@@ -66,22 +74,26 @@ export class DriverStateStore {
         if (this.values[device]?.[key] === value) return;
         this.values[device] = { ...this.values[device], [key]: value };
         this.dirty = true;
-        if (!this.timer) {
-          this.timer = this.clock.setTimeout(() => {
-            this.timer = null;
-            void this.save();
-          }, DRIVER_STATE_SAVE_MS);
-          this.timer.unref?.();
-        }
+        this.schedule();
       },
     };
   }
 
-  /** Write what changed now (at stop). */
+  private schedule(): void {
+    if (this.timer) return;
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = null;
+      if (this.canSave()) void this.save();
+      else this.schedule();
+    }, DRIVER_STATE_SAVE_MS);
+    this.timer.unref?.();
+  }
+
+  /** Write what changed now (at stop), unless reported events are still not stored. */
   async flush(): Promise<void> {
     if (this.timer) this.clock.clearTimeout(this.timer);
     this.timer = null;
-    await this.save();
+    if (this.canSave()) await this.save();
   }
 
   private save(): Promise<void> {

@@ -16,7 +16,8 @@ export interface EdgewardNodeApi {
   /** A driver context for a device named `device`, with a child logger. */
   driverContext(device: string): DriverContext;
   /** Register a started-by-the-runtime driver (status, metrics, commands). Returns an unregister function. */
-  registerDriver(driver: Driver): () => void;
+  /** Returns the unregister: it resolves once the driver has stopped. */
+  registerDriver(driver: Driver): () => Promise<void>;
   /** Store events now and resolve once durable (used by `edgeward-event`). */
   ingest(inputs: EventInput[]): Promise<Envelope[]>;
   /** Device families and shared resources (one Modbus bus per config node, …): `registry.createDriver(...)`, `registry.acquire(...)`. */

@@ -151,7 +151,12 @@ export class Runtime {
         throw new EdgewardError('EDGE_CONFIG_INVALID', `invalid site config: ${unreadable.join('; ')}`, { details: { errors: unreadable } });
       }
       await mkdir(c.dataDir, { recursive: true });
-      this.driverState = new DriverStateStore(join(c.dataDir, 'driver-state.json'), this.rootLog.child({ module: 'edge/driver-state' }), this.clock);
+      this.driverState = new DriverStateStore(
+        join(c.dataDir, 'driver-state.json'),
+        this.rootLog.child({ module: 'edge/driver-state' }),
+        this.clock,
+        () => this.held.size === 0 && this.pendingInputs.length === 0 && !this.outboxWriteFailing(),
+      );
       this.driverState.load();
       this.outboxImpl ??= new LevelOutbox({
         dir: outboxPath(c.dataDir),
@@ -332,7 +337,7 @@ export class Runtime {
    * Register a driver; the runtime starts it (a failing start is logged and
    * marks the device offline, never thrown) and stops it on unregister.
    */
-  registerDriver(driver: Driver): () => void {
+  registerDriver(driver: Driver): () => Promise<void> {
     // The same rule as an event's source.device: ' door-1' and 'door-1' must not be two devices.
     if (!isDeviceName(driver.name)) {
       throw new EdgewardError(
@@ -360,16 +365,20 @@ export class Runtime {
       }),
     );
     let registered = true;
+    let stopped: Promise<void> = Promise.resolve();
     return () => {
-      if (!registered) return;
+      if (!registered) return stopped;
       registered = false;
       if (this.devices.get(driver.name) === rec) this.devices.delete(driver.name);
       this.metrics.removeDevice(driver.name, driver.driver);
-      this.track(
+      stopped = this.track(
         started
           .then(() => driver.stop())
           .catch((err) => this.log.warn({ err, device: driver.name }, 'driver failed to stop')),
       );
+      // A redeployed node waits for this before its successor starts: two drivers on one unit
+      // for a moment each reported its events (measured on nodes-only deploys).
+      return stopped;
     };
   }
 
@@ -393,6 +402,14 @@ export class Runtime {
   /** The names of registered devices (the command verifier checks targets against these). */
   deviceNames(): string[] {
     return [...this.devices.values()].filter((d) => d.instance).map((d) => d.name);
+  }
+
+  private outboxWriteFailing(): boolean {
+    try {
+      return Boolean(this.outboxImpl?.stats().writeError);
+    } catch {
+      return true;
+    }
   }
 
   driverContext(device: string): DriverContext {

@@ -273,27 +273,34 @@ describe('door driver', () => {
       // The controller restarts: its counter starts again at 0. Not 65,000 lost events.
       events.length = 0;
       unit.ir[0] = 0;
-      await waitFor(() => (kept.get('eventCounter@unit1') as { counter: number }).counter === 0, { message: 'the new counter taken' });
+      await waitFor(() => (kept.get('eventCounter@bus#unit1') as { counter: number }).counter === 0, { message: 'the new counter taken' });
       unit.swipe(0, 3, 'unknown');
       await waitFor(() => events.some((e) => e.type === 'access.denied'), {
         message: 'a denial after the restart',
       });
       assert.ok(!events.some((e) => e.type === 'edge.events_lost'), JSON.stringify(events));
       // A power cut restarts both: the edge saved 40,000 a moment ago, the unit counts from 0 again
-      // (3 events since). 25,539 "events" in a second is no controller: the ring's stale entries stay unread.
+      // and logs 3 events. 25,539 "events" in a second is no controller: its 3 events are read, nothing lost.
       await driver.stop();
-      for (let i = 0; i < 40; i++) unit.swipe(0, 100 + i, 'unknown');
-      unit.ir[0] = 3;
-      kept.set('eventCounter@unit1', { counter: 40_000, at: Date.now() });
+      kept.set('eventCounter@bus#unit1', { counter: 40_000, at: Date.now() });
+      unit.ir[0] = 0;
+      for (const card of [201, 202, 203]) unit.swipe(0, card, 'unknown');
       events.length = 0;
       driver = make();
       await driver.start();
-      await waitFor(() => (kept.get('eventCounter@unit1') as { counter: number }).counter === 3, { message: 'the unit counter taken' });
+      await waitFor(() => (kept.get('eventCounter@bus#unit1') as { counter: number }).counter === 3, { message: 'the unit counter taken' });
+      await waitFor(() => events.filter((e) => e.type === 'access.denied').length === 3, { message: 'the 3 events since the restart' });
       assert.deepEqual(
-        events.map((e) => e.type),
-        ['device.online'],
-        JSON.stringify(events),
+        events.filter((e) => e.type === 'access.denied').map((e) => (e.data as { card: string }).card),
+        ['201', '202', '203'],
       );
+      assert.ok(!events.some((e) => e.type === 'edge.events_lost'), JSON.stringify(events));
+      // The same with the edge running: the counter goes back, what came since is read.
+      events.length = 0;
+      unit.ir[0] = 0;
+      unit.swipe(0, 301, 'unknown');
+      await waitFor(() => events.some((e) => e.type === 'access.denied'), { message: 'the event after a restart while running' });
+      assert.equal((events.find((e) => e.type === 'access.denied')!.data as { card: string }).card, '301');
     } finally {
       await driver.stop();
       sim.stop();
@@ -348,6 +355,48 @@ describe('door driver', () => {
     assert.deepEqual(ops.slice(from, pulse).filter((o) => o.startsWith('writeHR')), ['writeHR 0=60'], ops.join(' | '));
     assert.equal(ops.at(-1), 'writeHR 0=5', 'the length put back after the pulse');
     await d.stop();
+  });
+
+  it('a stop during a poll waits for it, and that poll reports and saves nothing: its successor reads those events once', async () => {
+    let counter = 0;
+    let releaseRing: (() => void) | undefined;
+    const bus = {
+      onConnection: () => () => undefined,
+      readInputRegisters: (_u: number, a: number, n: number) => {
+        if (a === 0) return Promise.resolve([counter]);
+        // Ring entry 1: a denied card 4242, held until the test lets it go.
+        return new Promise<number[]>((resolve) => {
+          releaseRing = () => resolve([2, 0, 0, 4242].slice(0, n));
+        });
+      },
+      readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
+    } as unknown as ModbusBus;
+    const clock = new ManualClock();
+    const kept = new Map<string, unknown>();
+    const events: EventInput[] = [];
+    const ctx = { ...context(events, true, { get: (k) => kept.get(k), set: (k, v) => void kept.set(k, v) }), clock };
+    const d = new ModbusDoorDriver(
+      'door-1',
+      { unitId: 1, profile: loadDoorProfile('generic-door'), doors: 1, pollMs: 100 },
+      () => ({ resource: bus, release: async () => undefined }),
+      ctx,
+    );
+    await d.start();
+    clock.advance(0);
+    await waitFor(() => d.state().online, { message: 'online' });
+    counter = 1;
+    clock.advance(100);
+    await waitFor(() => releaseRing !== undefined, { message: 'the poll reading the ring' });
+    let stopped = false;
+    const stopping = d.stop().then(() => {
+      stopped = true;
+    });
+    await new Promise((r) => setImmediate(r));
+    assert.equal(stopped, false, 'stop waits for the poll on its way');
+    releaseRing!();
+    await stopping;
+    assert.ok(!events.some((e) => e.type === 'access.denied'), 'nothing reported after the stop');
+    assert.deepEqual((kept.get('eventCounter@bus#unit1') as { counter: number }).counter, 0, 'the counter before the event');
   });
 
   it('validates its properties, naming the field (unit 0 is rejected, not defaulted)', () => {

@@ -73,8 +73,11 @@ function startDeviceNode(node, api, { type, driverType, name, props }) {
 
   node.on('close', (_removed, done) => {
     api.bus.removeOwner(node);
-    unregister();
-    done();
+    // Done once the driver has stopped: a redeployed node's successor starts after it.
+    unregister().then(
+      () => done(),
+      () => done(),
+    );
   });
   return driver;
 }
