@@ -49,6 +49,13 @@ function doorOn(
   );
 }
 
+/** Start `d` on a manual clock (its first poll runs now); resolves once it is online. */
+async function startedOnline(d: ModbusDoorDriver, clock: ManualClock): Promise<void> {
+  await d.start();
+  clock.advance(0);
+  await waitFor(() => d.state().online, { message: 'online' });
+}
+
 describe('door driver', () => {
   it('polls a dead unit with backoff, so it costs the bus at most one timeout per backoff period', async () => {
     const POLL_MS = 20;
@@ -334,15 +341,8 @@ describe('door driver', () => {
     } as unknown as ModbusBus;
     const clock = new ManualClock();
     const ctx = { ...context([], false), clock };
-    const d = new ModbusDoorDriver(
-      'door-1',
-      { unitId: 1, profile: loadDoorProfile('generic-door'), doors: 1, pollMs: 100 },
-      () => ({ resource: bus, release: async () => undefined }),
-      ctx,
-    );
-    await d.start();
-    clock.advance(0); // the first poll
-    await waitFor(() => d.state().online, { message: 'online' });
+    const d = doorOn(bus, ctx, { unitId: 1, pollMs: 100 });
+    await startedOnline(d, clock);
     const done = d.execute({ id: 'u', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 60 } });
     await waitFor(() => releaseWrite !== undefined, { message: 'the length write issued' });
     // A poll falls due while the command waits on its length write.
@@ -375,15 +375,8 @@ describe('door driver', () => {
     const kept = new Map<string, unknown>();
     const events: EventInput[] = [];
     const ctx = { ...context(events, true, { get: (k) => kept.get(k), set: (k, v) => void kept.set(k, v) }), clock };
-    const d = new ModbusDoorDriver(
-      'door-1',
-      { unitId: 1, profile: loadDoorProfile('generic-door'), doors: 1, pollMs: 100 },
-      () => ({ resource: bus, release: async () => undefined }),
-      ctx,
-    );
-    await d.start();
-    clock.advance(0);
-    await waitFor(() => d.state().online, { message: 'online' });
+    const d = doorOn(bus, ctx, { unitId: 1, pollMs: 100 });
+    await startedOnline(d, clock);
     counter = 1;
     clock.advance(100);
     await waitFor(() => releaseRing !== undefined, { message: 'the poll reading the ring' });

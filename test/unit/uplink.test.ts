@@ -70,6 +70,37 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     );
   }
 
+  /**
+   * A connected uplink on the test's clock (ackTimeoutMs 1 s, no linger) and a
+   * central that does not ack: ack timeouts fire when the test moves the clock.
+   */
+  async function unackedOnClock(config: Partial<UplinkConfig>): Promise<{ clock: ManualClock; u: Uplink; c: TestCentral }> {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
+    const clock = new ManualClock();
+    const u = make({ ackTimeoutMs: 1000, batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 }, ...config }, broker.url, clock);
+    await u.start();
+    await waitFor(() => u.status().connected, { message: 'connected' });
+    return { clock, u, c: central };
+  }
+
+  /** Hold the outbox's next read once it has read the store, until `release()`. */
+  function holdNextRead(): { holding: () => boolean; release: () => void } {
+    const read = outbox.read.bind(outbox);
+    let open: (() => void) | undefined;
+    let hold = true;
+    outbox.read = async (o) => {
+      const r = await read(o);
+      if (hold) {
+        hold = false;
+        await new Promise<void>((resolve) => {
+          open = resolve;
+        });
+      }
+      return r;
+    };
+    return { holding: () => open !== undefined, release: () => open?.() };
+  }
+
   /** A connected uplink with batches of 10, a 3 s linger on the test's clock, and an acking central. */
   async function lingering(): Promise<{ clock: ManualClock; c: TestCentral }> {
     central = await startTestCentral({ url: broker.url, site, edge, ack: true });
@@ -168,78 +199,39 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
   });
 
   it('a batch whose ack timed out while a read was in flight is sent again: the cursor does not jump past it', async () => {
-    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
-    const clock = new ManualClock();
-    const u = make({ ackTimeoutMs: 1000, batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } }, broker.url, clock);
-    await u.start();
-    await waitFor(() => u.status().connected, { message: 'connected' });
-    const c = central;
+    const { clock, c } = await unackedOnClock({});
     const [first] = await append(1);
     await waitFor(() => c.batches.length === 1, { message: 'the first batch sent' });
     // Hold the next read once it has read the store (seq 1 excluded: it is in flight).
-    const read = outbox.read.bind(outbox);
-    let open: (() => void) | undefined;
-    let hold = true;
-    outbox.read = async (o) => {
-      const r = await read(o);
-      if (hold) {
-        hold = false;
-        await new Promise<void>((resolve) => {
-          open = resolve;
-        });
-      }
-      return r;
-    };
+    const held = holdNextRead();
     await append(1);
-    await waitFor(() => open !== undefined, { message: 'a read held with the second event' });
+    await waitFor(() => held.holding(), { message: 'a read held with the second event' });
     // The first batch times out meanwhile: released, its seq to be read again.
     clock.advance(2000);
-    open!();
+    held.release();
     await waitFor(() => c.batches.length >= 3 && c.batches.slice(1).some((b) => b.events.some((e) => e.seq === first.seq)), {
       message: 'the timed-out seq sent again',
     });
   });
 
   it('the halves of a batch split for maxPacketBytes do not move the cursor past a batch released meanwhile', async () => {
-    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
-    const clock = new ManualClock();
-    const u = make({ ackTimeoutMs: 1000, maxPacketBytes: 4096, compress: 'none', batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } }, broker.url, clock);
-    await u.start();
-    await waitFor(() => u.status().connected, { message: 'connected' });
-    const c = central;
+    const { clock, c } = await unackedOnClock({ maxPacketBytes: 4096, compress: 'none' });
     const ev = (pad: number) => makeEnvelope({ type: 'sensor.reading', source: { device: 'd1' }, data: { pad: 'x'.repeat(pad) } }, { site, edge });
     const [first] = await outbox.append([ev(10)]);
     await waitFor(() => c.batches.length === 1, { message: 'the first batch sent' });
-    const read = outbox.read.bind(outbox);
-    let open: (() => void) | undefined;
-    let hold = true;
-    outbox.read = async (o) => {
-      const r = await read(o);
-      if (hold) {
-        hold = false;
-        await new Promise<void>((resolve) => {
-          open = resolve;
-        });
-      }
-      return r;
-    };
+    const held = holdNextRead();
     // Together over maxPacketBytes: sent as two halves.
     await outbox.append([ev(2500), ev(2500)]);
-    await waitFor(() => open !== undefined, { message: 'a read held' });
+    await waitFor(() => held.holding(), { message: 'a read held' });
     clock.advance(2000); // the first batch times out: released, the cursor rewound
-    open!();
+    held.release();
     await waitFor(() => c.batches.slice(1).some((b) => b.events.some((e) => e.seq === first.seq)), {
       message: () => `the timed-out seq sent again; batches: ${JSON.stringify(c.batches.map((b) => b.events.map((e) => e.seq)))}`,
     });
   });
 
   it('paces resends: each ack timeout doubles the next timeouts, a prompt ack halves them again', async () => {
-    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
-    const clock = new ManualClock();
-    const u = make({ ackTimeoutMs: 1000, batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } }, broker.url, clock);
-    await u.start();
-    await waitFor(() => u.status().connected, { message: 'connected' });
-    const c = central;
+    const { clock, u, c } = await unackedOnClock({});
     // The ack timer of the batch in flight, jittered ±20 % around ackTimeoutMs × the backoff.
     const ackTimer = (base: number) =>
       waitFor(() => clock.pending().find((ms) => ms >= base * 0.8 && ms <= base * 1.2), { message: () => `an ack timer of ${base} ms ±20 %: ${clock.pending().join(', ')}` });
