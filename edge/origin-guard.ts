@@ -22,6 +22,13 @@ import { isLoopbackHost } from './config.js';
 export interface OriginPolicy {
   /** The listener is bound to a loopback address: Host must name one. */
   loopbackOnly: boolean;
+  /**
+   * The editor's page (`/` when the editor is on): a browser may open it from
+   * a link on another site (a ticket, a wiki, a dashboard). Only that top-level
+   * page load: it changes nothing, and the editor's own requests that follow
+   * are same-origin.
+   */
+  editorPage?: string;
 }
 
 /** Why `req` is refused, or null when it may go on. */
@@ -31,7 +38,7 @@ export function refusal(req: IncomingMessage, policy: OriginPolicy): string | nu
     return `Host "${host.slice(0, 100)}" is not a loopback name on a loopback listener`;
   }
   const site = req.headers['sec-fetch-site'];
-  if (site !== undefined && site !== 'same-origin' && site !== 'none')
+  if (site !== undefined && site !== 'same-origin' && site !== 'none' && !opensEditor(req, policy))
     return `a ${site} request from a browser`;
   const origin = req.headers.origin;
   if (origin !== undefined) {
@@ -45,6 +52,17 @@ export function refusal(req: IncomingMessage, policy: OriginPolicy): string | nu
       return `Origin "${origin.slice(0, 100)}" is not this box`;
   }
   return null;
+}
+
+/** A top-level load of the editor's page (measured: a link to it from another site, and every reload after, got the 403). */
+function opensEditor(req: IncomingMessage, policy: OriginPolicy): boolean {
+  return (
+    policy.editorPage !== undefined &&
+    (req.method === 'GET' || req.method === 'HEAD') &&
+    req.headers['sec-fetch-mode'] === 'navigate' &&
+    req.headers['sec-fetch-dest'] === 'document' &&
+    (req.url ?? '').split('?')[0] === policy.editorPage
+  );
 }
 
 /** `host[:port]` → host, without IPv6 brackets. */

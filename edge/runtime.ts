@@ -213,7 +213,7 @@ export class Runtime {
       const app = express();
       app.disable('x-powered-by');
       // Before every route: no other site's page may drive this box through the technician's browser.
-      const policy = { loopbackOnly: isLoopbackHost(c.http.host) };
+      const policy = { loopbackOnly: isLoopbackHost(c.http.host), editorPage: c.nodeRed.editor ? '/' : undefined };
       app.use(originGuard(policy));
       mountHttpApi(app, {
         log: this.rootLog,

@@ -383,6 +383,21 @@ describe('embedded Node-RED (integration)', function () {
       assert.ok(((await (await fetch(`${h.base}/flows`)).json()) as unknown[]).length > 0);
       assert.equal(await upgrade(h, '/comms', { origin: 'http://evil.example' }), 403);
       assert.equal(await upgrade(h, '/comms', { origin: h.base }), 101);
+      // A link to the editor on another site opens it (the page only); nothing else that way.
+      // (node:http, not fetch: fetch sets Sec-Fetch-Mode itself.)
+      const get = (path: string, headers: Record<string, string>) =>
+        new Promise<number>((resolve, reject) => {
+          http
+            .get({ host: '127.0.0.1', port: h.runtime.port, path, headers }, (res) => {
+              res.resume();
+              resolve(res.statusCode ?? 0);
+            })
+            .on('error', reject);
+        });
+      const navigate = { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document' };
+      assert.equal(await get('/', navigate), 200);
+      assert.equal(await get('/flows', navigate), 403);
+      assert.equal(await get('/', { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'cors', 'sec-fetch-dest': 'empty' }), 403);
     });
   });
 
