@@ -7,7 +7,7 @@ import { modbusCommands } from './cli-modbus.js';
 import { onvifCommands } from './cli-onvif.js';
 import { describeConfig, loadConfig } from './config.js';
 import type { SiteConfig } from './config-types.js';
-import { isEdgewardError } from './errors.js';
+import { causeChain, isEdgewardError } from './errors.js';
 import { createLogger } from './log.js';
 import { Runtime } from './runtime.js';
 
@@ -178,9 +178,9 @@ const registerDemo: CommandRegistration = (program) => {
 function withCause(err: unknown): string {
   const e = err as Error;
   // classic-level wraps LevelDB's words in its own ("Database failed to open"): take the innermost.
-  let cause: Error | undefined;
-  for (let c = e.cause as Error | undefined, i = 0; c && i < 4; c = c.cause as Error | undefined, i++) cause = c;
-  return cause?.message && !e.message.includes(cause.message) ? `${e.message}: ${cause.message}` : e.message;
+  const chain = causeChain(err);
+  const cause = chain.length > 1 ? chain[chain.length - 1].message : undefined;
+  return typeof cause === 'string' && cause !== '' && !e.message.includes(cause) ? `${e.message}: ${cause}` : e.message;
 }
 
 /**

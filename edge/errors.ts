@@ -18,3 +18,10 @@ export class EdgewardError extends Error {
 export function isEdgewardError(err: unknown, code?: string): err is EdgewardError {
   return err instanceof EdgewardError && (code === undefined || err.code === code);
 }
+
+/** An error and its causes, outermost first (ours wrap classic-level's, which wrap LevelDB's): at most 4. */
+export function causeChain(err: unknown): Array<{ code?: unknown; message?: unknown }> {
+  const chain: Array<{ code?: unknown; message?: unknown; cause?: unknown }> = [];
+  for (let e = err as (typeof chain)[number] | undefined; e && chain.length < 4; e = e.cause as typeof e) chain.push(e);
+  return chain;
+}

@@ -119,24 +119,9 @@ export async function embedNodeRed(opts: EmbedNodeRedOptions): Promise<EmbeddedN
     // RED.start() resolves before the flows run (it starts them in the
     // background): wait for them, so `http in` routes and device nodes are
     // live when the runtime reports started.
-    const flows = flowsStarted(RED.events);
-    // Kept up to date across deploys: a deploy can stop the flows (a missing type) or start them again.
-    let problem: string | null = null;
-    const onStarted = () => {
-      problem = null;
-    };
-    const onRuntimeEvent = (ev: { id?: string; payload?: { error?: string; type?: string; types?: unknown } }) => {
-      if (ev?.id !== 'runtime-state') return;
-      if (ev.payload?.error) {
-        const types = Array.isArray(ev.payload.types) ? `: ${ev.payload.types.join(', ')}` : '';
-        problem = `node-red flows are not running (${ev.payload.error}${types})`;
-      }
-    };
-    RED.events.on('flows:started', onStarted);
-    RED.events.on('runtime-event', onRuntimeEvent);
+    const flows = trackFlows(RED.events);
     await RED.start();
-    const outcome = await flows;
-    if (!outcome.ok && problem === null) problem = `node-red flows are not running (${outcome.problem})`;
+    const outcome = await flows.first;
     if (outcome.ok) {
       log.info({ flowFile, editor, adminAuth: Boolean(adminAuth) }, 'node-red started');
     } else {
@@ -148,12 +133,11 @@ export async function embedNodeRed(opts: EmbedNodeRedOptions): Promise<EmbeddedN
     let stopped = false;
     return {
       flowFile,
-      problem: () => problem,
+      problem: flows.problem,
       stop: async () => {
         if (stopped) return;
         stopped = true;
-        RED.events.off('flows:started', onStarted);
-        RED.events.off('runtime-event', onRuntimeEvent);
+        flows.stop();
         try {
           await RED.stop();
         } finally {
@@ -171,25 +155,52 @@ export async function embedNodeRed(opts: EmbedNodeRedOptions): Promise<EmbeddedN
   }
 }
 
-/** Resolve when Node-RED reports the flows started, or why they did not. */
-function flowsStarted(events: NodeJS.EventEmitter): Promise<{ ok: boolean; problem?: string; types?: unknown }> {
-  return new Promise((resolve) => {
-    const done = (outcome: { ok: boolean; problem?: string; types?: unknown }) => {
+/**
+ * Whether Node-RED's flows run, from its events: `first` resolves with the
+ * outcome of the start (or a timeout), `problem()` stays up to date across
+ * deploys (a deploy can stop the flows, a missing type, or start them again).
+ */
+function trackFlows(events: NodeJS.EventEmitter): {
+  first: Promise<{ ok: boolean; problem?: string; types?: unknown }>;
+  problem(): string | null;
+  stop(): void;
+} {
+  let problem: string | null = null;
+  let settle: (outcome: { ok: boolean; problem?: string; types?: unknown }) => void = () => undefined;
+  const first = new Promise<{ ok: boolean; problem?: string; types?: unknown }>((resolve) => {
+    settle = (outcome) => {
+      clearTimeout(timer);
+      settle = () => undefined;
+      resolve(outcome);
+    };
+  });
+  const onStarted = () => {
+    problem = null;
+    settle({ ok: true });
+  };
+  const onRuntimeEvent = (ev: { id?: string; payload?: { error?: string; types?: unknown } }) => {
+    // e.g. error 'missing-types' with the list of unknown node types, or 'safe-mode'.
+    if (ev?.id !== 'runtime-state' || !ev.payload?.error) return;
+    const types = Array.isArray(ev.payload.types) ? `: ${ev.payload.types.join(', ')}` : '';
+    problem = `node-red flows are not running (${ev.payload.error}${types})`;
+    settle({ ok: false, problem: ev.payload.error, types: ev.payload.types });
+  };
+  const timer = setTimeout(() => {
+    problem ??= 'node-red flows are not running (flows did not start in time)';
+    settle({ ok: false, problem: 'flows did not start in time' });
+  }, FLOWS_START_TIMEOUT_MS);
+  timer.unref();
+  events.on('flows:started', onStarted);
+  events.on('runtime-event', onRuntimeEvent);
+  return {
+    first,
+    problem: () => problem,
+    stop: () => {
       clearTimeout(timer);
       events.off('flows:started', onStarted);
       events.off('runtime-event', onRuntimeEvent);
-      resolve(outcome);
-    };
-    const onStarted = () => done({ ok: true });
-    const onRuntimeEvent = (ev: { id?: string; payload?: { error?: string; types?: unknown } }) => {
-      // e.g. error 'missing-types' with the list of unknown node types, or 'safe-mode'.
-      if (ev?.id === 'runtime-state' && ev.payload?.error) done({ ok: false, problem: ev.payload.error, types: ev.payload.types });
-    };
-    const timer = setTimeout(() => done({ ok: false, problem: 'flows did not start in time' }), FLOWS_START_TIMEOUT_MS);
-    timer.unref();
-    events.on('flows:started', onStarted);
-    events.on('runtime-event', onRuntimeEvent);
-  });
+    },
+  };
 }
 
 /**

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Level } from 'level';
 import { type Clock, systemClock } from '../edge/clock.js';
 import { type Envelope, isSeverity, makeEnvelope, newId, type Severity, withSeq } from '../edge/envelope.js';
-import { EdgewardError, isEdgewardError } from '../edge/errors.js';
+import { causeChain, EdgewardError, isEdgewardError } from '../edge/errors.js';
 import { SeqSlots } from '../edge/seq-slots.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { AppendOptions, Outbox, OutboxReadOptions, OutboxStats, OutboxWriteError, StoredEvent } from './outbox-api.js';
@@ -912,10 +912,15 @@ export class LevelOutbox implements Outbox {
       if (hi < lo) continue;
       if (hi - lo + 1 > MAX_WALK_RANGE) return true;
       for (let seq = lo; seq <= hi; seq++) {
-        if (this.tracked.get(seq) === undefined && !deletedIn(this.deleteLog, seq)) return true;
+        if (this.tracked.get(seq) === undefined && !this.knownGone(seq, floor)) return true;
       }
     }
     return false;
+  }
+
+  /** Not stored, without a lookup: below every severity's head (`floor`, see storedFloor), or deleted by a recent batch. */
+  private knownGone(seq: number, floor: number): boolean {
+    return seq < floor || deletedIn(this.deleteLog, seq);
   }
 
   /** Every stored seq in `ranges`, each severity's key space scanned: seq → `packStored`. */
@@ -1489,7 +1494,7 @@ export class LevelOutbox implements Outbox {
         if (t !== undefined) {
           del(seq, storedSeverity(t), storedBytes(t));
           n++;
-        } else if (seq >= floor && !deletedIn(this.deleteLog, seq)) missing = true;
+        } else if (!this.knownGone(seq, floor)) missing = true;
       }
     }
     if (!missing) return n;
@@ -1718,13 +1723,6 @@ function isDiskRefusal(err: unknown): boolean {
   return /No space left|File too large|Read-only file system|Permission denied|Operation not permitted|quota|Too many open files|Cannot allocate memory|Input\/output error/i.test(
     errorText(err),
   );
-}
-
-/** An error and its causes, outermost first (ours wrap classic-level's, which wrap LevelDB's): at most 4. */
-function causeChain(err: unknown): Array<{ code?: unknown; message?: unknown }> {
-  const chain: Array<{ code?: unknown; message?: unknown; cause?: unknown }> = [];
-  for (let e = err as (typeof chain)[number] | undefined; e && chain.length < 4; e = e.cause as typeof e) chain.push(e);
-  return chain;
 }
 
 /** The messages of an error and its causes, joined. */

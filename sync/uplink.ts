@@ -773,7 +773,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     })();
   }
 
-  /** Delete acknowledged seqs from the outbox, then settle the batches they complete. */
+  /** Delete acknowledged seqs (sorted and merged by queueAck) from the outbox, then settle the batches they complete. */
   private async applyAck(ranges: Array<[number, number]>): Promise<void> {
     if (ranges.length === 0) return;
     let deleted: number;
@@ -797,14 +797,13 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       }
       return;
     }
-    const merged = mergeRanges(ranges);
     const now = this.clock.now();
     let lagMs: number | undefined;
     for (const batch of [...this.inflight]) {
       // Each ack usually covers one batch of the window: skip the others without visiting their seqs.
       const { lo, hi } = batch.pending;
-      if (!merged.some(([from, to]) => to >= lo && from <= hi)) continue;
-      batch.pending.ack(merged);
+      if (!ranges.some(([from, to]) => to >= lo && from <= hi)) continue;
+      batch.pending.ack(ranges);
       if (batch.pending.size === 0) {
         lagMs = now - batch.sentAt;
         // Acks well within the timeout again: pace down, a step at a time.
@@ -834,14 +833,7 @@ export function normalizeRanges(ranges: ReadonlyArray<readonly [number, number]>
     const hi = Math.min(lastSeq, to);
     if (lo <= hi) clamped.push([lo, hi]);
   }
-  clamped.sort((a, b) => a[0] - b[0]);
-  const out: Array<[number, number]> = [];
-  for (const r of clamped) {
-    const last = out[out.length - 1];
-    if (last && r[0] <= last[1] + 1) last[1] = Math.max(last[1], r[1]);
-    else out.push(r);
-  }
-  return out;
+  return mergeRanges(clamped);
 }
 
 /**
