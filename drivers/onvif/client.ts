@@ -150,6 +150,7 @@ interface CamLike {
   hostname: string;
   port: number;
   agent: unknown;
+  username?: string;
   password?: string;
   timeShift?: number;
   profiles?: Array<Record<string, any>>;
@@ -195,6 +196,23 @@ class GuardedCam extends CamBase {
       .update(Buffer.concat([nonce, Buffer.from(timestamp, 'utf8'), Buffer.from(this.password ?? '', 'utf8')]))
       .digest('base64');
     return { passdigest, nonce: nonce.toString('base64'), timestamp };
+  }
+
+  /**
+   * onvif 0.8.3 (lib/cam.js _envelopeHeader) splices the username into the
+   * WS-Security header as it is: "ops&<gate>" made every request malformed
+   * XML. Escaped for the header only (synchronously swapped and restored):
+   * HTTP Digest hashes and quotes the plain name.
+   */
+  override _envelopeHeader(openHeader?: boolean): string {
+    const plain = this.username;
+    if (plain === undefined) return super._envelopeHeader(openHeader);
+    this.username = xmlEscape(plain);
+    try {
+      return super._envelopeHeader(openHeader);
+    } finally {
+      this.username = plain;
+    }
   }
 
   /**

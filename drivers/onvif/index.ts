@@ -34,6 +34,10 @@ export function parseCameraProps(props: Record<string, unknown>): OnvifCameraPro
     if (typeof v !== 'string') throw bad(k, 'must be a string');
     out[k] = v;
   }
+  // HTTP Digest (RFC 7616) sends the name as a quoted string, and onvif quotes it without escaping.
+  if (out.username !== undefined && /["\\\p{Cc}]/u.test(out.username)) {
+    throw bad('username', 'must not contain a double quote, a backslash or a control character (HTTP Digest cannot carry them)');
+  }
   return out;
 }
 

@@ -261,6 +261,18 @@ describe('onvif driver against the camera simulator (real HTTP)', function () {
     assert.equal(sim.stats.authFailures, 0);
   });
 
+  it('authenticates with a username that has XML markup characters in it (escaped in the WS-Security header)', async () => {
+    await sim.stop();
+    const user = 'ops&<gate>';
+    sim = new CameraSim({ username: user, password: PASS });
+    await sim.start();
+    await startDriver({ username: user });
+    await waitFor(() => ofType('device.online').length === 1 && sim.pullsHeld === 1, {
+      message: () => `online and pulling (authFailures ${sim.stats.authFailures}, lastError ${driver.health().lastError})`,
+    });
+    assert.equal(sim.stats.authFailures, 0);
+  });
+
   it('reports a state from a new subscription\'s Initialized snapshot only when it differs from the last known one', async () => {
     sim.tamper(true); // active before we subscribe: the first snapshot reports it
     await startDriver({ subscriptionS: 60 });

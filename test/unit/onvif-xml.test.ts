@@ -100,5 +100,10 @@ describe('onvif camera properties', () => {
     throwsCode(() => parseCameraProps({}), 'EDGE_CONFIG_INVALID', /^host /);
     throwsCode(() => parseCameraProps({ host: 'h', port: 70000 }), 'EDGE_CONFIG_INVALID', /^port /);
     throwsCode(() => parseCameraProps({ host: 'h', renewAt: 1.5 }), 'EDGE_CONFIG_INVALID', /^renewAt /);
+    // HTTP Digest sends the name as a quoted string: a quote, a backslash or a line break would break (or inject) the header.
+    for (const username of ['a"b', 'a\\b', 'a\r\nX-Injected: 1', 'tab\there']) {
+      throwsCode(() => parseCameraProps({ host: 'h', username }), 'EDGE_CONFIG_INVALID', /^username /);
+    }
+    assert.equal(parseCameraProps({ host: 'h', username: 'ops&<gate> 岗亭' }).username, 'ops&<gate> 岗亭');
   });
 });
