@@ -131,6 +131,7 @@ function siteConfig(dataDir: string, brokerUrl: string | undefined, editor = fal
             compress: process.env.BENCH_COMPRESS === 'none' ? 'none' : 'gzip',
             // Resend sooner than the default after the bench's broker restarts.
             ackTimeoutMs: 3000,
+            ...(process.env.BENCH_UPLINK_EXTRA ? JSON.parse(process.env.BENCH_UPLINK_EXTRA) : {}),
           },
         }
       : {}),
