@@ -690,6 +690,26 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.pump();
   }
 
+  /**
+   * The central just acked a batch sent at `promptSentAt` within half of
+   * `ackTimeoutMs`. Batches sent before it and still unacked after a whole
+   * `ackTimeoutMs` were lost (in a silent spell, say): they are resent now,
+   * not when their paced timers fire (up to 8 × ackTimeoutMs later: an alarm
+   * in one of them waited that long after the central was back). A central
+   * slower than half the timeout never triggers this, so it cannot undo the
+   * pacing that protects a slow central from resend storms.
+   */
+  private resendMissed(promptSentAt: number, now: number): void {
+    let resent = 0;
+    for (const batch of [...this.inflight]) {
+      if (batch.sentAt < promptSentAt && now - batch.sentAt >= this.ackTimeoutMs) {
+        resent += batch.pending.size;
+        this.release(batch);
+      }
+    }
+    if (resent > 0) this.log.info({ events: resent }, 'central acks promptly again: resending what it missed');
+  }
+
   /** Forget a batch without acknowledging it: its events are read (and sent) again. */
   private release(batch: InflightBatch, rewind = true): void {
     if (!this.inflight.delete(batch)) return;
@@ -799,6 +819,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     }
     const now = this.clock.now();
     let lagMs: number | undefined;
+    /** The send time of the latest batch this ack completed within half its timeout. */
+    let promptSentAt: number | undefined;
     for (const batch of [...this.inflight]) {
       // Each ack usually covers one batch of the window: skip the others without visiting their seqs.
       const { lo, hi } = batch.pending;
@@ -808,9 +830,13 @@ export class Uplink extends EventEmitter<UplinkEvents> {
         lagMs = now - batch.sentAt;
         // Acks well within the timeout again: pace down, a step at a time.
         if (batch.timeoutMs !== undefined && lagMs < batch.timeoutMs / 2) this.ackBackoff = Math.max(1, this.ackBackoff / 2);
+        // Within half the configured timeout (not the paced one): a central that fast left
+        // nothing sent a whole timeout before unacked, unless it never got it.
+        if (batch.timeoutMs !== undefined && lagMs < this.ackTimeoutMs / 2) promptSentAt = Math.max(promptSentAt ?? batch.sentAt, batch.sentAt);
         this.release(batch, false);
       }
     }
+    if (promptSentAt !== undefined) this.resendMissed(promptSentAt, now);
     this.lastAckAt = new Date(now).toISOString();
     if (lagMs !== undefined) this.ackLagMs = lagMs;
     if (deleted > 0 || lagMs !== undefined) this.waitingSince = this.inflight.size > 0 ? now : null;

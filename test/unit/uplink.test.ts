@@ -252,6 +252,46 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     await ackTimer(2000);
   });
 
+  it('a central acking promptly again gets at once what it missed while silent, not after the paced timeout', async () => {
+    const { clock, c } = await unackedOnClock({});
+    await append(1);
+    await waitFor(() => c.batches.length === 1, { message: 'sent' });
+    // Silent: three timeouts pace the resends to 8 × ackTimeoutMs.
+    for (const [n, wait] of [[2, 1200], [3, 2400], [4, 4800]] as const) {
+      clock.advance(wait);
+      await waitFor(() => c.batches.length === n, { message: `resend ${n - 1}` });
+    }
+    await waitFor(() => clock.pending().some((ms) => ms >= 6400), { message: () => `an ack timer of 8 s ±20 %: ${clock.pending().join(', ')}` });
+    // The central is back: it acks a new event's batch at once. Seq 1 was sent 1.5 s
+    // before that batch and is not acked: it was lost in the silence.
+    clock.advance(1500);
+    c.setAck(true);
+    await append(1);
+    await waitFor(() => c.batches.length >= 6, { message: () => `seq 1 resent without waiting out its 8 s timer (${c.batches.length} batches)` });
+    await waitFor(() => outbox.stats().events === 0, { message: 'both acked' });
+  });
+
+  it('an ack slower than half of ackTimeoutMs resends nothing early: the pacing of a slow central stays', async () => {
+    const { clock, u, c } = await unackedOnClock({});
+    await append(1);
+    await waitFor(() => c.batches.length === 1, { message: 'sent' });
+    for (const [n, wait] of [[2, 1200], [3, 2400]] as const) {
+      clock.advance(wait);
+      await waitFor(() => c.batches.length === n, { message: `resend ${n - 1}` });
+    }
+    clock.advance(100); // seq 1's last resend went out before seq 2 (its timer is ≥ 3.2 s away)
+    await append(1); // seq 2, paced to a 4 s timeout like seq 1's resend
+    await waitFor(() => c.batches.length === 4, { message: 'seq 2 sent' });
+    // 1.5 s later (3 × half the configured timeout) the central acks seq 2 only: slow, not lost.
+    clock.advance(1500);
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[2, 2]] }));
+    await waitFor(() => u.status().inflightBatches === 1, { message: 'seq 2 acked' });
+    await append(1); // seq 3: its batch goes out after anything the ack released
+    await waitFor(() => c.batches.some((b) => b.events.some((e) => e.seq === 3)), { message: 'seq 3 sent' });
+    const seq1Sends = c.batches.filter((b) => b.events.some((e) => e.seq === 1)).length;
+    assert.equal(seq1Sends, 3, 'seq 1 waits for its paced timer');
+  });
+
   it('normalizeRanges: an ack is clamped to the seqs handed out, sorted and merged, whatever it lists', () => {
     assert.deepEqual(normalizeRanges([[5, 9], [1, 3], [4, 4], [20, 30]], 25), [[1, 9], [20, 25]]);
     assert.deepEqual(normalizeRanges([[0, 2], [-5, -1], [26, 40]], 25), [[1, 2]]);
