@@ -392,12 +392,12 @@ export class OnvifClient {
       const s = await this.call<{ uri?: string }>('GetStreamUri', this.timeoutMs, (done) =>
         cam.getStreamUri({ protocol: 'RTSP', profileToken: token }, (err, uri) => done(err, uri)),
       );
-      streamUri = typeof s?.uri === 'string' ? withoutUserinfo(s.uri) : undefined;
+      streamUri = typeof s?.uri === 'string' ? withoutCredentials(s.uri, [this.opts.password]) : undefined;
       // Not every camera has snapshots; a fault here is not a failed connect.
       snapshotUri = await this.call<{ uri?: string }>('GetSnapshotUri', this.timeoutMs, (done) =>
         cam.getSnapshotUri({ profileToken: token }, (err, uri) => done(err, uri)),
       ).then(
-        (u) => (typeof u?.uri === 'string' ? withoutUserinfo(u.uri) : undefined),
+        (u) => (typeof u?.uri === 'string' ? withoutCredentials(u.uri, [this.opts.password]) : undefined),
         (err: EdgewardError) => {
           if (err.code === 'EDGE_ONVIF_UNREACHABLE') throw err;
           return undefined;
@@ -592,13 +592,53 @@ function grantedSeconds(resp: XmlNode | undefined, askedS: number, cameraNowMs?:
   return askedS;
 }
 
+/** Query parameters that carry credentials in the URIs cameras hand out (`…&user=admin&pwd=…`). */
+const CREDENTIAL_PARAMS = new Set(['user', 'username', 'usr', 'pwd', 'pass', 'passwd', 'password', 'loginuse', 'loginpas']);
+
 /**
- * A URI without its userinfo: some cameras hand out `rtsp://user:password@host/…`,
- * and these URIs leave the box in device.online and are printed by the CLI.
- * The userinfo runs to the last `@` before the path, so a raw `@` in a password goes too.
+ * A camera's URI without the credentials some cameras put in it, for events
+ * and CLI output (they leave the box in device.online):
+ * - userinfo: `rtsp://user:password@host/…`, also when the password holds a
+ *   raw `@`, `/`, `?` or `#` (invalid, but cameras do it): the userinfo runs
+ *   to the last `@` that a host and a port, path, query or end follow;
+ * - query parameters named like credentials (`user=`, `pwd=`, `password=`…);
+ * - any of `secrets` (the camera's own password, raw or percent-encoded,
+ *   4 characters or more) still in it, replaced by `***`.
+ * Surrounding whitespace is dropped.
  */
-export function withoutUserinfo(uri: string): string {
-  return uri.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1');
+export function withoutCredentials(uri: string, secrets: readonly (string | undefined)[] = []): string {
+  let u = uri.trim();
+  const userPass = /^([a-z][a-z0-9+.-]*:\/\/)[^:/?#@]*:(.*)@((?:\[[0-9a-f:.]+\]|[a-z0-9._~%-]+)(?::\d{1,5})?(?:[/?#]|$))/is.exec(u);
+  // Not `host:port/…@…` (a port, then a path with an @ in its query): that is no userinfo.
+  if (userPass && !/^\d{1,5}(?:[/?#]|$)/.test(userPass[2])) {
+    u = userPass[1] + u.slice(userPass[0].length - userPass[3].length);
+  } else {
+    u = u.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1');
+  }
+  const q = u.indexOf('?');
+  if (q >= 0) {
+    const hash = u.indexOf('#', q);
+    const end = hash >= 0 ? hash : u.length;
+    const kept = u
+      .slice(q + 1, end)
+      .split('&')
+      .filter((pair) => {
+        const name = pair.split('=', 1)[0] ?? '';
+        let decoded = name;
+        try {
+          decoded = decodeURIComponent(name);
+        } catch {
+          // not percent-encoded properly: compare as it is
+        }
+        return pair !== '' && !CREDENTIAL_PARAMS.has(decoded.toLowerCase());
+      });
+    u = u.slice(0, q) + (kept.length > 0 ? `?${kept.join('&')}` : '') + u.slice(end);
+  }
+  for (const secret of secrets) {
+    if (secret === undefined || secret.length < 4) continue;
+    for (const form of new Set([secret, encodeURIComponent(secret)])) u = u.split(form).join('***');
+  }
+  return u;
 }
 
 function items(node: XmlNode | undefined): Record<string, string> {

@@ -115,8 +115,7 @@ describe('onvif against hostile cameras (real HTTP)', function () {
     }
   });
 
-  it('strips credentials a camera embeds in its stream and snapshot URIs (device.online, discovery)', async () => {
-    const SECRET = 'Cam3ra-S3cret';
+  for (const SECRET of ['Cam3ra-S3cret', 'Cam/Pa55#x?y']) it(`strips credentials a camera embeds in its stream and snapshot URIs (device.online, discovery): ${SECRET}`, async () => {
     const sim = new CameraSim({ username: 'u', password: 'p', uriCredentials: `admin:${SECRET}`, discovery: { port: 0 } });
     await sim.start();
     const ctx = recordingContext();

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { withoutUserinfo, XmlnsScanBudget } from '../../drivers/onvif/client.js';
+import { withoutCredentials, XmlnsScanBudget } from '../../drivers/onvif/client.js';
 
 /** Feed `body` in chunks of `size` bytes (the budget must not depend on where chunks split). */
 function accepts(body: string, size = 65536): { ok: boolean; work: number } {
@@ -109,11 +109,40 @@ describe('onvif reply budget for the library namespace regex', () => {
   });
 });
 
-describe('onvif URIs without userinfo', () => {
+describe('onvif URIs without credentials', () => {
   it('drops user:password@ (also with a raw @ in the password) and keeps the rest', () => {
-    assert.equal(withoutUserinfo('rtsp://admin:Cam3ra-S3cret@10.0.0.5:554/Streaming/101?a=1&b=2'), 'rtsp://10.0.0.5:554/Streaming/101?a=1&b=2');
-    assert.equal(withoutUserinfo('rtsp://admin:p@ss@10.0.0.5/live'), 'rtsp://10.0.0.5/live');
-    assert.equal(withoutUserinfo('http://10.0.0.5/snap?user=a@b'), 'http://10.0.0.5/snap?user=a@b');
-    assert.equal(withoutUserinfo('rtsp://10.0.0.5/live'), 'rtsp://10.0.0.5/live');
+    assert.equal(withoutCredentials('rtsp://admin:Cam3ra-S3cret@10.0.0.5:554/Streaming/101?a=1&b=2'), 'rtsp://10.0.0.5:554/Streaming/101?a=1&b=2');
+    assert.equal(withoutCredentials('rtsp://admin:p@ss@10.0.0.5/live'), 'rtsp://10.0.0.5/live');
+    assert.equal(withoutCredentials('rtsp://user@corp:pw@10.0.0.5/live'), 'rtsp://10.0.0.5/live');
+    assert.equal(withoutCredentials('rtsp://10.0.0.5/live'), 'rtsp://10.0.0.5/live');
+    assert.equal(withoutCredentials('rtsp://[fe80::1]:554/live?a=1'), 'rtsp://[fe80::1]:554/live?a=1');
+  });
+
+  it('drops a password with a raw /, ?, # or : in it, and surrounding whitespace', () => {
+    assert.equal(withoutCredentials('rtsp://admin:Cam/Pa55@127.0.0.1:554/Streaming/101'), 'rtsp://127.0.0.1:554/Streaming/101');
+    assert.equal(withoutCredentials('rtsp://admin:Hash#Pw9@127.0.0.1/live'), 'rtsp://127.0.0.1/live');
+    assert.equal(withoutCredentials('rtsp://admin:Q?uery@127.0.0.1/live?x=1'), 'rtsp://127.0.0.1/live?x=1');
+    assert.equal(withoutCredentials('rtsp://admin:a:b@[fe80::1]:554/live'), 'rtsp://[fe80::1]:554/live');
+    assert.equal(withoutCredentials('\n   rtsp://admin:WsPw1@10.0.0.5/live  '), 'rtsp://10.0.0.5/live');
+  });
+
+  it('keeps a host:port whose query has an @ in it (no userinfo there)', () => {
+    assert.equal(withoutCredentials('http://10.0.0.5:80/snap?note=a@b'), 'http://10.0.0.5:80/snap?note=a@b');
+    assert.equal(withoutCredentials('http://10.0.0.5/snap?note=a@b'), 'http://10.0.0.5/snap?note=a@b');
+  });
+
+  it('drops query parameters named like credentials', () => {
+    assert.equal(
+      withoutCredentials('http://10.0.0.5/onvif/snapshot?profile=Profile_1&user=admin&pwd=QueryPw77#f'),
+      'http://10.0.0.5/onvif/snapshot?profile=Profile_1#f',
+    );
+    assert.equal(withoutCredentials('http://10.0.0.5/cgi?loginuse=admin&loginpas=x&PASSWORD=y'), 'http://10.0.0.5/cgi');
+    assert.equal(withoutCredentials('http://10.0.0.5/snap?user=a@b'), 'http://10.0.0.5/snap');
+  });
+
+  it('replaces the camera\'s own password wherever else it is (raw or percent-encoded)', () => {
+    assert.equal(withoutCredentials('rtsp://10.0.0.5/live/S3cret!/x', ['S3cret!']), 'rtsp://10.0.0.5/live/***/x');
+    assert.equal(withoutCredentials(`rtsp://10.0.0.5/live?k=${encodeURIComponent('岗亭密码')}`, ['岗亭密码']), 'rtsp://10.0.0.5/live?k=***');
+    assert.equal(withoutCredentials('rtsp://10.0.0.5/live/ab', ['ab', undefined]), 'rtsp://10.0.0.5/live/ab', 'too short to replace safely');
   });
 });
