@@ -5,6 +5,7 @@ import Ajv, { type ErrorObject } from 'ajv';
 import { parseDocument } from 'yaml';
 import type { SiteConfig } from './config-types.js';
 import { EdgewardError } from './errors.js';
+import { urlWithoutUserinfo } from './log.js';
 import { siteConfigSchema } from './schema.js';
 
 export type { SiteConfig, UplinkConfig } from './config-types.js';
@@ -146,12 +147,8 @@ export function isLoopbackHost(host: string): boolean {
 
 /** A short, secret-free summary for logs and `edgeward check`. */
 export function describeConfig(c: SiteConfig): string {
-  const up = c.uplink ? `uplink ${redactUrl(c.uplink.url)} (ack ${c.uplink.ack})` : 'no uplink (events stay local)';
+  const up = c.uplink ? `uplink ${urlWithoutUserinfo(c.uplink.url, '[redacted]@')} (ack ${c.uplink.ack})` : 'no uplink (events stay local)';
   return `${c.site}/${c.edge}: http ${c.http.host}:${c.http.port}${c.http.token ? ' (token)' : ''}, ${up}, dataDir ${c.dataDir}`;
-}
-
-function redactUrl(url: string): string {
-  return url.replace(/\/\/[^@/]*@/, '//[redacted]@');
 }
 
 /** Secrets written in the file itself: valid, but they end up in backups, tickets and git. */

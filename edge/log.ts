@@ -47,6 +47,15 @@ export function createLogger(opts: { level?: string; destination?: pino.Destinat
   );
 }
 
+/**
+ * A URL without its userinfo (`mqtt://user:password@host` → `mqtt://host`),
+ * for logs and `edgeward check`. The userinfo runs to the last `@`: a raw `@`
+ * in a password is taken along, not half printed. `mark` stands in for it.
+ */
+export function urlWithoutUserinfo(url: string, mark = ''): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/).*@/is, `$1${mark}`);
+}
+
 /** A logger that writes nothing: for unit tests and library use. */
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });

@@ -5,7 +5,7 @@ import type { Severity } from '../edge/envelope.js';
 import { type Clock, systemClock } from '../edge/clock.js';
 import type { UplinkConfig } from '../edge/config-types.js';
 import { EdgewardError, isEdgewardError } from '../edge/errors.js';
-import type { Logger } from '../edge/log.js';
+import { type Logger, urlWithoutUserinfo } from '../edge/log.js';
 import type { Outbox, StoredEvent } from './outbox-api.js';
 import { batchBuffer, decodeAck, encodeBatch, encodeStatus, type StatusPayload, toRanges } from './batch-codec.js';
 
@@ -218,7 +218,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   /** The broker URL without any user:password part, for logs. */
   private get safeUrl(): string {
-    return this.cfg.url.replace(/\/\/[^/@]*@/, '//');
+    return urlWithoutUserinfo(this.cfg.url);
   }
 
   /** Read TLS files and start connecting; resolves at once (the broker may be down: we keep retrying). */

@@ -42,14 +42,14 @@ describe('uplink, ack: central (integration, Mosquitto + LevelOutbox)', function
     await broker?.stop();
   });
 
-  async function setup(ack: AckPolicy, ackEpoch?: string): Promise<void> {
+  async function setup(ack: AckPolicy, ackEpoch?: string, url = broker.url): Promise<void> {
     dir = await tmpDir('uplink-ack');
     outbox = new LevelOutbox({ dir: dir.path, maxBytes: 64 * 1024 * 1024, site, edge });
     await outbox.open();
     central = await startTestCentral({ url: broker.url, site, edge, ack, ackEpoch });
     logs = captureLogger();
     const config: UplinkConfig = {
-      url: broker.url,
+      url,
       ack: 'central',
       batch: { maxEvents: 50, maxBytes: 262144, lingerMs: 20 },
       compress: 'gzip',
@@ -72,6 +72,14 @@ describe('uplink, ack: central (integration, Mosquitto + LevelOutbox)', function
     const stored = await outbox.append(envs);
     return stored.map((e) => e.seq!);
   }
+
+  it('logs the broker URL without its userinfo, also with a raw @ in the password', async () => {
+    await setup(true, undefined, broker.url.replace('://', '://gate:Tr0ub@dor-S3cret@'));
+    const connected = logs.lines.find((l) => l.msg === 'uplink connected');
+    assert.equal(connected?.url, broker.url);
+    const text = JSON.stringify(logs.lines);
+    assert.ok(!text.includes('dor-S3cret') && !text.includes('Tr0ub'), 'no part of the password is logged');
+  });
 
   it('deletes nothing before the central acks, resends after the timeout, drains once acked', async () => {
     await setup(false);

@@ -312,6 +312,15 @@ describe('site config', () => {
       assert.ok(!ok.stdout.includes(KEY), 'the secret must not be printed');
     });
 
+    it('prints the uplink URL without its userinfo, also with a raw @ in the password', () => {
+      const file = join(dir.path, 'url-at.yaml');
+      writeFileSync(file, `${BASE}uplink: { url: env:UPLINK_URL }\n`);
+      const r = check(file, { UPLINK_URL: 'mqtt://gate:Tr0ub@dor-S3cret@127.0.0.1:1883' });
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, /uplink mqtt:\/\/\[redacted\]@127\.0\.0\.1:1883 /);
+      assert.ok(!`${r.stdout}${r.stderr}`.includes('dor-S3cret') && !`${r.stdout}${r.stderr}`.includes('Tr0ub'), 'no part of the password is printed');
+    });
+
     it('warns (exit 0) about a secret written in the file, without printing it', () => {
       const file = join(dir.path, 'literal.yaml');
       writeFileSync(file, BASE); // privacy.siteKey is a literal here
