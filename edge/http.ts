@@ -333,28 +333,57 @@ function checkStorable(v: unknown, path: string, depth: number): void {
 
 /**
  * Card numbers never leave the box (SPEC.md "Event envelope"): `data.card` is
- * replaced by its pseudonym, as a driver does. Accepted as a card number: a
- * non-negative safe integer, a decimal string, or `0x`-prefixed hex (a reader
- * printing the UID in hex), which is pseudonymised by its decimal value like
- * the others. Anything else (bare hex, which cannot be told from a pseudonym
- * or a decimal, a float, an object…) is refused, since storing it could leak a
- * card number; `null` or `undefined` means "no card" and is kept. With `privacy.rawCards`
- * the value is kept as given. The error never echoes the value.
+ * replaced by its pseudonym, as a driver does, and so is a `card` field at any
+ * depth of `data` (`data.credential.card`, `data.reads[0].card`): the logs
+ * already treat the name as a card number wherever it is, and a card number
+ * one level down must not leave the box raw either. Accepted as a card
+ * number: a non-negative safe integer, a decimal string, or `0x`-prefixed hex
+ * (a reader printing the UID in hex), which is pseudonymised by its decimal
+ * value like the others. Anything else (bare hex, which cannot be told from a
+ * pseudonym or a decimal, a float, an object…) is refused, since storing it
+ * could leak a card number; `null` or `undefined` means "no card" and is
+ * kept. With `privacy.rawCards` the value is kept as given. The error never
+ * echoes the value. Returns `data` itself when nothing changed.
  */
 function protectCard(data: Record<string, unknown>, prefix: string, privacy: { siteKey: string; rawCards: boolean }) {
-  if (privacy.rawCards || !('card' in data)) return data;
-  const card = data.card;
+  if (privacy.rawCards) return data;
+  return protectCards(data, at(prefix, 'data'), privacy.siteKey) as Record<string, unknown>;
+}
+
+function protectCards(v: unknown, path: string, siteKey: string): unknown {
+  if (v === null || typeof v !== 'object') return v;
+  if (Array.isArray(v)) {
+    let out = v;
+    for (let i = 0; i < v.length; i++) {
+      const x = protectCards(v[i], `${path}[${i}]`, siteKey);
+      if (x === v[i]) continue;
+      if (out === v) out = v.slice();
+      out[i] = x;
+    }
+    return out;
+  }
+  let out = v as Record<string, unknown>;
+  for (const [k, x] of Object.entries(v)) {
+    const y = k === 'card' ? cardPseudonym(x, `${path}.card`, siteKey) : protectCards(x, `${path}.${k}`, siteKey);
+    if (y === x) continue;
+    if (out === v) out = { ...(v as Record<string, unknown>) };
+    out[k] = y;
+  }
+  return out;
+}
+
+function cardPseudonym(card: unknown, path: string, siteKey: string): unknown {
   // null (JSON) or undefined (a Node-RED flow's `card: msg.card` without a card): no card.
-  if (card === null || card === undefined) return data;
+  if (card === null || card === undefined) return card;
   let decimal: string | null = null;
   if (typeof card === 'number' && Number.isSafeInteger(card) && card >= 0) decimal = String(card);
   else if (typeof card === 'string' && /^\d{1,40}$/.test(card)) decimal = card;
   else if (typeof card === 'string' && /^0[xX][0-9a-fA-F]{1,32}$/.test(card)) decimal = BigInt(card).toString(10);
   if (decimal === null) {
     throw new BadField(
-      at(prefix, 'data.card'),
-      'data.card must be a card number: a non-negative integer, a decimal string or 0x-prefixed hex (it is pseudonymised before it is stored)',
+      path,
+      `${path} must be a card number: a non-negative integer, a decimal string or 0x-prefixed hex (it is pseudonymised before it is stored)`,
     );
   }
-  return { ...data, card: pseudonymiseCard(decimal, privacy.siteKey) };
+  return pseudonymiseCard(decimal, siteKey);
 }

@@ -131,6 +131,25 @@ describe('local HTTP API (integration)', function () {
     assert.equal(after.lastSeq, before.lastSeq);
   });
 
+  it('pseudonymises a card field at any depth of data, and refuses a nested one that is not a card number', async () => {
+    const data = { door: 0, credential: { card: '5100999988887777' }, reads: [{ card: 6011000011112222 }, { other: 1 }], note: 'card' };
+    const res = await post({ type: 'access.granted', source: { device: 'door-1' }, data });
+    assert.equal(res.status, 202);
+    const stored = runtime.outbox.recent(1)[0].data as typeof data;
+    assert.equal(stored.credential.card, pseudonymiseCard('5100999988887777', SITE_KEY));
+    assert.equal(stored.reads[0].card, pseudonymiseCard(6011000011112222, SITE_KEY));
+    assert.deepEqual(stored.reads[1], { other: 1 });
+    assert.equal(stored.note, 'card');
+    assert.ok(!JSON.stringify(runtime.outbox.recent(1)).includes('5100999988887777'), 'the raw number is not stored');
+    const before = runtime.outbox.stats();
+    const bad = await post({ type: 'access.granted', source: { device: 'door-1' }, data: { reads: [{ card: '04A224B2C85E80' }] } });
+    const text = await bad.text();
+    assert.equal(bad.status, 400, text);
+    assert.equal(JSON.parse(text).field, 'data.reads[0].card');
+    assert.ok(!text.includes('04A224B2C85E80'), 'the error does not echo it');
+    assert.equal(runtime.outbox.stats().lastSeq, before.lastSeq);
+  });
+
   it('rejects every bad body with 400 naming the field, and stores nothing of the request', async () => {
     const good = { type: 'door.opened', source: { device: 'door-1' } };
     const cases: Array<[unknown, string]> = [
