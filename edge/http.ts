@@ -229,6 +229,22 @@ export function bearerAuth(token: string | undefined): express.RequestHandler {
 }
 
 /**
+ * bearerAuth for the flows' own endpoints (`http in` nodes): once checked,
+ * the token is taken off the request, so no flow sees it (a debug node set
+ * to "system console" printed msg.req with `authorization: 'Bearer …'`).
+ */
+export function flowBearerAuth(token: string): express.RequestHandler {
+  const check = bearerAuth(token);
+  return (req, res, next) =>
+    check(req, res, () => {
+      delete req.headers.authorization;
+      const raw = req.rawHeaders;
+      for (let i = raw.length - 2; i >= 0; i -= 2) if (raw[i].toLowerCase() === 'authorization') raw.splice(i, 2);
+      next();
+    });
+}
+
+/**
  * Validate the whole body before anything is stored: one bad event rejects
  * the request. A single object names fields plainly (`source.device`), an
  * array by index (`events[3].type`).

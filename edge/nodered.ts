@@ -8,7 +8,7 @@ import { isLoopbackHost } from './config.js';
 import type { SiteConfig } from './config-types.js';
 import type { EventInput } from './envelope.js';
 import { EdgewardError } from './errors.js';
-import { bearerAuth, parseEventsBody } from './http.js';
+import { flowBearerAuth, parseEventsBody } from './http.js';
 import { type Logger, REDACTED_KEYS } from './log.js';
 import type { EdgewardNodeApi } from './node-api.js';
 
@@ -225,7 +225,7 @@ export function buildSettings(opts: {
     httpAdminRoot: config.nodeRed.editor ? '/' : false,
     httpNodeRoot: '/',
     // Flow endpoints (`http in`) are as exposed as the API: with a token configured they need it too.
-    ...(config.http.token !== undefined && { httpNodeMiddleware: bearerAuth(config.http.token) }),
+    ...(config.http.token !== undefined && { httpNodeMiddleware: flowBearerAuth(config.http.token) }),
     // Absent (not undefined) without auth: Node-RED tests the key's presence in places.
     ...(adminAuth && {
       adminAuth: {
@@ -362,7 +362,7 @@ export function logRecord(log: Logger, record: NodeRedLogRecord): void {
   let level = PINO_LEVELS[record.level];
   if (!level) return; // audit and metric records are off
   const m = record.msg;
-  const text = m instanceof Error ? m.message : typeof m === 'string' ? m : safeJson(m);
+  const text = m instanceof Error ? redactText(m.message) : typeof m === 'string' ? redactText(m) : safeJson(m);
   if (level === 'warn' && EXPECTED_WARNINGS.some((re) => re.test(text))) level = 'info';
   const fields: Record<string, unknown> = {};
   if (record.type !== undefined) fields.nodeType = record.type;
@@ -370,6 +370,26 @@ export function logRecord(log: Logger, record: NodeRedLogRecord): void {
   if (record.name !== undefined) fields.nodeName = record.name;
   if (m instanceof Error) fields.err = m;
   log[level](fields, text);
+}
+
+const SECRET_IN_TEXT = new RegExp(
+  `(["']?)\\b(${[...REDACTED_KEYS].join('|')})\\1(\\s*[:=]\\s*)("(?:[^"\\\\]|\\\\.)*"|'(?:[^'\\\\]|\\\\.)*'|[^\\s,;}\\])]+)`,
+  'gi',
+);
+
+/**
+ * Text a node logs (a debug node set to "system console" prints the message
+ * with util.inspect, or JSON) with the values of REDACTED_KEYS fields
+ * (`card: '4000…'`, `authorization: 'Bearer …'`, `"token":"…"`) and any
+ * `Bearer <token>` censored: pino's redaction cannot reach into a string.
+ */
+function redactText(text: string): string {
+  return text
+    .replace(SECRET_IN_TEXT, (_m, q: string, key: string, sep: string, value: string) => {
+      const quote = value[0] === '"' || value[0] === "'" ? value[0] : '';
+      return `${q}${key}${q}${sep}${quote}[redacted]${quote}`;
+    })
+    .replace(/\bBearer\s+[A-Za-z0-9._~+/=-]+/g, 'Bearer [redacted]');
 }
 
 /**

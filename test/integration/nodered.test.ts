@@ -51,6 +51,16 @@ const TEST_FLOW = [
   { id: 't.http', type: 'http in', z: 't.tab', url: '/test/event', method: 'post', upload: false, wires: [['t.event2']] },
   { id: 't.event2', type: 'edgeward-event', z: 't.tab', name: 'http-door', eventType: 'door.opened', severity: '', wires: [['t.res']] },
   { id: 't.res', type: 'http response', z: 't.tab', statusCode: '', headers: {}, wires: [] },
+  // What a flow (a debug node printing msg.req, say) gets to see of a request.
+  { id: 't.hdrs', type: 'http in', z: 't.tab', url: '/test/headers', method: 'get', upload: false, wires: [['t.echo']] },
+  {
+    id: 't.echo',
+    type: 'function',
+    z: 't.tab',
+    func: 'msg.payload = { headers: msg.req.headers, raw: msg.req.rawHeaders }; return msg;',
+    outputs: 1,
+    wires: [['t.res']],
+  },
 ];
 
 function config(over: Partial<SiteConfig['nodeRed']>, dataDir: string, host = '127.0.0.1'): SiteConfig {
@@ -354,6 +364,14 @@ describe('embedded Node-RED (integration)', function () {
       const ok = await post({ authorization: `Bearer ${TOKEN}` });
       assert.equal(ok.status, 200);
       assert.equal(((await ok.json()) as { type: string }).type, 'door.opened');
+    });
+
+    it('takes the token off the request before the flow sees it (a debug node would print it)', async () => {
+      const res = await fetch(`${h.base}/test/headers`, { headers: { authorization: `Bearer ${TOKEN}`, 'x-kept': 'yes' } });
+      assert.equal(res.status, 200);
+      const seen = await res.text();
+      assert.ok(!seen.includes(TOKEN) && !/authorization/i.test(seen), seen);
+      assert.ok(seen.includes('x-kept'), seen);
     });
   });
 

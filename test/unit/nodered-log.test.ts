@@ -42,4 +42,18 @@ describe('Node-RED log records through pino', () => {
     assert.equal(lines.length, 1);
     assert.ok(!String(lines[0].msg).includes('123'));
   });
+
+  it('censors card numbers and secrets in the text a debug node prints to the console (util.inspect or JSON)', async () => {
+    const { log, lines } = capture();
+    const inspected =
+      "\n{ type: 'access.granted', data: { door: 0, card: '4000123412341234', n: 7 }, req: { headers: { authorization: 'Bearer ApiTokenSecret-0123456789' } },\n  rawCard: 4111, password: \"pw'x\" }";
+    logRecord(log, { level: 20, type: 'debug', msg: inspected });
+    logRecord(log, { level: 20, type: 'debug', msg: '{"data":{"card":"5100999988887777","door":1},"token":"t0kenSecret"} Bearer abc.def-ghi' });
+    await new Promise((r) => setImmediate(r));
+    const text = lines.map((l) => String(l.msg)).join('\n');
+    for (const leak of ['4000123412341234', 'ApiTokenSecret', '4111', "pw'x", '5100999988887777', 't0kenSecret', 'abc.def-ghi']) {
+      assert.ok(!text.includes(leak), `${leak} in ${text}`);
+    }
+    assert.ok(text.includes('door: 0') && text.includes('n: 7') && text.includes('"door":1'), text);
+  });
 });
