@@ -162,6 +162,8 @@ const registerDemo: CommandRegistration = (program) => {
       async (opts: { port: number; dataDir?: string; duration?: number; doorEvery?: number; cameraEvery?: number; rate?: number }) => {
         // Loaded lazily: the demo pulls in the broker, simulators and Node-RED, which `check` must not pay for.
         const { runDemo } = await import('./demo.js');
+        // As `start`: a kept --data-dir holds events, flows and credentials, for this user only.
+        process.umask(0o077);
         await runDemo({
           httpPort: opts.port,
           dataDir: opts.dataDir,

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -162,7 +162,8 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoSummary> {
 
     // A copy, so deploys from the editor change the demo's data dir, never the repository.
     const flowFile = path.join(dataDir, 'flows.json');
-    if (!existsSync(flowFile)) await copyFile(DEMO_FLOW_FILE, flowFile);
+    // Not copyFile: it keeps the repository file's 0644 instead of honouring the umask.
+    if (!existsSync(flowFile)) await writeFile(flowFile, await readFile(DEMO_FLOW_FILE));
     await pointFlowAtSimulators(flowFile, { modbusPort, cameraPort: camera.port });
     const siteKey = await demoSiteKey(dataDir, ownDataDir);
     const config = demoConfig({

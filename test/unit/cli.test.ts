@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { makeEnvelope } from '../../edge/envelope.js';
@@ -139,5 +139,24 @@ describe('edgeward CLI usage errors', function () {
     const r = cli('frobnicate');
     assert.equal(r.status, 2);
     assert.match(r.stderr, /unknown command 'frobnicate'/);
+  });
+
+  it('demo --data-dir writes files only its own user can read (as start does)', async () => {
+    const dir = await tmpDir('cli-demo-modes');
+    try {
+      const data = path.join(dir.path, 'demo-data');
+      const r = await cliAsync('demo', '--port', '0', '--data-dir', data, '--duration', '3', '--door-every', '500');
+      assert.equal(r.status, 0, r.stderr);
+      const open: string[] = [];
+      const walk = (p: string) => {
+        const st = statSync(p);
+        if ((st.mode & 0o077) !== 0) open.push(`${path.relative(data, p) || '.'} ${(st.mode & 0o777).toString(8)}`);
+        if (st.isDirectory()) for (const f of readdirSync(p)) walk(path.join(p, f));
+      };
+      walk(data);
+      assert.deepEqual(open, [], 'group or others may read these');
+    } finally {
+      await dir.cleanup();
+    }
   });
 });
