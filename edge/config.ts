@@ -1,5 +1,7 @@
-import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
+import { createSecureContext } from 'node:tls';
 import { dirname, resolve } from 'node:path';
 import Ajv, { type ErrorObject } from 'ajv';
 import { parseDocument } from 'yaml';
@@ -48,7 +50,7 @@ export function loadConfig(
   }
   const config = parseConfig(text, env, { baseDir: dirname(resolve(path)), warnings: opts.warnings, storageOnly: opts.storageOnly });
   if (opts.storageOnly) return config;
-  const missing = unreadableFiles(config);
+  const missing = unusableTlsFiles(config);
   if (missing.length > 0) fail(missing);
   const flowFile = config.nodeRed.flowFile;
   if (opts.warnings && flowFile !== undefined && !existsSync(flowFile)) {
@@ -60,21 +62,62 @@ export function loadConfig(
 }
 
 /**
- * The files a valid config names that cannot be read (`uplink.ca|cert|key`):
- * caught by `check` and before `start` touches the data dir, not when the
- * uplink first connects. They are read again before every connection, so a
- * renewed certificate needs no restart.
+ * The TLS files a valid config names (`uplink.ca|cert|key`) that cannot be
+ * read or are not what they must be (PEM certificates, a PEM private key
+ * that matches the certificate): caught by `check` and before `start`
+ * touches the data dir, not when the uplink first connects (a garbage key
+ * made mqtt.js throw out of the runtime after "runtime started"). They are
+ * read again before every connection, so a renewed certificate needs no
+ * restart.
  */
-export function unreadableFiles(config: SiteConfig): string[] {
+export function unusableTlsFiles(config: SiteConfig): string[] {
   const errors: string[] = [];
+  const pem: TlsPem = {};
   for (const k of ['ca', 'cert', 'key'] as const) {
     const file = config.uplink?.[k];
     if (file === undefined) continue;
     try {
       if (!statSync(file).isFile()) errors.push(`uplink.${k}: ${file} is not a file`);
-      else accessSync(file, constants.R_OK);
+      else pem[k] = readFileSync(file);
     } catch (err) {
       errors.push(`uplink.${k}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+  }
+  return errors.length > 0 ? errors : tlsPemProblems(pem, config.uplink ?? {});
+}
+
+export type TlsPem = Partial<Record<'ca' | 'cert' | 'key', Buffer>>;
+
+/** What is wrong with TLS file contents (each message names the field and the file), or nothing. */
+export function tlsPemProblems(pem: TlsPem, files: Partial<Record<'ca' | 'cert' | 'key', string>>): string[] {
+  const errors: string[] = [];
+  const certs = (buf: Buffer): number => {
+    let n = 0;
+    for (const block of buf.toString('latin1').match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? []) {
+      new X509Certificate(block); // throws on a damaged one
+      n++;
+    }
+    return n;
+  };
+  const check = (k: 'ca' | 'cert' | 'key', what: string, ok: (buf: Buffer) => boolean) => {
+    const buf = pem[k];
+    if (buf === undefined) return;
+    let why = `no ${what} in it`;
+    try {
+      if (ok(buf)) return;
+    } catch (err) {
+      why = `not a usable ${what} (${(err as Error).message})`;
+    }
+    errors.push(`uplink.${k}: ${files[k]}: ${why}`);
+  };
+  check('ca', 'PEM certificate', (buf) => certs(buf) > 0);
+  check('cert', 'PEM certificate', (buf) => certs(buf) > 0);
+  check('key', 'PEM private key', (buf) => createPrivateKey(buf) !== undefined);
+  if (errors.length === 0 && pem.cert !== undefined && pem.key !== undefined) {
+    try {
+      createSecureContext({ cert: pem.cert, key: pem.key });
+    } catch (err) {
+      errors.push(`uplink.key: ${files.key} does not go with uplink.cert ${files.cert} (${(err as Error).message})`);
     }
   }
   return errors;

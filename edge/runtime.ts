@@ -10,7 +10,7 @@ import { maxEventBytes, Uplink } from '../sync/uplink.js';
 import { EventBus } from './bus.js';
 import { type Clock, systemClock } from './clock.js';
 import type { SiteConfig } from './config-types.js';
-import { isLoopbackHost, unreadableFiles } from './config.js';
+import { isLoopbackHost, unusableTlsFiles } from './config.js';
 import { DriverStateStore } from './driver-state.js';
 import { type Envelope, type EventInput, isEventType, isSeverity, makeEnvelope } from './envelope.js';
 import { EdgewardError, isEdgewardError } from './errors.js';
@@ -145,8 +145,8 @@ export class Runtime {
     this.startedAt = this.clock.now();
     const c = this.config;
     try {
-      // A TLS file that cannot be read fails the start before the data dir is touched (loadConfig checks it too).
-      const unreadable = unreadableFiles(c);
+      // A TLS file that cannot be read or used fails the start before the data dir is touched (loadConfig checks it too).
+      const unreadable = unusableTlsFiles(c);
       if (unreadable.length > 0) {
         throw new EdgewardError('EDGE_CONFIG_INVALID', `invalid site config: ${unreadable.join('; ')}`, { details: { errors: unreadable } });
       }

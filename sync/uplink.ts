@@ -4,6 +4,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { Severity } from '../edge/envelope.js';
 import { type Clock, systemClock } from '../edge/clock.js';
 import type { UplinkConfig } from '../edge/config-types.js';
+import { type TlsPem, tlsPemProblems } from '../edge/config.js';
 import { EdgewardError, isEdgewardError } from '../edge/errors.js';
 import { type Logger, urlWithoutUserinfo } from '../edge/log.js';
 import type { Outbox, StoredEvent } from './outbox-api.js';
@@ -289,6 +290,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
         });
       }
     }
+    // A key or certificate that is not PEM made mqtt.connect throw out of the runtime.
+    const problems = tlsPemProblems(out as TlsPem, this.cfg);
+    if (problems.length > 0) throw new EdgewardError('EDGE_UPLINK_TLS', problems.join('; '), { details: { path: problems[0].split(':')[0] } });
     return out;
   }
 

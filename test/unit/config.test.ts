@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { isLoopbackHost, loadConfig, parseConfig } from '../../edge/config.js';
@@ -335,8 +335,24 @@ describe('site config', () => {
       assert.equal(ok.stderr, '', 'no warning when the secret comes from the environment');
     });
 
-    it('exits 2 naming a TLS file that cannot be read; accepts one that can', () => {
-      writeFileSync(join(dir.path, 'ca.pem'), 'not checked here, only read');
+    it('exits 2 naming a TLS file that cannot be read or is not PEM; accepts one that is', () => {
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=t', '-keyout', 'ca.key', '-out', 'ca.pem'], {
+        cwd: dir.path,
+        stdio: 'pipe',
+      });
+      writeFileSync(join(dir.path, 'garbage.pem'), 'not a certificate');
+      writeFileSync(join(dir.path, 'tls-bad.yaml'), `${BASE}uplink: { url: mqtts://central:8883, ca: ./garbage.pem, cert: ./ca.pem, key: ./garbage.pem }\n`);
+      const bad = check(join(dir.path, 'tls-bad.yaml'));
+      assert.equal(bad.status, 2, bad.stderr);
+      assert.match(bad.stderr, /uplink\.ca: .*garbage\.pem: no PEM certificate in it/);
+      assert.match(bad.stderr, /uplink\.key: .*garbage\.pem: not a usable PEM private key/);
+      writeFileSync(join(dir.path, 'tls-pair.yaml'), `${BASE}uplink: { url: mqtts://central:8883, cert: ./ca.pem, key: ./ca.key }\n`);
+      assert.equal(check(join(dir.path, 'tls-pair.yaml')).status, 0);
+      execFileSync('openssl', ['genrsa', '-out', 'other.key', '2048'], { cwd: dir.path, stdio: 'pipe' });
+      writeFileSync(join(dir.path, 'tls-mismatch.yaml'), `${BASE}uplink: { url: mqtts://central:8883, cert: ./ca.pem, key: ./other.key }\n`);
+      const mismatch = check(join(dir.path, 'tls-mismatch.yaml'));
+      assert.equal(mismatch.status, 2, mismatch.stderr);
+      assert.match(mismatch.stderr, /uplink\.key: .*other\.key does not go with uplink\.cert/);
       const tls = (ca: string) => `${BASE}uplink: { url: mqtts://central:8883, ca: ${ca} }\n`;
       writeFileSync(join(dir.path, 'tls.yaml'), tls('./missing.pem'));
       let r = check(join(dir.path, 'tls.yaml'));

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
 import type { Clock } from '../../edge/clock.js';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { type EventType, makeEnvelope } from '../../edge/envelope.js';
@@ -11,6 +13,7 @@ import { maxEventBytes, normalizeRanges, PendingSeqs, publishPacketBytes, Uplink
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { freePort, startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
 import { ManualClock } from '../helpers/clock.js';
+import { tmpDir } from '../helpers/tmp.js';
 import { delay, waitFor } from '../helpers/wait.js';
 
 const site = 'pengqu-qumei';
@@ -408,6 +411,21 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     const u = make({ url: 'mqtts://127.0.0.1:8883', ca: '/nonexistent/ca.pem' });
     await assert.rejects(u.start(), (err: unknown) => isEdgewardError(err, 'EDGE_UPLINK_TLS'));
     assert.equal(u.status().connected, false);
+  });
+
+  it('start() fails clearly, instead of mqtt.js throwing later, when the key file is not a PEM key', async () => {
+    const dir = await tmpDir('uplink-bad-key');
+    try {
+      const key = path.join(dir.path, 'client.key');
+      writeFileSync(key, 'this is not a key');
+      const u = make({ url: 'mqtts://127.0.0.1:8883', key });
+      await assert.rejects(
+        u.start(),
+        (err: unknown) => isEdgewardError(err, 'EDGE_UPLINK_TLS') && /^uplink\.key: .*client\.key: not a usable PEM private key/.test((err as Error).message),
+      );
+    } finally {
+      await dir.cleanup();
+    }
   });
 });
 
