@@ -75,6 +75,8 @@ export class ModbusDoorDriver implements Driver {
   private polled: Promise<void> = Promise.resolve();
   private readonly log: Logger;
   private readonly counterKey: string;
+  /** Driver-state key of a pulse length a timed unlock must still put back (see pulseFor). */
+  private readonly pulseKey: string;
 
   constructor(
     readonly name: string,
@@ -85,6 +87,7 @@ export class ModbusDoorDriver implements Driver {
     this.log = ctx.log.child({ module: 'drivers/door', device: name, unit: opts.unitId });
     // Per bus and unit: a node moved to another bus or unit starts from that controller's counter.
     this.counterKey = `eventCounter@${opts.busKey ?? 'bus'}#unit${opts.unitId}`;
+    this.pulseKey = `pulseRestore@${opts.busKey ?? 'bus'}#unit${opts.unitId}`;
     this.exclusive = `modbus unit ${opts.unitId} on bus ${opts.busKey ?? '?'}`;
   }
 
@@ -101,6 +104,10 @@ export class ModbusDoorDriver implements Driver {
       this.counter = c;
       this.savedAt = typeof saved?.at === 'number' ? saved.at : undefined;
     }
+    // A predecessor's timed unlock whose pulse length never got back (its bus closed, the
+    // process died): put back at the first poll, and never mistaken for the unit's own.
+    const pending = this.ctx.state?.get(this.pulseKey);
+    if (typeof pending === 'number' && Number.isInteger(pending) && pending >= 0 && pending <= 0xffff) this.pulseRestore = pending;
     const { resource, release } = this.getBus();
     this.bus = resource;
     this.release = release;
@@ -119,6 +126,10 @@ export class ModbusDoorDriver implements Driver {
     // A poll on its way finishes first (it emits and saves nothing once stopped), so the
     // counter saved is the one whose events were reported: a successor starts from there.
     await this.polled;
+    // So does a command: a timed unlock cut off by the bus closing under it left the
+    // command's pulse length in the unit for every later card (seen: 30 s after a deploy).
+    await this.commands;
+    if (this.pulseRestore !== undefined && this.bus) await this.restorePulse(this.bus);
     const release = this.release;
     this.release = undefined;
     this.bus = undefined;
@@ -214,6 +225,8 @@ export class ModbusDoorDriver implements Driver {
     const high = { priority: 'high' as const };
     const [own] = this.pulseRestore !== undefined ? [this.pulseRestore] : await bus.readHoldingRegisters(unit, reg, 1, high);
     this.pulseRestore = own;
+    // Written ahead: if the length is not put back by this driver, its successor does it.
+    this.ctx.state?.set(this.pulseKey, own);
     await bus.writeRegister(unit, reg, seconds, high);
     await bus.writeCoil(unit, coil, true, high);
     await this.restorePulse(bus);
@@ -226,6 +239,7 @@ export class ModbusDoorDriver implements Driver {
     try {
       await bus.writeRegister(this.opts.unitId, this.opts.profile.holdingRegisters.unlockSeconds, own, { priority: 'high' });
       this.pulseRestore = undefined;
+      this.ctx.state?.set(this.pulseKey, undefined);
     } catch (err) {
       this.log.warn({ err, seconds: own }, 'unlock pulse length not restored yet; retrying before the next poll');
     }

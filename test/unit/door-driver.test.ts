@@ -357,6 +357,83 @@ describe('door driver', () => {
     await d.stop();
   });
 
+  it('a stop during a timed unlock waits for it, so the unit gets its own pulse length back before the bus goes', async () => {
+    // A bus the test steps, which refuses everything once its driver released it (a deploy closes the bus).
+    const ops: string[] = [];
+    let closed = false;
+    let releaseWrite: (() => void) | undefined;
+    const refuseClosed = () => (closed ? Promise.reject(new Error('EDGE_MODBUS_CLOSED')) : undefined);
+    const bus = {
+      onConnection: () => () => undefined,
+      readInputRegisters: async (_u: number, _a: number, n: number) => refuseClosed() ?? new Array(n).fill(0),
+      readDiscreteInputs: async (_u: number, _a: number, n: number) => refuseClosed() ?? new Array(n).fill(false),
+      readHoldingRegisters: async () => refuseClosed() ?? [5],
+      writeRegister: (_u: number, a: number, v: number) => {
+        const refused = refuseClosed();
+        if (refused) return refused;
+        ops.push(`writeHR ${a}=${v}`);
+        return v === 30 ? new Promise<void>((resolve) => (releaseWrite = resolve)) : Promise.resolve();
+      },
+      writeCoil: async (_u: number, a: number, v: boolean) => refuseClosed() ?? void ops.push(`writeCoil ${a}=${v}`),
+    } as unknown as ModbusBus;
+    const clock = new ManualClock();
+    const ctx = { ...context([], false), clock };
+    const d = new ModbusDoorDriver(
+      'door-1',
+      { profile: loadDoorProfile('generic-door'), doors: 1, unitId: 1, pollMs: 60_000 },
+      () => ({ resource: bus, release: async () => void (closed = true) }),
+      ctx,
+    );
+    await startedOnline(d, clock);
+    const done = d.execute({ id: 'u', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 30 } });
+    await waitFor(() => releaseWrite !== undefined, { message: 'the length write issued' });
+    const stopped = d.stop(); // the deploy
+    releaseWrite!();
+    await done;
+    await stopped;
+    assert.deepEqual(ops, ['writeHR 0=30', 'writeCoil 0=true', 'writeHR 0=5']);
+  });
+
+  it("a pulse length the unit did not get back is kept in the driver state: the successor restores it, never taking the command's as the unit's own", async () => {
+    const ops: string[] = [];
+    let hr0 = 5;
+    let broken = false;
+    let pulses = 0;
+    const bus = {
+      onConnection: () => () => undefined,
+      readInputRegisters: async (_u: number, _a: number, n: number) => new Array(n).fill(0),
+      readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
+      readHoldingRegisters: async () => [hr0],
+      writeRegister: async (_u: number, a: number, v: number) => {
+        // The link fails right after the pulse (a cable pulled, the process killed).
+        if (broken) throw new Error('EDGE_MODBUS_TIMEOUT');
+        ops.push(`writeHR ${a}=${v}`);
+        hr0 = v;
+      },
+      writeCoil: async (_u: number, a: number, v: boolean) => {
+        ops.push(`writeCoil ${a}=${v}`);
+        if (++pulses === 1) broken = true;
+      },
+    } as unknown as ModbusBus;
+    const saved = new Map<string, unknown>();
+    const state = { get: (k: string) => saved.get(k), set: (k: string, v: unknown) => void saved.set(k, v) };
+    const clock = new ManualClock();
+    const ctx = { ...context([], false, state), clock };
+    const a = doorOn(bus, ctx, { unitId: 1, pollMs: 60_000 });
+    await startedOnline(a, clock);
+    await a.execute({ id: 'u', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 30 } });
+    await a.stop();
+    assert.equal(hr0, 30, 'the restore failed: the unit still has the command length');
+    broken = false;
+    ops.length = 0;
+    const b = doorOn(bus, ctx, { unitId: 1, pollMs: 60_000 });
+    await startedOnline(b, clock);
+    await waitFor(() => hr0 === 5, { message: () => `the successor put the length back (ops: ${ops.join(' | ')})` });
+    await b.execute({ id: 'v', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 10 } });
+    assert.equal(hr0, 5, 'and restores the unit length after its own timed unlock, not 30');
+    await b.stop();
+  });
+
   it('a stop during a poll waits for it, and that poll reports and saves nothing: its successor reads those events once', async () => {
     let counter = 0;
     let releaseRing: (() => void) | undefined;
