@@ -381,7 +381,12 @@ describe('door driver', () => {
     const d = new ModbusDoorDriver(
       'door-1',
       { profile: loadDoorProfile('generic-door'), doors: 1, unitId: 1, pollMs: 60_000 },
-      () => ({ resource: bus, release: async () => void (closed = true) }),
+      () => ({
+        resource: bus,
+        release: async () => {
+          closed = true;
+        },
+      }),
       ctx,
     );
     await startedOnline(d, clock);
