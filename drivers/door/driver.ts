@@ -31,6 +31,15 @@ interface DoorState {
   tamper: boolean;
 }
 
+/** The door states a driver saved, if they are that (one per door, three booleans each). */
+function savedDoors(v: unknown, doors: number): DoorState[] | undefined {
+  if (!Array.isArray(v) || v.length !== doors) return undefined;
+  const ok = v.every(
+    (d) => d !== null && typeof d === 'object' && ['contact', 'released', 'tamper'].every((k) => typeof (d as Record<string, unknown>)[k] === 'boolean'),
+  );
+  return ok ? v.map((d: DoorState) => ({ contact: d.contact, released: d.released, tamper: d.tamper })) : undefined;
+}
+
 const ACTIONS = ['door.unlock', 'door.lock', 'door.hold'] as const;
 /** More events a second than a door controller logs, sustained (for `implausible`): a flood of 40 while a quick restart took 2 s is still read. */
 const MAX_EVENTS_PER_S = 50;
@@ -98,12 +107,16 @@ export class ModbusDoorDriver implements Driver {
     // logged meanwhile is read at the first poll (seen: a forced door while the edge
     // restarted was never reported). Kept per unit, so a device rewired to another unit
     // starts from what that unit says.
-    const saved = this.ctx.state?.get(this.counterKey) as { counter?: unknown; at?: unknown } | undefined;
+    const saved = this.ctx.state?.get(this.counterKey) as { counter?: unknown; at?: unknown; doors?: unknown } | undefined;
     const c = saved?.counter;
     if (typeof c === 'number' && Number.isInteger(c) && c >= 0 && c <= 0xffff) {
       this.counter = c;
       this.savedAt = typeof saved?.at === 'number' ? saved.at : undefined;
     }
+    // The inputs as last reported: what changed while no driver polled (a deploy, a
+    // restart) is reported at the first poll (seen: a tamper tripped during a deploy
+    // never raised, and its clearing later reported a tamper nobody had heard of).
+    this.doorsState = savedDoors(saved?.doors, this.opts.doors);
     // A predecessor's timed unlock whose pulse length never got back (its bus closed, the
     // process died): put back at the first poll, and never mistaken for the unit's own.
     const pending = this.ctx.state?.get(this.pulseKey);
@@ -304,8 +317,8 @@ export class ModbusDoorDriver implements Driver {
     // Stopped meanwhile (a redeploy): nothing reported, nothing saved; the successor reads it.
     if (!this.running) return;
     this.counter = to;
-    this.ctx.state?.set(this.counterKey, { counter: this.counter, at: this.ctx.clock.now() });
     this.applyInputs(bits);
+    this.ctx.state?.set(this.counterKey, { counter: this.counter, at: this.ctx.clock.now(), doors: this.doorsState });
   }
 
   /**
@@ -385,9 +398,10 @@ export class ModbusDoorDriver implements Driver {
         tamper: bits[b + p.discreteInputs.tamper],
       });
     }
-    const before = this.doorsState;
+    // With nothing saved (a first start, a renamed node) the first poll is the baseline: only
+    // a tamper already active is news, an alarm nobody has heard of.
+    const before = this.doorsState ?? now.map((s) => ({ ...s, tamper: false }));
     this.doorsState = now;
-    if (!before) return; // the first poll is the baseline, not a change
     now.forEach((s, door) => {
       const was = before[door];
       if (s.released !== was.released)

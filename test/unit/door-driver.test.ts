@@ -357,6 +357,50 @@ describe('door driver', () => {
     await d.stop();
   });
 
+  it('door inputs that changed while no driver polled (a deploy, a restart) are reported at the first poll; a tamper found active with nothing saved is raised', async () => {
+    const sim = new DoorSim({ units: [1] });
+    const bus = await fakeBus(sim);
+    const saved = new Map<string, unknown>();
+    const state = { get: (k: string) => saved.get(k), set: (k: string, v: unknown) => void saved.set(k, v) };
+    const events: EventInput[] = [];
+    const clock = new ManualClock();
+    const ctx = { ...context(events, false, state), clock };
+    const unit = sim.unit(1);
+    const kinds = () => events.filter((e) => e.type !== 'device.online').map((e) => `${e.type}${e.severity ? ` ${e.severity}` : ''} ${JSON.stringify(e.data)}`);
+    try {
+      const a = doorOn(bus, ctx, { unitId: 1, pollMs: 60_000 });
+      await startedOnline(a, clock);
+      await a.stop();
+      // Between the two drivers: the tamper switch trips and the door opens.
+      unit.tamper(0, true);
+      unit.open(0);
+      const b = doorOn(bus, ctx, { unitId: 1, pollMs: 60_000 });
+      await startedOnline(b, clock);
+      // door.forced from the unit's event log (read across restarts already), the rest from its inputs.
+      assert.deepEqual(
+        kinds().sort(),
+        ['alert.door_tamper critical {"door":0,"active":true}', 'door.forced {"door":0}', 'door.opened {"door":0}'].sort(),
+      );
+      await b.stop();
+      // A successor that finds nothing changed reports nothing.
+      events.length = 0;
+      const c = doorOn(bus, ctx, { unitId: 1, pollMs: 60_000 });
+      await startedOnline(c, clock);
+      assert.deepEqual(kinds(), []);
+      await c.stop();
+      // No saved state at all (a new install, a renamed node): an active tamper is still an alarm.
+      saved.clear();
+      events.length = 0;
+      const d = doorOn(bus, ctx, { unitId: 1, pollMs: 60_000 });
+      await startedOnline(d, clock);
+      assert.deepEqual(kinds(), ['alert.door_tamper critical {"door":0,"active":true}']);
+      await d.stop();
+    } finally {
+      sim.stop();
+      await bus.close();
+    }
+  });
+
   it('a stop during a timed unlock waits for it, so the unit gets its own pulse length back before the bus goes', async () => {
     // A bus the test steps, which refuses everything once its driver released it (a deploy closes the bus).
     const ops: string[] = [];
