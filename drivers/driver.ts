@@ -22,6 +22,13 @@ export interface DriverContext {
    * read, not skipped). Absent in tests that do not need it.
    */
   state?: DriverState;
+  /**
+   * Small values about physical units, shared by every device and kept
+   * across restarts and redeploys: keyed by the unit (its line and address),
+   * so a renamed node, or one imported under another name, finds what its
+   * predecessor on that unit left. Absent in tests that do not need it.
+   */
+  unitState?: DriverState;
 }
 
 export interface CommandRequest {

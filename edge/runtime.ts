@@ -422,6 +422,8 @@ export class Runtime {
       emit: (event) => this.bus.emit('event.input', event),
       privacy: this.config.privacy,
       state: this.driverState?.scope(device),
+      // ' units': no device is named so (a name never starts with a space).
+      unitState: this.driverState?.scope(' units'),
     };
   }
 

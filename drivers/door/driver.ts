@@ -1,4 +1,5 @@
 import type { CommandRequest, Driver, DriverContext } from '../driver.js';
+import type { DriverState } from '../../edge/driver-state.js';
 import type { EventInput } from '../../edge/envelope.js';
 import { pseudonymiseCard } from '../../edge/envelope.js';
 import { EdgewardError } from '../../edge/errors.js';
@@ -21,8 +22,14 @@ export interface DoorDriverOptions {
   offlineAfter?: number;
   /** Longest pause between polls of a failing unit (default 5000 ms). */
   maxBackoffMs?: number;
-  /** The bus's key (its config node id): with the unit id, what no other door driver may claim. */
+  /** The bus's key (its config node id). */
   busKey?: string;
+  /**
+   * The line the bus config names, whichever config node names it
+   * (`tcp://host:port`, `rtu:/dev/…`): with the unit id, what no other door
+   * driver may claim, and the key of what is kept about the unit.
+   */
+  endpoint?: string;
 }
 
 interface DoorState {
@@ -84,6 +91,8 @@ export class ModbusDoorDriver implements Driver {
   private polled: Promise<void> = Promise.resolve();
   private readonly log: Logger;
   private readonly counterKey: string;
+  private readonly legacyCounterKey?: string;
+  private readonly unitState?: DriverState;
   /** Driver-state key of a pulse length a timed unlock must still put back (see pulseFor). */
   private readonly pulseKey: string;
 
@@ -94,10 +103,19 @@ export class ModbusDoorDriver implements Driver {
     private readonly ctx: DriverContext,
   ) {
     this.log = ctx.log.child({ module: 'drivers/door', device: name, unit: opts.unitId });
-    // Per bus and unit: a node moved to another bus or unit starts from that controller's counter.
-    this.counterKey = `eventCounter@${opts.busKey ?? 'bus'}#unit${opts.unitId}`;
-    this.pulseKey = `pulseRestore@${opts.busKey ?? 'bus'}#unit${opts.unitId}`;
-    this.exclusive = `modbus unit ${opts.unitId} on bus ${opts.busKey ?? '?'}`;
+    // Per line and unit, whatever the node is called: a node moved to another bus or unit
+    // starts from that controller's counter, a renamed one keeps it. Without an endpoint
+    // (tests) or the shared store, per device as before.
+    const byUnit = opts.endpoint !== undefined && ctx.unitState !== undefined;
+    this.unitState = byUnit ? ctx.unitState : ctx.state;
+    const where = byUnit ? `${opts.endpoint}#unit${opts.unitId}` : `${opts.busKey ?? 'bus'}#unit${opts.unitId}`;
+    this.counterKey = `eventCounter@${where}`;
+    this.pulseKey = `pulseRestore@${where}`;
+    // Where the counter was kept before it was kept per unit (a device's own state).
+    this.legacyCounterKey = byUnit ? `eventCounter@${opts.busKey ?? 'bus'}#unit${opts.unitId}` : undefined;
+    // Two config nodes for one line (an imported flow) must not drive one unit twice: every
+    // alarm came twice, under two names.
+    this.exclusive = `modbus unit ${opts.unitId} on ${opts.endpoint ?? `bus ${opts.busKey ?? '?'}`}`;
   }
 
   async start(): Promise<void> {
@@ -107,7 +125,10 @@ export class ModbusDoorDriver implements Driver {
     // logged meanwhile is read at the first poll (seen: a forced door while the edge
     // restarted was never reported). Kept per unit, so a device rewired to another unit
     // starts from what that unit says.
-    const saved = this.ctx.state?.get(this.counterKey) as { counter?: unknown; at?: unknown; doors?: unknown } | undefined;
+    const saved = (this.unitState?.get(this.counterKey) ??
+      (this.legacyCounterKey !== undefined ? this.ctx.state?.get(this.legacyCounterKey) : undefined)) as
+      | { counter?: unknown; at?: unknown; doors?: unknown }
+      | undefined;
     const c = saved?.counter;
     if (typeof c === 'number' && Number.isInteger(c) && c >= 0 && c <= 0xffff) {
       this.counter = c;
@@ -119,7 +140,7 @@ export class ModbusDoorDriver implements Driver {
     this.doorsState = savedDoors(saved?.doors, this.opts.doors);
     // A predecessor's timed unlock whose pulse length never got back (its bus closed, the
     // process died): put back at the first poll, and never mistaken for the unit's own.
-    const pending = this.ctx.state?.get(this.pulseKey);
+    const pending = this.unitState?.get(this.pulseKey);
     if (typeof pending === 'number' && Number.isInteger(pending) && pending >= 0 && pending <= 0xffff) this.pulseRestore = pending;
     const { resource, release } = this.getBus();
     this.bus = resource;
@@ -239,7 +260,7 @@ export class ModbusDoorDriver implements Driver {
     const [own] = this.pulseRestore !== undefined ? [this.pulseRestore] : await bus.readHoldingRegisters(unit, reg, 1, high);
     this.pulseRestore = own;
     // Written ahead: if the length is not put back by this driver, its successor does it.
-    this.ctx.state?.set(this.pulseKey, own);
+    this.unitState?.set(this.pulseKey, own);
     await bus.writeRegister(unit, reg, seconds, high);
     await bus.writeCoil(unit, coil, true, high);
     await this.restorePulse(bus);
@@ -252,7 +273,7 @@ export class ModbusDoorDriver implements Driver {
     try {
       await bus.writeRegister(this.opts.unitId, this.opts.profile.holdingRegisters.unlockSeconds, own, { priority: 'high' });
       this.pulseRestore = undefined;
-      this.ctx.state?.set(this.pulseKey, undefined);
+      this.unitState?.set(this.pulseKey, undefined);
     } catch (err) {
       this.log.warn({ err, seconds: own }, 'unlock pulse length not restored yet; retrying before the next poll');
     }
@@ -318,7 +339,7 @@ export class ModbusDoorDriver implements Driver {
     if (!this.running) return;
     this.counter = to;
     this.applyInputs(bits);
-    this.ctx.state?.set(this.counterKey, { counter: this.counter, at: this.ctx.clock.now(), doors: this.doorsState });
+    this.unitState?.set(this.counterKey, { counter: this.counter, at: this.ctx.clock.now(), doors: this.doorsState });
   }
 
   /**

@@ -1,7 +1,7 @@
 import type { DriverContext } from '../driver.js';
 import type { Registry } from '../../edge/registry.js';
 import type { ModbusBus } from '../modbus/bus.js';
-import { parseBusProps, register as registerModbus } from '../modbus/index.js';
+import { busEndpoint, parseBusProps, register as registerModbus } from '../modbus/index.js';
 import { propReader } from '../props.js';
 import { type DoorDriverOptions, ModbusDoorDriver } from './driver.js';
 import { loadDoorProfile } from './profile.js';
@@ -40,10 +40,10 @@ export function register(registry: Registry): void {
     const busConfig = (props.busConfig ?? {}) as Record<string, unknown>;
     // Checked now, naming the field: a bad bus found only when the first door acquires it left
     // every door on it showing "connecting" for good, the reason in the log alone.
-    parseBusProps(busConfig);
+    const endpoint = busEndpoint(parseBusProps(busConfig));
     return new ModbusDoorDriver(
       name,
-      { ...opts, busKey: key },
+      { ...opts, busKey: key, endpoint },
       () => reg.acquire<ModbusBus>('modbus-bus', key, busConfig, ctx),
       ctx,
     );

@@ -1,3 +1,4 @@
+import { realpathSync } from 'node:fs';
 import type { Registry } from '../../edge/registry.js';
 import { propReader } from '../props.js';
 import { ModbusBus, type ModbusBusOptions } from './bus.js';
@@ -26,6 +27,21 @@ export function parseBusProps(props: Record<string, unknown>): ModbusBusOptions 
   if (parity !== 'none' && parity !== 'even' && parity !== 'odd')
     throw invalid('parity', 'must be none, even or odd');
   return { transport, path, baudRate: int('baudRate', 300, 4_000_000, 9600), parity, timeoutMs };
+}
+
+/**
+ * The line a bus config names, whichever config node names it:
+ * `tcp://host:port`, or `rtu:` and the serial device's real path (a symlink
+ * such as /dev/serial/by-id/… and its target are one line).
+ */
+export function busEndpoint(opts: ModbusBusOptions): string {
+  if (opts.transport === 'tcp') return `tcp://${(opts.host ?? '').toLowerCase()}:${opts.port ?? 502}`;
+  const path = opts.path ?? '';
+  try {
+    return `rtu:${realpathSync(path)}`;
+  } catch {
+    return `rtu:${path}`; // not plugged in (yet): its name as configured
+  }
 }
 
 /** Register the shared `modbus-bus` resource: one bus (one transaction queue) per config node. */

@@ -196,8 +196,11 @@ describe('edgeward door nodes wired wrong (integration)', function () {
       { id: 'busT', type: 'edgeward-modbus-bus', name: 'line T', transport: 'tcp', host: '127.0.0.1', port: String(port), timeoutMs: '100' },
       // The editor accepts a 5 ms timeout; the driver's rule is 10-60000.
       { id: 'busB', type: 'edgeward-modbus-bus', name: 'line B', transport: 'tcp', host: '127.0.0.1', port: String(port), timeoutMs: '5' },
+      // The same line under another config node (a flow imported from another site's export).
+      { id: 'busI', type: 'edgeward-modbus-bus', name: 'line T, imported', transport: 'tcp', host: '127.0.0.1', port: String(port), timeoutMs: '100' },
       door('a', 'door-a', 'busT', '1'),
       door('a2', 'door-a-copy', 'busT', '1'),
+      door('a3', 'door-a-imported', 'busI', '1'),
       door('sp', ' door-space', 'busT', '2'),
       door('b', 'door-b', 'busB', '2'),
       door('c', 'door-c', 'busT', '3'),
@@ -221,6 +224,8 @@ describe('edgeward door nodes wired wrong (integration)', function () {
   it('names each mistake on its node: a bad bus, a second node on one unit, a bad name, a unit that does not answer', async () => {
     await shows('a', 'online');
     await shows('a2', 'error: EDGE_DUPLICATE_DEVICE');
+    // Every alarm of unit 1 would otherwise come twice, under two names.
+    await shows('a3', 'error: EDGE_DUPLICATE_DEVICE');
     await shows('sp', 'error: EDGE_DEVICE_NAME');
     await shows('b', 'error: EDGE_CONFIG_INVALID');
     await shows('c', 'offline: EDGE_MODBUS_TIMEOUT');

@@ -401,6 +401,48 @@ describe('door driver', () => {
     }
   });
 
+  it('what is kept about a unit follows the unit, not the node: a renamed node reads what the unit logged meanwhile', async () => {
+    const sim = new DoorSim({ units: [1] });
+    const bus = await fakeBus(sim);
+    const store = () => {
+      const m = new Map<string, unknown>();
+      return { m, state: { get: (k: string) => m.get(k), set: (k: string, v: unknown) => void m.set(k, v) } };
+    };
+    const units = store();
+    const events: EventInput[] = [];
+    const clock = new ManualClock();
+    const door = (name: string, own: ReturnType<typeof store>) =>
+      new ModbusDoorDriver(
+        name,
+        { profile: loadDoorProfile('generic-door'), doors: 1, unitId: 1, pollMs: 60_000, busKey: 'n1', endpoint: 'tcp://10.0.0.9:502' },
+        () => ({ resource: bus, release: async () => undefined }),
+        { ...context(events, false, own.state), clock, unitState: units.state },
+      );
+    try {
+      const a = door('east-door', store());
+      await startedOnline(a, clock);
+      await a.stop();
+      sim.unit(1).force(0); // during the deploy that renames the node
+      const b = door('east-entrance', store());
+      await startedOnline(b, clock);
+      await waitFor(() => events.some((e) => e.type === 'door.forced'), { message: 'the forced door read by the renamed node' });
+      await b.stop();
+      // A counter kept the old way (per device, per config node id) is still found once.
+      const legacy = store();
+      legacy.m.set('eventCounter@n1#unit1', units.m.get('eventCounter@tcp://10.0.0.9:502#unit1'));
+      units.m.clear();
+      events.length = 0;
+      sim.unit(1).force(0);
+      const c = door('east-entrance', legacy);
+      await startedOnline(c, clock);
+      await waitFor(() => events.some((e) => e.type === 'door.forced'), { message: 'read from the legacy counter' });
+      await c.stop();
+    } finally {
+      sim.stop();
+      await bus.close();
+    }
+  });
+
   it('a stop during a timed unlock waits for it, so the unit gets its own pulse length back before the bus goes', async () => {
     // A bus the test steps, which refuses everything once its driver released it (a deploy closes the bus).
     const ops: string[] = [];
