@@ -155,8 +155,11 @@ export class OnvifCameraDriver implements Driver {
     throw new EdgewardError('EDGE_COMMAND_UNSUPPORTED', `camera ${this.name} accepts no command "${cmd.action}"`);
   }
 
-  state(): { online: boolean; lastSeen?: string } {
-    return { online: this.online, lastSeen: this.lastSeen === undefined ? undefined : new Date(this.lastSeen).toISOString() };
+  state(): { online: boolean; lastSeen?: string; reason?: string } {
+    const lastSeen = this.lastSeen === undefined ? undefined : new Date(this.lastSeen).toISOString();
+    // Offline says why on the node (a wrong password showed a bare red "offline"): the error code only.
+    const reason = !this.online && this.lastError ? this.lastError.split(':', 1)[0] : undefined;
+    return { online: this.online, lastSeen, ...(reason ? { reason } : {}) };
   }
 
   /** What the camera reported on its last connect (undefined before the first one). */

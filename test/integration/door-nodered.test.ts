@@ -228,7 +228,7 @@ describe('edgeward door nodes wired wrong (integration)', function () {
     await shows('a3', 'error: EDGE_DUPLICATE_DEVICE');
     await shows('sp', 'error: EDGE_DEVICE_NAME');
     await shows('b', 'error: EDGE_CONFIG_INVALID');
-    await shows('c', 'offline: EDGE_MODBUS_TIMEOUT');
+    await shows('c', 'offline: no reply: check unit id, baud, wiring (EDGE_MODBUS_TIMEOUT)');
     assert.deepEqual(
       runtime.status().devices.map((d) => d.name).sort(),
       ['door-a', 'door-c'],

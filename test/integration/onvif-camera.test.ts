@@ -273,6 +273,13 @@ describe('onvif driver against the camera simulator (real HTTP)', function () {
     assert.equal(sim.stats.authFailures, 0);
   });
 
+  it('says why it is offline when the camera refuses the password (what its node shows)', async () => {
+    await startDriver({ password: 'wrong', offlineAfter: 1, backoffMinMs: 50, backoffMaxMs: 200 });
+    await waitFor(() => ofType('device.offline').length === 1, { message: 'device.offline' });
+    assert.deepEqual(driver.state().online, false);
+    assert.equal(driver.state().reason, 'EDGE_ONVIF_AUTH');
+  });
+
   it('reports a state from a new subscription\'s Initialized snapshot only when it differs from the last known one', async () => {
     sim.tamper(true); // active before we subscribe: the first snapshot reports it
     await startDriver({ subscriptionS: 60 });

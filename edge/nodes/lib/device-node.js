@@ -24,10 +24,33 @@ function edgewardApi(RED, node, type) {
   return api;
 }
 
-/** The node status for a device's presence: offline says why (an error code, an errno), as the log does. */
+/**
+ * What a technician should check, in plain words, for the reasons devices
+ * go offline most (the code stays beside it, to find it in the README and
+ * the log). Tested against the wrong unit id, a pulled cable, a port held by
+ * another bus node, a wrong camera password.
+ */
+const ADVICE = [
+  [/EDGE_MODBUS_TIMEOUT/, 'no reply: check unit id, baud, wiring'],
+  [/EDGE_MODBUS_CRC|EDGE_MODBUS_GARBLED|EDGE_MODBUS_SHORT_REPLY/, 'garbled replies: check baud, parity'],
+  [/EDGE_MODBUS_NOT_CONNECTED|EDGE_MODBUS_CLOSED|EDGE_MODBUS_DISCONNECTED|EDGE_MODBUS_OPEN_FAILED/, 'line not connected: check cable, adapter, gateway'],
+  [/EDGE_MODBUS_EXCEPTION/, 'the unit refused the request: check profile'],
+  [/EDGE_ONVIF_AUTH/, 'camera refused user/password'],
+  [/EDGE_ONVIF_UNREACHABLE|EDGE_ONVIF_TIMEOUT/, 'camera does not answer: check host, port, network'],
+  [/Cannot lock port|EBUSY|Resource temporarily unavailable/i, 'port in use by another node or program'],
+  [/No such file|ENOENT|bad file descriptor|EBADF|ENXIO|ENODEV/i, 'port gone: adapter unplugged?'],
+  [/Permission denied|EACCES/i, 'no permission: add the runtime user to dialout'],
+];
+
+/** The node status for a device's presence: offline says why, in words, with the code or errno it came from. */
 function presence(online, reason) {
   if (online) return { fill: 'green', shape: 'dot', text: 'online' };
-  return { fill: 'red', shape: 'ring', text: reason ? `offline: ${String(reason).slice(0, 40)}` : 'offline' };
+  if (!reason) return { fill: 'red', shape: 'ring', text: 'offline' };
+  const why = String(reason);
+  const advice = ADVICE.find(([re]) => re.test(why));
+  const code = /\b(E[A-Z_]{3,})\b/.exec(why)?.[1];
+  const text = advice ? `offline: ${advice[1]}${code ? ` (${code})` : ''}` : `offline: ${why.slice(0, 60)}`;
+  return { fill: 'red', shape: 'ring', text };
 }
 
 function fail(node, type, name, err, what) {
