@@ -59,7 +59,8 @@ const SOURCE_KEYS = new Set(['device', 'driver']);
 // Printable, not starting with a space: names come from Node-RED node names. No control
 // characters, no lone surrogates (PostgreSQL's jsonb refuses them: the central could not store
 // the event) and no bidirectional overrides, which make a name display as another one in logs.
-const DEVICE_RE = /^(?!\s)[^\p{Cc}\p{Cs}\u202A-\u202E\u2066-\u2069]{1,128}$/u;
+// No space at either end: 'door-1 ' and 'door-1' must not be two devices.
+const DEVICE_RE = /^(?!\s)[^\p{Cc}\p{Cs}\u202A-\u202E\u2066-\u2069]{1,128}(?<!\s)$/u;
 /** Whether `name` may name a device (an event's source.device, a Node-RED device node). */
 export function isDeviceName(name: unknown): name is string {
   return typeof name === 'string' && DEVICE_RE.test(name);

@@ -177,6 +177,9 @@ describe('local HTTP API (integration)', function () {
       // What the central's jsonb could not store, and names that display as other names.
       [{ type: 'door.opened', source: { device: 'a\ud800b' } }, 'source.device'],
       [{ type: 'door.opened', source: { device: 'door\u202e1-roodkcab' } }, 'source.device'],
+      [{ type: 'door.opened', source: { device: ' door-1' } }, 'source.device'],
+      [{ type: 'door.opened', source: { device: 'door-1 ' } }, 'source.device'],
+      [{ type: 'door.opened', source: { device: 'door-1\u3000' } }, 'source.device'],
       [{ type: 'door.opened', source: { device: 'd' }, data: { note: 'a\u0000b' } }, 'data.note'],
       [{ type: 'door.opened', source: { device: 'd' }, data: { list: ['ok', 'x\udc00'] } }, 'data.list[1]'],
       [{ type: 'door.opened', source: { device: 'd' }, data: { 'k\u0000': 1 } }, 'data'],
