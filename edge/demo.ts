@@ -13,7 +13,7 @@ import { type ConsoleCentral, startConsoleCentral } from '../sync/console-centra
 import type { SiteConfig } from './config-types.js';
 import { type Logger, REDACT_PATHS } from './log.js';
 import { EdgewardError, isEdgewardError } from './errors.js';
-import { DEMO_FLOW_FILE, encryptedCredentials } from './nodered.js';
+import { credentialSecret, credentialsFile, DEMO_FLOW_FILE, encryptedCredentials } from './nodered.js';
 import { Runtime } from './runtime.js';
 import { SyntheticSource } from './synthetic-source.js';
 
@@ -174,12 +174,13 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoSummary> {
       flowFile,
     });
     // Node-RED keeps `flows_cred.json` in its userDir (`<dataDir>/node-red`), encrypted with the
-    // credential secret (derived from the site key): written so once, never in clear. An existing
-    // file (a kept data dir) is left alone: it may hold credentials the technician set.
-    const credFile = path.join(dataDir, 'node-red', 'flows_cred.json');
+    // box's credential secret: written so once, never in clear. An existing file (a kept data
+    // dir) is left alone: it may hold credentials the technician set.
+    const credFile = credentialsFile(path.join(dataDir, 'node-red'), flowFile);
     if (!existsSync(credFile)) {
       await mkdir(path.dirname(credFile), { recursive: true });
-      await writeFile(credFile, JSON.stringify(encryptedCredentials(config, { [FLOW_CAMERA_NODE]: { password: DEMO_CAMERA_PASSWORD } })), {
+      const secret = credentialSecret(config);
+      await writeFile(credFile, JSON.stringify(encryptedCredentials(secret, { [FLOW_CAMERA_NODE]: { password: DEMO_CAMERA_PASSWORD } })), {
         mode: 0o600,
       });
     }

@@ -1,5 +1,5 @@
-import { createCipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { copyFile, mkdir } from 'node:fs/promises';
 import type http from 'node:http';
 import path from 'node:path';
@@ -109,7 +109,9 @@ export async function embedNodeRed(opts: EmbedNodeRedOptions): Promise<EmbeddedN
   try {
     await mkdir(opts.userDir, { recursive: true });
     const flowFile = await resolveFlowFile(config.nodeRed.flowFile, opts.userDir);
-    const settings = buildSettings({ config, api, log, userDir: opts.userDir, flowFile });
+    const secret = credentialSecret(config);
+    migrateCredentials(config, credentialsFile(opts.userDir, flowFile), secret, log);
+    const settings = buildSettings({ config, api, log, userDir: opts.userDir, flowFile, secret });
 
     // Loaded lazily: a runtime that never embeds Node-RED does not pay its ~60 MB.
     const RED = require('node-red') as NodeRedModule;
@@ -213,6 +215,8 @@ export function buildSettings(opts: {
   log: Logger;
   userDir: string;
   flowFile: string;
+  /** The credential secret (credentialSecret). */
+  secret: string;
 }): Record<string, unknown> {
   const { config, api, log } = opts;
   const adminAuth = config.nodeRed.adminAuth;
@@ -221,7 +225,7 @@ export function buildSettings(opts: {
     flowFile: opts.flowFile,
     // Pretty-printed so a technician's flow file diffs cleanly in version control.
     flowFilePretty: true,
-    credentialSecret: credentialSecret(config),
+    credentialSecret: opts.secret,
     httpAdminRoot: config.nodeRed.editor ? '/' : false,
     httpNodeRoot: '/',
     // Flow endpoints (`http in`) are as exposed as the API: with a token configured they need it too.
@@ -310,30 +314,98 @@ async function resolveFlowFile(configured: string | undefined, userDir: string):
   return seeded;
 }
 
+/** The box's own credential secret, in the data dir (generated once, 0600). */
+export const CREDENTIAL_SECRET_FILE = 'credential-secret';
+
 /**
- * Credentials in the flow's `_cred.json` are encrypted with this. Taken from
- * EDGEWARD_CREDENTIAL_SECRET when set, else derived from the site key so a
- * box needs no extra secret and two sites never share one.
+ * Credentials in the flow's `_cred.json` are encrypted with this: from
+ * EDGEWARD_CREDENTIAL_SECRET when set, else the box's own random secret in
+ * `<dataDir>/credential-secret`, generated at the first start. Until
+ * 2026-12-06 it was derived from privacy.siteKey, which central engineers
+ * hold to compute pseudonyms: with the key and the file, anyone could read
+ * the camera passwords. `migrateCredentials` moves such a file over.
  */
-function credentialSecret(config: SiteConfig): string {
+export function credentialSecret(config: SiteConfig): string {
   const fromEnv = process.env.EDGEWARD_CREDENTIAL_SECRET;
   if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
-  return createHmac('sha256', Buffer.from(config.privacy.siteKey, 'utf8'))
-    .update('edgeward/node-red-credentials', 'utf8')
-    .digest('hex');
+  const file = path.join(config.dataDir, CREDENTIAL_SECRET_FILE);
+  if (existsSync(file)) {
+    const kept = readFileSync(file, 'utf8').trim();
+    if (kept.length >= 32) return kept;
+  }
+  const secret = randomBytes(32).toString('hex');
+  mkdirSync(config.dataDir, { recursive: true });
+  const tmp = `${file}.tmp`;
+  writeFileSync(tmp, `${secret}\n`, { mode: 0o600 });
+  const fd = openSync(tmp, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, file);
+  return secret;
+}
+
+/** The secret of boxes before 2026-12-06: derived from privacy.siteKey. */
+function legacyCredentialSecret(config: SiteConfig): string {
+  return createHmac('sha256', Buffer.from(config.privacy.siteKey, 'utf8')).update('edgeward/node-red-credentials', 'utf8').digest('hex');
 }
 
 /**
- * Node credentials as Node-RED stores them with the site's credential secret
- * (its format: aes-256-ctr under SHA-256 of the secret, `{"$": iv hex +
- * base64}`), for a file written before Node-RED runs (the demo's camera
- * password) so that it is never on disk in clear.
+ * Node credentials as Node-RED stores them under `secret` (its format:
+ * aes-256-ctr under SHA-256 of the secret, `{"$": iv hex + base64}`), for a
+ * file written before Node-RED runs (the demo's camera password, a migrated
+ * file) so that it is never on disk in clear.
  */
-export function encryptedCredentials(config: SiteConfig, credentials: Record<string, unknown>): { $: string } {
-  const key = createHash('sha256').update(credentialSecret(config)).digest();
+export function encryptedCredentials(secret: string, credentials: Record<string, unknown>): { $: string } {
+  const key = createHash('sha256').update(secret).digest();
   const iv = randomBytes(16);
   const cipher = createCipheriv('aes-256-ctr', key, iv);
   return { $: iv.toString('hex') + cipher.update(JSON.stringify(credentials), 'utf8', 'base64') + cipher.final('base64') };
+}
+
+/** The credentials a Node-RED `_cred.json` holds under `secret`, or undefined when that is not its secret. */
+function decryptedCredentials(stored: unknown, secret: string): Record<string, unknown> | undefined {
+  const blob = (stored as { $?: unknown } | null)?.$;
+  if (typeof blob !== 'string' || blob.length < 32) return undefined;
+  try {
+    const key = createHash('sha256').update(secret).digest();
+    const decipher = createDecipheriv('aes-256-ctr', key, Buffer.from(blob.slice(0, 32), 'hex'));
+    const v: unknown = JSON.parse(decipher.update(blob.slice(32), 'base64', 'utf8') + decipher.final('utf8'));
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Where Node-RED keeps the credentials of `flowFile` (its localfilesystem rule). */
+export function credentialsFile(userDir: string, flowFile: string): string {
+  const ext = path.extname(flowFile);
+  return path.join(userDir, `${path.basename(flowFile, ext)}_cred${ext}`);
+}
+
+/**
+ * A `_cred.json` still encrypted under the site-key-derived secret of older
+ * versions is re-encrypted under `secret` before Node-RED reads it. Checked
+ * at every start (idempotent): a crash between writing the box's secret and
+ * this leaves a file that is migrated at the next start.
+ */
+export function migrateCredentials(config: SiteConfig, file: string, secret: string, log: Logger): void {
+  if (!existsSync(file)) return;
+  let stored: unknown;
+  try {
+    stored = JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    return; // not ours to judge: Node-RED reports it
+  }
+  if (decryptedCredentials(stored, secret) !== undefined) return;
+  const legacy = decryptedCredentials(stored, legacyCredentialSecret(config));
+  if (legacy === undefined) return;
+  const tmp = `${file}.tmp`;
+  writeFileSync(tmp, JSON.stringify(encryptedCredentials(secret, legacy)), { mode: 0o600 });
+  renameSync(tmp, file);
+  log.info({ file }, "node credentials re-encrypted under the box's own secret (they were under a key derived from privacy.siteKey)");
 }
 
 /** Node-RED is chatty at info (one line per node type loaded): warn unless the site asked for debug. */
