@@ -277,7 +277,10 @@ function parseEventInput(
   }
   const { type, source, data, severity, ts } = item;
   if (!isEventType(type)) {
-    throw new BadField(at(prefix, 'type'), 'type must be a contract event type or alert.<rule>');
+    throw new BadField(
+      at(prefix, 'type'),
+      'type must be a contract event type or alert.<rule> (rule: up to 64 of a-z 0-9 _ . -, not starting with . or -)',
+    );
   }
   if (!isPlainObject(source)) throw new BadField(at(prefix, 'source'), 'source must be an object with device');
   for (const k of Object.keys(source)) {

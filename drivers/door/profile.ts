@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { EventType } from '../../edge/envelope.js';
 import { EdgewardError } from '../../edge/errors.js';
@@ -49,14 +49,27 @@ const NAME_RE = /^[a-z0-9][a-z0-9-]{0,63}$/;
 
 /** Load and check a door profile by name (`generic-door`) or from an explicit directory. */
 export function loadDoorProfile(name: string, dir: string = profilesDir()): DoorProfile {
-  if (!NAME_RE.test(name)) throw new EdgewardError('EDGE_PROFILE_INVALID', `bad profile name "${name}"`);
+  // A technician's typo (generic_door) is told which profiles there are.
+  const known = () => {
+    try {
+      const names = readdirSync(dir)
+        .filter((f) => f.endsWith('.json'))
+        .map((f) => f.slice(0, -5));
+      return names.length > 0 ? ` (profiles here: ${names.join(', ')})` : '';
+    } catch {
+      return '';
+    }
+  };
+  if (!NAME_RE.test(name)) {
+    throw new EdgewardError('EDGE_PROFILE_INVALID', `bad profile name "${name}": lowercase letters, digits and -${known()}`);
+  }
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(join(dir, `${name}.json`), 'utf8'));
   } catch (err) {
     throw new EdgewardError(
       'EDGE_PROFILE_NOT_FOUND',
-      `cannot read profile "${name}": ${(err as Error).message}`,
+      `cannot read profile "${name}": ${(err as Error).message}${known()}`,
       { cause: err },
     );
   }

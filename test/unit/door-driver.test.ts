@@ -567,6 +567,8 @@ describe('door driver', () => {
     assert.throws(() => parseDoorProps('d', { profile: 'no-such-vendor' }), {
       code: 'EDGE_PROFILE_NOT_FOUND',
     });
+    // A typo is told which profiles there are.
+    assert.throws(() => parseDoorProps('d', { profile: 'generic_door' }), /profiles here: .*generic-door/);
     const ok = parseDoorProps('d', { unitId: '17', doors: '2', pollMs: '100' });
     assert.equal(ok.unitId, 17);
     assert.equal(ok.doors, 2);

@@ -55,7 +55,8 @@ function presence(online, reason) {
 
 function fail(node, type, name, err, what) {
   node.status({ fill: 'red', shape: 'ring', text: 'error: ' + (err.code || what) });
-  node.error(`${type} ${name}: ${err.message}`);
+  // Most messages name the device already ("door door-5: doors must be …"): not twice.
+  node.error(String(err.message).includes(name) ? `${type}: ${err.message}` : `${type} ${name}: ${err.message}`);
 }
 
 /**
