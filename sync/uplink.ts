@@ -87,6 +87,8 @@ const NO_ADVANCE = -1;
  * back from a silent spell waits at most 8 × ackTimeoutMs for the resend (a reconnect resends at once).
  */
 const MAX_ACK_BACKOFF = 8;
+/** While acks time out, at most one log line about it this often (see logResend). */
+const RESEND_LOG_MS = 60_000;
 const DEFAULT_STATUS_INTERVAL_MS = 30_000;
 const STOP_PUBLISH_TIMEOUT_MS = 2_000;
 /**
@@ -171,6 +173,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private rewinds = 0;
   /** The ack timeout is ackTimeoutMs times this: doubled by each timeout, halved by each prompt ack (1 … MAX_ACK_BACKOFF). */
   private ackBackoff = 1;
+  /** Ack timeouts since the last line about them (see logResend); loggedAt null outside a silent spell. */
+  private resends: { loggedAt: number | null; batches: number; events: number } = { loggedAt: null, batches: 0, events: 0 };
   private warnedRetainedAck = false;
   private pumping = false;
   private pumpAgain = false;
@@ -686,10 +690,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     // still, and never catch up (measured: acks 1.5 s late against a 1 s timeout, the same window
     // resent 470 times while 50,945 events were never sent). Each timeout doubles the next ones.
     this.ackBackoff = Math.min(MAX_ACK_BACKOFF, this.ackBackoff * 2);
-    this.log.info(
-      { events: batch.pending.size, waitedMs: this.clock.now() - batch.sentAt, nextTimeoutMs: this.ackTimeoutMs * this.ackBackoff },
-      'no ack from central in time; resending batch',
-    );
+    this.logResend(batch);
     this.release(batch);
     this.pump();
   }
@@ -712,6 +713,31 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       }
     }
     if (resent > 0) this.log.info({ events: resent }, 'central acks promptly again: resending what it missed');
+  }
+
+  /**
+   * One line for the first ack timeout of a silent spell, then at most one a
+   * minute with what was resent since: a central that never acks made one
+   * line per batch per resend, 120 a minute for as long as it stayed silent
+   * (measured over 22 minutes; /healthz reports the state anyway).
+   */
+  private logResend(batch: InflightBatch): void {
+    const now = this.clock.now();
+    const r = this.resends;
+    r.batches++;
+    r.events += batch.pending.size;
+    if (r.loggedAt !== null && now - r.loggedAt < RESEND_LOG_MS) return;
+    this.log.info(
+      {
+        batches: r.batches,
+        events: r.events,
+        waitedMs: now - batch.sentAt,
+        nextTimeoutMs: this.ackTimeoutMs * this.ackBackoff,
+        ...(r.loggedAt !== null ? { sinceMs: now - r.loggedAt } : {}),
+      },
+      r.loggedAt === null ? 'no ack from central in time; resending' : 'still no ack from central in time; resent meanwhile',
+    );
+    this.resends = { loggedAt: now, batches: 0, events: 0 };
   }
 
   /** Forget a batch without acknowledging it: its events are read (and sent) again. */
@@ -841,6 +867,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       }
     }
     if (promptSentAt !== undefined) this.resendMissed(promptSentAt, now);
+    // Acks flow again: the next timeout starts a new spell, with a line of its own.
+    if (lagMs !== undefined) this.resends = { loggedAt: null, batches: 0, events: 0 };
     this.lastAckAt = new Date(now).toISOString();
     if (lagMs !== undefined) this.ackLagMs = lagMs;
     if (deleted > 0 || lagMs !== undefined) this.waitingSince = this.inflight.size > 0 ? now : null;

@@ -553,7 +553,7 @@ describe('LevelOutbox (durable)', () => {
   });
 
   it('recent events survive a kill -9: the ring is snapshotted while events come in', async () => {
-    const ob = new LevelOutbox({ dir: dir.path, maxBytes: 1 << 30, ...IDS, recentSaveMs: 20 });
+    const ob = new LevelOutbox({ dir: dir.path, maxBytes: 1 << 30, ...IDS, recentSaveMs: 20, recentMaxAgeMs: 20 });
     await ob.open();
     toClose.push(ob);
     const stored = await ob.append(Array.from({ length: 6 }, () => ev('info')));
@@ -580,8 +580,28 @@ describe('LevelOutbox (durable)', () => {
     }
   });
 
+  it('rewrites the recent snapshot once a quarter of the ring is new or a change is old, not at every look (SD cards)', async () => {
+    const written: number[] = [];
+    const log = pino({ level: 'debug' }, { write: (line: string) => {
+      const r = JSON.parse(line) as { msg?: string; newEvents?: number };
+      if (r.msg === 'outbox recent snapshot written') written.push(r.newEvents ?? -1);
+    } });
+    const ob = new LevelOutbox({ dir: dir.path, maxBytes: 1 << 30, ...IDS, log, recentSaveMs: 5, recentMaxAgeMs: 60_000 });
+    await ob.open();
+    toClose.push(ob);
+    // A quiet box: an event now and then, looks (every 5 ms) in between.
+    for (let i = 0; i < 20; i++) {
+      await ob.append([ev('info')]);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    // A quarter of the ring new: written at the next look, with all 250 in it, so none before.
+    await ob.append(Array.from({ length: 230 }, () => ev('info')));
+    await waitFor(() => written.length >= 1, { message: 'the snapshot written' });
+    assert.deepEqual(written, [250], 'one rewrite, not one per look with something new');
+  });
+
   it('recent() and its snapshot keep what was stored, whatever a caller later does to the envelopes it got', async () => {
-    const ob = new LevelOutbox({ dir: dir.path, maxBytes: 1 << 30, ...IDS, recentSaveMs: 20 });
+    const ob = new LevelOutbox({ dir: dir.path, maxBytes: 1 << 30, ...IDS, recentSaveMs: 20, recentMaxAgeMs: 20 });
     await ob.open();
     toClose.push(ob);
     const [stored] = await ob.append([ev('info', 'door.opened', { door: 1 })]);

@@ -6,7 +6,7 @@ import type { Clock } from '../../edge/clock.js';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { type EventType, makeEnvelope } from '../../edge/envelope.js';
 import { EdgewardError, isEdgewardError } from '../../edge/errors.js';
-import { silentLogger } from '../../edge/log.js';
+import { createLogger, type Logger, silentLogger } from '../../edge/log.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { encodeBatch } from '../../sync/batch-codec.js';
 import { maxEventBytes, normalizeRanges, PendingSeqs, publishPacketBytes, Uplink } from '../../sync/uplink.js';
@@ -43,7 +43,7 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     uplink = central = undefined;
   });
 
-  function make(config: Partial<UplinkConfig>, url = broker.url, clock?: Clock): Uplink {
+  function make(config: Partial<UplinkConfig>, url = broker.url, clock?: Clock, log = silentLogger()): Uplink {
     const full: UplinkConfig = {
       url,
       ack: 'central',
@@ -57,7 +57,7 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
       edge,
       version: 't',
       outbox,
-      log: silentLogger(),
+      log,
       reconnectMinMs: 50,
       reconnectMaxMs: 300,
       ...(clock ? { clock } : {}),
@@ -77,10 +77,10 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
    * A connected uplink on the test's clock (ackTimeoutMs 1 s, no linger) and a
    * central that does not ack: ack timeouts fire when the test moves the clock.
    */
-  async function unackedOnClock(config: Partial<UplinkConfig>): Promise<{ clock: ManualClock; u: Uplink; c: TestCentral }> {
+  async function unackedOnClock(config: Partial<UplinkConfig>, log?: Logger): Promise<{ clock: ManualClock; u: Uplink; c: TestCentral }> {
     central = await startTestCentral({ url: broker.url, site, edge, ack: false });
     const clock = new ManualClock();
-    const u = make({ ackTimeoutMs: 1000, batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 }, ...config }, broker.url, clock);
+    const u = make({ ackTimeoutMs: 1000, batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 }, ...config }, broker.url, clock, log);
     await u.start();
     await waitFor(() => u.status().connected, { message: 'connected' });
     return { clock, u, c: central };
@@ -293,6 +293,40 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     await waitFor(() => c.batches.some((b) => b.events.some((e) => e.seq === 3)), { message: 'seq 3 sent' });
     const seq1Sends = c.batches.filter((b) => b.events.some((e) => e.seq === 1)).length;
     assert.equal(seq1Sends, 3, 'seq 1 waits for its paced timer');
+  });
+
+  it('logs a silent central once, then at most once a minute with what was resent meanwhile; again once acks flowed', async () => {
+    const lines: Array<{ msg: string; batches?: number }> = [];
+    const log = createLogger({ level: 'info', destination: { write: (l: string) => void lines.push(JSON.parse(l)) } });
+    const { clock, c } = await unackedOnClock({ maxInflight: 4 }, log);
+    const about = () => lines.filter((l) => /no ack from central/.test(l.msg));
+    await append(40); // 4 batches in flight
+    await waitFor(() => c.batches.length === 4, { message: 'sent' });
+    for (let round = 1; round <= 3; round++) {
+      clock.advance(10_000); // every timer of the window fires
+      await waitFor(() => c.batches.length === 4 * (round + 1), { message: `resend round ${round}` });
+    }
+    assert.equal(about().length, 1, about().map((l) => l.msg).join(' | '));
+    // Round after round (paced to 8 s now), one step of the clock at a time, until the next line.
+    const from = clock.now();
+    for (let sent = c.batches.length; about().length < 2 && clock.now() - from < 200_000; sent = c.batches.length) {
+      clock.advance(10_000);
+      await waitFor(() => c.batches.length >= sent + 4, { message: 'another resend round' });
+    }
+    const second = about()[1] as { msg: string; batches?: number; sinceMs?: number };
+    assert.equal(second.msg, 'still no ack from central in time; resent meanwhile');
+    assert.ok((second.sinceMs ?? 0) >= 60_000 && (second.batches ?? 0) >= 8, JSON.stringify(second));
+    // Acks flow, then stop again: a new spell has its line at once.
+    c.setAck(true);
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[1, 40]] }));
+    await waitFor(() => outbox.stats().events === 0, { message: 'acked' });
+    c.setAck(false);
+    const before = c.batches.length;
+    await append(1);
+    await waitFor(() => c.batches.length === before + 1, { message: 'a new batch' });
+    clock.advance(10_000);
+    await waitFor(() => about().length === 3, { message: 'the new spell logged' });
+    assert.equal(about()[2].msg, 'no ack from central in time; resending');
   });
 
   it('normalizeRanges: an ack is clamped to the seqs handed out, sorted and merged, whatever it lists', () => {
