@@ -32,6 +32,9 @@ export interface DoorDriverOptions {
   endpoint?: string;
 }
 
+/** Unchanged door state is saved again this often, to keep its time fresh for the restart check. */
+const KEEP_REFRESH_MS = 60_000;
+
 interface DoorState {
   contact: boolean;
   released: boolean;
@@ -86,6 +89,10 @@ export class ModbusDoorDriver implements Driver {
   private pulseRestore?: number;
   /** When the restored counter was saved (the clock's ms), until the first poll has judged it. */
   private savedAt?: number;
+  /** What keep() saved last, and when. */
+  private keptCounter?: number;
+  private keptDoors?: string;
+  private keptAt = Number.NEGATIVE_INFINITY;
   private commandRunning = false;
   /** Settles when the poll in progress (if any) ends. */
   private polled: Promise<void> = Promise.resolve();
@@ -339,7 +346,23 @@ export class ModbusDoorDriver implements Driver {
     if (!this.running) return;
     this.counter = to;
     this.applyInputs(bits);
-    this.unitState?.set(this.counterKey, { counter: this.counter, at: this.ctx.clock.now(), doors: this.doorsState });
+    this.keep();
+  }
+
+  /**
+   * Save the counter and the door states when they changed, else refresh the
+   * time they were saved at once a minute (what `implausible` measures from).
+   * Saved at every poll, a quiet door rewrote driver-state.json once a second
+   * with an fsync: 86,400 writes a day to an SD card.
+   */
+  private keep(): void {
+    const now = this.ctx.clock.now();
+    const doors = JSON.stringify(this.doorsState);
+    if (this.counter === this.keptCounter && doors === this.keptDoors && now - this.keptAt < KEEP_REFRESH_MS) return;
+    this.unitState?.set(this.counterKey, { counter: this.counter, at: now, doors: this.doorsState });
+    this.keptCounter = this.counter;
+    this.keptDoors = doors;
+    this.keptAt = now;
   }
 
   /**

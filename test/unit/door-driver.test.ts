@@ -401,6 +401,50 @@ describe('door driver', () => {
     }
   });
 
+  it('saves what it keeps about the unit when it changes, and otherwise once a minute, not at every poll (SD cards)', async () => {
+    const sim = new DoorSim({ units: [1] });
+    const bus = await fakeBus(sim);
+    const sets: number[] = [];
+    const saved = new Map<string, unknown>();
+    const state = {
+      get: (k: string) => saved.get(k),
+      set: (k: string, v: unknown) => {
+        saved.set(k, v);
+        if (k.startsWith('eventCounter@')) sets.push(clock.now());
+      },
+    };
+    const clock = new ManualClock();
+    const ctx = { ...context([], false, state), clock };
+    const d = doorOn(bus, ctx, { unitId: 1, pollMs: 1000 });
+    try {
+      await startedOnline(d, clock);
+      await waitFor(() => sets.length === 1, { message: 'saved at the first poll' });
+      const polls = () => sets.length;
+      // 30 quiet polls: nothing new to save.
+      for (let i = 0; i < 30; i++) {
+        const before = polls();
+        clock.advance(1000);
+        await waitFor(() => d.state().lastSeen === new Date(clock.now()).toISOString(), { message: `poll ${i}` });
+        assert.equal(polls(), before);
+      }
+      assert.equal(sets.length, 1, 'no write for quiet polls');
+      // An event: saved at once.
+      sim.unit(1).swipe(0, 4242);
+      clock.advance(1000);
+      await waitFor(() => sets.length === 2, { message: 'saved after the event' });
+      // Quiet again for over a minute: one refresh of the time it was saved at.
+      for (let i = 0; i < 61; i++) {
+        clock.advance(1000);
+        await waitFor(() => d.state().lastSeen === new Date(clock.now()).toISOString(), { message: `quiet poll ${i}` });
+      }
+      assert.equal(sets.length, 3, 'one refresh a minute');
+      await d.stop();
+    } finally {
+      sim.stop();
+      await bus.close();
+    }
+  });
+
   it('what is kept about a unit follows the unit, not the node: a renamed node reads what the unit logged meanwhile', async () => {
     const sim = new DoorSim({ units: [1] });
     const bus = await fakeBus(sim);
