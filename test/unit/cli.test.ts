@@ -126,6 +126,14 @@ describe('edgeward CLI usage errors', function () {
       assert.equal(stats.bySeverity.critical.events, 1);
       // check still wants every secret.
       assert.equal(cli('check', '-c', file).status, 2);
+      // Secrets set but invalid (a short site key, a public host without its token) are not its business either.
+      writeFileSync(file, 'site: s1\nedge: e1\ndataDir: ./data\nprivacy: { siteKey: short }\nhttp: { host: 0.0.0.0 }\n');
+      const invalidSecrets = cli('outbox', 'stats', '-c', file, '--json');
+      assert.equal(invalidSecrets.status, 0, invalidSecrets.stderr);
+      assert.equal((JSON.parse(invalidSecrets.stdout) as { events: number }).events, 2);
+      // A bad dataDir still is.
+      writeFileSync(file, 'site: s1\nedge: e1\ndataDir: 7\nprivacy: { siteKey: short }\n');
+      assert.equal(cli('outbox', 'stats', '-c', file).status, 2);
       writeFileSync(file, 'site: s1\nedge: e1\ndataDir: ./none\nprivacy: { siteKey: env:EDGEWARD_SITE_KEY }\n');
       const none = cli('outbox', 'stats', '-c', file);
       assert.equal(none.status, 1);
