@@ -24,6 +24,8 @@ export interface ModbusBusOptions {
   path?: string;
   baudRate?: number;
   parity?: 'none' | 'even' | 'odd';
+  /** RTU stop bits (default 1; Modbus RTU asks for 2 without parity, and a strict 8N2 unit needs them). */
+  stopBits?: 1 | 2;
   /** Modbus TCP server (tcp). */
   host?: string;
   port?: number;
@@ -579,7 +581,7 @@ export class ModbusBus implements Resource {
         port: o.port ?? 502,
         connectTimeoutMs: Math.max(1000, this.timeoutMs),
       });
-    return new SerialLink({ path: o.path ?? '', baudRate: o.baudRate ?? 9600, parity: o.parity ?? 'none' });
+    return new SerialLink({ path: o.path ?? '', baudRate: o.baudRate ?? 9600, parity: o.parity ?? 'none', stopBits: o.stopBits ?? 1 });
   }
 
   /** Why the link last failed to open (ENOENT, EACCES, ECONNREFUSED…), until it opens. */

@@ -8,7 +8,7 @@ export { crc16, crcOk, rtuFrame } from './crc.js';
 
 /**
  * Validate `edgeward-modbus-bus` properties (SPEC.md "Node-RED nodes"):
- * `transport` (rtu|tcp), `path`, `baudRate`, `parity`, `host`, `port`, `timeoutMs`.
+ * `transport` (rtu|tcp), `path`, `baudRate`, `parity`, `stopBits` (1|2, optional), `host`, `port`, `timeoutMs`.
  * Node-RED hands numbers as strings, so numeric strings are accepted.
  */
 export function parseBusProps(props: Record<string, unknown>): ModbusBusOptions {
@@ -26,7 +26,8 @@ export function parseBusProps(props: Record<string, unknown>): ModbusBusOptions 
   const parity = props.parity ?? 'none';
   if (parity !== 'none' && parity !== 'even' && parity !== 'odd')
     throw invalid('parity', 'must be none, even or odd');
-  return { transport, path, baudRate: int('baudRate', 300, 4_000_000, 9600), parity, timeoutMs };
+  const stopBits = int('stopBits', 1, 2, 1) as 1 | 2;
+  return { transport, path, baudRate: int('baudRate', 300, 4_000_000, 9600), parity, stopBits, timeoutMs };
 }
 
 /**

@@ -17,6 +17,7 @@ module.exports = function register(RED) {
       path: config.path,
       baudRate: config.baudRate,
       parity: config.parity,
+      stopBits: config.stopBits,
       host: config.host,
       port: config.port,
       timeoutMs: config.timeoutMs,

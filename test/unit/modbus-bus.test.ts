@@ -226,8 +226,10 @@ describe('modbus: bus properties (edgeward-modbus-bus)', () => {
       path: '/dev/ttyUSB0',
       baudRate: 19200,
       parity: 'even',
+      stopBits: 1,
       timeoutMs: 150,
     });
+    assert.equal(parseBusProps({ path: '/dev/ttyUSB0', stopBits: '2' }).stopBits, 2);
   });
 
   it('names the bad property in an EDGE_CONFIG_INVALID error', () => {
@@ -239,6 +241,7 @@ describe('modbus: bus properties (edgeward-modbus-bus)', () => {
       [{ path: '/dev/x', parity: 'mark' }, 'parity'],
       [{ path: '/dev/x', baudRate: '96OO' }, 'baudRate'],
       [{ path: '/dev/x', timeoutMs: 0 }, 'timeoutMs'],
+      [{ path: '/dev/x', stopBits: 1.5 }, 'stopBits'],
     ];
     for (const [props, field] of bad) {
       assert.throws(
