@@ -383,7 +383,12 @@ function protectCards(v: unknown, path: string, siteKey: string): unknown {
     return out;
   }
   let out = v as Record<string, unknown>;
-  for (const [k, x] of Object.entries(v)) {
+  const o = v as Record<string, unknown>;
+  // for…in, not Object.entries: no [key, value] pair per field on the HTTP hot path (JSON.parse makes own, enumerable, plain keys).
+  for (const k in o) {
+    const x = o[k];
+    // Most values are not objects: no path string built for them.
+    if (k !== 'card' && (x === null || typeof x !== 'object')) continue;
     const y = k === 'card' ? cardPseudonym(x, `${path}.card`, siteKey) : protectCards(x, `${path}.${k}`, siteKey);
     if (y === x) continue;
     if (out === v) out = { ...(v as Record<string, unknown>) };
