@@ -1,4 +1,3 @@
-import { realpathSync } from 'node:fs';
 import type { Registry } from '../../edge/registry.js';
 import { propReader } from '../props.js';
 import { ModbusBus, type ModbusBusOptions } from './bus.js';
@@ -32,17 +31,16 @@ export function parseBusProps(props: Record<string, unknown>): ModbusBusOptions 
 
 /**
  * The line a bus config names, whichever config node names it:
- * `tcp://host:port`, or `rtu:` and the serial device's real path (a symlink
- * such as /dev/serial/by-id/… and its target are one line).
+ * `tcp://host:port`, or `rtu:` and the serial path as configured. Not its
+ * real path: /dev/serial/by-id/… links exist because the ttyUSBn behind them
+ * changes across reboots, and keyed by that, one line's unit read the other
+ * line's saved counter after a reboot and replayed its old events (seen in a
+ * review). Two config nodes naming one port by two names cannot both open it
+ * anyway (the port is locked).
  */
 export function busEndpoint(opts: ModbusBusOptions): string {
   if (opts.transport === 'tcp') return `tcp://${(opts.host ?? '').toLowerCase()}:${opts.port ?? 502}`;
-  const path = opts.path ?? '';
-  try {
-    return `rtu:${realpathSync(path)}`;
-  } catch {
-    return `rtu:${path}`; // not plugged in (yet): its name as configured
-  }
+  return `rtu:${opts.path ?? ''}`;
 }
 
 /** Register the shared `modbus-bus` resource: one bus (one transaction queue) per config node. */

@@ -1,13 +1,16 @@
 import assert from 'node:assert/strict';
+import { symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ModbusBus } from '../../drivers/modbus/bus.js';
 import { crc16, crcOk, rtuFrame } from '../../drivers/modbus/crc.js';
-import { parseBusProps } from '../../drivers/modbus/index.js';
+import { busEndpoint, parseBusProps } from '../../drivers/modbus/index.js';
 import { decodeReply, readPdu, rtuReplyLength } from '../../drivers/modbus/pdu.js';
 import { systemClock } from '../../edge/clock.js';
 import { isEdgewardError } from '../../edge/errors.js';
 import { silentLogger } from '../../edge/log.js';
 import { DoorSim } from '../../hardware/sim/door-sim.js';
 import { FakeRtuLine } from '../../hardware/sim/modbus-fake-line.js';
+import { tmpDir } from '../helpers/tmp.js';
 
 describe('modbus: CRC and PDUs', () => {
   it('computes the CRC-16/MODBUS of the textbook frame', () => {
@@ -230,6 +233,20 @@ describe('modbus: bus properties (edgeward-modbus-bus)', () => {
       timeoutMs: 150,
     });
     assert.equal(parseBusProps({ path: '/dev/ttyUSB0', stopBits: '2' }).stopBits, 2);
+  });
+
+  it('names a line by its path as written, not where a by-id link points today (ttyUSBn changes across reboots)', async () => {
+    const dir = await tmpDir('bus-endpoint');
+    try {
+      const target = join(dir.path, 'ttyUSB0');
+      const link = join(dir.path, 'usb-FTDI_east-if00');
+      writeFileSync(target, '');
+      symlinkSync(target, link);
+      assert.equal(busEndpoint(parseBusProps({ path: link })), `rtu:${link}`);
+      assert.equal(busEndpoint(parseBusProps({ transport: 'tcp', host: 'GW-1.local' })), 'tcp://gw-1.local:502');
+    } finally {
+      await dir.cleanup();
+    }
   });
 
   it('names the bad property in an EDGE_CONFIG_INVALID error', () => {
