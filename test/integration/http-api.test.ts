@@ -141,6 +141,14 @@ describe('local HTTP API (integration)', function () {
     assert.deepEqual(stored.reads[1], { other: 1 });
     assert.equal(stored.note, 'card');
     assert.ok(!JSON.stringify(runtime.outbox.recent(1)).includes('5100999988887777'), 'the raw number is not stored');
+    // An event a flow nests in another carries its pseudonym: kept as it is (refusing it lost the alert).
+    const door = { type: 'access.granted', data: { door: 0, card: pseudonymiseCard(4242, SITE_KEY) } };
+    const nested = await post({ type: 'alert.card_at_night', source: { device: 'rule-1' }, data: { trigger: door } });
+    assert.equal(nested.status, 202);
+    assert.deepEqual((runtime.outbox.recent(1)[0].data as { trigger: unknown }).trigger, door);
+    // At the top level a 16-hex string is still refused: it cannot be told from a raw card in hex.
+    const top = await post({ type: 'access.granted', source: { device: 'door-1' }, data: { card: pseudonymiseCard(4242, SITE_KEY) } });
+    assert.equal(top.status, 400);
     const before = runtime.outbox.stats();
     const bad = await post({ type: 'access.granted', source: { device: 'door-1' }, data: { reads: [{ card: '04A224B2C85E80' }] } });
     const text = await bad.text();
