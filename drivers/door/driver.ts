@@ -89,6 +89,8 @@ export class ModbusDoorDriver implements Driver {
   private pulseRestore?: number;
   /** When the restored counter was saved (the clock's ms), until the first poll has judged it. */
   private savedAt?: number;
+  /** Whether anything was saved about this unit before this driver started (see start). */
+  private knownBefore = false;
   /** What keep() saved last, and when. */
   private keptCounter?: number;
   private keptDoors?: string;
@@ -145,6 +147,11 @@ export class ModbusDoorDriver implements Driver {
     // restart) is reported at the first poll (seen: a tamper tripped during a deploy
     // never raised, and its clearing later reported a tamper nobody had heard of).
     this.doorsState = savedDoors(saved?.doors, this.opts.doors);
+    // Something was saved, but no door states fit (a record from before they were kept, a
+    // changed door count): the first poll is a plain baseline, as it was then. Only a unit
+    // nothing was ever saved about raises a tamper found active (an upgrade re-raised
+    // tampers reported weeks before; seen in a review).
+    this.knownBefore = saved !== undefined;
     // A predecessor's timed unlock whose pulse length never got back (its bus closed, the
     // process died): put back at the first poll, and never mistaken for the unit's own.
     const pending = this.unitState?.get(this.pulseKey);
@@ -444,7 +451,7 @@ export class ModbusDoorDriver implements Driver {
     }
     // With nothing saved (a first start, a renamed node) the first poll is the baseline: only
     // a tamper already active is news, an alarm nobody has heard of.
-    const before = this.doorsState ?? now.map((s) => ({ ...s, tamper: false }));
+    const before = this.doorsState ?? (this.knownBefore ? now : now.map((s) => ({ ...s, tamper: false })));
     this.doorsState = now;
     now.forEach((s, door) => {
       const was = before[door];

@@ -388,7 +388,14 @@ describe('door driver', () => {
       await startedOnline(c, clock);
       assert.deepEqual(kinds(), []);
       await c.stop();
-      // No saved state at all (a new install, a renamed node): an active tamper is still an alarm.
+      // A counter saved before door states were kept (an upgrade): a plain baseline, no tamper raised again.
+      saved.set('eventCounter@bus#unit1', { counter: (saved.get('eventCounter@bus#unit1') as { counter: number }).counter, at: clock.now() });
+      events.length = 0;
+      const u = doorOn(bus, ctx, { unitId: 1, pollMs: 60_000 });
+      await startedOnline(u, clock);
+      assert.deepEqual(kinds(), []);
+      await u.stop();
+      // No saved state at all (a new install): an active tamper is still an alarm.
       saved.clear();
       events.length = 0;
       const d = doorOn(bus, ctx, { unitId: 1, pollMs: 60_000 });
