@@ -8,6 +8,12 @@ export interface DriverState {
   get(key: string): unknown;
   /** Remembered now, on disk within `DRIVER_STATE_SAVE_MS` (and at a clean stop). */
   set(key: string, value: unknown): void;
+  /**
+   * On disk now (synced), for a value that must survive a crash in the next
+   * moments (a pulse length a command is about to change). Resolves once
+   * written, or when writing is held back (see DriverStateStore's canSave).
+   */
+  persist?(): Promise<void>;
 }
 
 /**
@@ -76,6 +82,7 @@ export class DriverStateStore {
         this.dirty = true;
         this.schedule();
       },
+      persist: () => this.flush(),
     };
   }
 

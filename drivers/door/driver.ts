@@ -273,8 +273,11 @@ export class ModbusDoorDriver implements Driver {
     const high = { priority: 'high' as const };
     const [own] = this.pulseRestore !== undefined ? [this.pulseRestore] : await bus.readHoldingRegisters(unit, reg, 1, high);
     this.pulseRestore = own;
-    // Written ahead: if the length is not put back by this driver, its successor does it.
+    // Written ahead, and on disk before the command's length goes out: if the length is not
+    // put back by this driver (its bus closed, the process killed), its successor does it.
+    // Left to the state's 1 s save, a kill -9 mid-command left nothing (seen in a review).
     this.unitState?.set(this.pulseKey, own);
+    await this.unitState?.persist?.();
     await bus.writeRegister(unit, reg, seconds, high);
     await bus.writeCoil(unit, coil, true, high);
     await this.restorePulse(bus);

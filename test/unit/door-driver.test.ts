@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { DriverContext } from '../../drivers/driver.js';
 import { parseDoorProps } from '../../drivers/door/index.js';
 import { ModbusDoorDriver } from '../../drivers/door/driver.js';
@@ -6,11 +8,13 @@ import { loadDoorProfile } from '../../drivers/door/profile.js';
 import { ModbusBus } from '../../drivers/modbus/bus.js';
 import { EventBus } from '../../edge/bus.js';
 import { systemClock } from '../../edge/clock.js';
+import { DriverStateStore } from '../../edge/driver-state.js';
 import type { EventInput } from '../../edge/envelope.js';
 import { silentLogger } from '../../edge/log.js';
 import { DoorSim } from '../../hardware/sim/door-sim.js';
 import { FakeRtuLine } from '../../hardware/sim/modbus-fake-line.js';
 import { ManualClock } from '../helpers/clock.js';
+import { tmpDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
 
 /** A bus on an in-process fake RTU line to `sim` (healthy units answer within a turn: 150 ms is no stall). */
@@ -534,6 +538,41 @@ describe('door driver', () => {
     await done;
     await stopped;
     assert.deepEqual(ops, ['writeHR 0=30', 'writeCoil 0=true', 'writeHR 0=5']);
+  });
+
+  it('the unit pulse length is on disk before a timed unlock changes it (a kill -9 mid-command leaves it for the successor)', async () => {
+    const dir = await tmpDir('door-pulse-persist');
+    try {
+      const file = join(dir.path, 'driver-state.json');
+      const store = new DriverStateStore(file, silentLogger(), systemClock);
+      let onDisk: unknown;
+      let releaseWrite: (() => void) | undefined;
+      const bus = {
+        onConnection: () => () => undefined,
+        readInputRegisters: async (_u: number, _a: number, n: number) => new Array(n).fill(0),
+        readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
+        readHoldingRegisters: async () => [5],
+        writeRegister: (_u: number, _a: number, v: number) => {
+          if (v !== 30) return Promise.resolve();
+          // What a kill -9 right now would leave on disk.
+          onDisk = existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : undefined;
+          return new Promise<void>((resolve) => (releaseWrite = resolve));
+        },
+        writeCoil: async () => undefined,
+      } as unknown as ModbusBus;
+      const clock = new ManualClock();
+      const ctx = { ...context([], false, store.scope('door-1')), clock };
+      const d = doorOn(bus, ctx, { unitId: 1, pollMs: 60_000 });
+      await startedOnline(d, clock);
+      const done = d.execute({ id: 'u', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 30 } });
+      await waitFor(() => releaseWrite !== undefined, { message: 'the length write issued' });
+      assert.equal((onDisk as Record<string, Record<string, unknown>> | undefined)?.['door-1']?.['pulseRestore@bus#unit1'], 5);
+      releaseWrite!();
+      await done;
+      await d.stop();
+    } finally {
+      await dir.cleanup();
+    }
   });
 
   it("a pulse length the unit did not get back is kept in the driver state: the successor restores it, never taking the command's as the unit's own", async () => {
