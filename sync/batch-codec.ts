@@ -76,6 +76,10 @@ export interface StatusPayload {
    * outbox cannot write (disk full, I/O error) and refuses events.
    */
   outbox: { events: number; writeError?: { since: string; message: string } };
+  /** Optional extension: the outbox epoch acks must name. */
+  epoch?: string;
+  /** Optional extension, on the last will only: ts and outbox are from when the edge connected. */
+  will?: boolean;
 }
 
 export type Compression = 'gzip' | 'none';

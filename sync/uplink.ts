@@ -173,6 +173,14 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private rewinds = 0;
   /** The ack timeout is ackTimeoutMs times this: doubled by each timeout, halved by each prompt ack (1 … MAX_ACK_BACKOFF). */
   private ackBackoff = 1;
+  /**
+   * Seqs an ack may delete: everything stored before this uplink started (a
+   * previous process may have sent it), and what this one has published since.
+   * See clipToSent.
+   */
+  private startSeq = 0;
+  private sentRanges: Array<[number, number]> = [];
+  private lastUnsentAckLogAt = Number.NEGATIVE_INFINITY;
   /** Ack timeouts since the last line about them (see logResend); loggedAt null outside a silent spell. */
   private resends: { loggedAt: number | null; batches: number; events: number } = { loggedAt: null, batches: 0, events: 0 };
   private warnedRetainedAck = false;
@@ -230,6 +238,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   async start(): Promise<void> {
     if (this.running) return;
     this.tls = await this.readTlsFiles();
+    this.startSeq = this.outbox.stats().lastSeq;
     this.running = true;
     this.unsubscribeAppend = this.outbox.onAppend((severities) => this.onAppend(severities));
     // The central learns at once when the store starts or stops refusing events (disk full).
@@ -300,7 +309,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     return out;
   }
 
-  private statusPayload(state: StatusPayload['state']): Buffer {
+  private statusPayload(state: StatusPayload['state'], will = false): Buffer {
     const stats = this.outbox.stats();
     const w = stats.writeError;
     return encodeStatus({
@@ -308,6 +317,10 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       ts: new Date(this.clock.now()).toISOString(),
       version: this.opts.version,
       outbox: { events: stats.events, ...(w ? { writeError: { since: w.since, message: w.message } } : {}) },
+      // Optional extensions for a central: the outbox epoch its acks must name (a rebuilt store
+      // starts a new one), and, in the last will, that its ts and depth are from the connect.
+      epoch: this.outbox.epoch,
+      ...(will ? { will: true } : {}),
     });
   }
 
@@ -350,7 +363,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       password: this.cfg.password,
       rejectUnauthorized: true,
       ...this.tls,
-      will: { topic: this.topics.status, payload: this.statusPayload('offline'), qos: 1, retain: true },
+      will: { topic: this.topics.status, payload: this.statusPayload('offline', true), qos: 1, retain: true },
     };
     this.log.debug({ url: this.safeUrl, attempt: this.attempts }, 'connecting');
     const client = mqtt.connect(this.cfg.url, options);
@@ -653,6 +666,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     batch.sentAt = this.clock.now();
     this.waitingSince ??= batch.sentAt;
     client.publish(this.topics.events, payload, { qos: 1 }, (err) => this.onPuback(client, batch, err));
+    this.markSent(batch.pending.ranges());
     if (this.cfg.ack === 'central') {
       // Jittered so that a window sent together does not time out (and resend) together.
       const ms = Math.round(this.ackTimeoutMs * this.ackBackoff * (0.8 + 0.4 * this.random()));
@@ -794,8 +808,63 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     } catch {
       return; // the outbox is closing: nothing to delete now; unacked events are resent later
     }
-    const ranges = normalizeRanges(ack.seqs, lastSeq);
+    const ranges = this.clipToSent(normalizeRanges(ack.seqs, lastSeq));
     if (ranges.length > 0) this.queueAck(ranges);
+  }
+
+  private markSent(published: Array<[number, number]>): void {
+    // Only what is past startSeq: up to it every seq is allowed anyway, and sentRanges stays sorted after it.
+    const ranges: Array<[number, number]> = [];
+    for (const [from, to] of published) if (to > this.startSeq) ranges.push([Math.max(from, this.startSeq + 1), to]);
+    if (ranges.length === 0) return;
+    const last = this.sentRanges.at(-1);
+    // Usually the next seqs after everything sent: extend, no merge of the whole list.
+    if (ranges.length === 1 && last && ranges[0][0] > last[1]) {
+      if (ranges[0][0] === last[1] + 1) last[1] = ranges[0][1];
+      else this.sentRanges.push(ranges[0]);
+      return;
+    }
+    this.sentRanges = mergeRanges([...this.sentRanges, ...ranges]);
+  }
+
+  /**
+   * The part of a central's ack this uplink has sent (or that was stored
+   * before it started: a previous process may have sent that). An ack is
+   * trusted only for what the central can have: one that acked each batch as
+   * its first-to-last seq range ([[18, 20]] for a batch of 18 and 20, the
+   * alarm 19 going alone in a batch the central lost) deleted a fire alarm
+   * never delivered (seen in a review). The rest is ignored, and said once a
+   * minute.
+   */
+  private clipToSent(ranges: Array<[number, number]>): Array<[number, number]> {
+    const allowed: Array<[number, number]> = this.startSeq > 0 ? [[1, this.startSeq], ...this.sentRanges] : this.sentRanges;
+    const out: Array<[number, number]> = [];
+    let dropped = 0;
+    let j = 0;
+    for (const [from, to] of ranges) {
+      let covered = 0;
+      while (j < allowed.length && allowed[j][1] < from) j++;
+      for (let k = j; k < allowed.length && allowed[k][0] <= to; k++) {
+        const lo = Math.max(from, allowed[k][0]);
+        const hi = Math.min(to, allowed[k][1]);
+        if (lo <= hi) {
+          out.push([lo, hi]);
+          covered += hi - lo + 1;
+        }
+      }
+      dropped += to - from + 1 - covered;
+    }
+    if (dropped > 0) {
+      const now = this.clock.now();
+      if (now - this.lastUnsentAckLogAt >= RESEND_LOG_MS) {
+        this.lastUnsentAckLogAt = now;
+        this.log.warn(
+          { seqs: dropped },
+          'an ack covers seqs this edge has not sent: not deleted (a central must ack only the seqs it stored)',
+        );
+      }
+    }
+    return mergeRanges(out);
   }
 
   /**

@@ -98,6 +98,10 @@ describe('uplink status and last will (integration)', function () {
     const offline = c.statuses.at(-1)!;
     assert.equal(offline.version, 'child-1');
     assert.equal(typeof offline.outbox.events, 'number');
+    // The will says it is one (its ts and depth are from the connect), and names the epoch.
+    assert.equal(offline.will, true);
+    assert.equal(offline.epoch, c.statuses.find((s) => s.state === 'online')?.epoch);
+    assert.match(String(offline.epoch), /^[0-9A-HJKMNP-TV-Z]{26}$/);
 
     // Retained: a central that subscribes later sees the edge offline.
     late = await startTestCentral({ url: broker.url, site, edge, ack: false });
@@ -132,9 +136,12 @@ describe('uplink status and last will (integration)', function () {
       const online = c.statuses.find((s) => s.state === 'online')!;
       assert.equal(online.version, '9.9.9');
       assert.equal(online.outbox.events, 1, 'unacked event counted in the status');
+      assert.equal(online.epoch, outbox.epoch);
+      assert.equal(online.will, undefined);
       await uplink.stop();
       assert.equal(uplink.status().connected, false);
       await waitFor(() => c.statuses.at(-1)?.state === 'offline', { message: 'offline published on stop' });
+      assert.equal(c.statuses.at(-1)?.will, undefined, 'a clean stop is no will');
       late = await startTestCentral({ url: broker.url, site, edge, ack: false });
       const l = late;
       await waitFor(() => l.statuses.length > 0, { message: 'retained status' });

@@ -329,6 +329,20 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     assert.equal(about()[2].msg, 'no ack from central in time; resending');
   });
 
+  it('an ack deletes only what this edge has sent: a wide range does not take an event still waiting to go', async () => {
+    const { c } = await unackedOnClock({ maxInflight: 1, batch: { maxEvents: 1, maxBytes: 262144, lingerMs: 0 } });
+    await append(2); // seq 1 goes, seq 2 waits for the window
+    await waitFor(() => c.batches.length === 1, { message: 'seq 1 sent' });
+    // A central acking "first to last" of what it thinks it has.
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[1, 2]] }));
+    await waitFor(() => c.batches.some((b) => b.events.some((e) => e.seq === 2)), { message: 'seq 2 sent after all' });
+    assert.deepEqual(
+      c.batches.map((b) => b.events.map((e) => e.seq)),
+      [[1], [2]],
+    );
+    assert.equal(outbox.stats().events, 1, 'seq 2 stays until acked itself');
+  });
+
   it('normalizeRanges: an ack is clamped to the seqs handed out, sorted and merged, whatever it lists', () => {
     assert.deepEqual(normalizeRanges([[5, 9], [1, 3], [4, 4], [20, 30]], 25), [[1, 9], [20, 25]]);
     assert.deepEqual(normalizeRanges([[0, 2], [-5, -1], [26, 40]], 25), [[1, 2]]);
