@@ -66,6 +66,14 @@ export function isDeviceName(name: unknown): name is string {
   return typeof name === 'string' && DEVICE_RE.test(name);
 }
 
+/**
+ * Event types only the runtime emits (edge.outbox_overflow, edge.events_lost,
+ * security.command_rejected): a posted one looked exactly like the runtime's
+ * own loss report to a central (seen in a review), and an evicted forgery
+ * would even be folded into a real report.
+ */
+const RESERVED_TYPE_RE = /^(edge\.|security\.)/;
+
 /** `data` nested deeper than this is refused (JSON.stringify would overflow the stack long before a central could use it). */
 export const MAX_DATA_DEPTH = 32;
 const LONE_SURROGATE_RE = /\p{Cs}/u;
@@ -276,6 +284,10 @@ function parseEventInput(
     if (!INPUT_KEYS.has(k)) throw new BadField(at(prefix, k), `unknown field "${k}"`);
   }
   const { type, source, data, severity, ts } = item;
+  if (typeof type === 'string' && RESERVED_TYPE_RE.test(type)) {
+    // The edge's own reports: a central counts loss from them, so nothing outside may forge one.
+    throw new BadField(at(prefix, 'type'), `type ${type} is the edge's own report and cannot be posted`);
+  }
   if (!isEventType(type)) {
     throw new BadField(
       at(prefix, 'type'),

@@ -185,6 +185,9 @@ describe('local HTTP API (integration)', function () {
       // What the central's jsonb could not store, and names that display as other names.
       [{ type: 'door.opened', source: { device: 'a\ud800b' } }, 'source.device'],
       [{ type: 'door.opened', source: { device: 'door\u202e1-roodkcab' } }, 'source.device'],
+      [{ type: 'edge.outbox_overflow', source: { device: 'gate-07', driver: 'outbox' }, data: { evicted: 99999 } }, 'type'],
+      [{ type: 'edge.events_lost', source: { device: 'door-1', driver: 'runtime' } }, 'type'],
+      [{ type: 'security.command_rejected', source: { device: 'gate-07' } }, 'type'],
       [{ type: 'door.opened', source: { device: ' door-1' } }, 'source.device'],
       [{ type: 'door.opened', source: { device: 'door-1 ' } }, 'source.device'],
       [{ type: 'door.opened', source: { device: 'door-1\u3000' } }, 'source.device'],
