@@ -56,7 +56,7 @@ class BadField extends Error {
 const ISO_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$/;
 const INPUT_KEYS = new Set(['type', 'source', 'data', 'severity', 'ts']);
 const SOURCE_KEYS = new Set(['device', 'driver']);
-// Printable, not starting with a space: names come from Node-RED node names. No control
+// Printable: names come from Node-RED node names. No control
 // characters, no lone surrogates (PostgreSQL's jsonb refuses them: the central could not store
 // the event) and no bidirectional overrides, which make a name display as another one in logs.
 // No space at either end: 'door-1 ' and 'door-1' must not be two devices.

@@ -342,7 +342,7 @@ export class Runtime {
     if (!isDeviceName(driver.name)) {
       throw new EdgewardError(
         'EDGE_DEVICE_NAME',
-        `device name ${JSON.stringify(driver.name).slice(0, 140)} must be 1-128 printable characters, not starting with a space`,
+        `device name ${JSON.stringify(driver.name).slice(0, 140)} must be 1-128 printable characters, no space at either end`,
       );
     }
     if (this.devices.get(driver.name)?.instance) {

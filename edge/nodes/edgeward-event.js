@@ -7,7 +7,7 @@
  *
  * Output: the same msg with msg.payload = the stored envelope (with seq).
  */
-const { edgewardApi } = require('./lib/device-node.js');
+const { deviceName, edgewardApi } = require('./lib/device-node.js');
 
 const PAYLOAD_KEYS = new Set(['type', 'data', 'severity', 'ts']);
 
@@ -17,6 +17,7 @@ module.exports = function register(RED) {
     const node = this;
     node.eventType = config.eventType || undefined;
     node.severity = config.severity || undefined;
+    node.deviceName = deviceName(node, 'edgeward-event', config.name || 'node-red');
     const api = edgewardApi(RED, node, 'edgeward-event');
     if (!api) return;
     node.status({});
@@ -41,7 +42,7 @@ module.exports = function register(RED) {
       }
       const input = {
         type,
-        source: { device: node.name || 'node-red' },
+        source: { device: node.deviceName },
         data: p.data,
         severity: p.severity ?? node.severity,
       };

@@ -202,6 +202,8 @@ describe('edgeward door nodes wired wrong (integration)', function () {
       door('a2', 'door-a-copy', 'busT', '1'),
       door('a3', 'door-a-imported', 'busI', '1'),
       door('sp', ' door-space', 'busT', '2'),
+      // A trailing space, accepted before 2026-12-06: trimmed and warned about, still monitored.
+      door('tr', 'door-two ', 'busT', '2'),
       door('b', 'door-b', 'busB', '2'),
       door('c', 'door-c', 'busT', '3'),
       // Commands over HTTP, as a flow might take them.
@@ -229,9 +231,10 @@ describe('edgeward door nodes wired wrong (integration)', function () {
     await shows('sp', 'error: EDGE_DEVICE_NAME');
     await shows('b', 'error: EDGE_CONFIG_INVALID');
     await shows('c', 'offline: no reply: check unit id, baud, wiring (EDGE_MODBUS_TIMEOUT)');
+    await shows('tr', 'online');
     assert.deepEqual(
       runtime.status().devices.map((d) => d.name).sort(),
-      ['door-a', 'door-c'],
+      ['door-a', 'door-c', 'door-two'],
     );
   });
 

@@ -70,7 +70,10 @@ function fail(node, type, name, err, what) {
  * @param {{ type: string, driverType: string, name: string, props: object }} device
  *   type: the node type, for messages; driverType: the registry's driver name
  */
-function startDeviceNode(node, api, { type, driverType, name, props }) {
+function startDeviceNode(node, api, { type, driverType, name: given, props }) {
+  // Trailing spaces were accepted until 2026-12-06 and are refused now ('door-1 ' and 'door-1'
+  // would be two devices): an existing flow's node is trimmed and warned about, not stopped.
+  const name = deviceName(node, type, given);
   let driver;
   try {
     driver = api.registry.createDriver(driverType, name, props, api.driverContext(name));
@@ -106,4 +109,11 @@ function startDeviceNode(node, api, { type, driverType, name, props }) {
   return driver;
 }
 
-module.exports = { edgewardApi, presence, startDeviceNode };
+/** A node's device name without trailing spaces (said once on the node when it had some). */
+function deviceName(node, type, given) {
+  const name = String(given).replace(/\s+$/u, '');
+  if (name !== given && name !== '') node.warn(`${type}: device name ${JSON.stringify(given)} has trailing spaces: used as ${JSON.stringify(name)}`);
+  return name === '' ? given : name;
+}
+
+module.exports = { deviceName, edgewardApi, presence, startDeviceNode };
