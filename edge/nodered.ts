@@ -330,20 +330,14 @@ export function credentialSecret(config: SiteConfig): string {
   if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
   const file = path.join(config.dataDir, CREDENTIAL_SECRET_FILE);
   if (existsSync(file)) {
+    // Whatever it holds (an operator may have put a secret of their own there): replaced, a
+    // non-empty one would make every stored credential unreadable.
     const kept = readFileSync(file, 'utf8').trim();
-    if (kept.length >= 32) return kept;
+    if (kept !== '') return kept;
   }
   const secret = randomBytes(32).toString('hex');
   mkdirSync(config.dataDir, { recursive: true });
-  const tmp = `${file}.tmp`;
-  writeFileSync(tmp, `${secret}\n`, { mode: 0o600 });
-  const fd = openSync(tmp, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
+  writeSynced(file, `${secret}\n`);
   return secret;
 }
 
@@ -392,20 +386,41 @@ export function credentialsFile(userDir: string, flowFile: string): string {
  * this leaves a file that is migrated at the next start.
  */
 export function migrateCredentials(config: SiteConfig, file: string, secret: string, log: Logger): void {
-  if (!existsSync(file)) return;
+  // Node-RED keeps the previous file as .<name>.backup beside it, and restores an empty file from it:
+  // left under the old key, the backup still opened with the site key (seen in a review).
+  for (const f of [file, path.join(path.dirname(file), `.${path.basename(file)}.backup`)]) {
+    if (migrateOne(config, f, secret)) {
+      log.info({ file: f }, "node credentials re-encrypted under the box's own secret (they were under a key derived from privacy.siteKey)");
+    }
+  }
+}
+
+function migrateOne(config: SiteConfig, file: string, secret: string): boolean {
+  if (!existsSync(file)) return false;
   let stored: unknown;
   try {
     stored = JSON.parse(readFileSync(file, 'utf8'));
   } catch {
-    return; // not ours to judge: Node-RED reports it
+    return false; // not ours to judge: Node-RED reports it
   }
-  if (decryptedCredentials(stored, secret) !== undefined) return;
+  if (decryptedCredentials(stored, secret) !== undefined) return false;
   const legacy = decryptedCredentials(stored, legacyCredentialSecret(config));
-  if (legacy === undefined) return;
-  const tmp = `${file}.tmp`;
-  writeFileSync(tmp, JSON.stringify(encryptedCredentials(secret, legacy)), { mode: 0o600 });
+  if (legacy === undefined) return false;
+  writeSynced(file, JSON.stringify(encryptedCredentials(secret, legacy)));
+  return true;
+}
+
+/** Replace `file` with `text` (0600): written and synced under a temporary name, then renamed over it. */
+function writeSynced(file: string, text: string): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, text, { mode: 0o600 });
+  const fd = openSync(tmp, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
   renameSync(tmp, file);
-  log.info({ file }, "node credentials re-encrypted under the box's own secret (they were under a key derived from privacy.siteKey)");
 }
 
 /** Node-RED is chatty at info (one line per node type loaded): warn unless the site asked for debug. */

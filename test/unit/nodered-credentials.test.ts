@@ -50,6 +50,9 @@ describe('Node-RED credentials', () => {
     assert.equal(statSync(file).mode & 0o777, 0o600);
     assert.equal(readFileSync(file, 'utf8').trim(), a);
     assert.notEqual(credentialSecret(config('b')), a, 'two boxes with one site key have two secrets');
+    // An operator's own secret in the file, however short, is used, not replaced.
+    writeFileSync(path.join(dir.path, 'b', CREDENTIAL_SECRET_FILE), 'short\n');
+    assert.equal(credentialSecret(config('b')), 'short');
     const legacy = createHmac('sha256', SITE_KEY).update('edgeward/node-red-credentials').digest('hex');
     assert.notEqual(a, legacy);
     process.env.EDGEWARD_CREDENTIAL_SECRET = 'from-the-environment';
@@ -63,8 +66,14 @@ describe('Node-RED credentials', () => {
     assert.equal(file, path.join(dir.path, 'a', 'node-red', 'entrance_cred.json'));
     mkdirSync(path.dirname(file), { recursive: true });
     writeFileSync(file, JSON.stringify(encryptedCredentials(legacy, creds)));
+    // Node-RED's backup of the previous file, under the old key too.
+    const backup = path.join(path.dirname(file), '.entrance_cred.json.backup');
+    writeFileSync(backup, JSON.stringify(encryptedCredentials(legacy, { cam: { password: 'older-pass' } })));
     const secret = credentialSecret(config('a'));
     migrateCredentials(config('a'), file, secret, silentLogger());
+    const backupNow = JSON.parse(readFileSync(backup, 'utf8'));
+    assert.equal(decrypt(backupNow, legacy), undefined, 'the backup no longer opens with the site key');
+    assert.deepEqual(decrypt(backupNow, secret), { cam: { password: 'older-pass' } });
     const migrated = JSON.parse(readFileSync(file, 'utf8'));
     assert.deepEqual(decrypt(migrated, secret), creds);
     assert.equal(decrypt(migrated, legacy), undefined, 'the site key no longer opens it');
