@@ -710,18 +710,22 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   }
 
   /**
-   * The central just acked a batch sent at `promptSentAt` within half of
-   * `ackTimeoutMs`. Batches sent before it and still unacked after a whole
-   * `ackTimeoutMs` were lost (in a silent spell, say): they are resent now,
+   * The central just acked, within half of `ackTimeoutMs`, a batch sent at
+   * `promptSentAt` (per kind). Batches of that kind sent a whole
+   * `ackTimeoutMs` before it and still unacked were lost (in a silent spell, say): they are resent now,
    * not when their paced timers fire (up to 8 × ackTimeoutMs later: an alarm
    * in one of them waited that long after the central was back). A central
    * slower than half the timeout never triggers this, so it cannot undo the
    * pacing that protects a slow central from resend storms.
    */
-  private resendMissed(promptSentAt: number, now: number): void {
+  private resendMissed(promptSentAt: { critical?: number; normal?: number }): void {
     let resent = 0;
     for (const batch of [...this.inflight]) {
-      if (batch.sentAt < promptSentAt && now - batch.sentAt >= this.ackTimeoutMs) {
+      // Only against a batch of its own kind, sent a whole ackTimeoutMs after it: a central
+      // storing batches concurrently acks a small critical one at once while a big backlog
+      // batch is still being stored, and resending that one undid the pacing (seen in a review).
+      const prompt = promptSentAt[batch.critical ? 'critical' : 'normal'];
+      if (prompt !== undefined && batch.sentAt <= prompt - this.ackTimeoutMs) {
         resent += batch.pending.size;
         this.release(batch);
       }
@@ -919,7 +923,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     const now = this.clock.now();
     let lagMs: number | undefined;
     /** The send time of the latest batch this ack completed within half its timeout. */
-    let promptSentAt: number | undefined;
+    /** Per kind (critical or not): the send time of the latest batch this ack completed promptly. */
+    const promptSentAt: { critical?: number; normal?: number } = {};
     for (const batch of [...this.inflight]) {
       // Each ack usually covers one batch of the window: skip the others without visiting their seqs.
       const { lo, hi } = batch.pending;
@@ -931,11 +936,14 @@ export class Uplink extends EventEmitter<UplinkEvents> {
         if (batch.timeoutMs !== undefined && lagMs < batch.timeoutMs / 2) this.ackBackoff = Math.max(1, this.ackBackoff / 2);
         // Within half the configured timeout (not the paced one): a central that fast left
         // nothing sent a whole timeout before unacked, unless it never got it.
-        if (batch.timeoutMs !== undefined && lagMs < this.ackTimeoutMs / 2) promptSentAt = Math.max(promptSentAt ?? batch.sentAt, batch.sentAt);
+        if (batch.timeoutMs !== undefined && lagMs < this.ackTimeoutMs / 2) {
+          const kind = batch.critical ? 'critical' : 'normal';
+          promptSentAt[kind] = Math.max(promptSentAt[kind] ?? batch.sentAt, batch.sentAt);
+        }
         this.release(batch, false);
       }
     }
-    if (promptSentAt !== undefined) this.resendMissed(promptSentAt, now);
+    if (promptSentAt.critical !== undefined || promptSentAt.normal !== undefined) this.resendMissed(promptSentAt);
     // Acks flow again: the next timeout starts a new spell, with a line of its own.
     if (lagMs !== undefined) this.resends = { loggedAt: null, batches: 0, events: 0 };
     this.lastAckAt = new Date(now).toISOString();

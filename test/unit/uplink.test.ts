@@ -274,6 +274,22 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     await waitFor(() => outbox.stats().events === 0, { message: 'both acked' });
   });
 
+  it('a critical batch acked at once does not resend a backlog batch the central is still storing (a concurrent central)', async () => {
+    const { clock, u, c } = await unackedOnClock({});
+    await append(1); // seq 1, info
+    await waitFor(() => c.batches.length === 1, { message: 'sent' });
+    clock.advance(1200); // one timeout: seq 1 resent, paced to ~2 s
+    await waitFor(() => c.batches.length === 2, { message: 'resent once' });
+    clock.advance(1100); // seq 1's resend is over 1 s old, its timer (≥ 1.6 s) still pending
+    await append(1, 'door.forced'); // seq 2, critical: a batch of its own
+    await waitFor(() => c.batches.some((b) => b.events.some((e) => e.seq === 2)), { message: 'the alarm sent' });
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[2, 2]] })); // stored and acked at once
+    await waitFor(() => u.status().inflightBatches === 1, { message: 'the alarm acked' });
+    await append(1); // seq 3: its batch goes out after anything the ack released
+    await waitFor(() => c.batches.some((b) => b.events.some((e) => e.seq === 3)), { message: 'seq 3 sent' });
+    assert.equal(c.batches.filter((b) => b.events.some((e) => e.seq === 1)).length, 2, 'seq 1 waits for its paced timer');
+  });
+
   it('an ack slower than half of ackTimeoutMs resends nothing early: the pacing of a slow central stays', async () => {
     const { clock, u, c } = await unackedOnClock({});
     await append(1);
