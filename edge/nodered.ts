@@ -459,24 +459,68 @@ export function logRecord(log: Logger, record: NodeRedLogRecord): void {
   log[level](fields, text);
 }
 
-const SECRET_IN_TEXT = new RegExp(
-  `(["']?)\\b(${[...REDACTED_KEYS].join('|')})\\1(\\s*[:=]\\s*)("(?:[^"\\\\]|\\\\.)*"|'(?:[^'\\\\]|\\\\.)*'|[^\\s,;}\\])]+)`,
-  'gi',
-);
+const SECRET_KEY_IN_TEXT = new RegExp(`(["'\`]?)\\b(${[...REDACTED_KEYS].join('|')})\\1(\\s*[:=]\\s*)`, 'gi');
+const QUOTES = new Set(['"', "'", '`']);
+const CLOSING: Record<string, string> = { '[': ']', '{': '}' };
+
+/**
+ * Where the value starting at `i` ends: a quoted string (', " or `, with
+ * backslash escapes) to its closing quote, an array or object to its matching
+ * bracket (quotes inside skipped), anything else to the next delimiter. Text
+ * that never closes runs to the end: redacted whole rather than in part.
+ */
+function valueEnd(text: string, i: number): number {
+  const c = text[i];
+  if (QUOTES.has(c)) {
+    for (let j = i + 1; j < text.length; j++) {
+      if (text[j] === '\\') j++;
+      else if (text[j] === c) return j + 1;
+    }
+    return text.length;
+  }
+  if (CLOSING[c]) {
+    const stack: string[] = [];
+    for (let j = i; j < text.length; j++) {
+      const d = text[j];
+      if (QUOTES.has(d)) {
+        j = valueEnd(text, j) - 1;
+      } else if (CLOSING[d]) {
+        stack.push(CLOSING[d]);
+      } else if (d === stack[stack.length - 1]) {
+        stack.pop();
+        if (stack.length === 0) return j + 1;
+      }
+    }
+    return text.length;
+  }
+  let j = i;
+  while (j < text.length && !/[\s,;}\])]/.test(text[j])) j++;
+  return j;
+}
 
 /**
  * Text a node logs (a debug node set to "system console" prints the message
  * with util.inspect, or JSON) with the values of REDACTED_KEYS fields
- * (`card: '4000…'`, `authorization: 'Bearer …'`, `"token":"…"`) and any
- * `Bearer <token>` censored: pino's redaction cannot reach into a string.
+ * (`card: '4000…'`, `authorization: 'Bearer …'`, `"token":"…"`, a backtick
+ * string, an array of cards) and any `Bearer <token>` censored: pino's
+ * redaction cannot reach into a string. Linear in the text.
  */
 function redactText(text: string): string {
-  return text
-    .replace(SECRET_IN_TEXT, (_m, q: string, key: string, sep: string, value: string) => {
-      const quote = value[0] === '"' || value[0] === "'" ? value[0] : '';
-      return `${q}${key}${q}${sep}${quote}[redacted]${quote}`;
-    })
-    .replace(/\bBearer\s+[A-Za-z0-9._~+/=-]+/g, 'Bearer [redacted]');
+  let out = '';
+  let from = 0;
+  SECRET_KEY_IN_TEXT.lastIndex = 0;
+  for (let m = SECRET_KEY_IN_TEXT.exec(text); m !== null; m = SECRET_KEY_IN_TEXT.exec(text)) {
+    const start = m.index + m[0].length;
+    if (start < from) continue;
+    const end = valueEnd(text, start);
+    const c = text[start];
+    const masked = QUOTES.has(c) ? `${c}[redacted]${c}` : '[redacted]';
+    out += text.slice(from, start) + masked;
+    from = end;
+    SECRET_KEY_IN_TEXT.lastIndex = Math.max(end, SECRET_KEY_IN_TEXT.lastIndex);
+  }
+  out += text.slice(from);
+  return out.replace(/\bBearer\s+[A-Za-z0-9._~+/=-]+/g, 'Bearer [redacted]');
 }
 
 /**

@@ -49,11 +49,13 @@ describe('Node-RED log records through pino', () => {
       "\n{ type: 'access.granted', data: { door: 0, card: '4000123412341234', n: 7 }, req: { headers: { authorization: 'Bearer ApiTokenSecret-0123456789' } },\n  rawCard: 4111, password: \"pw'x\" }";
     logRecord(log, { level: 20, type: 'debug', msg: inspected });
     logRecord(log, { level: 20, type: 'debug', msg: '{"data":{"card":"5100999988887777","door":1},"token":"t0kenSecret"} Bearer abc.def-ghi' });
+    // What util.inspect prints for a string with both quotes in it, and for arrays or objects under such a key.
+    logRecord(log, { level: 20, type: 'debug', msg: "{ password: `it's a \"quoted\" phrase-s3cr3t`, cards: 1, card: [ '4111222233334444', { card: '5' } ], secret: { k: 'deep-s3cr3t' }, n: 8 }" });
     await new Promise((r) => setImmediate(r));
     const text = lines.map((l) => String(l.msg)).join('\n');
-    for (const leak of ['4000123412341234', 'ApiTokenSecret', '4111', "pw'x", '5100999988887777', 't0kenSecret', 'abc.def-ghi']) {
+    for (const leak of ['4000123412341234', 'ApiTokenSecret', '4111', "pw'x", '5100999988887777', 't0kenSecret', 'abc.def-ghi', 'phrase-s3cr3t', '4111222233334444', 'deep-s3cr3t']) {
       assert.ok(!text.includes(leak), `${leak} in ${text}`);
     }
-    assert.ok(text.includes('door: 0') && text.includes('n: 7') && text.includes('"door":1'), text);
+    assert.ok(text.includes('door: 0') && text.includes('n: 7') && text.includes('"door":1') && text.includes('n: 8'), text);
   });
 });
