@@ -49,11 +49,17 @@ export function createLogger(opts: { level?: string; destination?: pino.Destinat
 
 /**
  * A URL without its userinfo (`mqtt://user:password@host` → `mqtt://host`),
- * for logs and `edgeward check`. The userinfo runs to the last `@`: a raw `@`
- * in a password is taken along, not half printed. `mark` stands in for it.
+ * for logs and `edgeward check`. The userinfo of `user:password@` runs to
+ * the last `@` that a host, a port and a path, query or end follow: a raw
+ * `@` (or `/`) in a password is taken along, not half printed. An `@` in a
+ * path or query (`wss://central/mqtt?client=gate@north`) is no userinfo:
+ * the host stays. `mark` stands in for what was removed.
  */
 export function urlWithoutUserinfo(url: string, mark = ''): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/).*@/is, `$1${mark}`);
+  const m = /^([a-z][a-z0-9+.-]*:\/\/)([^:/?#@]*:.*)@((?:\[[0-9a-f:.]+\]|[a-z0-9._~%-]+)(?::\d{1,5})?(?:[/?#]|$))/is.exec(url);
+  // Not `host:port/…?x=a@b`: a port, then a path with an @ in it.
+  if (m && !/^[^:]*:\d{1,5}(?:[/?#]|$)/.test(m[2])) return `${m[1]}${mark}${url.slice(m[0].length - m[3].length)}`;
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, `$1${mark}`);
 }
 
 /** A logger that writes nothing: for unit tests and library use. */

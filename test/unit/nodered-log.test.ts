@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
-import { createLogger } from '../../edge/log.js';
+import { createLogger, urlWithoutUserinfo } from '../../edge/log.js';
 import { logRecord } from '../../edge/nodered.js';
 
 /** A logger writing into an array of parsed lines. */
@@ -57,5 +57,17 @@ describe('Node-RED log records through pino', () => {
       assert.ok(!text.includes(leak), `${leak} in ${text}`);
     }
     assert.ok(text.includes('door: 0') && text.includes('n: 7') && text.includes('"door":1') && text.includes('n: 8'), text);
+  });
+
+  it('logs a URL without its userinfo, and keeps the host when an @ is in the path or query', () => {
+    const cases: Array<[string, string]> = [
+      ['mqtt://gate:Tr0ub@dor-S3cret@127.0.0.1:1883', 'mqtt://127.0.0.1:1883'],
+      ['mqtts://gate:pa/ss@central.example:8883/x', 'mqtts://central.example:8883/x'],
+      ['mqtt://user@127.0.0.1', 'mqtt://127.0.0.1'],
+      ['wss://central.example/mqtt?client=gate@north', 'wss://central.example/mqtt?client=gate@north'],
+      ['mqtt://central:1883/x?u=a@b', 'mqtt://central:1883/x?u=a@b'],
+      ['mqtt://127.0.0.1:1883', 'mqtt://127.0.0.1:1883'],
+    ];
+    for (const [url, logged] of cases) assert.equal(urlWithoutUserinfo(url), logged, url);
   });
 });
