@@ -595,6 +595,18 @@ function grantedSeconds(resp: XmlNode | undefined, askedS: number, cameraNowMs?:
 /** Query parameters that carry credentials in the URIs cameras hand out (`…&user=admin&pwd=…`). */
 const CREDENTIAL_PARAMS = new Set(['user', 'username', 'usr', 'pwd', 'pass', 'passwd', 'password', 'loginuse', 'loginpas']);
 
+/** Whether `name=value` names a credential (`pwd=…`, `User=…`, percent-encoded or not). */
+function isCredentialParam(pair: string): boolean {
+  const name = pair.split('=', 1)[0] ?? '';
+  let decoded = name;
+  try {
+    decoded = decodeURIComponent(name);
+  } catch {
+    // not percent-encoded properly: compare as it is
+  }
+  return CREDENTIAL_PARAMS.has(decoded.toLowerCase());
+}
+
 /**
  * A camera's URI without the credentials some cameras put in it, for events
  * and CLI output (they leave the box in device.online):
@@ -615,6 +627,17 @@ export function withoutCredentials(uri: string, secrets: readonly (string | unde
   } else {
     u = u.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1');
   }
+  // Credentials as path parameters (XMEye-style rtsp://h:554/user=admin&password=147&channel=1…).
+  const pathStart = u.indexOf('/', u.indexOf('://') + 3);
+  if (pathStart >= 0) {
+    const pathEnd = u.slice(pathStart).search(/[?#]/);
+    const end = pathEnd >= 0 ? pathStart + pathEnd : u.length;
+    const segments = u
+      .slice(pathStart, end)
+      .split('/')
+      .map((seg) => (seg.includes('=') ? seg.split('&').filter((pair) => !isCredentialParam(pair)).join('&') : seg));
+    u = u.slice(0, pathStart) + segments.join('/') + u.slice(end);
+  }
   const q = u.indexOf('?');
   if (q >= 0) {
     const hash = u.indexOf('#', q);
@@ -622,16 +645,7 @@ export function withoutCredentials(uri: string, secrets: readonly (string | unde
     const kept = u
       .slice(q + 1, end)
       .split('&')
-      .filter((pair) => {
-        const name = pair.split('=', 1)[0] ?? '';
-        let decoded = name;
-        try {
-          decoded = decodeURIComponent(name);
-        } catch {
-          // not percent-encoded properly: compare as it is
-        }
-        return pair !== '' && !CREDENTIAL_PARAMS.has(decoded.toLowerCase());
-      });
+      .filter((pair) => pair !== '' && !isCredentialParam(pair));
     u = u.slice(0, q) + (kept.length > 0 ? `?${kept.join('&')}` : '') + u.slice(end);
   }
   for (const secret of secrets) {

@@ -138,6 +138,11 @@ describe('onvif URIs without credentials', () => {
     );
     assert.equal(withoutCredentials('http://10.0.0.5/cgi?loginuse=admin&loginpas=x&PASSWORD=y'), 'http://10.0.0.5/cgi');
     assert.equal(withoutCredentials('http://10.0.0.5/snap?user=a@b'), 'http://10.0.0.5/snap');
+    // XMEye-style: as path parameters.
+    assert.equal(
+      withoutCredentials('rtsp://10.0.0.5:554/user=admin&password=147&channel=1&stream=0.sdp?real_stream'),
+      'rtsp://10.0.0.5:554/channel=1&stream=0.sdp?real_stream',
+    );
   });
 
   it('replaces the camera\'s own password wherever else it is (raw or percent-encoded)', () => {
