@@ -32,6 +32,9 @@ export interface DoorDriverOptions {
   endpoint?: string;
 }
 
+/** How long stop() waits for the command in progress (see stop). */
+const STOP_COMMAND_WAIT_MS = 5000;
+
 /** Unchanged door state is saved again this often, to keep its time fresh for the restart check. */
 const KEEP_REFRESH_MS = 60_000;
 
@@ -176,7 +179,10 @@ export class ModbusDoorDriver implements Driver {
     await this.polled;
     // So does a command: a timed unlock cut off by the bus closing under it left the
     // command's pulse length in the unit for every later card (seen: 30 s after a deploy).
-    await this.commands;
+    // Bounded: a silent unit can take a few timeouts per write, and Node-RED gives a closing node 15 s.
+    let waited: NodeJS.Timeout | undefined;
+    await Promise.race([this.commands, new Promise<void>((resolve) => (waited = setTimeout(resolve, STOP_COMMAND_WAIT_MS)))]);
+    clearTimeout(waited);
     if (this.pulseRestore !== undefined && this.bus) await this.restorePulse(this.bus);
     const release = this.release;
     this.release = undefined;
@@ -195,6 +201,8 @@ export class ModbusDoorDriver implements Driver {
   }
 
   private async executeNow(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
+    // Queued behind a command when the driver was told to stop (a deploy): not started then.
+    if (!this.running) throw new EdgewardError('EDGE_DRIVER_STOPPED', `${this.name} is stopping: command not run`);
     this.commandRunning = true;
     try {
       return await this.executeCommand(cmd);

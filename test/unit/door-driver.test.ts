@@ -532,10 +532,13 @@ describe('door driver', () => {
     );
     await startedOnline(d, clock);
     const done = d.execute({ id: 'u', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 30 } });
+    // A second command queued behind it: not started once the driver is told to stop.
+    const queued = d.execute({ id: 'h', action: 'door.hold', target: 'door-1', args: { door: 0 } });
     await waitFor(() => releaseWrite !== undefined, { message: 'the length write issued' });
     const stopped = d.stop(); // the deploy
     releaseWrite!();
     await done;
+    await assert.rejects(queued, { code: 'EDGE_DRIVER_STOPPED' });
     await stopped;
     assert.deepEqual(ops, ['writeHR 0=30', 'writeCoil 0=true', 'writeHR 0=5']);
   });
