@@ -56,6 +56,8 @@ const SEQ_END = '~';
  * writes; an idle memtable holds only what was written since its last flush.
  */
 const WRITE_BUFFER_BYTES = 32 << 20;
+/** Most report ids an overflow report lists in `supersedes` (the newest). */
+const MAX_SUPERSEDES = 64;
 /** Room kept for the overflow event itself when evicting. */
 const OVERFLOW_RESERVE = 1024;
 /**
@@ -278,6 +280,9 @@ export interface OverflowData {
    * Added field, present when not empty: the ids of earlier overflow events,
    * handed to the uplink but not acknowledged and then evicted, whose counts
    * this one includes. A central that stored one of them subtracts it.
+   * At most the 64 newest: supersession is transitive (a report replaces
+   * what the reports it names replaced), so a central resolves a longer
+   * chain from the reports it holds.
    */
   supersedes?: string[];
 }
@@ -314,6 +319,16 @@ export class OverflowTally {
     if (this.toSeq === null || seq > this.toSeq) this.toSeq = seq;
   }
 
+  /**
+   * At most the MAX_SUPERSEDES newest ids: a chain grew by one per turnover
+   * of a full store, without bound, and past the packet limit the report
+   * itself would never be sent. Each report names what it replaced, so a
+   * central that keeps them resolves longer chains itself.
+   */
+  private capSupersedes(): void {
+    if (this.supersedes.length > MAX_SUPERSEDES) this.supersedes.splice(0, this.supersedes.length - MAX_SUPERSEDES);
+  }
+
   /** Fold in the data of an earlier overflow event this one replaces. */
   merge(d: OverflowData): void {
     this.evicted += d.evicted;
@@ -326,12 +341,14 @@ export class OverflowTally {
     if (d.fromSeq !== null && (this.fromSeq === null || d.fromSeq < this.fromSeq)) this.fromSeq = d.fromSeq;
     if (d.toSeq !== null && (this.toSeq === null || d.toSeq > this.toSeq)) this.toSeq = d.toSeq;
     for (const id of d.supersedes ?? []) if (!this.supersedes.includes(id)) this.supersedes.push(id);
+    this.capSupersedes();
   }
 
   /** Fold in an earlier overflow event `id` that was handed out (maybe delivered) and is now evicted. */
   supersede(id: string, d: OverflowData): void {
     this.merge(d);
     if (!this.supersedes.includes(id)) this.supersedes.push(id);
+    this.capSupersedes();
   }
 
   data(): OverflowData {

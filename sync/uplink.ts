@@ -181,6 +181,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private startSeq = 0;
   private sentRanges: Array<[number, number]> = [];
   private lastUnsentAckLogAt = Number.NEGATIVE_INFINITY;
+  /** Malformed acks since the last line about them. */
+  private malformedAcks = 0;
+  private lastMalformedAckLogAt = Number.NEGATIVE_INFINITY;
   /** Ack timeouts since the last line about them (see logResend); loggedAt null outside a silent spell. */
   private resends: { loggedAt: number | null; batches: number; events: number } = { loggedAt: null, batches: 0, events: 0 };
   private warnedRetainedAck = false;
@@ -785,10 +788,17 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     try {
       ack = decodeAck(payload);
     } catch (err) {
-      this.log.warn(
-        { err: (err as Error).message, payload: payload.subarray(0, 200).toString('utf8') },
-        'ignoring malformed ack',
-      );
+      // Once a minute at most, with the count since: a central looping on a bad ack wrote a line per message.
+      this.malformedAcks++;
+      const now = this.clock.now();
+      if (now - this.lastMalformedAckLogAt >= RESEND_LOG_MS) {
+        this.log.warn(
+          { err: (err as Error).message, payload: payload.subarray(0, 200).toString('utf8'), malformedAcks: this.malformedAcks },
+          'ignoring malformed ack',
+        );
+        this.lastMalformedAckLogAt = now;
+        this.malformedAcks = 0;
+      }
       return;
     }
     if (ack.epoch !== this.outbox.epoch) {

@@ -6,7 +6,7 @@ import { type Envelope, type EventType, makeEnvelope, type Severity } from '../.
 import { isEdgewardError } from '../../edge/errors.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { Level } from 'level';
-import { eventKey, LevelOutbox, type OverflowData, readOutboxStats } from '../../sync/outbox.js';
+import { eventKey, LevelOutbox, type OverflowData, OverflowTally, readOutboxStats } from '../../sync/outbox.js';
 import type { Outbox, StoredEvent } from '../../sync/outbox-api.js';
 import { diskFull, replaceBatchWrites } from '../helpers/batch-writes.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
@@ -1346,5 +1346,17 @@ describe('LevelOutbox (durable)', () => {
     );
     // Figures only (the bench measures speed); what must hold is structural: the group commit.
     assert.ok(singleWrites < singles / 10, `${singleWrites} writes for ${singles} concurrent single appends`);
+  });
+});
+
+describe('OverflowTally', () => {
+  it('names at most the 64 newest reports it replaces (a long chain stays one sendable event)', () => {
+    const t = new OverflowTally();
+    const empty = { evicted: 1, evictedBytes: 10, byType: { 'sensor.reading': 1 }, bySeverity: { info: 1, warning: 0 }, fromTs: null, toTs: null, fromSeq: 1, toSeq: 1 };
+    for (let i = 0; i < 200; i++) t.supersede(`r${i}`, { ...empty, supersedes: [`r${i - 1}`] });
+    const d = t.data();
+    assert.equal(d.supersedes?.length, 64);
+    assert.equal(d.supersedes?.at(-1), 'r199');
+    assert.equal(d.evicted, 200, 'the counts of every one are folded in');
   });
 });
