@@ -13,7 +13,8 @@ export interface BusEvents {
   'event.stored': [Envelope];
   /** Device presence changed (for status and metrics). */
   /** `reason`: why a device is offline (an error code or errno), shown in its node's status. */
-  'device.state': [{ name: string; driver: string; online: boolean; lastSeen?: string; reason?: string }];
+  /** `note`: online, but something to check (a card reader's unreadable lines). */
+  'device.state': [{ name: string; driver: string; online: boolean; lastSeen?: string; reason?: string; note?: string }];
   /** A verified downlink command, routed to its target driver. */
   command: [{ id: string; action: string; target: string; args: Record<string, unknown> }];
 }

@@ -60,6 +60,8 @@ export class CardReaderDriver implements Driver {
   private lastCard?: { card: string; at: number };
   /** Why the port is unavailable (an errno when there is one). */
   private reason?: string;
+  /** Lines that did not match the pattern since the last card read. */
+  private unreadable = 0;
   private readonly log: Logger;
 
   constructor(
@@ -89,8 +91,17 @@ export class CardReaderDriver implements Driver {
     await link?.close();
   }
 
-  state(): { online: boolean; lastSeen?: string; reason?: string } {
-    return { online: this.online === true, lastSeen: this.lastSeen, ...(this.online === false && this.reason ? { reason: this.reason } : {}) };
+  state(): { online: boolean; lastSeen?: string; reason?: string; note?: string } {
+    const note =
+      this.online === true && this.unreadable > 0
+        ? `${this.unreadable} unreadable line${this.unreadable === 1 ? '' : 's'}: check baud, pattern`
+        : undefined;
+    return {
+      online: this.online === true,
+      lastSeen: this.lastSeen,
+      ...(this.online === false && this.reason ? { reason: this.reason } : {}),
+      ...(note ? { note } : {}),
+    };
   }
 
   async execute(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
@@ -188,7 +199,15 @@ export class CardReaderDriver implements Driver {
     if (value === undefined) {
       // Never the line itself: it may hold a card number.
       this.log.debug({ length: line.length }, 'card reader line did not match the pattern');
+      // A reader at the wrong baud rate sends lines that never match: the node said "online"
+      // and nothing else (seen in a technician review). Counted until a card reads, on the node.
+      this.unreadable++;
+      if (this.unreadable === 1 || this.unreadable % 10 === 0) this.publishState();
       return;
+    }
+    if (this.unreadable > 0) {
+      this.unreadable = 0;
+      this.publishState();
     }
     const card = this.ctx.privacy.rawCards
       ? value.toString(10)
@@ -212,6 +231,10 @@ export class CardReaderDriver implements Driver {
       type: online ? 'device.online' : 'device.offline',
       data: online ? {} : { error: 'EDGE_SERIAL_UNAVAILABLE' },
     });
+    this.publishState();
+  }
+
+  private publishState(): void {
     this.ctx.bus.emit('device.state', { name: this.name, driver: this.driver, ...this.state() });
   }
 

@@ -92,6 +92,17 @@ describe('card reader over a serial PTY', function () {
     assert.ok(!all.includes('123456') && !all.includes('999888'), 'raw card or line in logs');
   });
 
+  it('says on the node when lines do not read (a wrong baud rate or pattern), until a card reads again', async () => {
+    events.length = 0;
+    reader.write('\u00f8\u0080x\r\n');
+    reader.write('W27:123\r\n');
+    await waitFor(() => driver.state().note === '2 unreadable lines: check baud, pattern', { message: () => `note: ${driver.state().note}` });
+    assert.equal(driver.state().online, true);
+    reader.write('W26:4242\r\n');
+    await waitFor(() => events.length === 1, { message: 'the card read' });
+    assert.equal(driver.state().note, undefined);
+  });
+
   it('reports offline on unplug and comes back with the port', async () => {
     await unplug();
     await replug();

@@ -22,5 +22,10 @@ describe('device node status', () => {
     for (const [reason, text] of cases) assert.equal(presence(false, reason).text, text, reason);
     assert.equal(presence(false).text, 'offline');
     assert.deepEqual(presence(true), { fill: 'green', shape: 'dot', text: 'online' });
+    assert.deepEqual((presence as (o: boolean, r?: string, n?: string) => unknown)(true, undefined, '3 unreadable lines: check baud, pattern'), {
+      fill: 'yellow',
+      shape: 'dot',
+      text: 'online · 3 unreadable lines: check baud, pattern',
+    });
   });
 });

@@ -43,8 +43,8 @@ const ADVICE = [
 ];
 
 /** The node status for a device's presence: offline says why, in words, with the code or errno it came from. */
-function presence(online, reason) {
-  if (online) return { fill: 'green', shape: 'dot', text: 'online' };
+function presence(online, reason, note) {
+  if (online) return note ? { fill: 'yellow', shape: 'dot', text: `online · ${String(note).slice(0, 60)}` } : { fill: 'green', shape: 'dot', text: 'online' };
   if (!reason) return { fill: 'red', shape: 'ring', text: 'offline' };
   const why = String(reason);
   const advice = ADVICE.find(([re]) => re.test(why));
@@ -92,7 +92,7 @@ function startDeviceNode(node, api, { type, driverType, name: given, props }) {
 
   api.bus.on('device.state', node, (s) => {
     if (s.name !== name) return;
-    node.status(presence(s.online, s.reason));
+    node.status(presence(s.online, s.reason, s.note));
   });
   api.bus.on('event.stored', node, (env) => {
     if (env.source.device === name) node.send({ topic: env.type, payload: env });
