@@ -54,8 +54,8 @@ export interface Driver {
   stop(): Promise<void>;
   /** Execute a verified command. Rejects with an EdgewardError on failure. */
   execute(cmd: CommandRequest): Promise<Record<string, unknown> | undefined>;
-  /** Online and last seen, for status and metrics; `reason`: why it is offline (an error code or errno). */
-  state(): { online: boolean; lastSeen?: string; reason?: string };
+  /** Online and last seen, for status and metrics; `reason`: why it is offline (an error code or errno); `note`: online, but something to check. */
+  state(): { online: boolean; lastSeen?: string; reason?: string; note?: string };
   /**
    * What this driver must be alone to drive (a Modbus unit on a bus): the
    * runtime refuses a second driver with the same claim.
