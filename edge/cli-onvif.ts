@@ -1,9 +1,16 @@
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { discoverAndDescribe } from '../drivers/onvif/discovery.js';
+import { CAMERA_USERNAME_RULE, isCameraUsername } from '../drivers/onvif/index.js';
 import { CameraSim } from '../hardware/sim/camera-sim.js';
 import { type CliIo, intArg, secondsArg, stdio, untilStopSignal } from './cli-io.js';
 
 export type { CliIo };
+
+/** --username: the rule of the camera node's property, checked before anything is sent. */
+function cameraUsername(v: string): string {
+  if (!isCameraUsername(v)) throw new InvalidArgumentError(CAMERA_USERNAME_RULE);
+  return v;
+}
 
 /** `discover onvif [--timeout S] [--probe HOST[:PORT]...]` */
 export function discoverOnvifCommand(io: CliIo = stdio): Command {
@@ -12,7 +19,7 @@ export function discoverOnvifCommand(io: CliIo = stdio): Command {
     .option('--timeout <s>', 'seconds to wait for answers', secondsArg(600), 3)
     .option('--probe <host...>', 'also probe these addresses by unicast (host or host:port, default port 3702), for LANs that filter multicast')
     .option('--no-multicast', 'send unicast probes only')
-    .option('-u, --username <user>', 'camera user for device information', process.env.EDGEWARD_ONVIF_USERNAME)
+    .option('-u, --username <user>', 'camera user for device information', cameraUsername, process.env.EDGEWARD_ONVIF_USERNAME)
     .addOption(new Option('-p, --password <password>', 'camera password (or EDGEWARD_ONVIF_PASSWORD)').env('EDGEWARD_ONVIF_PASSWORD'))
     .option('--json', 'print JSON')
     .action(async (o: { timeout: number; probe?: string[]; multicast: boolean; username?: string; password?: string; json?: boolean }) => {

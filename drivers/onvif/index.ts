@@ -13,6 +13,14 @@ export const ONVIF_FAMILY = 'onvif-camera';
 
 const NUMERIC = ['port', 'timeoutMs', 'subscriptionS', 'renewAt', 'pullTimeoutS', 'backoffMinMs', 'backoffMaxMs', 'offlineAfter', 'maxXmlBytes'] as const;
 
+/** Why a username is refused (see isCameraUsername). */
+export const CAMERA_USERNAME_RULE = 'must not contain a double quote, a backslash or a control character (HTTP Digest cannot carry them)';
+
+/** HTTP Digest (RFC 7616) sends the name as a quoted string, and onvif quotes it without escaping. */
+export function isCameraUsername(u: string): boolean {
+  return !/["\\\p{Cc}]/u.test(u);
+}
+
 /** Validate node/config properties into OnvifCameraProps; errors name the property. */
 export function parseCameraProps(props: Record<string, unknown>): OnvifCameraProps {
   const bad = (path: string, why: string) => new EdgewardError('EDGE_CONFIG_INVALID', `${path} ${why}`, { details: { path } });
@@ -34,10 +42,7 @@ export function parseCameraProps(props: Record<string, unknown>): OnvifCameraPro
     if (typeof v !== 'string') throw bad(k, 'must be a string');
     out[k] = v;
   }
-  // HTTP Digest (RFC 7616) sends the name as a quoted string, and onvif quotes it without escaping.
-  if (out.username !== undefined && /["\\\p{Cc}]/u.test(out.username)) {
-    throw bad('username', 'must not contain a double quote, a backslash or a control character (HTTP Digest cannot carry them)');
-  }
+  if (out.username !== undefined && !isCameraUsername(out.username)) throw bad('username', CAMERA_USERNAME_RULE);
   return out;
 }
 

@@ -81,6 +81,7 @@ describe('edgeward CLI usage errors', function () {
       [['sim', 'door', '--tcp', 'abc'], /option '--tcp <port>' argument 'abc' is invalid/],
       [['sim', 'door', '--tcp', '0', '--doors', '9'], /option '--doors <n>' argument '9' is invalid. must be an integer from 1 to 4/],
       [['sim', 'camera', '--port', '99999'], /option '--port <n>' argument '99999' is invalid/],
+      [['discover', 'onvif', '--no-multicast', '--username', 'a"b'], /option '-u, --username <user>' argument 'a"b' is invalid. must not contain a double quote/],
     ];
     for (const [args, want] of cases) {
       const r = cli(...args);
