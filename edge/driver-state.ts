@@ -10,10 +10,11 @@ export interface DriverState {
   set(key: string, value: unknown): void;
   /**
    * On disk now (synced), for a value that must survive a crash in the next
-   * moments (a pulse length a command is about to change). Resolves once
-   * written, or when writing is held back (see DriverStateStore's canSave).
+   * moments (a pulse length a command is about to change). Resolves true once
+   * written; false when it could not be (the disk failing, or events held
+   * unstored for longer than PERSIST_WAIT_MS; see DriverStateStore's canSave).
    */
-  persist?(): Promise<void>;
+  persist?(): Promise<boolean>;
 }
 
 /**
@@ -24,6 +25,8 @@ export interface DriverState {
  * duplicates rather than losing any.
  */
 export const DRIVER_STATE_SAVE_MS = 1000;
+/** How long persist() waits for saving to be allowed again before it gives up. */
+const PERSIST_WAIT_MS = 2000;
 
 /**
  * Values drivers keep across restarts and Node-RED redeploys, in one JSON
@@ -82,7 +85,7 @@ export class DriverStateStore {
         this.dirty = true;
         this.schedule();
       },
-      persist: () => this.flush(),
+      persist: () => this.persist(),
     };
   }
 
@@ -101,6 +104,21 @@ export class DriverStateStore {
     if (this.timer) this.clock.clearTimeout(this.timer);
     this.timer = null;
     if (this.canSave()) await this.save();
+    else if (this.dirty) this.schedule();
+  }
+
+  /**
+   * Write now, waiting (up to PERSIST_WAIT_MS) while saving is held back: it
+   * usually is for a moment only (events emitted in this tick, stored at the
+   * next one). True once on disk.
+   */
+  private async persist(): Promise<boolean> {
+    for (let waited = 0; !this.canSave() && waited < PERSIST_WAIT_MS; waited += 20) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    if (!this.canSave()) return false;
+    await this.flush();
+    return !this.dirty;
   }
 
   private save(): Promise<void> {
@@ -118,9 +136,10 @@ export class DriverStateStore {
         }
         await rename(tmp, this.file);
       } catch (err) {
-        // A full disk: kept in memory, tried again with the next change or at stop.
+        // A full disk: kept in memory, tried again shortly, with the next change, or at stop.
         this.dirty = true;
         this.log.warn({ err, file: this.file }, 'driver state not written');
+        this.schedule();
       }
     });
     return this.saving;

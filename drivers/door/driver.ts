@@ -24,6 +24,8 @@ export interface DoorDriverOptions {
   maxBackoffMs?: number;
   /** The bus's key (its config node id). */
   busKey?: string;
+  /** How long stop() waits for the command in progress (default 5000 ms; tests). */
+  stopCommandWaitMs?: number;
   /**
    * The line the bus config names, whichever config node names it
    * (`tcp://host:port`, `rtu:/dev/…`): with the unit id, what no other door
@@ -181,9 +183,11 @@ export class ModbusDoorDriver implements Driver {
     // command's pulse length in the unit for every later card (seen: 30 s after a deploy).
     // Bounded: a silent unit can take a few timeouts per write, and Node-RED gives a closing node 15 s.
     let waited: NodeJS.Timeout | undefined;
-    await Promise.race([this.commands, new Promise<void>((resolve) => (waited = setTimeout(resolve, STOP_COMMAND_WAIT_MS)))]);
+    await Promise.race([this.commands, new Promise<void>((resolve) => (waited = setTimeout(resolve, this.opts.stopCommandWaitMs ?? STOP_COMMAND_WAIT_MS)))]);
     clearTimeout(waited);
-    if (this.pulseRestore !== undefined && this.bus) await this.restorePulse(this.bus);
+    // Not while a command still runs (stuck past the wait): clearing its record now would leave
+    // the unit with the command's length and nothing saved to put it back.
+    if (this.pulseRestore !== undefined && this.bus && !this.commandRunning) await this.restorePulse(this.bus);
     const release = this.release;
     this.release = undefined;
     this.bus = undefined;
@@ -285,18 +289,29 @@ export class ModbusDoorDriver implements Driver {
     // put back by this driver (its bus closed, the process killed), its successor does it.
     // Left to the state's 1 s save, a kill -9 mid-command left nothing (seen in a review).
     this.unitState?.set(this.pulseKey, own);
-    await this.unitState?.persist?.();
+    if (this.unitState?.persist && !(await this.unitState.persist())) {
+      throw new EdgewardError(
+        'EDGE_STATE_NOT_WRITTEN',
+        `${this.name}: a timed unlock needs the unit's own pulse length on disk first, and the data dir cannot be written now (a plain unlock works)`,
+      );
+    }
+    // Stopped while the length was being written (a slow SD card, a deploy): not now, or the
+    // unit kept the command's length with nobody left to put it back (seen in a review).
+    if (!this.running) throw new EdgewardError('EDGE_DRIVER_STOPPED', `${this.name} is stopping: command not run`);
     await bus.writeRegister(unit, reg, seconds, high);
     await bus.writeCoil(unit, coil, true, high);
-    await this.restorePulse(bus);
+    await this.restorePulse(bus, own);
   }
 
-  /** Write the unit's own pulse length back if a command left another there; a failure is retried later. */
-  private async restorePulse(bus: ModbusBus): Promise<void> {
-    const own = this.pulseRestore;
+  /**
+   * Write the unit's own pulse length back if a command left another there
+   * (`own`: the command's own record of it); a failure is retried later.
+   */
+  private async restorePulse(bus: ModbusBus, own = this.pulseRestore): Promise<void> {
     if (own === undefined) return;
     try {
       await bus.writeRegister(this.opts.unitId, this.opts.profile.holdingRegisters.unlockSeconds, own, { priority: 'high' });
+      if (this.pulseRestore !== own) return;
       this.pulseRestore = undefined;
       this.unitState?.set(this.pulseKey, undefined);
     } catch (err) {

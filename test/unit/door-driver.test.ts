@@ -578,6 +578,65 @@ describe('door driver', () => {
     }
   });
 
+  it('a timed unlock whose saved length is slow to reach the disk is not run once the driver stopped meanwhile', async () => {
+    const ops: string[] = [];
+    const bus = {
+      onConnection: () => () => undefined,
+      readInputRegisters: async (_u: number, _a: number, n: number) => new Array(n).fill(0),
+      readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
+      readHoldingRegisters: async () => [5],
+      writeRegister: async (_u: number, a: number, v: number) => void ops.push(`writeHR ${a}=${v}`),
+      writeCoil: async (_u: number, a: number, v: boolean) => void ops.push(`writeCoil ${a}=${v}`),
+    } as unknown as ModbusBus;
+    const saved = new Map<string, unknown>();
+    let written: ((ok: boolean) => void) | undefined;
+    const state = {
+      get: (k: string) => saved.get(k),
+      set: (k: string, v: unknown) => void saved.set(k, v),
+      // An SD card stalling the fsync.
+      persist: () => new Promise<boolean>((resolve) => (written = resolve)),
+    };
+    const clock = new ManualClock();
+    const d = new ModbusDoorDriver(
+      'door-1',
+      { profile: loadDoorProfile('generic-door'), doors: 1, unitId: 1, pollMs: 60_000, stopCommandWaitMs: 20 },
+      () => ({ resource: bus, release: async () => undefined }),
+      { ...context([], false, state), clock },
+    );
+    await startedOnline(d, clock);
+    const done = d.execute({ id: 'u', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 3600 } });
+    await waitFor(() => written !== undefined, { message: 'the length being written' });
+    await d.stop(); // gives up waiting for the command
+    written!(true);
+    await assert.rejects(done, { code: 'EDGE_DRIVER_STOPPED' });
+    assert.deepEqual(ops, [], 'nothing written to the unit');
+    assert.equal(saved.get('pulseRestore@bus#unit1'), 5, 'the record stays for a successor');
+  });
+
+  it('refuses a timed unlock when the unit length cannot be saved first (a plain unlock still works)', async () => {
+    const ops: string[] = [];
+    const bus = {
+      onConnection: () => () => undefined,
+      readInputRegisters: async (_u: number, _a: number, n: number) => new Array(n).fill(0),
+      readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
+      readHoldingRegisters: async () => [5],
+      writeRegister: async (_u: number, a: number, v: number) => void ops.push(`writeHR ${a}=${v}`),
+      writeCoil: async (_u: number, a: number, v: boolean) => void ops.push(`writeCoil ${a}=${v}`),
+    } as unknown as ModbusBus;
+    const saved = new Map<string, unknown>();
+    const state = { get: (k: string) => saved.get(k), set: (k: string, v: unknown) => void saved.set(k, v), persist: async () => false };
+    const clock = new ManualClock();
+    const d = doorOn(bus, { ...context([], false, state), clock }, { unitId: 1, pollMs: 60_000 });
+    await startedOnline(d, clock);
+    await assert.rejects(d.execute({ id: 'u', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 60 } }), {
+      code: 'EDGE_STATE_NOT_WRITTEN',
+    });
+    assert.ok(!ops.includes('writeHR 0=60'));
+    await d.execute({ id: 'p', action: 'door.unlock', target: 'door-1', args: { door: 0 } });
+    assert.ok(ops.includes('writeCoil 0=true'));
+    await d.stop();
+  });
+
   it("a pulse length the unit did not get back is kept in the driver state: the successor restores it, never taking the command's as the unit's own", async () => {
     const ops: string[] = [];
     let hr0 = 5;

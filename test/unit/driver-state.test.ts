@@ -63,4 +63,24 @@ describe('DriverStateStore', () => {
     await store.flush();
     assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { 'door-1': { 'eventCounter@unit1': 3 } });
   });
+
+  it('persist() writes now, waiting a moment while saving is held back; says false when it could not write', async () => {
+    const file = join(dir.path, 'driver-state.json');
+    let allowed = false;
+    const store = new DriverStateStore(file, silentLogger(), new ManualClock(), () => allowed);
+    const state = store.scope('door-1');
+    state.set('pulseRestore@bus#unit1', 5);
+    // Held back for a moment (events of this tick not stored yet): written once allowed.
+    const p = state.persist!();
+    setTimeout(() => {
+      allowed = true;
+    }, 50);
+    assert.equal(await p, true);
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { 'door-1': { 'pulseRestore@bus#unit1': 5 } });
+    // Held back for good (the outbox cannot write): false, nothing written.
+    allowed = false;
+    state.set('pulseRestore@bus#unit1', 6);
+    assert.equal(await state.persist!(), false);
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { 'door-1': { 'pulseRestore@bus#unit1': 5 } });
+  });
 });
