@@ -174,11 +174,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   /** The ack timeout is ackTimeoutMs times this: doubled by each timeout, halved by each prompt ack (1 … MAX_ACK_BACKOFF). */
   private ackBackoff = 1;
   /**
-   * Seqs an ack may delete: everything stored before this uplink started (a
-   * previous process may have sent it), and what this one has published since.
-   * See clipToSent.
+   * Seqs an ack may delete: what this uplink has published and no ack has
+   * covered yet (see clipToSent).
    */
-  private startSeq = 0;
   private sentRanges: Array<[number, number]> = [];
   private lastUnsentAckLogAt = Number.NEGATIVE_INFINITY;
   /** Malformed acks since the last line about them. */
@@ -241,7 +239,6 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   async start(): Promise<void> {
     if (this.running) return;
     this.tls = await this.readTlsFiles();
-    this.startSeq = this.outbox.stats().lastSeq;
     this.running = true;
     this.unsubscribeAppend = this.outbox.onAppend((severities) => this.onAppend(severities));
     // The central learns at once when the store starts or stops refusing events (disk full).
@@ -727,7 +724,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       // Only against a batch of its own kind, sent a whole ackTimeoutMs after it: a central
       // storing batches concurrently acks a small critical one at once while a big backlog
       // batch is still being stored, and resending that one undid the pacing (seen in a review).
-      const prompt = promptSentAt[batch.critical ? 'critical' : 'normal'];
+      // A critical batch against any prompt ack: small, it is what a concurrent central stores
+      // first, so one unacked a whole timeout before a prompt ack was lost (an alarm waited the
+      // paced 8 × ackTimeoutMs otherwise; seen in a review).
+      const prompt = batch.critical
+        ? Math.max(promptSentAt.critical ?? Number.NEGATIVE_INFINITY, promptSentAt.normal ?? Number.NEGATIVE_INFINITY)
+        : promptSentAt.normal;
       if (prompt !== undefined && batch.sentAt <= prompt - this.ackTimeoutMs) {
         resent += batch.pending.size;
         this.release(batch);
@@ -826,11 +828,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (ranges.length > 0) this.queueAck(ranges);
   }
 
-  private markSent(published: Array<[number, number]>): void {
-    // Only what is past startSeq: up to it every seq is allowed anyway, and sentRanges stays sorted after it.
-    const ranges: Array<[number, number]> = [];
-    for (const [from, to] of published) if (to > this.startSeq) ranges.push([Math.max(from, this.startSeq + 1), to]);
-    if (ranges.length === 0) return;
+  private markSent(ranges: Array<[number, number]>): void {
+    // With ack: broker nothing reads it (the PUBACK is the ack).
+    if (this.cfg.ack !== 'central' || ranges.length === 0) return;
     const last = this.sentRanges.at(-1);
     // Usually the next seqs after everything sent: extend, no merge of the whole list.
     if (ranges.length === 1 && last && ranges[0][0] > last[1]) {
@@ -842,16 +842,17 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   }
 
   /**
-   * The part of a central's ack this uplink has sent (or that was stored
-   * before it started: a previous process may have sent that). An ack is
-   * trusted only for what the central can have: one that acked each batch as
-   * its first-to-last seq range ([[18, 20]] for a batch of 18 and 20, the
-   * alarm 19 going alone in a batch the central lost) deleted a fire alarm
-   * never delivered (seen in a review). The rest is ignored, and said once a
-   * minute.
+   * The part of a central's ack this uplink has sent. An ack is trusted only
+   * for what the central can have: one that acked each batch as its
+   * first-to-last seq range ([[18, 20]] for a batch of 18 and 20, the alarm
+   * 19 going alone in a batch the central lost) deleted a fire alarm never
+   * delivered (seen in a review). The rest is ignored, and said once a
+   * minute. Also what a previous process sent: after a restart everything
+   * stored is sent again anyway, and an ack for the earlier copy deleted,
+   * after a reboot during an outage, a backlog never delivered.
    */
   private clipToSent(ranges: Array<[number, number]>): Array<[number, number]> {
-    const allowed: Array<[number, number]> = this.startSeq > 0 ? [[1, this.startSeq], ...this.sentRanges] : this.sentRanges;
+    const allowed = this.sentRanges;
     const out: Array<[number, number]> = [];
     let dropped = 0;
     let j = 0;
@@ -872,9 +873,10 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       const now = this.clock.now();
       if (now - this.lastUnsentAckLogAt >= RESEND_LOG_MS) {
         this.lastUnsentAckLogAt = now;
-        this.log.warn(
+        // Info, not a warning: a resent batch acked twice lands here too (its first ack took them).
+        this.log.info(
           { seqs: dropped },
-          'an ack covers seqs this edge has not sent: not deleted (a central must ack only the seqs it stored)',
+          'an ack covers seqs not in flight (acked already, or never sent): ignored for those (a central must ack only the seqs it stored)',
         );
       }
     }
@@ -930,6 +932,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       }
       return;
     }
+    // Acked: no longer what an ack may delete (bounded by what is in flight; it grew by one range
+    // per kept warning among evicted events, 1,125 after four outages, seen in a review).
+    this.sentRanges = subtractRanges(this.sentRanges, ranges);
     const now = this.clock.now();
     let lagMs: number | undefined;
     /** The send time of the latest batch this ack completed within half its timeout. */
@@ -1064,6 +1069,25 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
 }
 
 /** Sort and merge overlapping or adjacent inclusive ranges. */
+/** `a` without the seqs of `b` (both sorted and merged). */
+export function subtractRanges(a: Array<[number, number]>, b: ReadonlyArray<readonly [number, number]>): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  let j = 0;
+  for (const [from, to] of a) {
+    while (j < b.length && b[j][1] < from) j++;
+    let lo = from;
+    for (let k = j; lo <= to; k++) {
+      if (k >= b.length || b[k][0] > to) {
+        out.push([lo, to]);
+        break;
+      }
+      if (b[k][0] > lo) out.push([lo, b[k][0] - 1]);
+      lo = Math.max(lo, b[k][1] + 1);
+    }
+  }
+  return out;
+}
+
 function mergeRanges(ranges: Array<[number, number]>): Array<[number, number]> {
   const sorted = ranges.map(([a, b]): [number, number] => [a, b]).sort((x, y) => x[0] - y[0]);
   const out: Array<[number, number]> = [];

@@ -9,7 +9,7 @@ import { EdgewardError, isEdgewardError } from '../../edge/errors.js';
 import { createLogger, type Logger, silentLogger } from '../../edge/log.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { encodeBatch } from '../../sync/batch-codec.js';
-import { maxEventBytes, normalizeRanges, PendingSeqs, publishPacketBytes, Uplink } from '../../sync/uplink.js';
+import { maxEventBytes, normalizeRanges, PendingSeqs, publishPacketBytes, subtractRanges, Uplink } from '../../sync/uplink.js';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { freePort, startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
 import { ManualClock } from '../helpers/clock.js';
@@ -357,6 +357,42 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
       [[1], [2]],
     );
     assert.equal(outbox.stats().events, 1, 'seq 2 stays until acked itself');
+  });
+
+  it('an alarm a silent central missed is resent as soon as any batch is acked promptly again', async () => {
+    const { clock, c } = await unackedOnClock({});
+    await append(1, 'door.forced'); // seq 1, critical
+    await waitFor(() => c.batches.length === 1, { message: 'sent' });
+    for (const [n, wait] of [[2, 1200], [3, 2400], [4, 4800]] as const) {
+      clock.advance(wait);
+      await waitFor(() => c.batches.length === n, { message: `resend ${n - 1}` });
+    }
+    clock.advance(1500);
+    c.setAck(true);
+    await append(1); // seq 2, info, acked at once
+    await waitFor(() => c.batches.filter((b) => b.events.some((e) => e.seq === 1)).length === 5, {
+      message: () => `the alarm resent without waiting out its 8 s timer (${c.batches.length} batches)`,
+    });
+  });
+
+  it('an ack for events stored before the uplink started deletes only what it has sent (after a restart, the backlog goes again)', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
+    await append(2); // stored while the uplink was down
+    const u = make({ ackTimeoutMs: 60_000, maxInflight: 1, batch: { maxEvents: 1, maxBytes: 262144, lingerMs: 0 } }, broker.url, new ManualClock());
+    await u.start();
+    const c = central;
+    await waitFor(() => c.batches.length === 1, { message: 'seq 1 sent' });
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[1, 2]] }));
+    await waitFor(() => c.batches.some((b) => b.events.some((e) => e.seq === 2)), { message: 'seq 2 sent after all' });
+    assert.equal(outbox.stats().events, 1, 'seq 2 stays until acked itself');
+  });
+
+  it('subtractRanges: what is left of sorted ranges without others', () => {
+    assert.deepEqual(subtractRanges([[1, 10]], [[3, 4], [6, 6]]), [[1, 2], [5, 5], [7, 10]]);
+    assert.deepEqual(subtractRanges([[1, 3], [5, 9]], [[0, 6]]), [[7, 9]]);
+    assert.deepEqual(subtractRanges([[1, 3], [5, 9]], [[1, 9]]), []);
+    assert.deepEqual(subtractRanges([[5, 9]], []), [[5, 9]]);
+    assert.deepEqual(subtractRanges([[1, 2], [4, 5], [8, 9]], [[2, 4], [9, 20]]), [[1, 1], [5, 5], [8, 8]]);
   });
 
   it('normalizeRanges: an ack is clamped to the seqs handed out, sorted and merged, whatever it lists', () => {
