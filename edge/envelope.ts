@@ -245,5 +245,23 @@ export function withSeq(e: Envelope, seq: number): Envelope {
  */
 export function pseudonymiseCard(card: number | bigint | string, siteKey: string): string {
   const decimal = typeof card === 'string' ? BigInt(card).toString(10) : card.toString(10);
-  return createHmac('sha256', Buffer.from(siteKey, 'utf8')).update(decimal, 'utf8').digest('hex').slice(0, 16);
+  const pseudonym = createHmac('sha256', Buffer.from(siteKey, 'utf8')).update(decimal, 'utf8').digest('hex').slice(0, 16);
+  issued.add(pseudonym);
+  if (issued.size > ISSUED_MAX) issued.delete(issued.values().next().value as string);
+  return pseudonym;
+}
+
+/**
+ * Pseudonyms this process made lately (insertion order, the oldest dropped
+ * past ISSUED_MAX): a 16-hex `card` nested in posted data is kept as it is
+ * only if it is one of them (an event a flow nests in its own alert). Any
+ * other 16-hex value may be a raw 8-byte UID printed in hex (ISO 15693,
+ * FeliCa), and is pseudonymised (seen in a review).
+ */
+const issued = new Set<string>();
+const ISSUED_MAX = 10_000;
+
+/** Whether `value` is a pseudonym this process made lately (see `issued`). */
+export function isIssuedPseudonym(value: string): boolean {
+  return issued.has(value);
 }

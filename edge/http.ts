@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import express from 'express';
 import type { Envelope, EventInput } from './envelope.js';
-import { isEventType, isSeverity, pseudonymiseCard } from './envelope.js';
+import { isEventType, isIssuedPseudonym, isSeverity, pseudonymiseCard } from './envelope.js';
 import { isEdgewardError } from './errors.js';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
@@ -411,9 +411,8 @@ function protectCards(v: unknown, path: string, siteKey: string, top = false): u
 }
 
 /**
- * A card pseudonym as the box writes it (first 16 hex of the HMAC), with a
- * letter in it: sixteen digits are a card number (5100999988887777), taken
- * as one. (One pseudonym in ~2,000 is all digits: pseudonymised again.)
+ * The shape of a card pseudonym (first 16 hex of the HMAC), with a letter in
+ * it: sixteen digits are a card number (5100999988887777), taken as one.
  */
 const PSEUDONYM_RE = /^(?=.*[a-f])[0-9a-f]{16}$/;
 
@@ -421,8 +420,13 @@ function cardPseudonym(card: unknown, path: string, siteKey: string, nested: boo
   // null (JSON) or undefined (a Node-RED flow's `card: msg.card` without a card): no card.
   if (card === null || card === undefined) return card;
   // Below data.card: an event a flow nests in another (data.trigger = a door node's envelope)
-  // carries its pseudonym already, and refusing it lost the alert (seen in a review).
-  if (nested && typeof card === 'string' && PSEUDONYM_RE.test(card)) return card;
+  // carries its pseudonym already, and refusing it lost the alert (seen in a review). Only one
+  // this process made is kept; any other 16-hex value may be a raw 8-byte UID in hex, and is
+  // pseudonymised as hex (a pseudonym from before a restart then gets a second one: no leak,
+  // and the alert still goes).
+  if (nested && typeof card === 'string' && PSEUDONYM_RE.test(card)) {
+    return isIssuedPseudonym(card) ? card : pseudonymiseCard(BigInt(`0x${card}`).toString(10), siteKey);
+  }
   let decimal: string | null = null;
   if (typeof card === 'number' && Number.isSafeInteger(card) && card >= 0) decimal = String(card);
   else if (typeof card === 'string' && /^\d{1,40}$/.test(card)) decimal = card;

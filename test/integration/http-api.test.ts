@@ -146,6 +146,11 @@ describe('local HTTP API (integration)', function () {
     const nested = await post({ type: 'alert.card_at_night', source: { device: 'rule-1' }, data: { trigger: door } });
     assert.equal(nested.status, 202);
     assert.deepEqual((runtime.outbox.recent(1)[0].data as { trigger: unknown }).trigger, door);
+    // A 16-hex value this box did not make may be a raw 8-byte UID in lowercase hex (ISO 15693, FeliCa): pseudonymised.
+    const uid = await post({ type: 'access.granted', source: { device: 'reader-9' }, data: { reader: { card: 'e004015012345678' } } });
+    assert.equal(uid.status, 202);
+    const uidStored = (runtime.outbox.recent(1)[0].data as { reader: { card: string } }).reader.card;
+    assert.equal(uidStored, pseudonymiseCard(BigInt('0xe004015012345678'), SITE_KEY));
     // At the top level a 16-hex string is still refused: it cannot be told from a raw card in hex.
     const top = await post({ type: 'access.granted', source: { device: 'door-1' }, data: { card: pseudonymiseCard(4242, SITE_KEY) } });
     assert.equal(top.status, 400);
