@@ -22,6 +22,7 @@ module.exports = function register(RED) {
     if (!api) return;
     const creds = node.credentials || {};
     startDeviceNode(node, api, {
+      RED,
       type: 'edgeward-camera',
       driverType: 'onvif-camera',
       name: config.name || `camera-${config.host}`,

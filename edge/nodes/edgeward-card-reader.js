@@ -16,6 +16,7 @@ module.exports = function register(RED) {
     const api = edgewardApi(RED, node, 'edgeward-card-reader');
     if (!api) return;
     startDeviceNode(node, api, {
+      RED,
       type: 'edgeward-card-reader',
       driverType: 'card-reader',
       name: config.name || 'card-reader',

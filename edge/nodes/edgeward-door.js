@@ -25,6 +25,7 @@ module.exports = function register(RED) {
     }
     const name = config.name || `door-${config.unitId}`;
     const driver = startDeviceNode(node, api, {
+      RED,
       type: 'edgeward-door',
       driverType: 'modbus-door',
       name,

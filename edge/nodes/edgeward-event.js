@@ -17,7 +17,12 @@ module.exports = function register(RED) {
     const node = this;
     node.eventType = config.eventType || undefined;
     node.severity = config.severity || undefined;
-    node.deviceName = deviceName(node, 'edgeward-event', config.name || 'node-red');
+    node.deviceName = deviceName(node, 'edgeward-event', config.name || 'node-red', RED);
+    if (node.deviceName === undefined) {
+      node.status({ fill: 'red', shape: 'ring', text: 'error: EDGE_DUPLICATE_DEVICE' });
+      node.error(`edgeward-event: name ${JSON.stringify(config.name)} ends in spaces, and another node is named ${JSON.stringify(config.name.trimEnd())}: rename one`);
+      return;
+    }
     const api = edgewardApi(RED, node, 'edgeward-event');
     if (!api) return;
     node.status({});

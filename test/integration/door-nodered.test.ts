@@ -198,6 +198,8 @@ describe('edgeward door nodes wired wrong (integration)', function () {
       { id: 'busB', type: 'edgeward-modbus-bus', name: 'line B', transport: 'tcp', host: '127.0.0.1', port: String(port), timeoutMs: '5' },
       // The same line under another config node (a flow imported from another site's export).
       { id: 'busI', type: 'edgeward-modbus-bus', name: 'line T, imported', transport: 'tcp', host: '127.0.0.1', port: String(port), timeoutMs: '100' },
+      // Trimmed, it would be door-a's name: refused, though it starts first (a command for door-a could reach it).
+      door('ta', 'door-a ', 'busT', '4'),
       door('a', 'door-a', 'busT', '1'),
       door('a2', 'door-a-copy', 'busT', '1'),
       door('a3', 'door-a-imported', 'busI', '1'),
@@ -232,6 +234,7 @@ describe('edgeward door nodes wired wrong (integration)', function () {
     await shows('b', 'error: EDGE_CONFIG_INVALID');
     await shows('c', 'offline: no reply: check unit id, baud, wiring (EDGE_MODBUS_TIMEOUT)');
     await shows('tr', 'online');
+    await shows('ta', 'error: EDGE_DUPLICATE_DEVICE');
     assert.deepEqual(
       runtime.status().devices.map((d) => d.name).sort(),
       ['door-a', 'door-c', 'door-two'],

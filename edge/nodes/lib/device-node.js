@@ -70,10 +70,19 @@ function fail(node, type, name, err, what) {
  * @param {{ type: string, driverType: string, name: string, props: object }} device
  *   type: the node type, for messages; driverType: the registry's driver name
  */
-function startDeviceNode(node, api, { type, driverType, name: given, props }) {
+function startDeviceNode(node, api, { type, driverType, name: given, props, RED }) {
   // Trailing spaces were accepted until 2026-12-06 and are refused now ('door-1 ' and 'door-1'
-  // would be two devices): an existing flow's node is trimmed and warned about, not stopped.
-  const name = deviceName(node, type, given);
+  // would be two devices): an existing flow's node is trimmed and warned about, not stopped,
+  // unless another node has the trimmed name.
+  const name = deviceName(node, type, given, RED);
+  if (name === undefined) {
+    const trimmed = String(given).trimEnd();
+    const err = Object.assign(new Error(`device name ${JSON.stringify(given)} ends in spaces, and another node is named ${JSON.stringify(trimmed)}: rename one`), {
+      code: 'EDGE_DUPLICATE_DEVICE',
+    });
+    fail(node, type, String(given), err, 'register');
+    return undefined;
+  }
   let driver;
   try {
     driver = api.registry.createDriver(driverType, name, props, api.driverContext(name));
@@ -110,10 +119,18 @@ function startDeviceNode(node, api, { type, driverType, name: given, props }) {
 }
 
 /** A node's device name without trailing spaces (said once on the node when it had some). */
-function deviceName(node, type, given) {
+function deviceName(node, type, given, RED) {
   const name = String(given).replace(/\s+$/u, '');
-  if (name !== given && name !== '') node.warn(`${type}: device name ${JSON.stringify(given)} has trailing spaces: used as ${JSON.stringify(name)}`);
-  return name === '' ? given : name;
+  if (name === given || name === '') return given;
+  // Another Edgeward node already named exactly so ('door-1' beside 'door-1 '): trimmed, this one
+  // would take that name whichever started first, and a command for it could reach this door.
+  let taken = false;
+  RED?.nodes?.eachNode?.((n) => {
+    if (n.id !== node.id && n.name === name && /^edgeward-/.test(n.type) && n.type !== 'edgeward-modbus-bus') taken = true;
+  });
+  if (taken) return undefined;
+  node.warn(`${type}: device name ${JSON.stringify(given)} has trailing spaces: used as ${JSON.stringify(name)}`);
+  return name;
 }
 
 module.exports = { deviceName, edgewardApi, presence, startDeviceNode };
