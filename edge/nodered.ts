@@ -455,13 +455,20 @@ export function logRecord(log: Logger, record: NodeRedLogRecord): void {
   if (record.type !== undefined) fields.nodeType = record.type;
   if (record.id !== undefined) fields.nodeId = record.id;
   if (record.name !== undefined) fields.nodeName = record.name;
-  if (m instanceof Error) fields.err = m;
+  // A copy with the text censored too: pino's err serializer prints message and stack as they are.
+  if (m instanceof Error) fields.err = { type: m.name, message: text, ...(m.stack ? { stack: redactText(m.stack) } : {}) };
   log[level](fields, text);
 }
 
-const SECRET_KEY_IN_TEXT = new RegExp(`(["'\`]?)\\b(${[...REDACTED_KEYS].join('|')})\\1(\\s*[:=]\\s*)`, 'gi');
+/** A key naming a secret or a card: any identifier holding one of REDACTED_KEYS (`mqttPassword`, `access_token`, `x-auth-token`). */
+const SECRET_NAME_RE = new RegExp([...REDACTED_KEYS].join('|'), 'i');
 const QUOTES = new Set(['"', "'", '`']);
 const CLOSING: Record<string, string> = { '[': ']', '{': '}' };
+
+/** A character of an identifier as logs print keys: letters, digits, `_`, `-`, `$`. */
+function isIdentChar(c: number): boolean {
+  return (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c === 45 || c === 36;
+}
 
 /**
  * Where the value starting at `i` ends: a quoted string (', " or `, with
@@ -500,27 +507,49 @@ function valueEnd(text: string, i: number): number {
 
 /**
  * Text a node logs (a debug node set to "system console" prints the message
- * with util.inspect, or JSON) with the values of REDACTED_KEYS fields
- * (`card: '4000…'`, `authorization: 'Bearer …'`, `"token":"…"`, a backtick
- * string, an array of cards) and any `Bearer <token>` censored: pino's
- * redaction cannot reach into a string. Linear in the text.
+ * with util.inspect, or JSON) with the values of keys naming a secret or a
+ * card censored (`card: '4000…'`, `"token":"…"`, `'password' => '…'` of a
+ * Map, `access_token=…`, a backtick string, an array of cards; after
+ * `Authorization:` the rest of the line), and any `Bearer <token>`: pino's
+ * redaction cannot reach into a string. One pass over the text: each
+ * identifier is read once, so no input costs more than linear time.
  */
 function redactText(text: string): string {
   let out = '';
   let from = 0;
-  SECRET_KEY_IN_TEXT.lastIndex = 0;
-  for (let m = SECRET_KEY_IN_TEXT.exec(text); m !== null; m = SECRET_KEY_IN_TEXT.exec(text)) {
-    const start = m.index + m[0].length;
-    if (start < from) continue;
-    const end = valueEnd(text, start);
-    const c = text[start];
-    const masked = QUOTES.has(c) ? `${c}[redacted]${c}` : '[redacted]';
-    out += text.slice(from, start) + masked;
+  const n = text.length;
+  let i = 0;
+  while (i < n) {
+    if (!isIdentChar(text.charCodeAt(i))) {
+      i++;
+      continue;
+    }
+    const start = i;
+    while (i < n && isIdentChar(text.charCodeAt(i))) i++;
+    if (!SECRET_NAME_RE.test(text.slice(start, i))) continue;
+    let j = i;
+    if (j < n && QUOTES.has(text[j]) && start > 0 && text[start - 1] === text[j]) j++; // 'password' =>
+    while (j < n && (text[j] === ' ' || text[j] === '\t')) j++;
+    if (text[j] === '=' && text[j + 1] === '>') j += 2;
+    else if (text[j] === ':' || text[j] === '=') j++;
+    else continue;
+    while (j < n && (text[j] === ' ' || text[j] === '\t')) j++;
+    if (j >= n) continue;
+    const c = text[j];
+    const bare = !QUOTES.has(c) && !CLOSING[c];
+    // Authorization: Basic …, Digest … response="…": the scheme is a word, the secret follows it.
+    const end = bare && /authorization/i.test(text.slice(start, i)) ? lineEnd(text, j) : valueEnd(text, j);
+    out += text.slice(from, j) + (QUOTES.has(c) ? `${c}[redacted]${c}` : '[redacted]');
     from = end;
-    SECRET_KEY_IN_TEXT.lastIndex = Math.max(end, SECRET_KEY_IN_TEXT.lastIndex);
+    i = end;
   }
   out += text.slice(from);
   return out.replace(/\bBearer\s+[A-Za-z0-9._~+/=-]+/g, 'Bearer [redacted]');
+}
+
+function lineEnd(text: string, i: number): number {
+  const nl = text.indexOf('\n', i);
+  return nl < 0 ? text.length : nl;
 }
 
 /**

@@ -33,6 +33,15 @@ describe('Node-RED log records through pino', () => {
     assert.equal(lines[0].nodeType, 'function');
   });
 
+  it('censors an Error a node logs, in its message and its stack', async () => {
+    const { log, lines } = capture();
+    logRecord(log, { level: 40, type: 'function', msg: new Error("login failed: password='err-s3cr3t'") });
+    await new Promise((r) => setImmediate(r));
+    const line = JSON.stringify(lines[0]);
+    assert.ok(!line.includes('err-s3cr3t'), line);
+    assert.ok(line.includes('login failed'), line);
+  });
+
   it('logs a cyclic object without throwing', async () => {
     const { log, lines } = capture();
     const o: Record<string, unknown> = { card: 123 };
@@ -51,12 +60,18 @@ describe('Node-RED log records through pino', () => {
     logRecord(log, { level: 20, type: 'debug', msg: '{"data":{"card":"5100999988887777","door":1},"token":"t0kenSecret"} Bearer abc.def-ghi' });
     // What util.inspect prints for a string with both quotes in it, and for arrays or objects under such a key.
     logRecord(log, { level: 20, type: 'debug', msg: "{ password: `it's a \"quoted\" phrase-s3cr3t`, cards: 1, card: [ '4111222233334444', { card: '5' } ], secret: { k: 'deep-s3cr3t' }, n: 8 }" });
+    // Forms a review found still printed: raw HTTP headers, a Map, query strings, prefixed and camelCase keys.
+    logRecord(log, {
+      level: 20,
+      type: 'debug',
+      msg: "Authorization: Basic YWRtaW46c2VjcmV0\nAuthorization: Digest username=\"u\", response=\"6629fae49393a05397450978507c4ef1\"\nMap(1) { 'password' => 'map-s3cr3t' } ?access_token=qs-t0ken&client_secret=cs-s3cr3t {\"x-auth-token\":\"hdr-t0ken\"} { mqttPassword: 'camel-s3cr3t' } done",
+    });
     await new Promise((r) => setImmediate(r));
     const text = lines.map((l) => String(l.msg)).join('\n');
-    for (const leak of ['4000123412341234', 'ApiTokenSecret', '4111', "pw'x", '5100999988887777', 't0kenSecret', 'abc.def-ghi', 'phrase-s3cr3t', '4111222233334444', 'deep-s3cr3t']) {
+    for (const leak of ['4000123412341234', 'ApiTokenSecret', '4111', "pw'x", '5100999988887777', 't0kenSecret', 'abc.def-ghi', 'phrase-s3cr3t', '4111222233334444', 'deep-s3cr3t', 'YWRtaW46c2VjcmV0', '6629fae4', 'map-s3cr3t', 'qs-t0ken', 'cs-s3cr3t', 'hdr-t0ken', 'camel-s3cr3t']) {
       assert.ok(!text.includes(leak), `${leak} in ${text}`);
     }
-    assert.ok(text.includes('door: 0') && text.includes('n: 7') && text.includes('"door":1') && text.includes('n: 8'), text);
+    assert.ok(text.includes('door: 0') && text.includes('n: 7') && text.includes('"door":1') && text.includes('n: 8') && text.includes(' done'), text);
   });
 
   it('logs a URL without its userinfo, and keeps the host when an @ is in the path or query', () => {
