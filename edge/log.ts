@@ -56,6 +56,15 @@ export function createLogger(opts: { level?: string; destination?: pino.Destinat
  * the host stays. `mark` stands in for what was removed.
  */
 export function urlWithoutUserinfo(url: string, mark = ''): string {
+  // A URL that parses is split where the WHATWG rules split it (userinfo to the last @ before
+  // the first /): wss://u:pw@central/mqtt?client=gate@north keeps its host.
+  try {
+    const u = new URL(url);
+    if (!u.username && !u.password) return url.trim();
+    return `${u.protocol}//${mark}${u.host}${u.pathname}${u.search}${u.hash}`;
+  } catch {
+    // a raw / in the password (not a URL any more): the patterns below
+  }
   const m = /^([a-z][a-z0-9+.-]*:\/\/)([^:/?#@]*:.*)@((?:\[[0-9a-f:.]+\]|[a-z0-9._~%-]+)(?::\d{1,5})?(?:[/?#]|$))/is.exec(url);
   // Not `host:port/…?x=a@b`: a port, then a path with an @ in it.
   if (m && !/^[^:]*:\d{1,5}(?:[/?#]|$)/.test(m[2])) return `${m[1]}${mark}${url.slice(m[0].length - m[3].length)}`;

@@ -82,6 +82,8 @@ describe('Node-RED log records through pino', () => {
       ['wss://central.example/mqtt?client=gate@north', 'wss://central.example/mqtt?client=gate@north'],
       ['mqtt://central:1883/x?u=a@b', 'mqtt://central:1883/x?u=a@b'],
       ['mqtt://127.0.0.1:1883', 'mqtt://127.0.0.1:1883'],
+      ['wss://u:S3cret@central/mqtt?client=gate@north', 'wss://central/mqtt?client=gate@north'],
+      ['mqtt://user:p@ss@host:1883/a@b', 'mqtt://host:1883/a@b'],
     ];
     for (const [url, logged] of cases) assert.equal(urlWithoutUserinfo(url), logged, url);
   });
