@@ -178,6 +178,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
    * covered yet (see clipToSent).
    */
   private sentRanges: Array<[number, number]> = [];
+  private sentEpoch: string | undefined;
   private lastUnsentAckLogAt = Number.NEGATIVE_INFINITY;
   /** Malformed acks since the last line about them. */
   private malformedAcks = 0;
@@ -831,6 +832,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private markSent(ranges: Array<[number, number]>): void {
     // With ack: broker nothing reads it (the PUBACK is the ack).
     if (this.cfg.ack !== 'central' || ranges.length === 0) return;
+    // A store rebuilt in this process starts a new epoch, its seqs from where it found them:
+    // what was sent under the old one says nothing about the new one's seqs.
+    if (this.sentEpoch !== this.outbox.epoch) {
+      this.sentEpoch = this.outbox.epoch;
+      this.sentRanges = [];
+    }
     const last = this.sentRanges.at(-1);
     // Usually the next seqs after everything sent: extend, no merge of the whole list.
     if (ranges.length === 1 && last && ranges[0][0] > last[1]) {
@@ -852,7 +859,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
    * after a reboot during an outage, a backlog never delivered.
    */
   private clipToSent(ranges: Array<[number, number]>): Array<[number, number]> {
-    const allowed = this.sentRanges;
+    const allowed = this.sentEpoch === this.outbox.epoch ? this.sentRanges : [];
     const out: Array<[number, number]> = [];
     let dropped = 0;
     let j = 0;

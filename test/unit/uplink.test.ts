@@ -387,6 +387,20 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     assert.equal(outbox.stats().events, 1, 'seq 2 stays until acked itself');
   });
 
+  it('what was sent under one epoch does not let an ack of a new epoch (a store rebuilt meanwhile) delete unsent seqs', async () => {
+    const lines: Array<{ msg: string }> = [];
+    const log = createLogger({ level: 'info', destination: { write: (l: string) => void lines.push(JSON.parse(l)) } });
+    const { c } = await unackedOnClock({}, log);
+    await append(1);
+    await waitFor(() => c.batches.length === 1, { message: 'seq 1 sent' });
+    // The store is rebuilt in this process: a new epoch, seq 1 not sent under it.
+    Object.defineProperty(outbox, 'epoch', { get: () => '01NEWEPOCH0000000000000000', configurable: true });
+    await c.publishRawAck(JSON.stringify({ epoch: '01NEWEPOCH0000000000000000', seqs: [[1, 1]] }));
+    // Either it is ignored (and said so) or it deletes seq 1.
+    await waitFor(() => outbox.stats().events === 0 || lines.some((l) => /not in flight/.test(l.msg)), { message: 'the ack handled' });
+    assert.equal(outbox.stats().events, 1, 'seq 1 not deleted by an ack naming the new epoch');
+  });
+
   it('subtractRanges: what is left of sorted ranges without others', () => {
     assert.deepEqual(subtractRanges([[1, 10]], [[3, 4], [6, 6]]), [[1, 2], [5, 5], [7, 10]]);
     assert.deepEqual(subtractRanges([[1, 3], [5, 9]], [[0, 6]]), [[7, 9]]);
