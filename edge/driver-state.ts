@@ -39,6 +39,9 @@ const PERSIST_WAIT_MS = 2000;
 export class DriverStateStore {
   private values: Record<string, Record<string, unknown>> = {};
   private timer: NodeJS.Timeout | null = null;
+  /** Changes made (set), and how many of them the file on disk holds. */
+  private version = 0;
+  private savedVersion = 0;
   private saving: Promise<void> = Promise.resolve();
   private dirty = false;
 
@@ -83,6 +86,7 @@ export class DriverStateStore {
         if (this.values[device]?.[key] === value) return;
         this.values[device] = { ...this.values[device], [key]: value };
         this.dirty = true;
+        this.version++;
         this.schedule();
       },
       persist: () => this.persist(),
@@ -117,14 +121,18 @@ export class DriverStateStore {
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
     if (!this.canSave()) return false;
+    // What was set up to now: a set() by another device meanwhile (a poll) must not make a
+    // written value read as unwritten (a timed unlock was refused at random; seen in a review).
+    const want = this.version;
     await this.flush();
-    return !this.dirty;
+    return this.savedVersion >= want;
   }
 
   private save(): Promise<void> {
     this.saving = this.saving.then(async () => {
       if (!this.dirty) return;
       this.dirty = false;
+      const version = this.version;
       const tmp = `${this.file}.tmp`;
       try {
         const fh = await open(tmp, 'w');
@@ -135,6 +143,7 @@ export class DriverStateStore {
           await fh.close();
         }
         await rename(tmp, this.file);
+        this.savedVersion = Math.max(this.savedVersion, version);
       } catch (err) {
         // A full disk: kept in memory, tried again shortly, with the next change, or at stop.
         this.dirty = true;

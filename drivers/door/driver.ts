@@ -92,6 +92,8 @@ export class ModbusDoorDriver implements Driver {
    * or every later card swipe would hold the door for the command's seconds.
    */
   private pulseRestore?: number;
+  /** Bumped by every timed unlock: a restore that began before one does not clear its record. */
+  private pulseGen = 0;
   /** When the restored counter was saved (the clock's ms), until the first poll has judged it. */
   private savedAt?: number;
   /** Whether anything was saved about this unit before this driver started (see start). */
@@ -285,6 +287,7 @@ export class ModbusDoorDriver implements Driver {
     const high = { priority: 'high' as const };
     const [own] = this.pulseRestore !== undefined ? [this.pulseRestore] : await bus.readHoldingRegisters(unit, reg, 1, high);
     this.pulseRestore = own;
+    this.pulseGen++;
     // Written ahead, and on disk before the command's length goes out: if the length is not
     // put back by this driver (its bus closed, the process killed), its successor does it.
     // Left to the state's 1 s save, a kill -9 mid-command left nothing (seen in a review).
@@ -309,9 +312,13 @@ export class ModbusDoorDriver implements Driver {
    */
   private async restorePulse(bus: ModbusBus, own = this.pulseRestore): Promise<void> {
     if (own === undefined) return;
+    // A timed unlock that began while this write was on the wire has its own length out
+    // there: this restore must not clear its record (same number, another command; seen in
+    // a review: the unit kept 3600 with nothing left to put it back).
+    const gen = this.pulseGen;
     try {
       await bus.writeRegister(this.opts.unitId, this.opts.profile.holdingRegisters.unlockSeconds, own, { priority: 'high' });
-      if (this.pulseRestore !== own) return;
+      if (this.pulseRestore !== own || this.pulseGen !== gen) return;
       this.pulseRestore = undefined;
       this.unitState?.set(this.pulseKey, undefined);
     } catch (err) {

@@ -637,6 +637,56 @@ describe('door driver', () => {
     await d.stop();
   });
 
+  it("a poll's restore that overlaps a second timed unlock does not clear that command's record (same number, another command)", async () => {
+    /** A line that loses chosen "write HR0 = 5" requests (noise): the bus times them out. */
+    class LossyLine extends FakeRtuLine {
+      restoreWrites = 0;
+      onRestoreWrite: (n: number) => 'drop' | 'pass' = () => 'pass';
+      override write(frame: Buffer): void {
+        const pdu = frame.subarray(1, frame.length - 2);
+        if (pdu[0] === 6 && pdu.readUInt16BE(1) === 0 && pdu.readUInt16BE(3) === 5 && this.onRestoreWrite(++this.restoreWrites) === 'drop') return;
+        super.write(frame);
+      }
+    }
+    const sim = new DoorSim({ units: [1] });
+    const line = new LossyLine(sim);
+    const bus = await fakeBus(sim, line);
+    const saved = new Map<string, unknown>();
+    const state = { get: (k: string) => saved.get(k), set: (k: string, v: unknown) => void saved.set(k, v), persist: async () => true };
+    const clock = new ManualClock();
+    const d = doorOn(bus, { ...context([], false, state), clock }, { unitId: 1, pollMs: 60_000 });
+    const hr0 = () => sim.unit(1).hr[0];
+    try {
+      await startedOnline(d, clock);
+      let second: Promise<unknown> | undefined;
+      line.onRestoreWrite = (n) => {
+        if (n === 1) return 'drop'; // the first unlock's restore lost: retried at the next poll
+        if (n === 2) {
+          // The poll's retry is on the wire when a second timed unlock arrives.
+          second = d.execute({ id: 'u2', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 3600 } });
+          return 'pass';
+        }
+        return n === 3 ? 'drop' : 'pass'; // the second unlock's restore lost too
+      };
+      await d.execute({ id: 'u1', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 3600 } });
+      assert.equal(hr0(), 3600);
+      const poll = async () => {
+        const seen = d.state().lastSeen;
+        clock.advance(60_000);
+        await waitFor(() => d.state().lastSeen !== seen, { message: 'a poll' });
+      };
+      await poll();
+      await waitFor(() => second !== undefined, { message: 'the second unlock issued' });
+      await second;
+      for (let i = 0; i < 3 && hr0() !== 5; i++) await poll();
+      assert.equal(hr0(), 5, "the unit keeps the command's length for every later card");
+      await d.stop();
+    } finally {
+      sim.stop();
+      await bus.close();
+    }
+  });
+
   it("a pulse length the unit did not get back is kept in the driver state: the successor restores it, never taking the command's as the unit's own", async () => {
     const ops: string[] = [];
     let hr0 = 5;

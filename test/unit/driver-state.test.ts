@@ -83,4 +83,16 @@ describe('DriverStateStore', () => {
     assert.equal(await state.persist!(), false);
     assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { 'door-1': { 'pulseRestore@bus#unit1': 5 } });
   });
+
+  it('persist() is true once its value is on disk, whatever another device sets meanwhile', async () => {
+    const file = join(dir.path, 'driver-state.json');
+    const store = new DriverStateStore(file, silentLogger(), new ManualClock());
+    const a = store.scope('door-1');
+    const b = store.scope('door-2');
+    a.set('pulseRestore@x', 5);
+    const p = a.persist!();
+    setImmediate(() => b.set('eventCounter@y', { counter: 1 })); // another door's poll, mid-fsync
+    assert.equal(await p, true);
+    assert.equal(JSON.parse(readFileSync(file, 'utf8'))['door-1']['pulseRestore@x'], 5);
+  });
 });
