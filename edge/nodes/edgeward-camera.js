@@ -12,7 +12,7 @@
  * Admin: GET /edgeward/onvif/discover?timeout=S&probe=HOST[:PORT],… lists the
  * cameras that answer WS-Discovery (the editor's "discover" button).
  */
-const { edgewardApi, startDeviceNode } = require('./lib/device-node.js');
+const { edgewardApi, nameOf, startDeviceNode } = require('./lib/device-node.js');
 
 module.exports = function register(RED) {
   function EdgewardCameraNode(config) {
@@ -25,7 +25,7 @@ module.exports = function register(RED) {
       RED,
       type: 'edgeward-camera',
       driverType: 'onvif-camera',
-      name: config.name || `camera-${config.host}`,
+      name: nameOf(config),
       props: { host: config.host, port: config.port, username: config.username, password: creds.password },
     });
   }

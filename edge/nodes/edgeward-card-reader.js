@@ -7,7 +7,7 @@
  *
  * Output: every stored event of this device, msg.payload = the envelope, msg.topic = its type.
  */
-const { edgewardApi, startDeviceNode } = require('./lib/device-node.js');
+const { edgewardApi, nameOf, startDeviceNode } = require('./lib/device-node.js');
 
 module.exports = function register(RED) {
   function EdgewardCardReaderNode(config) {
@@ -19,7 +19,7 @@ module.exports = function register(RED) {
       RED,
       type: 'edgeward-card-reader',
       driverType: 'card-reader',
-      name: config.name || 'card-reader',
+      name: nameOf(config),
       props: { path: config.path, baudRate: config.baudRate, pattern: config.pattern, door: config.door },
     });
   }

@@ -9,7 +9,7 @@
  * Output: every stored event of this device, msg.payload = the envelope, msg.topic = its type.
  * Input: msg.payload {action: 'door.unlock'|'door.lock'|'door.hold', args: {door, seconds, hold}} runs a local command.
  */
-const { edgewardApi, presence, startDeviceNode } = require('./lib/device-node.js');
+const { edgewardApi, nameOf, presence, startDeviceNode } = require('./lib/device-node.js');
 
 module.exports = function register(RED) {
   function EdgewardDoorNode(config) {
@@ -23,7 +23,7 @@ module.exports = function register(RED) {
       node.error('edgeward-door: choose an edgeward-modbus-bus');
       return;
     }
-    const name = config.name || `door-${config.unitId}`;
+    const name = nameOf(config);
     const driver = startDeviceNode(node, api, {
       RED,
       type: 'edgeward-door',

@@ -7,7 +7,7 @@
  *
  * Output: the same msg with msg.payload = the stored envelope (with seq).
  */
-const { deviceName, edgewardApi } = require('./lib/device-node.js');
+const { deviceName, edgewardApi, nameOf } = require('./lib/device-node.js');
 
 const PAYLOAD_KEYS = new Set(['type', 'data', 'severity', 'ts']);
 
@@ -17,7 +17,7 @@ module.exports = function register(RED) {
     const node = this;
     node.eventType = config.eventType || undefined;
     node.severity = config.severity || undefined;
-    node.deviceName = deviceName(node, 'edgeward-event', config.name || 'node-red', RED);
+    node.deviceName = deviceName(node, 'edgeward-event', nameOf(config), RED);
     if (node.deviceName === undefined) {
       node.status({ fill: 'red', shape: 'ring', text: 'error: EDGE_DUPLICATE_DEVICE' });
       node.error(`edgeward-event: name ${JSON.stringify(config.name)} ends in spaces, and another node is named ${JSON.stringify(config.name.trimEnd())}: rename one`);

@@ -200,6 +200,9 @@ describe('edgeward door nodes wired wrong (integration)', function () {
       { id: 'busI', type: 'edgeward-modbus-bus', name: 'line T, imported', transport: 'tcp', host: '127.0.0.1', port: String(port), timeoutMs: '100' },
       // Trimmed, it would be door-a's name: refused, though it starts first (a command for door-a could reach it).
       door('ta', 'door-a ', 'busT', '4'),
+      // The same against a default name: the node below has no Name, so it is door-5.
+      door('t5', 'door-5 ', 'busT', '6'),
+      door('d5', '', 'busT', '5'),
       door('a', 'door-a', 'busT', '1'),
       door('a2', 'door-a-copy', 'busT', '1'),
       door('a3', 'door-a-imported', 'busI', '1'),
@@ -235,9 +238,10 @@ describe('edgeward door nodes wired wrong (integration)', function () {
     await shows('c', 'offline: no reply: check unit id, baud, wiring (EDGE_MODBUS_TIMEOUT)');
     await shows('tr', 'online');
     await shows('ta', 'error: EDGE_DUPLICATE_DEVICE');
+    await shows('t5', 'error: EDGE_DUPLICATE_DEVICE');
     assert.deepEqual(
       runtime.status().devices.map((d) => d.name).sort(),
-      ['door-a', 'door-c', 'door-two'],
+      ['door-5', 'door-a', 'door-c', 'door-two'],
     );
   });
 

@@ -119,18 +119,34 @@ function startDeviceNode(node, api, { type, driverType, name: given, props, RED 
 }
 
 /** A node's device name without trailing spaces (said once on the node when it had some). */
+/** The device name an Edgeward node takes when its Name is empty. */
+const DEFAULT_NAMES = {
+  'edgeward-door': (c) => `door-${c.unitId}`,
+  'edgeward-camera': (c) => `camera-${c.host}`,
+  'edgeward-card-reader': () => 'card-reader',
+  'edgeward-event': () => 'node-red',
+};
+
+/** The device name of an Edgeward node's config: its Name, or its type's default. */
+function nameOf(config) {
+  return config.name || DEFAULT_NAMES[config.type]?.(config);
+}
+
 function deviceName(node, type, given, RED) {
   const name = String(given).replace(/\s+$/u, '');
   if (name === given || name === '') return given;
-  // Another Edgeward node already named exactly so ('door-1' beside 'door-1 '): trimmed, this one
-  // would take that name whichever started first, and a command for it could reach this door.
+  // Another Edgeward node named so, by its Name or its default ('door-1' beside 'door-1 ', or a
+  // door on unit 1 with no Name), or another spaced name trimming to it: trimmed, this one would
+  // take that name if it started first, and a command for it could reach this door.
   let taken = false;
   RED?.nodes?.eachNode?.((n) => {
-    if (n.id !== node.id && n.name === name && /^edgeward-/.test(n.type) && n.type !== 'edgeward-modbus-bus') taken = true;
+    if (n.id === node.id || !DEFAULT_NAMES[n.type]) return;
+    const other = String(nameOf(n));
+    if (other === name || other.replace(/\s+$/u, '') === name) taken = true;
   });
   if (taken) return undefined;
   node.warn(`${type}: device name ${JSON.stringify(given)} has trailing spaces: used as ${JSON.stringify(name)}`);
   return name;
 }
 
-module.exports = { deviceName, edgewardApi, presence, startDeviceNode };
+module.exports = { deviceName, edgewardApi, nameOf, presence, startDeviceNode };
