@@ -529,12 +529,23 @@ function redactText(text: string): string {
     if (!SECRET_NAME_RE.test(text.slice(start, i))) continue;
     let j = i;
     if (j < n && QUOTES.has(text[j]) && start > 0 && text[start - 1] === text[j]) j++; // 'password' =>
+    // JSON inside a JSON string: \"password\":\"…\"
+    else if (text[j] === '\\' && QUOTES.has(text[j + 1]) && start > 1 && text[start - 1] === text[j + 1] && text[start - 2] === '\\') j += 2;
     while (j < n && (text[j] === ' ' || text[j] === '\t')) j++;
     if (text[j] === '=' && text[j + 1] === '>') j += 2;
     else if (text[j] === ':' || text[j] === '=') j++;
     else continue;
     while (j < n && (text[j] === ' ' || text[j] === '\t')) j++;
     if (j >= n) continue;
+    if (text[j] === '\\' && QUOTES.has(text[j + 1])) {
+      // An escaped string value: to the next escaped quote of its kind.
+      const close = text.indexOf(`\\${text[j + 1]}`, j + 2);
+      const end = close < 0 ? text.length : close + 2;
+      out += `${text.slice(from, j)}\\${text[j + 1]}[redacted]\\${text[j + 1]}`;
+      from = end;
+      i = end;
+      continue;
+    }
     const c = text[j];
     const bare = !QUOTES.has(c) && !CLOSING[c];
     // Authorization: Basic …, Digest … response="…": the scheme is a word, the secret follows it.
@@ -559,7 +570,11 @@ function lineEnd(text: string, i: number): number {
  */
 function safeJson(v: unknown): string {
   try {
-    return JSON.stringify(v, (key, value) => (REDACTED_KEYS.has(key) ? '[redacted]' : value)) ?? String(v);
+    // The text scanner's rule: any key holding a secret's name (mqttPassword, access_token,
+    // x-auth-token, Authorization); exact names only let those through (seen in a review).
+    const json = JSON.stringify(v, (key, value) => (key !== '' && SECRET_NAME_RE.test(key) ? '[redacted]' : value));
+    // A JSON string inside (node.warn(JSON.stringify(msg)) of a msg with a JSON payload) is escaped JSON: the scanner takes that too.
+    return json === undefined ? String(v) : redactText(json);
   } catch {
     return '[unserializable object]';
   }

@@ -33,6 +33,23 @@ describe('Node-RED log records through pino', () => {
     assert.equal(lines[0].nodeType, 'function');
   });
 
+  it('censors keys that hold a secret name in an object a node logs, and JSON escaped inside a string', async () => {
+    const { log, lines } = capture();
+    logRecord(log, {
+      level: 30,
+      type: 'function',
+      msg: { mqttPassword: 'obj-camel-s3cr3t', access_token: 'obj-qs-t0ken', headers: { Authorization: 'Basic YWRtaW46b2Jq', 'x-auth-token': 'obj-hdr-t0ken' }, ok: 'kept' },
+    });
+    logRecord(log, { level: 30, type: 'function', msg: JSON.stringify({ payload: JSON.stringify({ password: 'esc-s3cr3t', card: '5100999988887777', n: 1 }) }) });
+    logRecord(log, { level: 30, type: 'function', msg: { payload: JSON.stringify({ token: 'nested-t0ken' }) } });
+    await new Promise((r) => setImmediate(r));
+    const text = lines.map((l) => String(l.msg)).join('\n');
+    for (const leak of ['obj-camel-s3cr3t', 'obj-qs-t0ken', 'YWRtaW46b2Jq', 'obj-hdr-t0ken', 'esc-s3cr3t', '5100999988887777', 'nested-t0ken']) {
+      assert.ok(!text.includes(leak), `${leak} in ${text}`);
+    }
+    assert.ok(text.includes('kept') && text.includes('\\"n\\":1'), text);
+  });
+
   it('censors an Error a node logs, in its message and its stack', async () => {
     const { log, lines } = capture();
     logRecord(log, { level: 40, type: 'function', msg: new Error("login failed: password='err-s3cr3t'") });
