@@ -89,6 +89,8 @@ const NO_ADVANCE = -1;
 const MAX_ACK_BACKOFF = 8;
 /** While acks time out, at most one log line about it this often (see logResend). */
 const RESEND_LOG_MS = 60_000;
+/** Most ranges the sent-seq record keeps (see keepNewestRanges). */
+const MAX_SENT_RANGES = 1024;
 const DEFAULT_STATUS_INTERVAL_MS = 30_000;
 const STOP_PUBLISH_TIMEOUT_MS = 2_000;
 /**
@@ -843,9 +845,10 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (ranges.length === 1 && last && ranges[0][0] > last[1]) {
       if (ranges[0][0] === last[1] + 1) last[1] = ranges[0][1];
       else this.sentRanges.push(ranges[0]);
-      return;
+    } else {
+      this.sentRanges = mergeRanges([...this.sentRanges, ...ranges]);
     }
-    this.sentRanges = mergeRanges([...this.sentRanges, ...ranges]);
+    keepNewestRanges(this.sentRanges, MAX_SENT_RANGES);
   }
 
   /**
@@ -1076,6 +1079,17 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
 }
 
 /** Sort and merge overlapping or adjacent inclusive ranges. */
+/**
+ * Drop the oldest ranges past `max` (in place). For the sent-seq record:
+ * seqs sent and then evicted unacked are never acked, and left a range each
+ * between acked ones (306 ranges after three outage rounds, growing; seen in
+ * a review). A seq dropped from it that is still stored is resent after its
+ * timeout and recorded again: an ack waits for that, nothing is lost.
+ */
+export function keepNewestRanges(ranges: Array<[number, number]>, max: number): void {
+  if (ranges.length > max) ranges.splice(0, ranges.length - max);
+}
+
 /** `a` without the seqs of `b` (both sorted and merged). */
 export function subtractRanges(a: Array<[number, number]>, b: ReadonlyArray<readonly [number, number]>): Array<[number, number]> {
   const out: Array<[number, number]> = [];

@@ -9,7 +9,7 @@ import { EdgewardError, isEdgewardError } from '../../edge/errors.js';
 import { createLogger, type Logger, silentLogger } from '../../edge/log.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { encodeBatch } from '../../sync/batch-codec.js';
-import { maxEventBytes, normalizeRanges, PendingSeqs, publishPacketBytes, subtractRanges, Uplink } from '../../sync/uplink.js';
+import { keepNewestRanges, maxEventBytes, normalizeRanges, PendingSeqs, publishPacketBytes, subtractRanges, Uplink } from '../../sync/uplink.js';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { freePort, startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
 import { ManualClock } from '../helpers/clock.js';
@@ -399,6 +399,14 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     // Either it is ignored (and said so) or it deletes seq 1.
     await waitFor(() => outbox.stats().events === 0 || lines.some((l) => /not in flight/.test(l.msg)), { message: 'the ack handled' });
     assert.equal(outbox.stats().events, 1, 'seq 1 not deleted by an ack naming the new epoch');
+  });
+
+  it('keepNewestRanges: the sent-seq record keeps its newest ranges only', () => {
+    const r: Array<[number, number]> = Array.from({ length: 2000 }, (_, i) => [i * 3, i * 3 + 1]);
+    keepNewestRanges(r, 1024);
+    assert.equal(r.length, 1024);
+    assert.deepEqual(r.at(-1), [5997, 5998]);
+    assert.deepEqual(r[0], [(2000 - 1024) * 3, (2000 - 1024) * 3 + 1]);
   });
 
   it('subtractRanges: what is left of sorted ranges without others', () => {
