@@ -53,6 +53,27 @@ function doorOn(
   );
 }
 
+/** A bus the test sees every write of: a unit whose pulse length is 5, no events, doors shut. */
+function recordingBus(): { ops: string[]; bus: ModbusBus } {
+  const ops: string[] = [];
+  const bus = {
+    onConnection: () => () => undefined,
+    readInputRegisters: async (_u: number, _a: number, n: number) => new Array(n).fill(0),
+    readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
+    readHoldingRegisters: async () => [5],
+    writeRegister: async (_u: number, a: number, v: number) => void ops.push(`writeHR ${a}=${v}`),
+    writeCoil: async (_u: number, a: number, v: boolean) => void ops.push(`writeCoil ${a}=${v}`),
+  } as unknown as ModbusBus;
+  return { ops, bus };
+}
+
+/** A driver state in a Map, with the given persist(). */
+function mapState(persist?: () => Promise<boolean>) {
+  const saved = new Map<string, unknown>();
+  const state = { get: (k: string) => saved.get(k), set: (k: string, v: unknown) => void saved.set(k, v), ...(persist ? { persist } : {}) };
+  return { saved, state };
+}
+
 /** Start `d` on a manual clock (its first poll runs now); resolves once it is online. */
 async function startedOnline(d: ModbusDoorDriver, clock: ManualClock): Promise<void> {
   await d.start();
@@ -579,23 +600,10 @@ describe('door driver', () => {
   });
 
   it('a timed unlock whose saved length is slow to reach the disk is not run once the driver stopped meanwhile', async () => {
-    const ops: string[] = [];
-    const bus = {
-      onConnection: () => () => undefined,
-      readInputRegisters: async (_u: number, _a: number, n: number) => new Array(n).fill(0),
-      readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
-      readHoldingRegisters: async () => [5],
-      writeRegister: async (_u: number, a: number, v: number) => void ops.push(`writeHR ${a}=${v}`),
-      writeCoil: async (_u: number, a: number, v: boolean) => void ops.push(`writeCoil ${a}=${v}`),
-    } as unknown as ModbusBus;
-    const saved = new Map<string, unknown>();
+    const { ops, bus } = recordingBus();
     let written: ((ok: boolean) => void) | undefined;
-    const state = {
-      get: (k: string) => saved.get(k),
-      set: (k: string, v: unknown) => void saved.set(k, v),
-      // An SD card stalling the fsync.
-      persist: () => new Promise<boolean>((resolve) => (written = resolve)),
-    };
+    // An SD card stalling the fsync.
+    const { saved, state } = mapState(() => new Promise<boolean>((resolve) => (written = resolve)));
     const clock = new ManualClock();
     const d = new ModbusDoorDriver(
       'door-1',
@@ -614,17 +622,8 @@ describe('door driver', () => {
   });
 
   it('refuses a timed unlock when the unit length cannot be saved first (a plain unlock still works)', async () => {
-    const ops: string[] = [];
-    const bus = {
-      onConnection: () => () => undefined,
-      readInputRegisters: async (_u: number, _a: number, n: number) => new Array(n).fill(0),
-      readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
-      readHoldingRegisters: async () => [5],
-      writeRegister: async (_u: number, a: number, v: number) => void ops.push(`writeHR ${a}=${v}`),
-      writeCoil: async (_u: number, a: number, v: boolean) => void ops.push(`writeCoil ${a}=${v}`),
-    } as unknown as ModbusBus;
-    const saved = new Map<string, unknown>();
-    const state = { get: (k: string) => saved.get(k), set: (k: string, v: unknown) => void saved.set(k, v), persist: async () => false };
+    const { ops, bus } = recordingBus();
+    const { state } = mapState(async () => false);
     const clock = new ManualClock();
     const d = doorOn(bus, { ...context([], false, state), clock }, { unitId: 1, pollMs: 60_000 });
     await startedOnline(d, clock);
