@@ -49,24 +49,32 @@ export function createLogger(opts: { level?: string; destination?: pino.Destinat
 
 /**
  * A URL without its userinfo (`mqtt://user:password@host` → `mqtt://host`),
- * for logs and `edgeward check`. The userinfo of `user:password@` runs to
- * the last `@` that a host, a port and a path, query or end follow: a raw
- * `@` (or `/`) in a password is taken along, not half printed. An `@` in a
- * path or query (`wss://central/mqtt?client=gate@north`) is no userinfo:
- * the host stays. `mark` stands in for what was removed.
+ * for logs and `edgeward check`. A URL that parses is split where the WHATWG
+ * rules split it (userinfo to the last @ before the first /), so
+ * `wss://u:pw@central/mqtt?client=gate@north` keeps its host; one that does
+ * not (a raw `/` in the password) goes through `withoutUserinfo`. `mark`
+ * stands in for what was removed.
  */
 export function urlWithoutUserinfo(url: string, mark = ''): string {
-  // A URL that parses is split where the WHATWG rules split it (userinfo to the last @ before
-  // the first /): wss://u:pw@central/mqtt?client=gate@north keeps its host.
   try {
     const u = new URL(url);
     if (!u.username && !u.password) return url.trim();
     return `${u.protocol}//${mark}${u.host}${u.pathname}${u.search}${u.hash}`;
   } catch {
-    // a raw / in the password (not a URL any more): the patterns below
+    return withoutUserinfo(url, mark);
   }
+}
+
+/**
+ * `scheme://user:password@host…` without its userinfo, as written (no
+ * parsing, no normalising: for logs and for the URIs cameras hand out). The
+ * userinfo of `user:password@` runs to the last `@` that a host, a port and a
+ * path, query or end follow, so a raw `@`, `/`, `?` or `#` in a password is
+ * taken along, not half printed; `host:port/…?x=a@b` (a port, then a path
+ * with an @ in it) is left alone.
+ */
+export function withoutUserinfo(url: string, mark = ''): string {
   const m = /^([a-z][a-z0-9+.-]*:\/\/)([^:/?#@]*:.*)@((?:\[[0-9a-f:.]+\]|[a-z0-9._~%-]+)(?::\d{1,5})?(?:[/?#]|$))/is.exec(url);
-  // Not `host:port/…?x=a@b`: a port, then a path with an @ in it.
   if (m && !/^[^:]*:\d{1,5}(?:[/?#]|$)/.test(m[2])) return `${m[1]}${mark}${url.slice(m[0].length - m[3].length)}`;
   return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, `$1${mark}`);
 }

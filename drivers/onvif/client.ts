@@ -4,6 +4,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { Cam } from 'onvif';
 import { EdgewardError } from '../../edge/errors.js';
+import { withoutUserinfo } from '../../edge/log.js';
 import { attr, child, children, DEFAULT_MAX_XML_BYTES, parseUntrustedXml, soapBody, text, type XmlNode, xmlEscape } from './xml.js';
 
 /**
@@ -611,22 +612,15 @@ function isCredentialParam(pair: string): boolean {
  * A camera's URI without the credentials some cameras put in it, for events
  * and CLI output (they leave the box in device.online):
  * - userinfo: `rtsp://user:password@host/…`, also when the password holds a
- *   raw `@`, `/`, `?` or `#` (invalid, but cameras do it): the userinfo runs
- *   to the last `@` that a host and a port, path, query or end follow;
+ *   raw `@`, `/`, `?` or `#` (invalid, but cameras do it): see
+ *   `withoutUserinfo`, the rule logged URLs follow too;
  * - query parameters named like credentials (`user=`, `pwd=`, `password=`…);
  * - any of `secrets` (the camera's own password, raw or percent-encoded,
  *   4 characters or more) still in it, replaced by `***`.
  * Surrounding whitespace is dropped.
  */
 export function withoutCredentials(uri: string, secrets: readonly (string | undefined)[] = []): string {
-  let u = uri.trim();
-  const userPass = /^([a-z][a-z0-9+.-]*:\/\/)[^:/?#@]*:(.*)@((?:\[[0-9a-f:.]+\]|[a-z0-9._~%-]+)(?::\d{1,5})?(?:[/?#]|$))/is.exec(u);
-  // Not `host:port/…@…` (a port, then a path with an @ in its query): that is no userinfo.
-  if (userPass && !/^\d{1,5}(?:[/?#]|$)/.test(userPass[2])) {
-    u = userPass[1] + u.slice(userPass[0].length - userPass[3].length);
-  } else {
-    u = u.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1');
-  }
+  let u = withoutUserinfo(uri.trim());
   // Credentials as path parameters (XMEye-style rtsp://h:554/user=admin&password=147&channel=1…).
   const pathStart = u.indexOf('/', u.indexOf('://') + 3);
   if (pathStart >= 0) {
