@@ -299,7 +299,6 @@ function formatAjvError(e: ErrorObject): string {
   }
 }
 
-/** Rules across fields. Written defensively: it also runs on configs that failed the schema. */
 /** A schema error about what `outbox stats` reads: the data dir and the names the store is kept under. */
 function namesTheStore(e: ErrorObject): boolean {
   const STORE = ['dataDir', 'site', 'edge', 'outbox'];
@@ -311,6 +310,7 @@ function namesTheStore(e: ErrorObject): boolean {
   return STORE.some((k) => path === k || path.startsWith(`${k}.`));
 }
 
+/** Rules across fields. Written defensively: it also runs on configs that failed the schema. */
 function crossFieldRules(c: Partial<SiteConfig>, errors: string[], unresolved: ReadonlySet<string>): void {
   // A host whose variable is missing has its own error already; judged as `env:NAME` it would add a wrong one.
   if (!unresolved.has('http.host')) {

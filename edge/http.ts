@@ -425,7 +425,7 @@ function cardPseudonym(card: unknown, path: string, siteKey: string, nested: boo
   // pseudonymised as hex (a pseudonym from before a restart then gets a second one: no leak,
   // and the alert still goes).
   if (nested && typeof card === 'string' && PSEUDONYM_RE.test(card)) {
-    return isIssuedPseudonym(card) ? card : pseudonymiseCard(BigInt(`0x${card}`).toString(10), siteKey);
+    return isIssuedPseudonym(card) ? card : pseudonymiseCard(BigInt(`0x${card}`), siteKey);
   }
   let decimal: string | null = null;
   if (typeof card === 'number' && Number.isSafeInteger(card) && card >= 0) decimal = String(card);

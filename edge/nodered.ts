@@ -330,8 +330,8 @@ export function credentialSecret(config: SiteConfig): string {
   if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
   const file = path.join(config.dataDir, CREDENTIAL_SECRET_FILE);
   if (existsSync(file)) {
-    // Whatever it holds (an operator may have put a secret of their own there): replaced, a
-    // non-empty one would make every stored credential unreadable.
+    // Whatever it holds (an operator may have put a secret of their own there), it is used:
+    // replacing a non-empty one would make every stored credential unreadable.
     const kept = readFileSync(file, 'utf8').trim();
     if (kept !== '') return kept;
   }
@@ -353,10 +353,14 @@ function legacyCredentialSecret(config: SiteConfig): string {
  * file) so that it is never on disk in clear.
  */
 export function encryptedCredentials(secret: string, credentials: Record<string, unknown>): { $: string } {
-  const key = createHash('sha256').update(secret).digest();
   const iv = randomBytes(16);
-  const cipher = createCipheriv('aes-256-ctr', key, iv);
+  const cipher = createCipheriv('aes-256-ctr', credentialKey(secret), iv);
   return { $: iv.toString('hex') + cipher.update(JSON.stringify(credentials), 'utf8', 'base64') + cipher.final('base64') };
+}
+
+/** Node-RED's credentials key: SHA-256 of the secret. */
+function credentialKey(secret: string): Buffer {
+  return createHash('sha256').update(secret).digest();
 }
 
 /** The credentials a Node-RED `_cred.json` holds under `secret`, or undefined when that is not its secret. */
@@ -364,8 +368,7 @@ function decryptedCredentials(stored: unknown, secret: string): Record<string, u
   const blob = (stored as { $?: unknown } | null)?.$;
   if (typeof blob !== 'string' || blob.length < 32) return undefined;
   try {
-    const key = createHash('sha256').update(secret).digest();
-    const decipher = createDecipheriv('aes-256-ctr', key, Buffer.from(blob.slice(0, 32), 'hex'));
+    const decipher = createDecipheriv('aes-256-ctr', credentialKey(secret), Buffer.from(blob.slice(0, 32), 'hex'));
     const v: unknown = JSON.parse(decipher.update(blob.slice(32), 'base64', 'utf8') + decipher.final('utf8'));
     return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
   } catch {

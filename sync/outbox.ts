@@ -533,7 +533,6 @@ export class LevelOutbox implements Outbox {
   /** When the last head lookup started (performance.now(): a rate limit, not logic). */
   private lastRefreshAt = Number.NEGATIVE_INFINITY;
   private refreshTimer: NodeJS.Timeout | null = null;
-  /** Commits that changed the recent ring, and the last one its snapshot holds. */
   /** Events pushed to the recent ring, and how many of them the snapshot had when last written. */
   private recentVersion = 0;
   private recentSavedVersion = 0;

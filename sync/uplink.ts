@@ -669,8 +669,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     batch.sentAt = this.clock.now();
     this.waitingSince ??= batch.sentAt;
     client.publish(this.topics.events, payload, { qos: 1 }, (err) => this.onPuback(client, batch, err));
-    this.markSent(batch.pending.ranges());
     if (this.cfg.ack === 'central') {
+      // What a central's ack may delete (with ack: broker the PUBACK is the ack).
+      this.markSent(batch.pending.ranges());
       // Jittered so that a window sent together does not time out (and resend) together.
       const ms = Math.round(this.ackTimeoutMs * this.ackBackoff * (0.8 + 0.4 * this.random()));
       batch.timeoutMs = ms;
@@ -714,8 +715,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   /**
    * The central just acked, within half of `ackTimeoutMs`, a batch sent at
-   * `promptSentAt` (per kind). Batches of that kind sent a whole
-   * `ackTimeoutMs` before it and still unacked were lost (in a silent spell, say): they are resent now,
+   * `promptSentAt` (per kind). Batches sent a whole `ackTimeoutMs` before it
+   * and still unacked were lost (in a silent spell, say): they are resent now,
    * not when their paced timers fire (up to 8 × ackTimeoutMs later: an alarm
    * in one of them waited that long after the central was back). A central
    * slower than half the timeout never triggers this, so it cannot undo the
@@ -832,8 +833,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   }
 
   private markSent(ranges: Array<[number, number]>): void {
-    // With ack: broker nothing reads it (the PUBACK is the ack).
-    if (this.cfg.ack !== 'central' || ranges.length === 0) return;
+    if (ranges.length === 0) return;
     // A store rebuilt in this process starts a new epoch, its seqs from where it found them:
     // what was sent under the old one says nothing about the new one's seqs.
     if (this.sentEpoch !== this.outbox.epoch) {
@@ -947,7 +947,6 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.sentRanges = subtractRanges(this.sentRanges, ranges);
     const now = this.clock.now();
     let lagMs: number | undefined;
-    /** The send time of the latest batch this ack completed within half its timeout. */
     /** Per kind (critical or not): the send time of the latest batch this ack completed promptly. */
     const promptSentAt: { critical?: number; normal?: number } = {};
     for (const batch of [...this.inflight]) {
@@ -1078,7 +1077,6 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   });
 }
 
-/** Sort and merge overlapping or adjacent inclusive ranges. */
 /**
  * Drop the oldest ranges past `max` (in place). For the sent-seq record:
  * seqs sent and then evicted unacked are never acked, and left a range each
@@ -1109,6 +1107,7 @@ export function subtractRanges(a: Array<[number, number]>, b: ReadonlyArray<read
   return out;
 }
 
+/** Sort and merge overlapping or adjacent inclusive ranges. */
 function mergeRanges(ranges: Array<[number, number]>): Array<[number, number]> {
   const sorted = ranges.map(([a, b]): [number, number] => [a, b]).sort((x, y) => x[0] - y[0]);
   const out: Array<[number, number]> = [];

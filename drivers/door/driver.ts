@@ -206,9 +206,13 @@ export class ModbusDoorDriver implements Driver {
     return run;
   }
 
+  private stopping(): EdgewardError {
+    return new EdgewardError('EDGE_DRIVER_STOPPED', `${this.name} is stopping: command not run`);
+  }
+
   private async executeNow(cmd: CommandRequest): Promise<Record<string, unknown> | undefined> {
     // Queued behind a command when the driver was told to stop (a deploy): not started then.
-    if (!this.running) throw new EdgewardError('EDGE_DRIVER_STOPPED', `${this.name} is stopping: command not run`);
+    if (!this.running) throw this.stopping();
     this.commandRunning = true;
     try {
       return await this.executeCommand(cmd);
@@ -300,7 +304,7 @@ export class ModbusDoorDriver implements Driver {
     }
     // Stopped while the length was being written (a slow SD card, a deploy): not now, or the
     // unit kept the command's length with nobody left to put it back (seen in a review).
-    if (!this.running) throw new EdgewardError('EDGE_DRIVER_STOPPED', `${this.name} is stopping: command not run`);
+    if (!this.running) throw this.stopping();
     await bus.writeRegister(unit, reg, seconds, high);
     await bus.writeCoil(unit, coil, true, high);
     await this.restorePulse(bus, own);

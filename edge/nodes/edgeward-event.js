@@ -18,11 +18,7 @@ module.exports = function register(RED) {
     node.eventType = config.eventType || undefined;
     node.severity = config.severity || undefined;
     node.deviceName = deviceName(node, 'edgeward-event', nameOf(config), RED);
-    if (node.deviceName === undefined) {
-      node.status({ fill: 'red', shape: 'ring', text: 'error: EDGE_DUPLICATE_DEVICE' });
-      node.error(`edgeward-event: name ${JSON.stringify(config.name)} ends in spaces, and another node is named ${JSON.stringify(config.name.trimEnd())}: rename one`);
-      return;
-    }
+    if (node.deviceName === undefined) return; // marked on the node
     const api = edgewardApi(RED, node, 'edgeward-event');
     if (!api) return;
     node.status({});

@@ -75,14 +75,7 @@ function startDeviceNode(node, api, { type, driverType, name: given, props, RED 
   // would be two devices): an existing flow's node is trimmed and warned about, not stopped,
   // unless another node has the trimmed name.
   const name = deviceName(node, type, given, RED);
-  if (name === undefined) {
-    const trimmed = String(given).trimEnd();
-    const err = Object.assign(new Error(`device name ${JSON.stringify(given)} ends in spaces, and another node is named ${JSON.stringify(trimmed)}: rename one`), {
-      code: 'EDGE_DUPLICATE_DEVICE',
-    });
-    fail(node, type, String(given), err, 'register');
-    return undefined;
-  }
+  if (name === undefined) return undefined;
   let driver;
   try {
     driver = api.registry.createDriver(driverType, name, props, api.driverContext(name));
@@ -118,7 +111,6 @@ function startDeviceNode(node, api, { type, driverType, name: given, props, RED 
   return driver;
 }
 
-/** A node's device name without trailing spaces (said once on the node when it had some). */
 /** The device name an Edgeward node takes when its Name is empty. */
 const DEFAULT_NAMES = {
   'edgeward-door': (c) => `door-${c.unitId}`,
@@ -132,6 +124,11 @@ function nameOf(config) {
   return config.name || DEFAULT_NAMES[config.type]?.(config);
 }
 
+/**
+ * A node's device name without trailing spaces (said once on the node when it
+ * had some), or undefined, the node marked, when the trimmed name is another
+ * node's.
+ */
 function deviceName(node, type, given, RED) {
   const name = String(given).replace(/\s+$/u, '');
   if (name === given || name === '') return given;
@@ -144,7 +141,13 @@ function deviceName(node, type, given, RED) {
     const other = String(nameOf(n));
     if (other === name || other.replace(/\s+$/u, '') === name) taken = true;
   });
-  if (taken) return undefined;
+  if (taken) {
+    const err = Object.assign(new Error(`device name ${JSON.stringify(given)} ends in spaces, and another node is named ${JSON.stringify(name)}: rename one`), {
+      code: 'EDGE_DUPLICATE_DEVICE',
+    });
+    fail(node, type, String(given), err, 'register');
+    return undefined;
+  }
   node.warn(`${type}: device name ${JSON.stringify(given)} has trailing spaces: used as ${JSON.stringify(name)}`);
   return name;
 }
