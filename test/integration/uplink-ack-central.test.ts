@@ -2,29 +2,20 @@ import assert from 'node:assert/strict';
 import { systemClock } from '../../edge/clock.js';
 import { parseConfig } from '../../edge/config.js';
 import { makeEnvelope } from '../../edge/envelope.js';
-import { createLogger, type Logger, silentLogger } from '../../edge/log.js';
+import { silentLogger } from '../../edge/log.js';
 import { Runtime } from '../../edge/runtime.js';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { LevelOutbox } from '../../sync/outbox.js';
 import { Uplink } from '../../sync/uplink.js';
 import { type AckPolicy, startTestCentral, type TestCentral } from '../helpers/central.js';
 import { startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
+import { captureLogger } from '../helpers/log.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
 import { stopUplinkHarness } from '../helpers/uplink-harness.js';
 import { waitFor } from '../helpers/wait.js';
 
 const site = 'pengqu-qumei';
 const edge = 'gate-07';
-
-/** A pino logger whose records the test can read. */
-function captureLogger(): { log: Logger; lines: Array<Record<string, unknown>> } {
-  const lines: Array<Record<string, unknown>> = [];
-  const log = createLogger({
-    level: 'debug',
-    destination: { write: (s: string) => lines.push(JSON.parse(s)) },
-  });
-  return { log, lines };
-}
 
 describe('uplink, ack: central (integration, Mosquitto + LevelOutbox)', function () {
   this.timeout(30_000);

@@ -6,13 +6,14 @@ import type { Clock } from '../../edge/clock.js';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { type EventType, makeEnvelope } from '../../edge/envelope.js';
 import { EdgewardError, isEdgewardError } from '../../edge/errors.js';
-import { createLogger, type Logger, silentLogger } from '../../edge/log.js';
+import { type Logger, silentLogger } from '../../edge/log.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { encodeBatch } from '../../sync/batch-codec.js';
 import { keepNewestRanges, maxEventBytes, normalizeRanges, PendingSeqs, publishPacketBytes, subtractRanges, Uplink } from '../../sync/uplink.js';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { freePort, startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
 import { ManualClock } from '../helpers/clock.js';
+import { captureLogger } from '../helpers/log.js';
 import { tmpDir } from '../helpers/tmp.js';
 import { delay, waitFor } from '../helpers/wait.js';
 
@@ -312,10 +313,9 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
   });
 
   it('logs a silent central once, then at most once a minute with what was resent meanwhile; again once acks flowed', async () => {
-    const lines: Array<{ msg: string; batches?: number }> = [];
-    const log = createLogger({ level: 'info', destination: { write: (l: string) => void lines.push(JSON.parse(l)) } });
+    const { log, lines } = captureLogger('info');
     const { clock, c } = await unackedOnClock({ maxInflight: 4 }, log);
-    const about = () => lines.filter((l) => /no ack from central/.test(l.msg));
+    const about = () => lines.filter((l) => /no ack from central/.test(String(l.msg))) as Array<{ msg: string; batches?: number }>;
     await append(40); // 4 batches in flight
     await waitFor(() => c.batches.length === 4, { message: 'sent' });
     for (let round = 1; round <= 3; round++) {
@@ -388,8 +388,7 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
   });
 
   it('what was sent under one epoch does not let an ack of a new epoch (a store rebuilt meanwhile) delete unsent seqs', async () => {
-    const lines: Array<{ msg: string }> = [];
-    const log = createLogger({ level: 'info', destination: { write: (l: string) => void lines.push(JSON.parse(l)) } });
+    const { log, lines } = captureLogger('info');
     const { c } = await unackedOnClock({}, log);
     await append(1);
     await waitFor(() => c.batches.length === 1, { message: 'seq 1 sent' });
@@ -397,7 +396,7 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     Object.defineProperty(outbox, 'epoch', { get: () => '01NEWEPOCH0000000000000000', configurable: true });
     await c.publishRawAck(JSON.stringify({ epoch: '01NEWEPOCH0000000000000000', seqs: [[1, 1]] }));
     // Either it is ignored (and said so) or it deletes seq 1.
-    await waitFor(() => outbox.stats().events === 0 || lines.some((l) => /not in flight/.test(l.msg)), { message: 'the ack handled' });
+    await waitFor(() => outbox.stats().events === 0 || lines.some((l) => /not in flight/.test(String(l.msg))), { message: 'the ack handled' });
     assert.equal(outbox.stats().events, 1, 'seq 1 not deleted by an ack naming the new epoch');
   });
 
