@@ -14,6 +14,14 @@ export interface DriverContext {
   log: Logger;
   /** Emit an event (goes to the bus, then rules and the outbox). */
   emit(event: EventInput): void;
+  /**
+   * Count one error this device met (a failed poll, a camera fault, a line
+   * that did not read, a port that did not open) in
+   * `edgeward_driver_errors_total{device, code}`: an operator sees a flaky
+   * line before the device goes offline. `code` is an error code or errno.
+   * The runtime's context has it; tests that do not count may leave it out.
+   */
+  error?(code: string): void;
   /** Site key for card pseudonyms (`privacy.siteKey`), and whether raw cards are allowed. */
   privacy: { siteKey: string; rawCards: boolean };
   /**

@@ -112,7 +112,9 @@ export function defaultSeverity(type: EventType): Severity {
 
 /**
  * Trilingual texts (Chinese, Tibetan, English) for the types that are warning
- * or critical by default. `{device}` is replaced by the source device name.
+ * or critical by default, and for the alerts drivers raise. `{device}` is
+ * replaced by the source device name. Other types get GENERIC_MESSAGES, which
+ * shows the type itself: officers reading zh or bo would see a code.
  */
 export const MESSAGES: Partial<Record<string, Messages>> = {
   'access.denied': {
@@ -129,6 +131,12 @@ export const MESSAGES: Partial<Record<string, Messages>> = {
     zh: '{device}：门长时间未关闭',
     bo: '{device}：སྒོ་དུས་ཡུན་རིང་པོར་ཕྱེ་ནས་བཞག་ཡོད།',
     en: '{device}: door held open',
+  },
+  // The door driver's tamper switch (an `alert.<rule>` type, critical while active).
+  'alert.door_tamper': {
+    zh: '{device}：门禁控制器被撬动或打开（防拆报警）',
+    bo: '{device}：སྒོའི་ཚོད་འཛིན་སྒྲིག་ཆས་ལ་ལག་འཛུགས་བྱས་ཡོད།',
+    en: '{device}: door controller tampered with (tamper switch)',
   },
   'fire.alarm': {
     zh: '{device}：火灾报警！请立即疏散',

@@ -420,6 +420,7 @@ export class Runtime {
       // line carry "module" and "device" twice, and a shared bus logged as its first door).
       log: this.rootLog,
       emit: (event) => this.bus.emit('event.input', event),
+      error: (code) => this.metrics.driverError(device, code),
       privacy: this.config.privacy,
       state: this.driverState?.scope(device),
       // ' units': no device is named so (a name never starts with a space).

@@ -202,6 +202,7 @@ export class CardReaderDriver implements Driver {
       // A reader at the wrong baud rate sends lines that never match: the node said "online"
       // and nothing else (seen in a technician review). Counted until a card reads, on the node.
       this.unreadable++;
+      this.ctx.error?.('EDGE_CARD_UNREADABLE');
       if (this.unreadable === 1 || this.unreadable % 10 === 0) this.publishState();
       return;
     }
@@ -222,6 +223,8 @@ export class CardReaderDriver implements Driver {
   private setOnline(online: boolean, reason?: string): void {
     // An errno (ENOENT: no such port, EACCES: not in dialout) says more in a node's status than a message.
     this.reason = online ? undefined : (/\b(E[A-Z]{3,})\b/.exec(reason ?? '')?.[1] ?? /No such file/i.exec(reason ?? '')?.[0] ?? reason);
+    // Every failed open counts, not only the first: a port that keeps dropping shows in the metric.
+    if (!online) this.ctx.error?.('EDGE_SERIAL_UNAVAILABLE');
     if (this.online === online) return;
     // At start a missing port is reported offline once; afterwards only changes are.
     this.online = online;

@@ -522,6 +522,7 @@ export class ModbusDoorDriver implements Driver {
     this.failures++;
     const code = (err as EdgewardError).code ?? 'EDGE_DRIVER_ERROR';
     this.lastError = code;
+    this.ctx.error?.(code);
     if (this.failures >= (this.opts.offlineAfter ?? 3) && this.online !== false) {
       this.online = false;
       this.log.warn({ code, failures: this.failures }, 'door controller offline');

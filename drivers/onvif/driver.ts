@@ -346,6 +346,7 @@ export class OnvifCameraDriver implements Driver {
     const e = isEdgewardError(err) ? err : new EdgewardError('EDGE_ONVIF_ERROR', String((err as Error)?.message ?? err), { cause: err });
     this.failures++;
     this.lastError = `${e.code}: ${e.message}`;
+    this.ctx.error?.(e.code);
     this.dropSubscription(e);
     const network = NETWORK_CODES.has(e.code);
     // A refused UsernameToken is most often a camera clock that stepped (NTP sync, power cut): the library reads the

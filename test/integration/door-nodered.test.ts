@@ -236,6 +236,16 @@ describe('edgeward door nodes wired wrong (integration)', function () {
     await shows('sp', 'error: EDGE_DEVICE_NAME');
     await shows('b', 'error: EDGE_CONFIG_INVALID');
     await shows('c', 'offline: no reply: check unit id, baud, wiring (EDGE_MODBUS_TIMEOUT)');
+    // Each failed poll is counted, before and after the unit went offline; the healthy unit has none.
+    const errors = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${runtime.port}/metrics`)).text();
+      const count = (device: string) =>
+        Number(new RegExp(`^edgeward_driver_errors_total\\{device="${device}",code="EDGE_MODBUS_TIMEOUT"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
+      return { c: count('door-c'), a: count('door-a') };
+    };
+    let seen = { c: 0, a: 0 };
+    await waitFor(async () => (seen = await errors()).c >= 4, { message: () => `door-c's timeouts counted: ${JSON.stringify(seen)}` });
+    assert.equal((await errors()).a, 0);
     await shows('tr', 'online');
     await shows('ta', 'error: EDGE_DUPLICATE_DEVICE');
     await shows('t5', 'error: EDGE_DUPLICATE_DEVICE');

@@ -10,8 +10,9 @@ import { CameraSim } from '../../hardware/sim/camera-sim.js';
 import { waitFor } from '../helpers/wait.js';
 
 /** A driver context that records what the driver emits. */
-function recordingContext(): DriverContext & { events: EventInput[] } {
+function recordingContext(): DriverContext & { events: EventInput[]; errors: string[] } {
   const events: EventInput[] = [];
+  const errors: string[] = [];
   const bus = new EventBus();
   return {
     bus,
@@ -19,6 +20,8 @@ function recordingContext(): DriverContext & { events: EventInput[] } {
     log: process.env.ONVIF_DEBUG ? createLogger({ level: 'debug' }) : silentLogger(),
     privacy: { siteKey: 'k', rawCards: false },
     events,
+    errors,
+    error: (code) => void errors.push(code),
     emit: (e) => {
       events.push(e);
       bus.emit('event.input', e);
@@ -278,6 +281,7 @@ describe('onvif driver against the camera simulator (real HTTP)', function () {
     await waitFor(() => ofType('device.offline').length === 1, { message: 'device.offline' });
     assert.deepEqual(driver.state().online, false);
     assert.equal(driver.state().reason, 'EDGE_ONVIF_AUTH');
+    assert.equal(ctx.errors[0], 'EDGE_ONVIF_AUTH', 'counted for edgeward_driver_errors_total');
   });
 
   it('reports a state from a new subscription\'s Initialized snapshot only when it differs from the last known one', async () => {

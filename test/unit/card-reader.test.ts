@@ -24,6 +24,7 @@ describe('card reader over a serial PTY', function () {
   let registry: Registry;
   const events: EventInput[] = [];
   const logs: string[] = [];
+  const errors: string[] = [];
 
   async function openReaderEnd(): Promise<SerialPort> {
     const p = new SerialPort({ path: pty.b, baudRate: 9600, autoOpen: false });
@@ -57,6 +58,7 @@ describe('card reader over a serial PTY', function () {
       clock: systemClock,
       log: createLogger({ level: 'debug', destination: { write: (s: string) => void logs.push(s) } }),
       emit: (e: EventInput) => void events.push(e),
+      error: (code: string) => void errors.push(code),
       privacy: { siteKey: 'site', rawCards: false },
     };
     driver = registry.createDriver(
@@ -94,10 +96,13 @@ describe('card reader over a serial PTY', function () {
 
   it('says on the node when lines do not read (a wrong baud rate or pattern), until a card reads again', async () => {
     events.length = 0;
+    errors.length = 0;
     reader.write('\u00f8\u0080x\r\n');
     reader.write('W27:123\r\n');
     await waitFor(() => driver.state().note === '2 unreadable lines: check baud, pattern', { message: () => `note: ${driver.state().note}` });
     assert.equal(driver.state().online, true);
+    // And in edgeward_driver_errors_total, where monitoring sees it.
+    assert.deepEqual(errors.splice(0), ['EDGE_CARD_UNREADABLE', 'EDGE_CARD_UNREADABLE']);
     reader.write('W26:4242\r\n');
     await waitFor(() => events.length === 1, { message: 'the card read' });
     assert.equal(driver.state().note, undefined);
