@@ -72,6 +72,7 @@ function profileTypes(): Map<number, string> {
 export async function scanModbus(
   opts: ModbusBusOptions & { units: number[] },
   onFound?: (u: ScannedUnit) => void,
+  onOpen?: () => void,
 ): Promise<ScannedUnit[]> {
   const bus = new ModbusBus({ ...opts, reconnectMaxMs: 1000 }, { clock: systemClock, log: silentLogger() });
   await bus.start();
@@ -80,8 +81,12 @@ export async function scanModbus(
   try {
     const deadline = Date.now() + 3000;
     while (!bus.isConnected && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    if (!bus.isConnected)
-      throw new EdgewardError('EDGE_MODBUS_OPEN', `cannot open ${bus.label}: ${bus.openError ?? 'no connection within 3 s'}`);
+    if (!bus.isConnected) {
+      // The link's own message names the bus already ("cannot connect to host:port: …"): said once.
+      const why = bus.openError?.replace(/^cannot (?:open|connect to) \S+: /, '') ?? 'no connection within 3 s';
+      throw new EdgewardError('EDGE_MODBUS_OPEN', `cannot open ${bus.label}: ${why}`);
+    }
+    onOpen?.();
     for (const unit of opts.units) {
       let u: ScannedUnit | undefined;
       try {
@@ -140,13 +145,17 @@ export function scanModbusCommand(io: CliIo = stdio): Command {
       io.out(
         `scanning ${units.length} unit id(s) on ${o.tcp ? `${o.tcp.host}:${o.tcp.port}` : `${o.serial} @ ${o.baud}`} (timeout ${timeoutMs} ms)`,
       );
-      io.out('unit  device type  firmware  profile');
-      const found = await scanModbus({ ...bus, units }, (u) => {
-        const fw = u.firmware === undefined ? '-' : `${u.firmware >> 8}.${u.firmware & 0xff}`;
-        io.out(
-          `${String(u.unit).padEnd(4)}  ${hex(u.deviceType).padEnd(11)}  ${fw.padEnd(8)}  ${u.profile ?? u.note ?? 'unknown'}`,
-        );
-      });
+      const found = await scanModbus(
+        { ...bus, units },
+        (u) => {
+          const fw = u.firmware === undefined ? '-' : `${u.firmware >> 8}.${u.firmware & 0xff}`;
+          io.out(
+            `${String(u.unit).padEnd(4)}  ${hex(u.deviceType).padEnd(11)}  ${fw.padEnd(8)}  ${u.profile ?? u.note ?? 'unknown'}`,
+          );
+        },
+        // The table's header once the bus is open: a bus that does not open prints only why.
+        () => io.out('unit  device type  firmware  profile'),
+      );
       io.out(`${found.length} unit(s) answered`);
     });
 }

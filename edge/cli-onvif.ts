@@ -57,14 +57,16 @@ export function simCameraCommand(io: CliIo = stdio): Command {
     .option('--host <addr>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'HTTP port (0 = any)', intArg(0, 65535), 8899)
     .option('--discovery-port <n>', 'UDP port answering unicast WS-Discovery probes (0 = any)', intArg(0, 65535), 0)
-    .option('--multicast', 'also answer multicast probes on 239.255.255.250:3702')
+    .option('--multicast', 'answer multicast probes on 239.255.255.250:3702 instead of unicast ones on --discovery-port')
     .option('--username <user>', 'camera user', 'admin')
     .option('--password <password>', 'camera password', 'admin')
     .option('--model <model>', 'model', 'SimCam-200')
     .option('--firmware <v>', 'firmware version', '1.4.2')
     .option('--name <name>', 'name in discovery scopes', 'entrance-cam')
     .option('--motion-every <s>', 'emit motion on/off every S seconds (0 = never)', intArg(0, 86400), 0)
-    .action(async (o: Record<string, string | boolean | undefined>) => {
+    .action(async (o: Record<string, string | boolean | undefined>, cmd: Command) => {
+      if (o.multicast && cmd.getOptionValueSource('discoveryPort') === 'cli')
+        throw new InvalidArgumentError('give --multicast or --discovery-port, not both: a multicast camera answers on 3702');
       const sim = new CameraSim({
         host: String(o.host),
         port: Number(o.port),

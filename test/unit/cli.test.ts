@@ -53,8 +53,10 @@ describe('edgeward CLI usage errors', function () {
     const r = cli('scan', 'modbus', '--tcp', '127.0.0.1:1', '--units', '1');
     assert.equal(r.status, 1);
     // With the reason: a technician tells a missing adapter or a refused port from a silent bus.
-    assert.match(r.stderr, /^edgeward: EDGE_MODBUS_OPEN: cannot open 127\.0\.0\.1:1: .*ECONNREFUSED/m);
+    assert.match(r.stderr, /^edgeward: EDGE_MODBUS_OPEN: cannot open 127\.0\.0\.1:1: connect ECONNREFUSED/m);
     assert.doesNotMatch(r.stderr, /\n\s+at /);
+    // No empty table before the error.
+    assert.doesNotMatch(r.stdout, /device type/);
   });
 
   it('a scan whose link drops fails (exit 1) instead of listing every unit id as present', async () => {
@@ -81,6 +83,8 @@ describe('edgeward CLI usage errors', function () {
       [['sim', 'door', '--tcp', 'abc'], /option '--tcp <port>' argument 'abc' is invalid/],
       [['sim', 'door', '--tcp', '0', '--doors', '9'], /option '--doors <n>' argument '9' is invalid. must be an integer from 1 to 4/],
       [['sim', 'camera', '--port', '99999'], /option '--port <n>' argument '99999' is invalid/],
+      // --multicast answers on 3702 instead: a port given with it would be ignored without a word.
+      [['sim', 'camera', '--multicast', '--discovery-port', '4000'], /give --multicast or --discovery-port, not both/],
       [['discover', 'onvif', '--no-multicast', '--username', 'a"b'], /option '-u, --username <user>' argument 'a"b' is invalid. must not contain a double quote/],
     ];
     for (const [args, want] of cases) {
