@@ -244,7 +244,13 @@ describe('edgeward door nodes wired wrong (integration)', function () {
       return { c: count('door-c'), a: count('door-a') };
     };
     let seen = { c: 0, a: 0 };
-    await waitFor(async () => (seen = await errors()).c >= 4, { message: () => `door-c's timeouts counted: ${JSON.stringify(seen)}` });
+    await waitFor(
+      async () => {
+        seen = await errors();
+        return seen.c >= 4;
+      },
+      { message: () => `door-c's timeouts counted: ${JSON.stringify(seen)}` },
+    );
     assert.equal((await errors()).a, 0);
     await shows('tr', 'online');
     await shows('ta', 'error: EDGE_DUPLICATE_DEVICE');
