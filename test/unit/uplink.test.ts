@@ -528,6 +528,48 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     }
   });
 
+  it('a link lost with many publishes pending logs two lines, not one per batch', async () => {
+    const frozen = await startMosquitto();
+    const { log, lines } = captureLogger('info');
+    try {
+      central = await startTestCentral({ url: frozen.url, site, edge, ack: false });
+      const cfg: UplinkConfig = { url: frozen.url, ack: 'central', batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 }, compress: 'gzip', maxInflight: 16 };
+      // Keepalive 1 s: a frozen broker is noticed in ~1.5 s, with every publish since still pending.
+      const u = new Uplink({ config: cfg, site, edge, version: 't', outbox, log, reconnectMinMs: 50, reconnectMaxMs: 300, keepaliveS: 1 });
+      uplink = u;
+      let published = 0;
+      u.on('publish', () => {
+        published++;
+      });
+      await u.start();
+      await waitFor(() => u.status().connected, { message: 'connected' });
+      process.kill(frozen.pid, 'SIGSTOP');
+      try {
+        await append(120); // 12 batches, none PUBACKed: the broker reads nothing
+        await waitFor(() => !u.status().connected, { timeoutMs: 10_000, message: 'keepalive noticed the frozen broker' });
+      } finally {
+        process.kill(frozen.pid, 'SIGCONT');
+      }
+      const failed = lines.filter((l) => /failed/.test(String(l.msg)));
+      assert.deepEqual(
+        failed.map((l) => l.msg),
+        ['batch publish failed; will resend', 'more batches failed with the connection; will resend'],
+        JSON.stringify(failed),
+      );
+      assert.ok(published >= 2, `published ${published}`);
+      assert.equal((failed[1] as { batches?: number }).batches, published - 1, 'the first is on its own line');
+      // And nothing is lost for it: the batches go again once the broker answers.
+      central.setAck(true);
+      await waitFor(() => outbox.stats().events === 0, { timeoutMs: 15_000, message: 'resent and acked after the freeze' });
+    } finally {
+      await uplink?.stop();
+      uplink = undefined;
+      await central?.close();
+      central = undefined;
+      await frozen.stop();
+    }
+  });
+
   it('start() fails clearly when a TLS file is missing', async () => {
     const u = make({ url: 'mqtts://127.0.0.1:8883', ca: '/nonexistent/ca.pem' });
     await assert.rejects(u.start(), (err: unknown) => isEdgewardError(err, 'EDGE_UPLINK_TLS'));
