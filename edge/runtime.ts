@@ -471,6 +471,8 @@ export class Runtime {
       const w = s?.writeError;
       // Disk full or an I/O error: every event is refused until a write succeeds.
       if (w) problems.push(`outbox cannot store events since ${w.since} (${w.failures} failed writes): ${w.message}`);
+      if (s?.reserveReleasedAt)
+        problems.push(`disk full since ${s.reserveReleasedAt}: the outbox is writing in its disk reserve; free space on this disk`);
       const c = s?.corruption;
       if (c) problems.push(`outbox store damaged since ${c.since}, repair pending: ${c.message}`);
       const pending = s?.writePendingMs;

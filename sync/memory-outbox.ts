@@ -48,6 +48,8 @@ export class MemoryOutbox implements Outbox {
   private readonly listeners = new Set<(severities: Set<Severity>) => void>();
   private readonly recentRing = new RecentRing();
   private pendingOverflow: { seq: number; data: OverflowData } | null = null;
+  /** Events evicted so far (OverflowData.evictedTotal). */
+  private evictedTotal = 0;
   /** Serializes writes like the LevelDB writer loop, so awaits inside never interleave. */
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -170,6 +172,7 @@ export class MemoryOutbox implements Outbox {
     const hasCritical = seqd.some((e) => e.severity === 'critical');
     const over = this.totalBytes() + size - this.opts.maxBytes;
     let tally: OverflowTally | null = null;
+    let folded = 0;
     if (over > 0) {
       const victims = EVICTABLE;
       let evictable = 0;
@@ -186,9 +189,13 @@ export class MemoryOutbox implements Outbox {
           tally ??= new OverflowTally();
           // Same as LevelOutbox: an overflow event evicted here, read or not, is folded in.
           const handedOut = seq !== this.pendingOverflow?.seq && h.type === 'edge.outbox_overflow' ? overflowDataOf(h.json) : null;
-          if (seq === this.pendingOverflow?.seq) tally.merge(this.pendingOverflow.data);
-          else if (handedOut) tally.supersede(handedOut.id, handedOut);
-          else tally.add(seq, severity, h.bytes, h.type, h.ts);
+          if (seq === this.pendingOverflow?.seq) {
+            folded += this.pendingOverflow.data.evicted;
+            tally.merge(this.pendingOverflow.data);
+          } else if (handedOut) {
+            folded += handedOut.evicted;
+            tally.supersede(handedOut.id, handedOut);
+          } else tally.add(seq, severity, h.bytes, h.type, h.ts);
           freed += h.bytes;
         }
       }
@@ -201,6 +208,9 @@ export class MemoryOutbox implements Outbox {
       this.put(e, jsons[i]);
     });
     if (tally) {
+      // Same as LevelOutbox: the epoch's count of evicted events, reports not counted.
+      this.evictedTotal += tally.evicted - folded;
+      tally.total = this.evictedTotal;
       // Same as LevelOutbox: an overflow event no reader has seen yet is replaced by a merged one.
       const prev = this.pendingOverflow;
       if (prev && this.store.warning.has(prev.seq)) {

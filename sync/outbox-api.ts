@@ -30,6 +30,12 @@ export interface OutboxStats {
   writePendingMs?: number;
   /** Writes that failed since the store was opened, when any did (a counter: it never goes down). */
   writeFailures?: number;
+  /**
+   * Present while the disk reserve (`<dir>.reserve`) is released: the disk
+   * filled, and the store writes in the room the reserve left. Someone must
+   * free space before that runs out too.
+   */
+  reserveReleasedAt?: string;
 }
 
 /** See `OutboxStats.writeError`. */

@@ -1,5 +1,5 @@
-import { readdir, rename, stat, statfs, unlink, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { open as openFile, readdir, rename, stat, statfs, unlink, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { Level } from 'level';
 import { type Clock, systemClock } from '../edge/clock.js';
 import { type Envelope, isSeverity, makeEnvelope, newId, type Severity, withSeq } from '../edge/envelope.js';
@@ -56,6 +56,20 @@ const SEQ_END = '~';
  * writes; an idle memtable holds only what was written since its last flush.
  */
 const WRITE_BUFFER_BYTES = 32 << 20;
+/**
+ * Disk space held back for the store: a file of zeros beside it
+ * (`<dir>.reserve`), deleted when the disk is full and the store must write
+ * anyway. A box whose disk filled and then lost power (or was kill -9'd) did
+ * not start again: LevelDB's recovery writes its log into a table, had no
+ * room, and the runtime exited into the same failure at every restart, door
+ * alarms unread, until someone freed space (found by a chaos run). Room for
+ * a full log (the memtable's size) and some writes after it. It is written
+ * only while the disk has twice its size free, so it never takes the last
+ * space, and put back once it has again.
+ */
+const RESERVE_BYTES = WRITE_BUFFER_BYTES + (8 << 20);
+/** How often a missing or short reserve is looked at. */
+const RESERVE_CHECK_MS = 10 * 60_000;
 /** Most report ids an overflow report lists in `supersedes` (the newest). */
 const MAX_SUPERSEDES = 64;
 /** Room kept for the overflow event itself when evicting. */
@@ -205,6 +219,8 @@ interface Meta {
   maxBytes: number;
   counts: Counts;
   heads: Heads;
+  /** Events evicted in this epoch so far (see `OverflowData.evictedTotal`); absent while none. */
+  evictedTotal?: number;
 }
 
 function emptyCounts(): Counts {
@@ -282,9 +298,18 @@ export interface OverflowData {
    * this one includes. A central that stored one of them subtracts it.
    * At most the 64 newest: supersession is transitive (a report replaces
    * what the reports it names replaced), so a central resolves a longer
-   * chain from the reports it holds.
+   * chain from the reports it holds, but a report cut from every list is
+   * counted twice by such a central: count with `evictedTotal` instead.
    */
   supersedes?: string[];
+  /**
+   * Added field: the events evicted in this epoch up to and including this
+   * report (kept in the store's meta record). Exact for a central whatever
+   * reports it missed, got twice or got replaced: the epoch's loss is the
+   * largest `evictedTotal` it has seen. Absent from reports of a version
+   * before 2026-12-06.
+   */
+  evictedTotal?: number;
 }
 
 /**
@@ -307,6 +332,8 @@ export class OverflowTally {
   fromSeq: number | null = null;
   toSeq: number | null = null;
   readonly supersedes: string[] = [];
+  /** `evictedTotal` of the report, set by the store (never merged: the newest count is the count). */
+  total: number | undefined;
 
   add(seq: number, severity: 'info' | 'warning', bytes: number, type: string, ts: string): void {
     this.evicted++;
@@ -340,7 +367,10 @@ export class OverflowTally {
     if (d.toTs && (this.toTs === null || d.toTs > this.toTs)) this.toTs = d.toTs;
     if (d.fromSeq !== null && (this.fromSeq === null || d.fromSeq < this.fromSeq)) this.fromSeq = d.fromSeq;
     if (d.toSeq !== null && (this.toSeq === null || d.toSeq > this.toSeq)) this.toSeq = d.toSeq;
-    for (const id of d.supersedes ?? []) if (!this.supersedes.includes(id)) this.supersedes.push(id);
+    // Its ids are older than those folded in already: put them first, so that the cap cuts the
+    // oldest (appended, a merged pending report's long list cut the ids folded in by this write).
+    const older = (d.supersedes ?? []).filter((id) => !this.supersedes.includes(id));
+    this.supersedes.unshift(...older);
     this.capSupersedes();
   }
 
@@ -362,6 +392,7 @@ export class OverflowTally {
       fromSeq: this.fromSeq,
       toSeq: this.toSeq,
       ...(this.supersedes.length > 0 ? { supersedes: [...this.supersedes] } : {}),
+      ...(this.total !== undefined ? { evictedTotal: this.total } : {}),
     };
   }
 
@@ -430,6 +461,8 @@ export interface LevelOutboxOptions {
   recentMaxAgeMs?: number;
   /** Most events one write evicts (default MAX_EVICTIONS_PER_WRITE; tests). */
   maxEvictionsPerWrite?: number;
+  /** Bytes of the disk reserve `<dir>.reserve` (default RESERVE_BYTES; 0: none). */
+  reserveBytes?: number;
 }
 
 interface AppendJob {
@@ -552,6 +585,10 @@ export class LevelOutbox implements Outbox {
   private lastReopenAt = Number.NEGATIVE_INFINITY;
   /** When the write on its way to disk started (null: none): a card that hangs on fsync shows here. */
   private writingSince: number | null = null;
+  /** Since when the disk reserve is released and not yet written back (see RESERVE_BYTES). */
+  private reserveReleasedAt: string | null = null;
+  private reserving: Promise<void> | null = null;
+  private reserveTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: LevelOutboxOptions) {
     this.log = (opts.log ?? silentLogger()).child({ module: 'sync/outbox' });
@@ -582,6 +619,9 @@ export class LevelOutbox implements Outbox {
       this.recentTimer = setInterval(() => void this.saveRecent(false, false), this.opts.recentSaveMs ?? RECENT_SAVE_MS);
       this.recentTimer.unref();
       if (PRIORITY.some((sev) => meta.heads[sev]?.stale)) this.refreshHeads();
+      void this.ensureReserve();
+      this.reserveTimer = setInterval(() => void this.ensureReserve(), RESERVE_CHECK_MS);
+      this.reserveTimer.unref();
     } catch (err) {
       this.db = null;
       this.meta = null;
@@ -626,13 +666,21 @@ export class LevelOutbox implements Outbox {
     try {
       return await this.openStore();
     } catch (err) {
-      // A disk that refuses (full, read-only, no permission) is not damage: RepairDB would
-      // fail to write its tables and archive the logs it could not convert (measured: a full
-      // disk at open turned 2,000 stored events into an empty store). Leave the store as it
-      // is; the runtime exits and its supervisor tries again once the disk has room.
-      if (isEdgewardError(err, 'EDGE_OUTBOX_LOCKED') || !isDamage(err)) throw err;
       firstErr = err;
     }
+    // A full disk: the recovery of the log had no room for its table. The reserve is for this.
+    if (isNoSpace(firstErr) && (await this.releaseReserve('the store did not open'))) {
+      try {
+        return await this.openStore();
+      } catch (err) {
+        firstErr = err;
+      }
+    }
+    // A disk that refuses (full, read-only, no permission) is not damage: RepairDB would
+    // fail to write its tables and archive the logs it could not convert (measured: a full
+    // disk at open turned 2,000 stored events into an empty store). Leave the store as it
+    // is; the runtime exits and its supervisor tries again once the disk has room.
+    if (isEdgewardError(firstErr, 'EDGE_OUTBOX_LOCKED') || !isDamage(firstErr)) throw firstErr;
     const dir = this.opts.dir;
     this.log.error({ err: firstErr, dir }, 'outbox store does not open: repairing it');
     let repairErr: unknown;
@@ -724,6 +772,8 @@ export class LevelOutbox implements Outbox {
     // Opening recovers the log into a table: on a disk without room for it the open fails and
     // the store is shut until there is room. Until then keep the old handle: writes stay
     // refused, but reads go on, so the uplink still delivers what is stored.
+    // A full disk: the reserve makes room for the reopen and for the writes after it (alarms).
+    if (isNoSpace(this.writeError?.message)) await this.releaseReserve('writes failed: no space left');
     const room = await this.room(1);
     if (room.free < room.need) {
       this.log.debug(room, 'outbox: no room to reopen yet; reads go on, writes stay refused');
@@ -802,6 +852,65 @@ export class LevelOutbox implements Outbox {
     }
   }
 
+  /** The disk reserve's path: beside the store, on the same disk (LevelDB leaves files it does not know alone, but a repair need not meet it). */
+  private get reservePath(): string {
+    return `${this.opts.dir}.reserve`;
+  }
+
+  /**
+   * Write the disk reserve, or what is missing of it, while the disk has
+   * room for twice that (see RESERVE_BYTES). A write that fails keeps what
+   * it wrote: a short reserve is still a reserve.
+   */
+  private ensureReserve(): Promise<void> {
+    const size = this.opts.reserveBytes ?? RESERVE_BYTES;
+    if (size <= 0 || this.reserving) return this.reserving ?? Promise.resolve();
+    this.reserving = (async () => {
+      const path = this.reservePath;
+      try {
+        const have = await stat(path).then(
+          (st) => st.size,
+          () => 0,
+        );
+        if (have < size) {
+          const fs = await statfs(dirname(path));
+          if (fs.bavail * fs.bsize < 2 * (size - have)) return;
+          const fh = await openFile(path, 'a', 0o600);
+          try {
+            const zeros = Buffer.alloc(1 << 20);
+            for (let at = have; at < size; at += zeros.length) await fh.write(zeros, 0, Math.min(zeros.length, size - at));
+            await fh.sync();
+          } finally {
+            await fh.close();
+          }
+        }
+        if (this.reserveReleasedAt) this.log.warn({ bytes: size, releasedAt: this.reserveReleasedAt }, 'outbox disk reserve written back');
+        this.reserveReleasedAt = null;
+      } catch (err) {
+        this.log.debug({ err }, 'outbox: disk reserve not written');
+      } finally {
+        this.reserving = null;
+      }
+    })();
+    return this.reserving;
+  }
+
+  /** Delete the disk reserve (the disk is full and the store must write); false when there is none. */
+  private async releaseReserve(why: string): Promise<boolean> {
+    await this.reserving;
+    let bytes: number;
+    try {
+      bytes = (await stat(this.reservePath)).size;
+      await unlink(this.reservePath);
+    } catch {
+      return false;
+    }
+    if (bytes === 0) return false;
+    this.reserveReleasedAt = new Date(this.clock.now()).toISOString();
+    this.log.error({ bytes, why }, 'disk full: released the outbox disk reserve so that events are stored again; free space on this disk');
+    return true;
+  }
+
   /**
    * RepairDB, only with room for it: where it cannot write a table it archives
    * the log it came from into `lost/`, events and all. So it runs only when
@@ -873,6 +982,9 @@ export class LevelOutbox implements Outbox {
     await this.refreshing;
     if (this.recentTimer) clearInterval(this.recentTimer);
     this.recentTimer = null;
+    if (this.reserveTimer) clearInterval(this.reserveTimer);
+    this.reserveTimer = null;
+    await this.reserving;
     await this.recentSaving;
     await this.saveRecent(true);
     const db = this.db;
@@ -1061,6 +1173,7 @@ export class LevelOutbox implements Outbox {
     if (this.writeError) s.writeError = { ...this.writeError };
     if (this.corruption) s.corruption = { ...this.corruption };
     if (this.writingSince !== null) s.writePendingMs = Math.max(0, this.clock.now() - this.writingSince);
+    if (this.reserveReleasedAt) s.reserveReleasedAt = this.reserveReleasedAt;
     return s;
   }
 
@@ -1329,9 +1442,12 @@ export class LevelOutbox implements Outbox {
 
     let overflowWritten: { seq: number; bytes: number; data: OverflowData } | null = null;
     let evictedNow = 0;
+    let evictedTotal = meta.evictedTotal ?? 0;
     if (tally) {
       const t = tally as OverflowTally;
       evictedNow = t.evicted - foldedIn;
+      evictedTotal += evictedNow;
+      t.total = evictedTotal;
       const prev = this.pendingOverflow;
       if (prev && !deleted.has(prev.seq)) {
         // Nobody has read the previous overflow event: replace it by one that covers both.
@@ -1360,7 +1476,7 @@ export class LevelOutbox implements Outbox {
       else heads[severity] ??= firstAdded[severity];
     }
 
-    const next: Meta = { v: META_VERSION, epoch: meta.epoch, lastSeq, maxBytes: meta.maxBytes, counts, heads };
+    const next: Meta = { v: META_VERSION, epoch: meta.epoch, lastSeq, maxBytes: meta.maxBytes, counts, heads, ...(evictedTotal ? { evictedTotal } : {}) };
     if (ops.size === 0) {
       // Nothing to write (acks of unknown seqs, rejected appends): no need to touch the disk.
       this.settle(jobs, ackResults, appendResults);
@@ -1457,6 +1573,8 @@ export class LevelOutbox implements Outbox {
     this.writeError = null;
     this.log.warn({ failures: spell.failures, since: spell.since, lastError: spell.message }, 'outbox writes again');
     this.notifyHealth(false);
+    // Space came back (or the reserve made it): write the reserve back if there is room for it.
+    if (this.reserveReleasedAt) void this.ensureReserve();
   }
 
   private notifyHealth(failing: boolean): void {
@@ -1759,6 +1877,11 @@ function isDiskRefusal(err: unknown): boolean {
   );
 }
 
+/** The disk is full (ENOSPC), from an error or a message: what the disk reserve is for (not a file-size limit or a read-only disk). */
+function isNoSpace(err: unknown): boolean {
+  return /No space left|ENOSPC/.test(typeof err === 'string' ? err : errorText(err));
+}
+
 /** The messages of an error and its causes, joined. */
 function errorText(err: unknown): string {
   return causeChain(err)
@@ -1839,7 +1962,8 @@ async function rebuildMeta(db: Db, old: Meta | null, maxBytes: number): Promise<
   }
   // Without a trustworthy epoch the seqs cannot be trusted to be fresh: start a new epoch.
   const epoch = old && typeof old.epoch === 'string' ? old.epoch : newId();
-  return { v: META_VERSION, epoch, lastSeq, maxBytes, counts, heads };
+  const evictedTotal = epoch === old?.epoch ? old.evictedTotal : undefined;
+  return { v: META_VERSION, epoch, lastSeq, maxBytes, counts, heads, ...(evictedTotal ? { evictedTotal } : {}) };
 }
 
 /**

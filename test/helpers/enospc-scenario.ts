@@ -7,11 +7,20 @@
  *                                    store refuses (ENOSPC), remove the filler, append 300
  *                                    more (retrying until accepted), write the acknowledged
  *                                    ids to <dir>/acked.json, then SIGKILL itself.
+ *   enospc-scenario.ts crash-full <dir>  with a 3 MiB disk reserve written, append 2,000 events,
+ *                                    fill the tmpfs to the last page with a filler file (the store
+ *                                    itself never fails a write), write the ids, SIGKILL itself:
+ *                                    a box whose disk filled, then lost power.
+ *   enospc-scenario.ts full-reserve <dir>  with a 2 MiB disk reserve written, fill the tmpfs with
+ *                                    a filler file and append until the store refuses (ENOSPC); then
+ *                                    append an alarm (after the reopen back-off): print whether it
+ *                                    was stored, write the ids, SIGKILL itself.
  *   enospc-scenario.ts check <dir>   reopen the store; print one JSON line: how many ids were
- *                                    acknowledged and how many of them it no longer holds.
+ *                                    acknowledged and how many of them it no longer holds, and
+ *                                    whether it had to release the disk reserve to open.
  */
 import { randomBytes } from 'node:crypto';
-import { appendFileSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { appendFileSync, readFileSync, rmSync, statfsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { systemClock } from '../../edge/clock.js';
 import { makeEnvelope } from '../../edge/envelope.js';
@@ -26,8 +35,17 @@ async function main(): Promise<void> {
   // The reopen back-off is timing logic: its clock is ours, shifted forward instead of slept on.
   let offset = 0;
   const clock = { ...systemClock, now: () => Date.now() + offset };
-  const ob = new LevelOutbox({ dir: join(dir, 'outbox'), maxBytes: 1 << 30, ...IDS, hotTailBytes: small, clock });
-  await ob.open();
+  // No reserve in the write step (its tmpfs is too small for the default anyway): that step is
+  // about the store's own reopen; the crash-full step is about the reserve.
+  const reserveBytes = mode === 'write' ? 0 : mode === 'full-reserve' ? 2 << 20 : 3 << 20;
+  const ob = new LevelOutbox({ dir: join(dir, 'outbox'), maxBytes: 1 << 30, ...IDS, hotTailBytes: small, clock, reserveBytes });
+  let opened: string;
+  try {
+    await ob.open();
+    opened = 'ok';
+  } catch (err) {
+    opened = String((err as Error).message);
+  }
   // Noise, not a repeated letter: LevelDB compresses its tables, and the table of a log of
   // compressible events would still fit on the disk that log filled.
   const ev = (i: number) =>
@@ -40,6 +58,10 @@ async function main(): Promise<void> {
       IDS,
     );
   if (mode === 'check') {
+    if (opened !== 'ok') {
+      process.stdout.write(`${JSON.stringify({ opened })}\n`);
+      return;
+    }
     const stored = new Set(
       (await ob.read({ maxEvents: 1_000_000, maxBytes: 1 << 30 })).map(
         (e) => (JSON.parse(e.json) as { id: string }).id,
@@ -47,12 +69,73 @@ async function main(): Promise<void> {
     );
     const acked = JSON.parse(readFileSync(join(dir, 'acked.json'), 'utf8')) as string[];
     const missing = acked.filter((id) => !stored.has(id));
-    process.stdout.write(`${JSON.stringify({ acked: acked.length, missing: missing.length })}\n`);
+    const reserveReleased = ob.stats().reserveReleasedAt !== undefined;
+    process.stdout.write(`${JSON.stringify({ opened, acked: acked.length, missing: missing.length, reserveReleased })}\n`);
     await ob.close();
     return;
   }
   const acked: string[] = [];
   const save = () => writeFileSync(join(dir, 'acked.json'), JSON.stringify(acked));
+  const reserve = join(dir, 'outbox.reserve');
+  if (mode === 'crash-full' || mode === 'full-reserve') {
+    const size = () => {
+      try {
+        return statSync(reserve).size;
+      } catch {
+        return 0;
+      }
+    };
+    // Written in the background after the open.
+    for (const deadline = Date.now() + 10_000; size() < reserveBytes && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+    if (mode === 'full-reserve') {
+      const reserved = size();
+      const fs0 = statfsSync(dir);
+      writeFileSync(join(dir, 'filler'), Buffer.alloc(Math.max(0, fs0.bavail * fs0.bsize - 1_000_000)));
+      let refused = 0;
+      for (let i = 0; i < 100_000 && refused === 0; i++) {
+        try {
+          const [e] = await ob.append([ev(i)]);
+          acked.push(e.id);
+        } catch {
+          refused++;
+        }
+      }
+      const released = () => ob.stats().reserveReleasedAt !== undefined;
+      const releasedBefore = released();
+      offset += 1100; // past the reopen back-off
+      const alarm = makeEnvelope({ type: 'door.forced', source: { device: 'door-1' }, data: { door: 0 } }, IDS);
+      let alarmStored = false;
+      try {
+        const [e] = await ob.append([alarm]);
+        acked.push(e.id);
+        alarmStored = true;
+      } catch (err) {
+        alarmStored = false;
+        process.stderr.write(`alarm refused: ${String(err)}\n`);
+      }
+      save();
+      process.stdout.write(
+        `${JSON.stringify({ reserved, refused, releasedBefore, alarmStored, released: released(), reserveLeft: size(), acked: acked.length })}\n`,
+      );
+      process.kill(process.pid, 'SIGKILL');
+    }
+    for (let i = 0; i < 20; i++) {
+      for (const e of await ob.append(Array.from({ length: 100 }, (_, k) => ev(i * 100 + k)))) acked.push(e.id);
+    }
+    save();
+    // Something else fills the disk (logs, a download) to the last page.
+    for (const chunk of [1 << 16, 4096, 512]) {
+      for (;;) {
+        try {
+          appendFileSync(join(dir, 'filler'), Buffer.alloc(chunk));
+        } catch {
+          break;
+        }
+      }
+    }
+    process.stdout.write(`${JSON.stringify({ opened, acked: acked.length, reserve: size(), free: statfsSync(dir).bavail })}\n`);
+    process.kill(process.pid, 'SIGKILL');
+  }
   /** Append 300 more, retrying each until accepted (the store reopens once it can), then save. */
   const appendAfter = async (): Promise<number> => {
     const deadline = Date.now() + 20_000;

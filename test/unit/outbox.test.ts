@@ -389,6 +389,43 @@ function outboxSuite(name: string, makeHarness: () => Harness): void {
       assert.deepEqual(d.supersedes, [first.id]);
     });
 
+    it('an epoch\'s evictedTotal counts every evicted event once, across 80 reports handed out and evicted unacknowledged', async () => {
+      // Found by a chaos run: past 64 superseded reports, the ids cut from `supersedes` made a
+      // central that subtracts superseded reports count their evictions twice.
+      const i = () => ev('info', 'door.opened');
+      const probe = i();
+      const one = sumSize([probe]);
+      const ob = await make(one * 40 + 100);
+      const appended = new Set<string>();
+      const add = async (es: Envelope[]) => {
+        for (const e of await ob.append(es)) appended.add(e.id);
+      };
+      await add(Array.from({ length: 40 }, i));
+      const reports = new Map<string, { evicted: number; supersedes?: string[]; evictedTotal?: number }>();
+      const handOut = async () => {
+        for (const e of parsed(await ob.read({ maxEvents: 1e6, maxBytes: 1e9 }))) {
+          if (e.type === 'edge.outbox_overflow') reports.set(e.id, e.data as { evicted: number });
+        }
+      };
+      // Evicting writes, each report handed out (read) and never acknowledged, until more
+      // reports than `supersedes` can name.
+      for (let k = 0; k < 400 && reports.size <= 80; k++) {
+        await add([i(), i()]);
+        await handOut();
+      }
+      // Warnings nearly as big as what is stored: every info goes, and then the reports handed out.
+      const w = () => ev('warning', 'door.held_open');
+      await add(Array.from({ length: Math.floor((ob.stats().bytes - 1500) / sumSize([w()])) }, w));
+      await handOut();
+      const stored = new Set(parsed(await readAll(ob)).map((e) => e.id));
+      const evicted = [...appended].filter((id) => !stored.has(id)).length;
+      const newest = [...reports.values()].at(-1)!;
+      assert.equal(newest.evictedTotal, evicted, 'the newest report counts every evicted event, once');
+      const totals = [...reports.values()].map((d) => d.evictedTotal ?? 0);
+      assert.deepEqual(totals, [...totals].sort((a, b) => a - b), 'evictedTotal only grows');
+      assert.ok(reports.size > 64, `${reports.size} reports handed out: more than supersedes can name`);
+    });
+
     it('evicts the oldest warnings once no info is left (for any append, info too), and never a critical', async () => {
       const c4 = Array.from({ length: 4 }, () => ev('critical', 'fire.alarm'));
       const w6 = Array.from({ length: 6 }, () => ev('warning', 'door.held_open'));
@@ -950,8 +987,10 @@ describe('LevelOutbox (durable)', () => {
     } finally {
       restore();
     }
-    const { writeError, writeFailures, ...after } = ob.stats();
+    const { writeError, writeFailures, reserveReleasedAt, ...after } = ob.stats();
     assert.deepEqual(after, before);
+    // "No space left": the disk reserve beside the store was released for the reopen.
+    assert.equal(typeof reserveReleasedAt, 'string');
     assert.ok(failedWrites > 0, 'the writes went through the stubbed batch');
     // Reported while it lasts: since when, the store's own message, how many writes failed.
     assert.equal(writeError?.message, 'IO error: No space left on device');
@@ -1255,7 +1294,7 @@ describe('LevelOutbox (durable)', () => {
       const result = JSON.parse(child.stdout.trim()) as { ok: boolean; code?: string; message?: string };
       assert.deepEqual({ ok: result.ok, code: result.code }, { ok: false, code: 'EDGE_OUTBOX_OPEN_FAILED' });
       assert.match(result.message ?? '', /File too large/);
-      assert.deepEqual(readdirSync(dir.path), ['outbox'], 'nothing moved aside');
+      assert.deepEqual(readdirSync(dir.path), ['outbox', 'outbox.reserve'], 'nothing moved aside (the disk reserve is beside the store)');
       assert.ok(!readdirSync(path).includes('lost'), 'no RepairDB (it archives what it cannot convert into lost/)');
       const ob = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
       await ob.open();
@@ -1273,7 +1312,7 @@ describe('LevelOutbox (durable)', () => {
       await first.append([ev('critical')]);
       const second = new LevelOutbox({ dir: path, maxBytes: 1 << 30, ...IDS });
       await assert.rejects(second.open(), (e) => isEdgewardError(e, 'EDGE_OUTBOX_LOCKED'));
-      assert.deepEqual(readdirSync(dir.path), ['outbox']);
+      assert.deepEqual(readdirSync(dir.path).filter((f) => f !== 'outbox.reserve'), ['outbox']);
       assert.equal(first.stats().events, 1);
     });
   });
@@ -1358,5 +1397,18 @@ describe('OverflowTally', () => {
     assert.equal(d.supersedes?.length, 64);
     assert.equal(d.supersedes?.at(-1), 'r199');
     assert.equal(d.evicted, 200, 'the counts of every one are folded in');
+  });
+
+  it('keeps the ids folded in by this write when it merges an older report with a full list', () => {
+    const t = new OverflowTally();
+    const one = { evicted: 1, evictedBytes: 10, byType: { 'sensor.reading': 1 }, bySeverity: { info: 1, warning: 0 }, fromTs: null, toTs: null, fromSeq: 1, toSeq: 1 };
+    t.supersede('new-1', one);
+    t.supersede('new-2', one);
+    // The pending report it replaces named 64 older ones: those are the ones to cut.
+    t.merge({ ...one, supersedes: Array.from({ length: 64 }, (_, i) => `old-${i}`) });
+    const d = t.data();
+    assert.equal(d.supersedes?.length, 64);
+    assert.deepEqual(d.supersedes?.slice(-2), ['new-1', 'new-2']);
+    assert.ok(!d.supersedes?.includes('old-0') && d.supersedes?.includes('old-63'));
   });
 });
