@@ -471,6 +471,10 @@ export class Runtime {
       const w = s?.writeError;
       // Disk full or an I/O error: every event is refused until a write succeeds.
       if (w) problems.push(`outbox cannot store events since ${w.since} (${w.failures} failed writes): ${w.message}`);
+      // Above the bound only criticals are left (or a lowered bound is being evicted by steps):
+      // door events and warnings are refused with EDGE_OUTBOX_FULL until the central acks.
+      if (s && s.bytes > s.maxBytes)
+        problems.push(`outbox over its bound (${s.bytes} of ${s.maxBytes} bytes): only critical events are sure to be stored until the central acknowledges`);
       if (s?.reserveReleasedAt)
         problems.push(`disk full since ${s.reserveReleasedAt}: the outbox is writing in its disk reserve; free space on this disk`);
       const c = s?.corruption;

@@ -3,6 +3,7 @@ import http from 'node:http';
 import type { Driver } from '../../drivers/driver.js';
 import { systemClock } from '../../edge/clock.js';
 import { parseConfig } from '../../edge/config.js';
+import { captureLogger } from '../helpers/log.js';
 import { type Envelope, pseudonymiseCard } from '../../edge/envelope.js';
 import { silentLogger } from '../../edge/log.js';
 import { MAX_DATA_DEPTH, parseEventsBody } from '../../edge/http.js';
@@ -15,9 +16,9 @@ import { waitFor } from '../helpers/wait.js';
 const TOKEN = 'test-token-0123456789';
 const SITE_KEY = 'site-key-for-tests-0123456789';
 
-function configFor(dir: string, extra = '') {
+function configFor(dir: string, extra = '', more = '') {
   return parseConfig(
-    `site: test-site\nedge: gate-01\ndataDir: ${dir}\nhttp: { host: 127.0.0.1, port: 0${extra} }\nprivacy: { siteKey: ${SITE_KEY} }\nlog: { level: silent }\n`,
+    `site: test-site\nedge: gate-01\ndataDir: ${dir}\nhttp: { host: 127.0.0.1, port: 0${extra} }\nprivacy: { siteKey: ${SITE_KEY} }\nlog: { level: silent }${more}\n`,
     {},
   );
 }
@@ -572,5 +573,38 @@ describe('local HTTP API (integration)', function () {
     runtime = new Runtime({ config: configFor(dir.path), log: silentLogger() });
     await runtime.start();
     assert.equal(runtime.outbox.stats().events, events);
+  });
+
+  it('a store full of critical events: 503 EDGE_OUTBOX_FULL for the rest, said in /healthz, and no error line per request', async () => {
+    const full = await tmpDir('http-full');
+    const { log, lines } = captureLogger('info');
+    const rt = new Runtime({ config: configFor(full.path, '', '\noutbox: { maxBytes: 1048576 }'), log, version: '9.9.9' });
+    await rt.start();
+    try {
+      const url = `http://127.0.0.1:${rt.port}`;
+      const alarm = { type: 'door.forced', source: { device: 'door-1' }, data: { door: 0, pad: 'x'.repeat(400) } };
+      // No uplink: nothing is acked, and criticals are stored over the bound.
+      while (rt.outbox.stats().bytes <= 1048576) {
+        const r = await fetch(`${url}/api/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(Array.from({ length: 100 }, () => alarm)) });
+        assert.equal(r.status, 202);
+      }
+      for (let i = 0; i < 20; i++) {
+        const r = await fetch(`${url}/api/v1/events`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ type: 'door.opened', source: { device: 'door-1' }, data: { door: 0 } }),
+        });
+        assert.equal(r.status, 503);
+        assert.equal(((await r.json()) as { code: string }).code, 'EDGE_OUTBOX_FULL');
+      }
+      const h = await fetch(`${url}/healthz`);
+      assert.equal(h.status, 503);
+      assert.match(JSON.stringify(await h.json()), /outbox over its bound \(\d+ of 1048576 bytes\)/);
+      const errors = lines.filter((l) => (l.level as number) >= 50);
+      assert.equal(errors.length, 0, JSON.stringify(errors.slice(0, 2)));
+    } finally {
+      await rt.stop();
+      await full.cleanup();
+    }
   });
 });
