@@ -471,12 +471,12 @@ export class Runtime {
       const w = s?.writeError;
       // Disk full or an I/O error: every event is refused until a write succeeds.
       if (w) problems.push(`outbox cannot store events since ${w.since} (${w.failures} failed writes): ${w.message}`);
-      // Above the bound only criticals are left (or a lowered bound is being evicted by steps):
-      // door events and warnings are refused with EDGE_OUTBOX_FULL until the central acks.
-      if (s && s.bytes > s.maxBytes)
-        problems.push(`outbox over its bound (${s.bytes} of ${s.maxBytes} bytes): only critical events are sure to be stored until the central acknowledges`);
+      // Only criticals left, none evictable: door events and warnings are refused until the central acks.
+      const full = s?.refusingFull;
+      if (full)
+        problems.push(`outbox full of critical events since ${full.since}: ${full.events} other events refused (EDGE_OUTBOX_FULL) until the central acknowledges`);
       if (s?.reserveReleasedAt)
-        problems.push(`disk full since ${s.reserveReleasedAt}: the outbox is writing in its disk reserve; free space on this disk`);
+        problems.push(`disk full since ${s.reserveReleasedAt}: the outbox's disk reserve is used or has no room; free space on this disk`);
       const c = s?.corruption;
       if (c) problems.push(`outbox store damaged since ${c.since}, repair pending: ${c.message}`);
       const pending = s?.writePendingMs;

@@ -36,6 +36,12 @@ export interface OutboxStats {
    * free space before that runs out too.
    */
   reserveReleasedAt?: string;
+  /**
+   * Present while non-critical appends are refused for a full store
+   * (`EDGE_OUTBOX_FULL`: only critical events left, none evictable), until a
+   * minute after the last refusal: since when, the last one, how many events.
+   */
+  refusingFull?: { since: string; last: string; events: number };
 }
 
 /** See `OutboxStats.writeError`. */

@@ -68,6 +68,12 @@ const WRITE_BUFFER_BYTES = 32 << 20;
  * space, and put back once it has again.
  */
 const RESERVE_BYTES = WRITE_BUFFER_BYTES + (8 << 20);
+/**
+ * Non-critical appends refused for a full store (EDGE_OUTBOX_FULL) are
+ * reported in `stats().refusingFull` until this long after the last one,
+ * and logged at most once per WRITE_ERROR_LOG_MS.
+ */
+const FULL_REPORT_MS = 60_000;
 /** How often a missing or short reserve is looked at. */
 const RESERVE_CHECK_MS = 10 * 60_000;
 /** Most report ids an overflow report lists in `supersedes` (the newest). */
@@ -587,6 +593,8 @@ export class LevelOutbox implements Outbox {
   private writingSince: number | null = null;
   /** Since when the disk reserve is released and not yet written back (see RESERVE_BYTES). */
   private reserveReleasedAt: string | null = null;
+  /** The current spell of appends refused for a full store (see `OutboxStats.refusingFull`). */
+  private full: { since: number; last: number; events: number; logged: number; loggedAt: number } | null = null;
   private reserving: Promise<void> | null = null;
   private reserveTimer: NodeJS.Timeout | null = null;
 
@@ -774,7 +782,7 @@ export class LevelOutbox implements Outbox {
     // refused, but reads go on, so the uplink still delivers what is stored.
     // A full disk: the reserve makes room for the reopen and for the writes after it (alarms).
     if (isNoSpace(this.writeError?.message)) await this.releaseReserve('writes failed: no space left');
-    const room = await this.room(1);
+    const room = await this.roomReleasing(1, false, 'no room to reopen the store');
     if (room.free < room.need) {
       this.log.debug(room, 'outbox: no room to reopen yet; reads go on, writes stay refused');
       return false;
@@ -874,11 +882,20 @@ export class LevelOutbox implements Outbox {
         );
         if (have < size) {
           const fs = await statfs(dirname(path));
-          if (fs.bavail * fs.bsize < 2 * (size - have)) return;
+          if (fs.bavail * fs.bsize < 2 * (size - have)) {
+            // Released before a restart, or never written on a disk this full: say so (a restart
+            // hid a released reserve, and the next full disk found none).
+            this.reserveMissing();
+            return;
+          }
           const fh = await openFile(path, 'a', 0o600);
           try {
             const zeros = Buffer.alloc(1 << 20);
-            for (let at = have; at < size; at += zeros.length) await fh.write(zeros, 0, Math.min(zeros.length, size - at));
+            for (let at = have; at < size; at += zeros.length) {
+              // A stop does not wait for 40 MiB on a slow SD card: the rest is written at the next start.
+              if (this.closing) return;
+              await fh.write(zeros, 0, Math.min(zeros.length, size - at));
+            }
             await fh.sync();
           } finally {
             await fh.close();
@@ -888,11 +905,61 @@ export class LevelOutbox implements Outbox {
         this.reserveReleasedAt = null;
       } catch (err) {
         this.log.debug({ err }, 'outbox: disk reserve not written');
+        this.reserveMissing();
       } finally {
         this.reserving = null;
       }
     })();
     return this.reserving;
+  }
+
+  /**
+   * An append was refused for a full store (only critical events left to
+   * evict): counted in the spell, logged once, then at most every
+   * WRITE_ERROR_LOG_MS (a poster retrying against a full store wrote a
+   * line per request, 10,247 in 4 minutes, while /healthz said ok).
+   */
+  private refusedFull(events: number): void {
+    const now = this.clock.now();
+    if (!this.full || now - this.full.last >= FULL_REPORT_MS) this.full = { since: now, last: now, events: 0, logged: 0, loggedAt: Number.NEGATIVE_INFINITY };
+    const full = this.full;
+    full.last = now;
+    full.events += events;
+    if (now - full.loggedAt >= WRITE_ERROR_LOG_MS) {
+      this.log.warn(
+        { since: new Date(full.since).toISOString(), refused: full.events - full.logged },
+        'outbox full of critical events: non-critical events refused until the central acknowledges',
+      );
+      full.logged = full.events;
+      full.loggedAt = now;
+    }
+  }
+
+  /** The reserve is short or missing and there is no room to write it: reported as released (once). */
+  private reserveMissing(): void {
+    if (this.reserveReleasedAt) return;
+    this.reserveReleasedAt = new Date(this.clock.now()).toISOString();
+    this.log.error(
+      { path: this.reservePath, bytes: this.opts.reserveBytes ?? RESERVE_BYTES },
+      'disk nearly full: no room for the outbox disk reserve; free space on this disk',
+    );
+  }
+
+  /**
+   * Room for an open, a reopen or a repair (see `room`), counting the disk
+   * reserve as free: when only the reserve is in the way it is released
+   * first. A repair refused for want of the reserve's 40 MiB left a damaged
+   * store unopened at every restart.
+   */
+  private async roomReleasing(times: number, allFiles: boolean, why: string): Promise<{ free: number; need: number }> {
+    const room = await this.room(times, allFiles);
+    if (room.free >= room.need) return room;
+    const reserve = await stat(this.reservePath).then(
+      (st) => st.size,
+      () => 0,
+    );
+    if (reserve === 0 || room.free + reserve < room.need) return room;
+    return (await this.releaseReserve(why)) ? this.room(times, allFiles) : room;
   }
 
   /** Delete the disk reserve (the disk is full and the store must write); false when there is none. */
@@ -917,7 +984,7 @@ export class LevelOutbox implements Outbox {
    * the disk has free space for twice the store's files (and 1 MiB).
    */
   private async repairWithRoom(): Promise<void> {
-    const { free, need } = await this.room(2, true);
+    const { free, need } = await this.roomReleasing(2, true, 'no room to repair the store');
     if (free < need) {
       throw new EdgewardError('EDGE_OUTBOX_NO_ROOM', `not repairing the outbox store: ${free} bytes free, a repair may need ${need}`, {
         details: { free, need },
@@ -1174,6 +1241,10 @@ export class LevelOutbox implements Outbox {
     if (this.corruption) s.corruption = { ...this.corruption };
     if (this.writingSince !== null) s.writePendingMs = Math.max(0, this.clock.now() - this.writingSince);
     if (this.reserveReleasedAt) s.reserveReleasedAt = this.reserveReleasedAt;
+    const full = this.full;
+    if (full && this.clock.now() - full.last < FULL_REPORT_MS) {
+      s.refusingFull = { since: new Date(full.since).toISOString(), last: new Date(full.last).toISOString(), events: full.events };
+    }
     return s;
   }
 
@@ -1422,6 +1493,7 @@ export class LevelOutbox implements Outbox {
         const need = over + OVERFLOW_RESERVE;
         if (!hasCritical && evictable < over) {
           appendResults.set(job, outboxFull(size, meta.maxBytes, totalBytes(counts), evictable, victims));
+          this.refusedFull(seqd.length);
           continue;
         }
         const freed = await evict(need, victims);

@@ -15,12 +15,16 @@
  *                                    a filler file and append until the store refuses (ENOSPC); then
  *                                    append an alarm (after the reopen back-off): print whether it
  *                                    was stored, write the ids, SIGKILL itself.
+ *   enospc-scenario.ts repair-full <dir>  with a 6 MiB disk reserve written, append 2,000 events,
+ *                                    close, damage the MANIFEST (a power cut on an SD card), fill
+ *                                    the tmpfs until a repair fits only with the reserve's room,
+ *                                    write the ids, exit.
  *   enospc-scenario.ts check <dir>   reopen the store; print one JSON line: how many ids were
  *                                    acknowledged and how many of them it no longer holds, and
  *                                    whether it had to release the disk reserve to open.
  */
 import { randomBytes } from 'node:crypto';
-import { appendFileSync, readFileSync, rmSync, statfsSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync, rmSync, statfsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { systemClock } from '../../edge/clock.js';
 import { makeEnvelope } from '../../edge/envelope.js';
@@ -37,7 +41,8 @@ async function main(): Promise<void> {
   const clock = { ...systemClock, now: () => Date.now() + offset };
   // No reserve in the write step (its tmpfs is too small for the default anyway): that step is
   // about the store's own reopen; the crash-full step is about the reserve.
-  const reserveBytes = mode === 'write' ? 0 : mode === 'full-reserve' ? 2 << 20 : 3 << 20;
+  // The check's 6 MiB: too much to write back on these disks, so a released reserve stays released.
+  const reserveBytes = mode === 'write' ? 0 : mode === 'full-reserve' ? 2 << 20 : mode === 'crash-full' ? 3 << 20 : 6 << 20;
   const ob = new LevelOutbox({ dir: join(dir, 'outbox'), maxBytes: 1 << 30, ...IDS, hotTailBytes: small, clock, reserveBytes });
   let opened: string;
   try {
@@ -77,7 +82,7 @@ async function main(): Promise<void> {
   const acked: string[] = [];
   const save = () => writeFileSync(join(dir, 'acked.json'), JSON.stringify(acked));
   const reserve = join(dir, 'outbox.reserve');
-  if (mode === 'crash-full' || mode === 'full-reserve') {
+  if (mode === 'crash-full' || mode === 'full-reserve' || mode === 'repair-full') {
     const size = () => {
       try {
         return statSync(reserve).size;
@@ -87,6 +92,24 @@ async function main(): Promise<void> {
     };
     // Written in the background after the open.
     for (const deadline = Date.now() + 10_000; size() < reserveBytes && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+    if (mode === 'repair-full') {
+      for (let i = 0; i < 10; i++) {
+        for (const e of await ob.append(Array.from({ length: 200 }, (_, k) => ev(i * 200 + k)))) acked.push(e.id);
+      }
+      save();
+      await ob.close();
+      const store = join(dir, 'outbox');
+      const manifest = readdirSync(store).find((f) => f.startsWith('MANIFEST-'))!;
+      writeFileSync(join(store, manifest), 'not a manifest');
+      const files = readdirSync(store).reduce((n, f) => n + statSync(join(store, f)).size, 0);
+      // What a repair needs (twice the store's files and 1 MiB, see `room`), less 2 MiB: only
+      // the reserve's room makes it fit.
+      const need = 2 * files + (1 << 20);
+      const free = () => statfsSync(dir).bavail * statfsSync(dir).bsize;
+      writeFileSync(join(dir, 'filler'), Buffer.alloc(Math.max(0, free() - (need - (2 << 20)))));
+      process.stdout.write(`${JSON.stringify({ acked: acked.length, reserve: size(), need, free: free() })}\n`);
+      return;
+    }
     if (mode === 'full-reserve') {
       const reserved = size();
       const fs0 = statfsSync(dir);

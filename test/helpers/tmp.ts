@@ -15,6 +15,8 @@ export async function tmpDir(prefix = 'test'): Promise<TmpDir> {
     path,
     cleanup: async () => {
       await rm(path, { recursive: true, force: true }).catch(() => undefined);
+      // A test whose outbox store is this directory itself: its disk reserve lies beside it.
+      await rm(`${path}.reserve`, { force: true }).catch(() => undefined);
     },
   };
 }

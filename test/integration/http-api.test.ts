@@ -575,7 +575,7 @@ describe('local HTTP API (integration)', function () {
     assert.equal(runtime.outbox.stats().events, events);
   });
 
-  it('a store full of critical events: 503 EDGE_OUTBOX_FULL for the rest, said in /healthz, and no error line per request', async () => {
+  it('a store full of critical events (under its bound too): 503 EDGE_OUTBOX_FULL for the rest, said in /healthz, logged once', async () => {
     const full = await tmpDir('http-full');
     const { log, lines } = captureLogger('info');
     const rt = new Runtime({ config: configFor(full.path, '', '\noutbox: { maxBytes: 1048576 }'), log, version: '9.9.9' });
@@ -583,8 +583,9 @@ describe('local HTTP API (integration)', function () {
     try {
       const url = `http://127.0.0.1:${rt.port}`;
       const alarm = { type: 'door.forced', source: { device: 'door-1' }, data: { door: 0, pad: 'x'.repeat(400) } };
-      // No uplink: nothing is acked, and criticals are stored over the bound.
-      while (rt.outbox.stats().bytes <= 1048576) {
+      // No uplink: nothing is acked. Alarms up to just under the bound: a batch of door events
+      // no longer fits, and nothing is evictable (refused under the bound too).
+      while (rt.outbox.stats().bytes <= 1048576 - 60_000) {
         const r = await fetch(`${url}/api/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(Array.from({ length: 100 }, () => alarm)) });
         assert.equal(r.status, 202);
       }
@@ -592,16 +593,18 @@ describe('local HTTP API (integration)', function () {
         const r = await fetch(`${url}/api/v1/events`, {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ type: 'door.opened', source: { device: 'door-1' }, data: { door: 0 } }),
+          body: JSON.stringify(Array.from({ length: 1 }, () => ({ type: 'door.opened', source: { device: 'door-1' }, data: { door: 0, pad: 'y'.repeat(80_000) } }))),
         });
         assert.equal(r.status, 503);
         assert.equal(((await r.json()) as { code: string }).code, 'EDGE_OUTBOX_FULL');
       }
       const h = await fetch(`${url}/healthz`);
       assert.equal(h.status, 503);
-      assert.match(JSON.stringify(await h.json()), /outbox over its bound \(\d+ of 1048576 bytes\)/);
+      assert.match(JSON.stringify(await h.json()), /outbox full of critical events since [^:]+:\d\d:\d\d\.\d+Z: 20 other events refused \(EDGE_OUTBOX_FULL\)/);
       const errors = lines.filter((l) => (l.level as number) >= 50);
       assert.equal(errors.length, 0, JSON.stringify(errors.slice(0, 2)));
+      // Said once by the store, not once per request.
+      assert.equal(lines.filter((l) => /outbox full of critical events/.test(String(l.msg))).length, 1);
     } finally {
       await rt.stop();
       await full.cleanup();

@@ -26,6 +26,14 @@ interface Checked {
   reserveReleased: boolean;
 }
 
+/** What the repair-full step prints: the store damaged, the disk filled. */
+interface Damaged {
+  acked: number;
+  reserve: number;
+  need: number;
+  free: number;
+}
+
 /** What the full-reserve step prints before its `kill -9`. */
 interface FilledWithReserve {
   reserved: number;
@@ -66,7 +74,8 @@ describe('outbox on a really full disk (integration: a 6 or 8 MiB tmpfs in a use
   function scenario(mode: 'write'): [Written, Checked];
   function scenario(mode: 'crash-full', sizeMiB: number): [Crashed, Checked];
   function scenario(mode: 'full-reserve', sizeMiB: number): [FilledWithReserve, Checked];
-  function scenario(mode: 'write' | 'crash-full' | 'full-reserve', sizeMiB = 6): [Written | Crashed | FilledWithReserve, Checked] {
+  function scenario(mode: 'repair-full', sizeMiB: number): [Damaged, Checked];
+  function scenario(mode: 'write' | 'crash-full' | 'full-reserve' | 'repair-full', sizeMiB = 6): [Written | Crashed | FilledWithReserve | Damaged, Checked] {
     const node = `"${process.execPath}" --import tsx "${SCENARIO}"`;
     const script = `mount -t tmpfs -o size=${sizeMiB}m tmpfs "$0" && ${node} ${mode} "$0"; ${node} check "$0"`;
     const r = spawnSync('unshare', ['-rm', 'sh', '-c', script, dir.path], {
@@ -77,7 +86,7 @@ describe('outbox on a really full disk (integration: a 6 or 8 MiB tmpfs in a use
     assert.equal(r.error, undefined, `unshare could not run (user namespaces needed): ${r.error}`);
     const lines = r.stdout.trim().split('\n');
     assert.equal(lines.length, 2, `the step and the check each print a line; stderr:\n${r.stderr}`);
-    return [JSON.parse(lines[0]) as Written | Crashed | FilledWithReserve, JSON.parse(lines[1]) as Checked];
+    return [JSON.parse(lines[0]) as Written | Crashed | FilledWithReserve | Damaged, JSON.parse(lines[1]) as Checked];
   }
 
   it('ENOSPC: refuses and reports while full, stays readable, accepts once there is room, and every acknowledged event survives a kill -9', () => {
@@ -118,6 +127,17 @@ describe('outbox on a really full disk (integration: a 6 or 8 MiB tmpfs in a use
     assert.ok(w.released && w.reserveLeft === 0, JSON.stringify(w));
     assert.equal(c.opened, 'ok', `the store opened: ${c.opened}`);
     assert.equal(c.acked, w.acked);
+    assert.equal(c.missing, 0, `${c.missing} of ${c.acked} acknowledged events lost`);
+  });
+
+  it('a damaged store on a disk too full to repair it releases the disk reserve and is repaired', () => {
+    const [w, c] = scenario('repair-full', 32);
+    assert.equal(w.reserve, 6 << 20);
+    assert.ok(w.free < w.need && w.free + w.reserve >= w.need, `only the reserve makes room: ${JSON.stringify(w)}`);
+    // Before: EDGE_OUTBOX_NO_ROOM kept the repair from running, at every restart.
+    assert.equal(c.opened, 'ok', `the store opened: ${c.opened}`);
+    assert.ok(c.reserveReleased);
+    assert.equal(c.acked, 2000);
     assert.equal(c.missing, 0, `${c.missing} of ${c.acked} acknowledged events lost`);
   });
 });

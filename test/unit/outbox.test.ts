@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Envelope, type EventType, makeEnvelope, type Severity } from '../../edge/envelope.js';
 import { isEdgewardError } from '../../edge/errors.js';
@@ -562,6 +562,22 @@ describe('LevelOutbox (durable)', () => {
     await ob.close();
     toClose.splice(toClose.indexOf(ob), 1);
   }
+
+  it('a disk reserve with no room to be written says so (a restart after a release hid it)', async () => {
+    // Twice a petabyte free is never there: the reserve cannot be written, as on a full disk after a restart.
+    const ob = new LevelOutbox({ dir: dir.path, maxBytes: 1 << 30, ...IDS, reserveBytes: 2 ** 50 });
+    await ob.open();
+    toClose.push(ob);
+    await waitFor(() => ob.stats().reserveReleasedAt !== undefined, { message: 'the missing reserve reported' });
+    // And a reserve that fits is written, and reported by nothing.
+    const fits = new LevelOutbox({ dir: join(dir.path, 'second'), maxBytes: 1 << 30, ...IDS, reserveBytes: 1 << 20 });
+    await fits.open();
+    toClose.push(fits);
+    await waitFor(() => existsSync(`${join(dir.path, 'second')}.reserve`), { message: 'reserve written' });
+    await fits.close();
+    toClose.splice(toClose.indexOf(fits), 1);
+    assert.equal(statSync(`${join(dir.path, 'second')}.reserve`).size, 1 << 20);
+  });
 
   it('reopen keeps epoch, counters, recent and continues seq', async () => {
     const a = await open();
