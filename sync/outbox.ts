@@ -125,6 +125,9 @@ const WRITE_ERROR_LOG_MS = 10_000;
 /** Deleting batches remembered, so a read or head lookup that spanned them can drop what they deleted. */
 const DELETE_LOG_SIZE = 32;
 
+/** Free bytes and what an open or a repair needs (see LevelOutbox.room); a refused probe's errno and the disk's own free bytes. */
+type Room = { free: number; need: number; probeError?: string; diskFree?: number };
+
 /** One committed batch that deleted events: its delete generation and what it deleted. */
 type DeletedBatch = { gen: number; seqs: ReadonlyMap<number, Severity> };
 
@@ -921,7 +924,10 @@ export class LevelOutbox implements Outbox {
    */
   private refusedFull(events: number): void {
     const now = this.clock.now();
-    if (!this.full || now - this.full.last >= FULL_REPORT_MS) this.full = { since: now, last: now, events: 0, logged: 0, loggedAt: Number.NEGATIVE_INFINITY };
+    // A wall clock stepped back (NTP) starts a new spell rather than freezing this one.
+    if (!this.full || now - this.full.last >= FULL_REPORT_MS || now < this.full.last) {
+      this.full = { since: now, last: now, events: 0, logged: 0, loggedAt: Number.NEGATIVE_INFINITY };
+    }
     const full = this.full;
     full.last = now;
     full.events += events;
@@ -951,14 +957,19 @@ export class LevelOutbox implements Outbox {
    * first. A repair refused for want of the reserve's 40 MiB left a damaged
    * store unopened at every restart.
    */
-  private async roomReleasing(times: number, allFiles: boolean, why: string): Promise<{ free: number; need: number }> {
+  private async roomReleasing(times: number, allFiles: boolean, why: string): Promise<Room> {
     const room = await this.room(times, allFiles);
     if (room.free >= room.need) return room;
+    // Only a disk short of space: deleting the reserve does not help a disk that fails with EIO,
+    // is read-only or out of descriptors (a review saw it deleted, and rewritten, over and over).
+    if (room.probeError !== undefined && room.probeError !== 'ENOSPC') return room;
     const reserve = await stat(this.reservePath).then(
       (st) => st.size,
       () => 0,
     );
-    if (reserve === 0 || room.free + reserve < room.need) return room;
+    const free = room.probeError ? (room.diskFree ?? 0) : room.free;
+    // Nor one whose need the reserve does not cover: it is kept for the next time.
+    if (reserve === 0 || free + reserve < room.need) return room;
     return (await this.releaseReserve(why)) ? this.room(times, allFiles) : room;
   }
 
@@ -999,24 +1010,27 @@ export class LevelOutbox implements Outbox {
    * plus 1 MiB. A disk that refuses a 1-byte probe file has no room; a store
    * whose directory cannot be read counts as needing nothing.
    */
-  private async room(times: number, allFiles = false): Promise<{ free: number; need: number }> {
+  private async room(times: number, allFiles = false): Promise<Room> {
     const dir = this.opts.dir;
     // Free space is not enough: a disk remounted read-only after errors (ext4 on an SD card
     // does that) or failing with EIO has room and takes no write. Write a probe first.
     const probe = join(dir, 'edgeward-write-probe');
+    let probeError: string | undefined;
     try {
       await writeFile(probe, 'x', { flush: true });
       await unlink(probe);
-    } catch {
-      return { free: 0, need: 1 };
+    } catch (err) {
+      probeError = (err as NodeJS.ErrnoException).code ?? 'EIO';
     }
     let used = 0;
     try {
       for (const f of await readdir(dir)) if (allFiles || f.endsWith('.log')) used += (await stat(join(dir, f))).size;
       const fs = await statfs(dir);
-      return { free: fs.bavail * fs.bsize, need: times * used + (1 << 20) };
+      const need = times * used + (1 << 20);
+      // A disk that refuses the probe has no room, whatever statfs says.
+      return probeError ? { free: 0, need, probeError, diskFree: fs.bavail * fs.bsize } : { free: fs.bavail * fs.bsize, need };
     } catch {
-      return { free: 1, need: 0 };
+      return probeError ? { free: 0, need: 1, probeError } : { free: 1, need: 0 };
     }
   }
 
@@ -1242,7 +1256,9 @@ export class LevelOutbox implements Outbox {
     if (this.writingSince !== null) s.writePendingMs = Math.max(0, this.clock.now() - this.writingSince);
     if (this.reserveReleasedAt) s.reserveReleasedAt = this.reserveReleasedAt;
     const full = this.full;
-    if (full && this.clock.now() - full.last < FULL_REPORT_MS) {
+    const sinceLast = full ? this.clock.now() - full.last : Number.POSITIVE_INFINITY;
+    // (Negative after a clock stepped back: not reported for the size of the step.)
+    if (full && sinceLast >= 0 && sinceLast < FULL_REPORT_MS) {
       s.refusingFull = { since: new Date(full.since).toISOString(), last: new Date(full.last).toISOString(), events: full.events };
     }
     return s;
@@ -1493,7 +1509,8 @@ export class LevelOutbox implements Outbox {
         const need = over + OVERFLOW_RESERVE;
         if (!hasCritical && evictable < over) {
           appendResults.set(job, outboxFull(size, meta.maxBytes, totalBytes(counts), evictable, victims));
-          this.refusedFull(seqd.length);
+          // Full of alarms; not an append larger than the whole bound on an emptier store.
+          if (counts.critical.events > 0) this.refusedFull(seqd.length);
           continue;
         }
         const freed = await evict(need, victims);

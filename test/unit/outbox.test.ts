@@ -10,6 +10,7 @@ import { eventKey, LevelOutbox, type OverflowData, OverflowTally, readOutboxStat
 import type { Outbox, StoredEvent } from '../../sync/outbox-api.js';
 import { diskFull, replaceBatchWrites } from '../helpers/batch-writes.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
+import { ManualClock } from '../helpers/clock.js';
 import { waitFor } from '../helpers/wait.js';
 import pino from 'pino';
 import { cp, rm } from 'node:fs/promises';
@@ -577,6 +578,58 @@ describe('LevelOutbox (durable)', () => {
     await fits.close();
     toClose.splice(toClose.indexOf(fits), 1);
     assert.equal(statSync(`${join(dir.path, 'second')}.reserve`).size, 1 << 20);
+  });
+
+  it('keeps its disk reserve when a reopen lacks room for another reason than space (EIO, read-only)', async () => {
+    const clock = new ManualClock();
+    const ob = new LevelOutbox({ dir: dir.path, maxBytes: 1 << 30, ...IDS, reserveBytes: 1 << 20, clock });
+    await ob.open();
+    toClose.push(ob);
+    const reserve = `${dir.path}.reserve`;
+    await waitFor(() => existsSync(reserve) && statSync(reserve).size === 1 << 20, { message: 'reserve written' });
+    // The write probe fails (EISDIR stands in for EIO or a read-only disk), and so do writes.
+    mkdirSync(join(dir.path, 'edgeward-write-probe'));
+    const restore = replaceBatchWrites(ob, async () => {
+      throw Object.assign(new Error('IO error: Input/output error'), { code: 'LEVEL_IO_ERROR' });
+    });
+    try {
+      await assert.rejects(ob.append([ev('info')]));
+      clock.advance(2000); // past the reopen back-off: the next append tries to reopen
+      await assert.rejects(ob.append([ev('info')]));
+    } finally {
+      restore();
+    }
+    assert.equal(statSync(reserve).size, 1 << 20, 'the reserve is kept: deleting it gives no room on such a disk');
+    assert.equal(ob.stats().reserveReleasedAt, undefined);
+    rmSync(join(dir.path, 'edgeward-write-probe'), { recursive: true });
+  });
+
+  it('reports a spell of appends refused for a store full of alarms (stats().refusingFull), not past a clock stepped back', async () => {
+    const clock = new ManualClock();
+    const one = sumSize([ev('info')]);
+    const ob = new LevelOutbox({ dir: dir.path, maxBytes: one * 4, ...IDS, reserveBytes: 0, clock });
+    await ob.open();
+    toClose.push(ob);
+    // An append larger than the bound on a store without alarms: refused, but not "full of alarms".
+    await assert.rejects(ob.append(Array.from({ length: 8 }, () => ev('info'))), (e) => isEdgewardError(e, 'EDGE_OUTBOX_FULL'));
+    assert.equal(ob.stats().refusingFull, undefined);
+    await ob.append(Array.from({ length: 6 }, () => ev('critical', 'fire.alarm')));
+    await assert.rejects(ob.append([ev('info')]), (e) => isEdgewardError(e, 'EDGE_OUTBOX_FULL'));
+    await assert.rejects(ob.append([ev('info'), ev('info')]), (e) => isEdgewardError(e, 'EDGE_OUTBOX_FULL'));
+    assert.equal(ob.stats().refusingFull?.events, 3);
+    clock.advance(59_000);
+    assert.equal(ob.stats().refusingFull?.events, 3, 'for a minute after the last refusal');
+    clock.advance(2_000);
+    assert.equal(ob.stats().refusingFull, undefined);
+    await assert.rejects(ob.append([ev('info')]));
+    assert.equal(ob.stats().refusingFull?.events, 1, 'a new spell');
+    // NTP steps the wall clock back an hour: not reported for an hour.
+    clock.jump(-3_600_000);
+    assert.equal(ob.stats().refusingFull, undefined);
+    await assert.rejects(ob.append([ev('info')]));
+    const spell = ob.stats().refusingFull!;
+    assert.equal(spell.events, 1, 'a refusal after the step starts a new spell');
+    assert.ok(spell.since <= spell.last);
   });
 
   it('reopen keeps epoch, counters, recent and continues seq', async () => {
