@@ -962,7 +962,7 @@ export class LevelOutbox implements Outbox {
     if (room.free >= room.need) return room;
     // Only a disk short of space: deleting the reserve does not help a disk that fails with EIO,
     // is read-only or out of descriptors (a review saw it deleted, and rewritten, over and over).
-    if (room.probeError !== undefined && room.probeError !== 'ENOSPC') return room;
+    if (room.probeError !== undefined && room.probeError !== 'ENOSPC' && room.probeError !== 'EDQUOT') return room;
     const reserve = await stat(this.reservePath).then(
       (st) => st.size,
       () => 0,
@@ -1509,8 +1509,8 @@ export class LevelOutbox implements Outbox {
         const need = over + OVERFLOW_RESERVE;
         if (!hasCritical && evictable < over) {
           appendResults.set(job, outboxFull(size, meta.maxBytes, totalBytes(counts), evictable, victims));
-          // Full of alarms; not an append larger than the whole bound on an emptier store.
-          if (counts.critical.events > 0) this.refusedFull(seqd.length);
+          // Full of alarms; not an append larger than the whole bound.
+          if (counts.critical.events > 0 && size <= meta.maxBytes) this.refusedFull(seqd.length);
           continue;
         }
         const freed = await evict(need, victims);
@@ -1966,9 +1966,9 @@ function isDiskRefusal(err: unknown): boolean {
   );
 }
 
-/** The disk is full (ENOSPC), from an error or a message: what the disk reserve is for (not a file-size limit or a read-only disk). */
+/** The disk is full (ENOSPC, or a quota: EDQUOT), from an error or a message: what the disk reserve is for (not a file-size limit or a read-only disk). */
 function isNoSpace(err: unknown): boolean {
-  return /No space left|ENOSPC/.test(typeof err === 'string' ? err : errorText(err));
+  return /No space left|ENOSPC|Disk quota exceeded|EDQUOT/.test(typeof err === 'string' ? err : errorText(err));
 }
 
 /** The messages of an error and its causes, joined. */

@@ -617,6 +617,8 @@ describe('LevelOutbox (durable)', () => {
     await assert.rejects(ob.append([ev('info')]), (e) => isEdgewardError(e, 'EDGE_OUTBOX_FULL'));
     await assert.rejects(ob.append([ev('info'), ev('info')]), (e) => isEdgewardError(e, 'EDGE_OUTBOX_FULL'));
     assert.equal(ob.stats().refusingFull?.events, 3);
+    await assert.rejects(ob.append(Array.from({ length: 8 }, () => ev('info'))), (e) => isEdgewardError(e, 'EDGE_OUTBOX_FULL'));
+    assert.equal(ob.stats().refusingFull?.events, 3, 'an append larger than the whole bound is not counted');
     clock.advance(59_000);
     assert.equal(ob.stats().refusingFull?.events, 3, 'for a minute after the last refusal');
     clock.advance(2_000);
