@@ -31,9 +31,10 @@ export interface OutboxStats {
   /** Writes that failed since the store was opened, when any did (a counter: it never goes down). */
   writeFailures?: number;
   /**
-   * Present while the disk reserve (`<dir>.reserve`) is released: the disk
-   * filled, and the store writes in the room the reserve left. Someone must
-   * free space before that runs out too.
+   * Present while the disk reserve (`<dir>.reserve`) is released (the disk
+   * filled, and the store writes in the room the reserve left), or missing
+   * with no room to write it (after a restart on a full disk, or a disk with
+   * less than twice its size free). Someone must free space.
    */
   reserveReleasedAt?: string;
   /**
