@@ -868,6 +868,14 @@ export class LevelOutbox implements Outbox {
     return `${this.opts.dir}.reserve`;
   }
 
+  /** Bytes of the disk reserve on disk (0 when there is none). */
+  private reserveSize(): Promise<number> {
+    return stat(this.reservePath).then(
+      (st) => st.size,
+      () => 0,
+    );
+  }
+
   /**
    * Write the disk reserve, or what is missing of it, while the disk has
    * room for twice that (see RESERVE_BYTES). A write that fails keeps what
@@ -879,10 +887,7 @@ export class LevelOutbox implements Outbox {
     this.reserving = (async () => {
       const path = this.reservePath;
       try {
-        const have = await stat(path).then(
-          (st) => st.size,
-          () => 0,
-        );
+        const have = await this.reserveSize();
         if (have < size) {
           const fs = await statfs(dirname(path));
           if (fs.bavail * fs.bsize < 2 * (size - have)) {
@@ -963,10 +968,7 @@ export class LevelOutbox implements Outbox {
     // Only a disk short of space: deleting the reserve does not help a disk that fails with EIO,
     // is read-only or out of descriptors (a review saw it deleted, and rewritten, over and over).
     if (room.probeError !== undefined && room.probeError !== 'ENOSPC' && room.probeError !== 'EDQUOT') return room;
-    const reserve = await stat(this.reservePath).then(
-      (st) => st.size,
-      () => 0,
-    );
+    const reserve = await this.reserveSize();
     const free = room.probeError ? (room.diskFree ?? 0) : room.free;
     // Nor one whose need the reserve does not cover: it is kept for the next time.
     if (reserve === 0 || free + reserve < room.need) return room;
