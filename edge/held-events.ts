@@ -1,12 +1,72 @@
 import { type Envelope, makeEnvelope } from './envelope.js';
 
-/** `data` of the `edge.events_lost` event for bus events dropped while the outbox could not write. */
+/** `data` of the `edge.events_lost` event for bus events the runtime could not store. */
 export interface HeldLossData {
   count: number;
-  reason: 'outbox_write_failed';
+  /**
+   * `outbox_write_failed`: dropped from the events held while the store could
+   * not write (see HeldEvents); `outbox_full`: refused by a store full of
+   * critical events (`EDGE_OUTBOX_FULL`), see LossTally.
+   */
+  reason: 'outbox_write_failed' | 'outbox_full';
   bySeverity: { info: number; warning: number };
   fromTs: string | null;
   toTs: string | null;
+}
+
+/**
+ * Bus events lost for one reason, counted until one `edge.events_lost`
+ * reports them all: how many, of which severity, and the ts of the first and
+ * last. `take` makes the report and clears the tally; a report that could not
+ * be stored goes back with `merge`.
+ */
+export class LossTally {
+  private lost: HeldLossData | null = null;
+
+  constructor(private readonly reason: HeldLossData['reason']) {}
+
+  get pending(): boolean {
+    return this.lost !== null;
+  }
+
+  /** Events counted and not yet taken into a report. */
+  get count(): number {
+    return this.lost?.count ?? 0;
+  }
+
+  add(envelopes: readonly Envelope[]): void {
+    for (const e of envelopes) {
+      this.merge({
+        count: 1,
+        reason: this.reason,
+        bySeverity: { info: e.severity === 'info' ? 1 : 0, warning: e.severity === 'warning' ? 1 : 0 },
+        fromTs: e.ts,
+        toTs: e.ts,
+      });
+    }
+  }
+
+  merge(d: HeldLossData): void {
+    this.lost ??= { count: 0, reason: this.reason, bySeverity: { info: 0, warning: 0 }, fromTs: null, toTs: null };
+    const l = this.lost;
+    l.count += d.count;
+    l.bySeverity.info += d.bySeverity.info;
+    l.bySeverity.warning += d.bySeverity.warning;
+    if (d.fromTs !== null && (l.fromTs === null || d.fromTs < l.fromTs)) l.fromTs = d.fromTs;
+    if (d.toTs !== null && (l.toTs === null || d.toTs > l.toTs)) l.toTs = d.toTs;
+  }
+
+  /** The `edge.events_lost` report of everything counted, made now, or null; the tally starts again. */
+  take(ids: { site: string; edge: string }, now: number): Envelope | null {
+    const lost = this.lost;
+    this.lost = null;
+    if (!lost) return null;
+    return makeEnvelope(
+      { type: 'edge.events_lost', source: { device: ids.edge, driver: 'runtime' }, data: lost as unknown as Record<string, unknown> },
+      ids,
+      now,
+    );
+  }
 }
 
 /**
@@ -25,7 +85,7 @@ export class HeldEvents {
   /** JSON size of each held event, by position in `events`. */
   private sizes: number[] = [];
   private bytes = 0;
-  private lost: HeldLossData | null = null;
+  private readonly lost = new LossTally('outbox_write_failed');
   /** The loss report handed out by the last `take`. */
   private report: Envelope | null = null;
 
@@ -45,7 +105,7 @@ export class HeldEvents {
 
   /** Whether there is anything to store: held events or a loss to report. */
   get pending(): boolean {
-    return this.events.length > 0 || this.lost !== null;
+    return this.events.length > 0 || this.lost.pending;
   }
 
   hold(envelopes: readonly Envelope[]): void {
@@ -64,13 +124,7 @@ export class HeldEvents {
       for (let i = 0; i < this.events.length; i++) {
         const e = this.events[i];
         if (e.severity === severity && over()) {
-          this.mergeLoss({
-            count: 1,
-            reason: 'outbox_write_failed',
-            bySeverity: { info: severity === 'info' ? 1 : 0, warning: severity === 'warning' ? 1 : 0 },
-            fromTs: e.ts,
-            toTs: e.ts,
-          });
+          this.lost.add([e]);
           this.bytes -= this.sizes[i];
           count--;
         } else {
@@ -93,30 +147,14 @@ export class HeldEvents {
     this.events = [];
     this.sizes = [];
     this.bytes = 0;
-    this.report = null;
-    const lost = this.lost;
-    this.lost = null;
-    if (lost) {
-      this.report = makeEnvelope(
-        {
-          type: 'edge.events_lost',
-          source: { device: ids.edge, driver: 'runtime' },
-          data: lost as unknown as Record<string, unknown>,
-        },
-        ids,
-        now,
-      );
-      out.push(this.report);
-    }
+    this.report = this.lost.take(ids, now);
+    if (this.report) out.push(this.report);
     return out;
   }
 
   /** Storing what `take` gave failed: hold it again, ahead of what came meanwhile (the loss report is remade later). */
   putBack(taken: readonly Envelope[]): void {
-    const report = this.report;
-    this.report = null;
-    const events = taken.filter((e) => e !== report);
-    if (report && events.length < taken.length) this.mergeLoss(report.data as unknown as HeldLossData);
+    const events = this.drop(taken);
     const later = this.events;
     this.events = [];
     this.sizes = [];
@@ -125,19 +163,16 @@ export class HeldEvents {
     this.hold(later);
   }
 
-  private mergeLoss(d: HeldLossData): void {
-    this.lost ??= {
-      count: 0,
-      reason: 'outbox_write_failed',
-      bySeverity: { info: 0, warning: 0 },
-      fromTs: null,
-      toTs: null,
-    };
-    const l = this.lost;
-    l.count += d.count;
-    l.bySeverity.info += d.bySeverity.info;
-    l.bySeverity.warning += d.bySeverity.warning;
-    if (d.fromTs !== null && (l.fromTs === null || d.fromTs < l.fromTs)) l.fromTs = d.fromTs;
-    if (d.toTs !== null && (l.toTs === null || d.toTs > l.toTs)) l.toTs = d.toTs;
+  /**
+   * Storing what `take` gave was refused for good (a store full of critical
+   * events): its events, which the caller counts as lost; the loss report
+   * among them is remade later, with anything held meanwhile still held.
+   */
+  drop(taken: readonly Envelope[]): Envelope[] {
+    const report = this.report;
+    this.report = null;
+    const events = taken.filter((e) => e !== report);
+    if (report && events.length < taken.length) this.lost.merge(report.data as unknown as HeldLossData);
+    return events;
   }
 }

@@ -22,7 +22,7 @@ import { Metrics } from './metrics.js';
 import type { EdgewardNodeApi } from './node-api.js';
 import { embedNodeRed } from './nodered.js';
 import { Registry } from './registry.js';
-import { HeldEvents } from './held-events.js';
+import { HeldEvents, type HeldLossData, LossTally } from './held-events.js';
 import { SeqSlots } from './seq-slots.js';
 
 /** Options of {@link Runtime}. */
@@ -97,6 +97,9 @@ export class Runtime {
   /** With an uplink, events it could never send (over its packet limit even alone) are refused at ingest. */
   private readonly maxEventBytes?: number;
   private heldTimer: NodeJS.Timeout | null = null;
+  /** Bus events refused by a store full of critical events (EDGE_OUTBOX_FULL), until reported. */
+  private readonly refused = new LossTally('outbox_full');
+  private refusedTimer: NodeJS.Timeout | null = null;
   private startedAt = 0;
   /** Since when the uplink is down (undefined while connected). */
   private uplinkDownSince?: number;
@@ -287,6 +290,11 @@ export class Runtime {
       if (this.held.pending && !(await this.storeHeld())) {
         this.metrics.ingestError(this.held.size);
         this.log.error({ events: this.held.size }, 'bus events held while the outbox could not write are lost at stop');
+      }
+      if (this.refusedTimer) this.clock.clearTimeout(this.refusedTimer);
+      this.refusedTimer = null;
+      if (this.refused.pending && !(await this.storeRefusedReport())) {
+        this.log.error({ events: this.refused.count }, 'bus events refused by a full outbox: not reported to the central (no room before the stop)');
       }
     });
     await this.step('uplink', async () => this.uplink?.stop());
@@ -575,6 +583,10 @@ export class Runtime {
         this.hold(envelopes);
         return;
       }
+      if (isEdgewardError(err, 'EDGE_OUTBOX_FULL')) {
+        this.refuse(envelopes);
+        return;
+      }
       const oneEvent = isEdgewardError(err, 'EDGE_OUTBOX_INVALID') || isEdgewardError(err, 'EDGE_OUTBOX_EVENT_TOO_LARGE');
       if (batch.length === 1 || !oneEvent) {
         // Not about one event's content (outbox full of alarms, disk error): one line, not one per event.
@@ -591,11 +603,73 @@ export class Runtime {
             this.hold([envelope]);
             return;
           }
+          if (isEdgewardError(e, 'EDGE_OUTBOX_FULL')) {
+            this.refuse([envelope]);
+            return;
+          }
           this.metrics.ingestError();
           this.log.error({ err: e, type: envelope.type, device: envelope.source.device }, 'could not store a bus event');
         });
       }
     });
+  }
+
+  /**
+   * Bus events a store full of critical events refused (EDGE_OUTBOX_FULL: an
+   * append with a critical event is never refused). Not held: the store is at
+   * its bound, and what it cannot keep, memory should not either. They are
+   * lost, and the central learns it from one `edge.events_lost`
+   * `{reason: "outbox_full"}` stored as soon as there is room for it. The
+   * store logs the refusals (once, then every 10 s) and /healthz reports them.
+   */
+  private refuse(envelopes: Envelope[]): void {
+    this.metrics.ingestError(envelopes.length);
+    this.refused.add(envelopes);
+    this.log.debug({ events: envelopes.length }, 'bus events refused: outbox full of critical events');
+    this.scheduleRefusedReport();
+  }
+
+  private scheduleRefusedReport(): void {
+    if (this.refusedTimer || this.state === 'stopped') return;
+    this.refusedTimer = this.clock.setTimeout(() => {
+      this.refusedTimer = null;
+      void this.storeRefusedReport();
+    }, HELD_RETRY_MS);
+    this.refusedTimer.unref?.();
+  }
+
+  /**
+   * Store the report of refused bus events, if the store has room for it now
+   * (room is only made by the central acknowledging critical events); tried
+   * every HELD_RETRY_MS until it is stored. An append bound to be refused is
+   * not made: each would count as one more refusal in /healthz.
+   */
+  private async storeRefusedReport(): Promise<boolean> {
+    const report = this.refused.take({ site: this.config.site, edge: this.config.edge }, this.clock.now());
+    if (!report) return true;
+    // A non-critical append is refused only when it is larger than what the critical events leave
+    // (the rest is evictable); 64 bytes for the seq the store adds.
+    let room = 0;
+    try {
+      const s = this.outbox.stats();
+      room = s.maxBytes - s.bySeverity.critical.bytes;
+    } catch {
+      // not open: no room
+    }
+    if (room >= Buffer.byteLength(JSON.stringify(report)) + 64) {
+      try {
+        await this.store([report]);
+        this.log.warn({ events: (report.data as { count: number }).count }, 'bus events refused by a full outbox: reported to the central');
+        return true;
+      } catch (err) {
+        if (!isEdgewardError(err, 'EDGE_OUTBOX_FULL') && !isEdgewardError(err, 'EDGE_OUTBOX_WRITE_FAILED')) {
+          this.log.error({ err }, 'could not store the report of bus events refused by a full outbox');
+        }
+      }
+    }
+    this.refused.merge(report.data as unknown as HeldLossData);
+    if (this.state !== 'stopping' && this.state !== 'stopped') this.scheduleRefusedReport();
+    return false;
   }
 
   private hold(envelopes: Envelope[]): void {
@@ -626,6 +700,13 @@ export class Runtime {
       this.log.warn({ events: taken.length }, 'held bus events stored: the outbox writes again');
       return true;
     } catch (err) {
+      if (isEdgewardError(err, 'EDGE_OUTBOX_FULL')) {
+        // The disk has room again but the store is full of alarms: these are refused like any bus event.
+        const dropped = this.held.drop(taken);
+        if (dropped.length > 0) this.refuse(dropped);
+        if (this.held.pending && this.state !== 'stopping' && this.state !== 'stopped') this.scheduleHeldRetry();
+        return false;
+      }
       this.held.putBack(taken);
       if (!isEdgewardError(err, 'EDGE_OUTBOX_WRITE_FAILED')) this.log.error({ err, events: taken.length }, 'could not store held bus events');
       if (this.state !== 'stopping' && this.state !== 'stopped') this.scheduleHeldRetry();

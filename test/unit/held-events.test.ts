@@ -129,9 +129,9 @@ describe('runtime, its store on a disk that fails (a real LevelDB, its batch wri
   });
 
   /** A started runtime on `clock`, no uplink, its data in this test's dir. */
-  async function start(clock: ManualClock): Promise<Runtime> {
+  async function start(clock: ManualClock, extra = ''): Promise<Runtime> {
     const config = parseConfig(
-      `site: s\nedge: gate-01\ndataDir: ${dir.path}\nhttp: { host: 127.0.0.1, port: 0 }\nprivacy: { siteKey: held-test-site-key-0123456789 }\nlog: { level: silent }\n`,
+      `site: s\nedge: gate-01\ndataDir: ${dir.path}\nhttp: { host: 127.0.0.1, port: 0 }\nprivacy: { siteKey: held-test-site-key-0123456789 }\nlog: { level: silent }\n${extra}`,
       {},
     );
     runtime = new Runtime({ config, log: silentLogger(), clock });
@@ -192,6 +192,100 @@ describe('runtime, its store on a disk that fails (a real LevelDB, its batch wri
     // The failures said "no space": the disk reserve went, and is written back now that writes work.
     await waitFor(() => rt.health().ok, { message: () => `healthy again: ${JSON.stringify(rt.health().problems)}` });
     assert.match(await rt.metrics.registry.metrics(), /^edgeward_ingest_held_events 0$/m);
+  });
+
+  /** Critical events of ~100 KB each, straight into the store, until `bytes` of them are stored. */
+  async function storeAlarms(rt: Runtime, bytes: number, clock: ManualClock): Promise<void> {
+    while (rt.outbox.stats().bySeverity.critical.bytes < bytes) {
+      await rt.outbox.append([
+        makeEnvelope({ type: 'door.forced', source: { device: 'door-9' }, data: { pad: 'x'.repeat(100_000) } }, IDS, clock.now()),
+      ]);
+    }
+  }
+
+  /** Let the event loop turn a few times (what a retry that stores nothing does is over by then). */
+  async function delayTurns(n: number): Promise<void> {
+    for (let i = 0; i < n; i++) await new Promise((resolve) => setImmediate(resolve));
+  }
+
+  function lossReports(rt: Runtime): Envelope[] {
+    return rt.outbox.recent(1000).filter((e) => e.type === 'edge.events_lost');
+  }
+
+  it('bus events refused by a store full of alarms: counted, and one edge.events_lost {reason: outbox_full} once acks make room', async () => {
+    const clock = new ManualClock();
+    const rt = await start(clock, 'outbox: { maxBytes: 1048576 }\n');
+    await storeAlarms(rt, 1_048_576, clock);
+    const firstAt = new Date(clock.now()).toISOString();
+    rt.bus.emit('event.input', { type: 'door.opened', source: { device: 'door-1' }, data: { door: 0 } });
+    rt.bus.emit('event.input', { type: 'door.held_open', severity: 'warning', source: { device: 'door-1' }, data: { door: 0 } });
+    await waitFor(async () => /^edgeward_ingest_errors_total 2$/m.test(await rt.metrics.registry.metrics()), {
+      message: 'the first tick refused',
+    });
+    clock.advance(400);
+    rt.bus.emit('event.input', { type: 'door.opened', source: { device: 'door-2' }, data: { door: 1 } });
+    await waitFor(async () => /^edgeward_ingest_errors_total 3$/m.test(await rt.metrics.registry.metrics()), {
+      message: 'the second tick refused',
+    });
+    const lastAt = new Date(clock.now()).toISOString();
+    const stored = rt.outbox.stats().events;
+    // Still full at the retry: no append is tried (it would be one more refusal in /healthz), the next retry is set.
+    const refusals = rt.outbox.stats().refusingFull?.events;
+    assert.equal(refusals, 3);
+    clock.advance(1000);
+    await delayTurns(5);
+    assert.equal(rt.outbox.stats().events, stored, 'nothing stored while full');
+    assert.equal(rt.outbox.stats().refusingFull?.events, refusals, 'no refused append of our own');
+    assert.deepEqual(lossReports(rt), []);
+    // The central acks two alarms: room for the report (not for the events, which are gone).
+    await rt.outbox.ack([[1, 2]]);
+    clock.advance(1000);
+    await waitFor(() => lossReports(rt).length === 1, { message: 'the loss report stored' });
+    const [report] = lossReports(rt);
+    assert.equal(report.severity, 'warning');
+    assert.deepEqual(report.source, { device: 'gate-01', driver: 'runtime' });
+    assert.ok(report.msg?.zh && report.msg.bo && report.msg.en);
+    assert.deepEqual(report.data as unknown as HeldLossData, {
+      count: 3,
+      reason: 'outbox_full',
+      bySeverity: { info: 2, warning: 1 },
+      fromTs: firstAt,
+      toTs: lastAt,
+    });
+    // Reported once: later retries store nothing more.
+    clock.advance(5000);
+    await delayTurns(5);
+    assert.equal(lossReports(rt).length, 1);
+    assert.equal(rt.outbox.stats().events, stored - 2 + 1);
+  });
+
+  it('held bus events that meet a store full of alarms once the disk writes again: reported as refused, not held for good', async () => {
+    const clock = new ManualClock();
+    const rt = await start(clock, 'outbox: { maxBytes: 1048576 }\n');
+    await storeAlarms(rt, 900_000, clock);
+    const restore = replaceBatchWrites(rt.outbox, async () => {
+      throw diskFull();
+    });
+    try {
+      rt.bus.emit('event.input', { type: 'door.opened', source: { device: 'door-1' }, data: { door: 0 } });
+      rt.bus.emit('event.input', { type: 'door.opened', source: { device: 'door-2' }, data: { door: 1 } });
+      await waitFor(() => (rt.health().outbox as { heldEvents?: number }).heldEvents === 2, { message: '2 bus events held' });
+    } finally {
+      restore();
+    }
+    // Before the held events' retry, alarms fill what the disk's room allows the bound.
+    await storeAlarms(rt, 1_048_576, clock);
+    clock.advance(1000);
+    await waitFor(async () => /^edgeward_ingest_errors_total 2$/m.test(await rt.metrics.registry.metrics()), {
+      message: () => `the held events refused and counted: ${JSON.stringify(rt.health())}`,
+    });
+    assert.equal((rt.health().outbox as { heldEvents?: number }).heldEvents, undefined, 'no longer held');
+    await rt.outbox.ack([[1, 3]]);
+    clock.advance(1000);
+    await waitFor(() => lossReports(rt).length === 1, { message: 'the loss report stored' });
+    const data = lossReports(rt)[0].data as unknown as HeldLossData;
+    assert.equal(data.reason, 'outbox_full');
+    assert.equal(data.count, 2);
   });
 
   it('/healthz reports a write to disk pending over 10 s (a dying SD card), and nothing once it lands', async () => {
