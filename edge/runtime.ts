@@ -96,10 +96,10 @@ export class Runtime {
   private driverState?: DriverStateStore;
   /** With an uplink, events it could never send (over its packet limit even alone) are refused at ingest. */
   private readonly maxEventBytes?: number;
-  private heldTimer: NodeJS.Timeout | null = null;
+  /** Retries storing held events and the report of refused ones (see scheduleRetry). */
+  private retryTimer: NodeJS.Timeout | null = null;
   /** Bus events refused by a store full of critical events (EDGE_OUTBOX_FULL), until reported. */
   private readonly refused = new LossTally('outbox_full');
-  private refusedTimer: NodeJS.Timeout | null = null;
   private startedAt = 0;
   /** Since when the uplink is down (undefined while connected). */
   private uplinkDownSince?: number;
@@ -284,15 +284,13 @@ export class Runtime {
     await this.step('ingest', async () => {
       this.flush();
       await Promise.allSettled([...this.inflight]);
-      if (this.heldTimer) this.clock.clearTimeout(this.heldTimer);
-      this.heldTimer = null;
+      if (this.retryTimer) this.clock.clearTimeout(this.retryTimer);
+      this.retryTimer = null;
       // A last try for bus events held while the outbox could not write.
       if (this.held.pending && !(await this.storeHeld())) {
         this.metrics.ingestError(this.held.size);
         this.log.error({ events: this.held.size }, 'bus events held while the outbox could not write are lost at stop');
       }
-      if (this.refusedTimer) this.clock.clearTimeout(this.refusedTimer);
-      this.refusedTimer = null;
       if (this.refused.pending && !(await this.storeRefusedReport())) {
         this.log.error({ events: this.refused.count }, 'bus events refused by a full outbox: not reported to the central (no room before the stop)');
       }
@@ -626,16 +624,7 @@ export class Runtime {
     this.metrics.ingestError(envelopes.length);
     this.refused.add(envelopes);
     this.log.debug({ events: envelopes.length }, 'bus events refused: outbox full of critical events');
-    this.scheduleRefusedReport();
-  }
-
-  private scheduleRefusedReport(): void {
-    if (this.refusedTimer || this.state === 'stopped') return;
-    this.refusedTimer = this.clock.setTimeout(() => {
-      this.refusedTimer = null;
-      void this.storeRefusedReport();
-    }, HELD_RETRY_MS);
-    this.refusedTimer.unref?.();
+    this.scheduleRetry();
   }
 
   /**
@@ -668,7 +657,7 @@ export class Runtime {
       }
     }
     this.refused.merge(report.data as unknown as HeldLossData);
-    if (this.state !== 'stopping' && this.state !== 'stopped') this.scheduleRefusedReport();
+    this.scheduleRetry();
     return false;
   }
 
@@ -676,16 +665,17 @@ export class Runtime {
     const before = this.held.size;
     this.held.hold(envelopes);
     if (before === 0) this.log.warn({ events: envelopes.length }, 'outbox cannot write: holding bus events in memory until it can');
-    this.scheduleHeldRetry();
+    this.scheduleRetry();
   }
 
-  private scheduleHeldRetry(): void {
-    if (this.heldTimer || this.state === 'stopped') return;
-    this.heldTimer = this.clock.setTimeout(() => {
-      this.heldTimer = null;
-      void this.storeHeld();
+  /** One timer retries both: the held events, and the report of refused ones (a stop makes its own last try). */
+  private scheduleRetry(): void {
+    if (this.retryTimer || this.state === 'stopping' || this.state === 'stopped') return;
+    this.retryTimer = this.clock.setTimeout(() => {
+      this.retryTimer = null;
+      void this.storeHeld().then(() => this.storeRefusedReport());
     }, HELD_RETRY_MS);
-    this.heldTimer.unref?.();
+    this.retryTimer.unref?.();
   }
 
   /**
@@ -704,12 +694,12 @@ export class Runtime {
         // The disk has room again but the store is full of alarms: these are refused like any bus event.
         const dropped = this.held.drop(taken);
         if (dropped.length > 0) this.refuse(dropped);
-        if (this.held.pending && this.state !== 'stopping' && this.state !== 'stopped') this.scheduleHeldRetry();
+        if (this.held.pending) this.scheduleRetry();
         return false;
       }
       this.held.putBack(taken);
       if (!isEdgewardError(err, 'EDGE_OUTBOX_WRITE_FAILED')) this.log.error({ err, events: taken.length }, 'could not store held bus events');
-      if (this.state !== 'stopping' && this.state !== 'stopped') this.scheduleHeldRetry();
+      this.scheduleRetry();
       return false;
     }
   }
