@@ -3,6 +3,7 @@ import { parseConfig } from '../../edge/config.js';
 import { type Envelope, type EventType, makeEnvelope, type Severity } from '../../edge/envelope.js';
 import { type HeldLossData, HeldEvents } from '../../edge/held-events.js';
 import { silentLogger } from '../../edge/log.js';
+import { captureLogger } from '../helpers/log.js';
 import { Runtime } from '../../edge/runtime.js';
 import { diskFull, replaceBatchWrites } from '../helpers/batch-writes.js';
 import { ManualClock } from '../helpers/clock.js';
@@ -129,12 +130,12 @@ describe('runtime, its store on a disk that fails (a real LevelDB, its batch wri
   });
 
   /** A started runtime on `clock`, no uplink, its data in this test's dir. */
-  async function start(clock: ManualClock, extra = ''): Promise<Runtime> {
+  async function start(clock: ManualClock, extra = '', log = silentLogger()): Promise<Runtime> {
     const config = parseConfig(
       `site: s\nedge: gate-01\ndataDir: ${dir.path}\nhttp: { host: 127.0.0.1, port: 0 }\nprivacy: { siteKey: held-test-site-key-0123456789 }\nlog: { level: silent }\n${extra}`,
       {},
     );
-    runtime = new Runtime({ config, log: silentLogger(), clock });
+    runtime = new Runtime({ config, log, clock });
     await runtime.start();
     return runtime;
   }
@@ -286,6 +287,20 @@ describe('runtime, its store on a disk that fails (a real LevelDB, its batch wri
     const data = lossReports(rt)[0].data as unknown as HeldLossData;
     assert.equal(data.reason, 'outbox_full');
     assert.equal(data.count, 2);
+  });
+
+  it('a bus event refused during the stop is not reported silently: the stop says it could not store the report', async () => {
+    const clock = new ManualClock();
+    const { log, lines } = captureLogger('warn');
+    const rt = await start(clock, 'outbox: { maxBytes: 1048576 }\n', log);
+    await storeAlarms(rt, 1_048_576, clock);
+    rt.bus.emit('event.input', { type: 'door.opened', source: { device: 'door-1' }, data: { door: 0 } });
+    // The stop flushes the tick's event itself; the store refuses it.
+    await rt.stop();
+    runtime = undefined;
+    const line = lines.find((l) => String(l.msg).startsWith('bus events refused by a full outbox: not reported'));
+    assert.ok(line, JSON.stringify(lines.map((l) => l.msg)));
+    assert.equal(line.events, 1);
   });
 
   it('/healthz reports a write to disk pending over 10 s (a dying SD card), and nothing once it lands', async () => {
