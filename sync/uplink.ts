@@ -89,8 +89,25 @@ const NO_ADVANCE = -1;
 const MAX_ACK_BACKOFF = 8;
 /** While acks time out, at most one log line about it this often (see logResend). */
 const RESEND_LOG_MS = 60_000;
-/** Most ranges the sent-seq record keeps (see keepNewestRanges). */
-const MAX_SENT_RANGES = 1024;
+/**
+ * Largest ack payload looked at; a larger one is ignored as malformed before
+ * it is parsed. One 30 MB ack (valid JSON, a range per seq) took the runtime
+ * to 1.85 GB and 5.8 s of blocked event loop, and kept retained on the ack
+ * topic it crashed a runtime with a 512 MB heap at every start (found by a
+ * review). An ack naming singly each seq of a full window (16 batches of 500,
+ * seqs of 16 digits) is ~300 KB.
+ */
+export const MAX_ACK_BYTES = 1024 * 1024;
+/**
+ * Ranges the sent-seq record keeps beyond two per seq in flight (see
+ * keepNewestRanges). At a fixed 1,024, a backlog drain with critical events
+ * among the info ones (critical batches pass a full window; each critical
+ * seq is a range of its own until the info around it is sent) dropped the
+ * oldest ranges still in flight, so a correct central's acks for them were
+ * ignored and the batches resent: 16,976 duplicates for a 20,000-event
+ * drain, against none for info alone (found by a review).
+ */
+const SPARE_SENT_RANGES = 1024;
 const DEFAULT_STATUS_INTERVAL_MS = 30_000;
 const STOP_PUBLISH_TIMEOUT_MS = 2_000;
 /**
@@ -193,6 +210,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   /** Malformed acks since the last line about them. */
   private malformedAcks = 0;
   private lastMalformedAckLogAt = Number.NEGATIVE_INFINITY;
+  /** Acks with another epoch since the last line about them. */
+  private otherEpochAcks = 0;
+  private lastOtherEpochAckLogAt = Number.NEGATIVE_INFINITY;
   /** Ack timeouts since the last line about them (see logResend); loggedAt null outside a silent spell. */
   private resends: { loggedAt: number | null; batches: number; events: number } = { loggedAt: null, batches: 0, events: 0 };
   private warnedRetainedAck = false;
@@ -813,6 +833,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private onAckMessage(payload: Buffer, retained = false): void {
     let ack: ReturnType<typeof decodeAck>;
     try {
+      if (payload.length > MAX_ACK_BYTES) throw new Error(`ack payload of ${payload.length} bytes, over ${MAX_ACK_BYTES}: not parsed`);
       ack = decodeAck(payload);
     } catch (err) {
       // Once a minute at most, with the count since: a central looping on a bad ack wrote a line per message.
@@ -829,10 +850,18 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       return;
     }
     if (ack.epoch !== this.outbox.epoch) {
-      this.log.warn(
-        { ackEpoch: ack.epoch, epoch: this.outbox.epoch },
-        'ignoring ack for another outbox epoch',
-      );
+      // The same pacing: a second box with this site/edge, or a central acking a store that was
+      // rebuilt, wrote a line per ack (3,000 acks, 3,000 lines, seen in a review).
+      this.otherEpochAcks++;
+      const now = this.clock.now();
+      if (now - this.lastOtherEpochAckLogAt >= RESEND_LOG_MS) {
+        this.log.warn(
+          { ackEpoch: ack.epoch, epoch: this.outbox.epoch, acks: this.otherEpochAcks },
+          'ignoring ack for another outbox epoch',
+        );
+        this.lastOtherEpochAckLogAt = now;
+        this.otherEpochAcks = 0;
+      }
       return;
     }
     if (retained && !this.warnedRetainedAck) {
@@ -867,9 +896,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       if (ranges[0][0] === last[1] + 1) last[1] = ranges[0][1];
       else this.sentRanges.push(ranges[0]);
     } else {
-      this.sentRanges = mergeRanges([...this.sentRanges, ...ranges]);
+      // Linear: the record may hold thousands of ranges, and this runs for every batch sent.
+      this.sentRanges = mergeSortedRanges(this.sentRanges, ranges);
     }
-    keepNewestRanges(this.sentRanges, MAX_SENT_RANGES);
+    let inflightSeqs = 0;
+    for (const b of this.inflight) inflightSeqs += b.pending.size;
+    keepNewestRanges(this.sentRanges, SPARE_SENT_RANGES + 2 * inflightSeqs);
   }
 
   /**
@@ -1124,6 +1156,23 @@ export function subtractRanges(a: Array<[number, number]>, b: ReadonlyArray<read
       if (b[k][0] > lo) out.push([lo, b[k][0] - 1]);
       lo = Math.max(lo, b[k][1] + 1);
     }
+  }
+  return out;
+}
+
+/** Merge two lists of sorted, disjoint inclusive ranges into one (overlapping or adjacent ones joined), in linear time. */
+export function mergeSortedRanges(
+  a: ReadonlyArray<readonly [number, number]>,
+  b: ReadonlyArray<readonly [number, number]>,
+): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    const r = j >= b.length || (i < a.length && a[i][0] <= b[j][0]) ? a[i++] : b[j++];
+    const last = out[out.length - 1];
+    if (last && r[0] <= last[1] + 1) last[1] = Math.max(last[1], r[1]);
+    else out.push([r[0], r[1]]);
   }
   return out;
 }

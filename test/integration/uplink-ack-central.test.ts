@@ -6,7 +6,7 @@ import { silentLogger } from '../../edge/log.js';
 import { Runtime } from '../../edge/runtime.js';
 import type { UplinkConfig } from '../../edge/config-types.js';
 import { LevelOutbox } from '../../sync/outbox.js';
-import { Uplink } from '../../sync/uplink.js';
+import { MAX_ACK_BYTES, Uplink } from '../../sync/uplink.js';
 import { type AckPolicy, startTestCentral, type TestCentral } from '../helpers/central.js';
 import { startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
 import { captureLogger } from '../helpers/log.js';
@@ -113,17 +113,36 @@ describe('uplink, ack: central (integration, Mosquitto + LevelOutbox)', function
     for (const [, n] of seen) assert.ok(n >= 2, 'every event was delivered at least twice');
   });
 
-  it('ignores (and logs) an ack with another epoch', async () => {
+  it('ignores (and logs, once a minute at most) acks with another epoch', async () => {
     await setup(true, 'ANOTHER-EPOCH');
     const seqs = await append(60);
     await waitFor(() => central.byId.size === 60, { message: 'central received all' });
     await waitFor(() => logs.lines.some((l) => l.msg === 'ignoring ack for another outbox epoch'), {
       message: 'foreign-epoch ack logged',
     });
+    // A second box with this site/edge, or a central acking an old store, sends them for as long as it lasts.
+    for (let i = 0; i < 50; i++) await central.publishRawAck(JSON.stringify({ epoch: 'ANOTHER-EPOCH', seqs: [[1, 60]] }));
     // A valid ack sent after the foreign ones is applied after them (one publisher, in order).
     await central.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[seqs[0], seqs[0]]] }));
     await waitFor(() => outbox.stats().events === 59, { message: 'the valid ack was applied' });
     assert.equal(outbox.stats().events, 59, 'foreign-epoch acks deleted nothing');
+    assert.equal(logs.lines.filter((l) => l.msg === 'ignoring ack for another outbox epoch').length, 1, 'one line for 50+ acks within a minute');
+  });
+
+  it('an ack payload over MAX_ACK_BYTES is ignored as malformed before it is parsed, and deletes nothing', async () => {
+    await setup(false);
+    const seqs = await append(30);
+    await waitFor(() => central.byId.size === 30, { message: 'central received all' });
+    // Valid JSON, the right epoch, every seq sent: only its size is wrong (one range per seq, repeated).
+    const ranges = Array.from({ length: Math.ceil(MAX_ACK_BYTES / 5) }, (_, i) => [seqs[i % 30], seqs[i % 30]]);
+    const big = JSON.stringify({ epoch: outbox.epoch, seqs: ranges });
+    assert.ok(big.length > MAX_ACK_BYTES);
+    await central.publishRawAck(big);
+    await central.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[seqs[0], seqs[0]]] }));
+    await waitFor(() => outbox.stats().events === 29, { message: 'the valid ack after the big one was applied' });
+    const warned = logs.lines.filter((l) => l.msg === 'ignoring malformed ack');
+    assert.equal(warned.length, 1);
+    assert.match(String(warned[0].err), /^ack payload of \d+ bytes, over 1048576: not parsed$/);
   });
 
   it('malformed ack payloads change nothing and are logged (once a minute at most)', async () => {

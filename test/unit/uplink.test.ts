@@ -9,7 +9,7 @@ import { EdgewardError, isEdgewardError } from '../../edge/errors.js';
 import { type Logger, silentLogger } from '../../edge/log.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { encodeBatch } from '../../sync/batch-codec.js';
-import { keepNewestRanges, maxEventBytes, normalizeRanges, PendingSeqs, publishPacketBytes, subtractRanges, Uplink } from '../../sync/uplink.js';
+import { keepNewestRanges, maxEventBytes, mergeSortedRanges, normalizeRanges, PendingSeqs, publishPacketBytes, subtractRanges, Uplink } from '../../sync/uplink.js';
 import { startTestCentral, type TestCentral } from '../helpers/central.js';
 import { freePort, startMosquitto, type TestMosquitto } from '../helpers/mosquitto.js';
 import { ManualClock } from '../helpers/clock.js';
@@ -416,6 +416,16 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     assert.deepEqual(subtractRanges([[1, 2], [4, 5], [8, 9]], [[2, 4], [9, 20]]), [[1, 1], [5, 5], [8, 8]]);
   });
 
+  it('mergeSortedRanges: two sorted lists joined where they overlap or touch', () => {
+    assert.deepEqual(mergeSortedRanges([[1, 2], [10, 12]], [[3, 4], [6, 6], [11, 20]]), [[1, 4], [6, 6], [10, 20]]);
+    assert.deepEqual(mergeSortedRanges([], [[5, 9]]), [[5, 9]]);
+    assert.deepEqual(mergeSortedRanges([[5, 9]], []), [[5, 9]]);
+    assert.deepEqual(mergeSortedRanges([[1, 1], [3, 3]], [[2, 2]]), [[1, 3]]);
+    const a: Array<[number, number]> = [[1, 5]];
+    mergeSortedRanges(a, [[6, 7]]);
+    assert.deepEqual(a, [[1, 5]], 'its inputs unchanged');
+  });
+
   it('normalizeRanges: an ack is clamped to the seqs handed out, sorted and merged, whatever it lists', () => {
     assert.deepEqual(normalizeRanges([[5, 9], [1, 3], [4, 4], [20, 30]], 25), [[1, 9], [20, 25]]);
     assert.deepEqual(normalizeRanges([[0, 2], [-5, -1], [26, 40]], 25), [[1, 2]]);
@@ -457,6 +467,23 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     assert.equal(p.size, 0);
     assert.equal(p.has(12), false);
     assert.deepEqual(p.ranges(), []);
+  });
+
+  it('drains a backlog with critical events among the info ones without resending what a prompt central acked', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: true });
+    // Every other event critical: each critical seq is a range of its own in the record of what
+    // was sent, and critical batches pass the full window: 2,000 ranges in flight at once.
+    await outbox.append(
+      Array.from({ length: 4000 }, (_, i) =>
+        makeEnvelope({ type: i % 2 ? 'door.forced' : 'sensor.reading', source: { device: 'd1' }, data: { i } }, { site, edge }),
+      ),
+    );
+    const u = make({ ackTimeoutMs: 5000 });
+    await u.start();
+    const c = central;
+    await waitFor(() => outbox.stats().events === 0, { timeoutMs: 15_000, message: 'the backlog drained' });
+    assert.equal(c.byId.size, 4000);
+    assert.equal(c.arrivals.length, 4000, 'no batch resent: every ack was applied');
   });
 
   it('ack: broker deletes on PUBACK', async () => {
