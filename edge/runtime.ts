@@ -39,8 +39,10 @@ export interface RuntimeOptions {
 /** The uplink may be down this long before /healthz says so (a weak cellular link drops often). */
 export const UPLINK_UNHEALTHY_AFTER_MS = 60_000;
 /**
- * Batches may wait this long for their ack before /healthz says so: the link
- * is up, but the central (or the broker's ACL, or a subscription) swallows them.
+ * An event sent may wait this long for its ack before /healthz says so: the
+ * central (or the broker's ACL, or a subscription) swallows batches, the
+ * central refuses one batch while it acks the others, or the connection
+ * drops at every publish.
  */
 export const ACK_SILENT_UNHEALTHY_AFTER_MS = 60_000;
 
@@ -504,9 +506,11 @@ export class Runtime {
       if (downMs > UPLINK_UNHEALTHY_AFTER_MS) {
         problems.push(`uplink disconnected for ${Math.floor(downMs / 1000)} s`);
       }
-      if (connected && unackedForMs !== undefined && unackedForMs > ACK_SILENT_UNHEALTHY_AFTER_MS) {
-        const who = this.config.uplink?.ack === 'broker' ? 'the broker has not acknowledged' : 'no ack from the central';
-        problems.push(`${who} for ${Math.floor(unackedForMs / 1000)} s with ${inflightBatches} batches in flight`);
+      // Not while the disconnection above is reported: it says why already.
+      if (unackedForMs !== undefined && unackedForMs > ACK_SILENT_UNHEALTHY_AFTER_MS && downMs <= UPLINK_UNHEALTHY_AFTER_MS) {
+        const who = this.config.uplink?.ack === 'broker' ? 'the broker' : 'the central';
+        const state = !connected ? 'connection dropped, reconnecting' : inflightBatches > 0 ? `${inflightBatches} batches in flight` : 'resending';
+        problems.push(`oldest event sent ${Math.floor(unackedForMs / 1000)} s ago still not acknowledged by ${who} (${state})`);
       }
       if (unsendable > 0) {
         uplink.unsendable = unsendable;

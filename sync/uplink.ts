@@ -45,8 +45,10 @@ export interface UplinkStatus {
   /** Stored events too large to be sent within `maxPacketBytes` even alone: kept, not sent (see README). */
   unsendable: number;
   /**
-   * While batches are in flight: how long since the acks last made progress
-   * (or since the first of them was published). Resends do not reset it.
+   * How long ago the oldest event sent and not yet acknowledged was first
+   * sent: in flight, or released to go again (an ack timeout, a dropped
+   * connection). Resends, reconnects and acks of other batches do not reset
+   * it. Absent when nothing sent waits for an ack.
    */
   unackedForMs?: number;
 }
@@ -68,6 +70,12 @@ interface InflightBatch {
   minSeq: Partial<Record<Severity, number>>;
   critical: boolean;
   sentAt: number;
+  /**
+   * When the oldest of its events was first sent, this copy or an earlier one
+   * (kept across resends and reconnects): what /healthz measures an ack
+   * against. Unset until the batch is published, unless inherited.
+   */
+  firstSentAt?: number;
   /** The PUBACK arrived (ack: broker completes the batch then). */
   published: boolean;
   timer?: NodeJS.Timeout;
@@ -89,6 +97,14 @@ const NO_ADVANCE = -1;
 const MAX_ACK_BACKOFF = 8;
 /** While acks time out, at most one log line about it this often (see logResend). */
 const RESEND_LOG_MS = 60_000;
+/**
+ * A connection that lasted this long was a working one: its close resets the
+ * reconnect backoff. A shorter one does not, and its close is logged once a
+ * minute at most: a broker that drops the edge at every publish (a size
+ * limit, an ACL that disconnects) was reconnected every ~250 ms for good,
+ * with a pair of log lines each time (found by a review).
+ */
+const STABLE_CONNECTION_MS = 10_000;
 /**
  * Largest ack payload looked at; a larger one is ignored as malformed before
  * it is parsed. One 30 MB ack (valid JSON, a range per seq) took the runtime
@@ -230,8 +246,21 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   private lastAckAt: string | null = null;
   private ackLagMs: number | undefined;
-  /** Since when batches have been waiting without any ack making progress (null: none waiting). */
-  private waitingSince: number | null = null;
+  /**
+   * First send time of events released unacknowledged (an ack timeout, a
+   * lost connection, a failed publish), by seq, until they are sent again
+   * (the new batch inherits it), acknowledged, or found gone. So the age of
+   * the oldest unacknowledged send survives resends and reconnects: measured
+   * from the last ack of anything, a batch the central never acks while it
+   * acks the others, or a connection that drops at every publish, never
+   * showed in /healthz (found by a review).
+   */
+  private readonly releasedSentAt = new Map<number, number>();
+  /** When the current connection was made (null while disconnected). */
+  private connectedAt: number | null = null;
+  /** Connections dropped within STABLE_CONNECTION_MS of being made, since the last line about them. */
+  private shortDrops = 0;
+  private lastShortDropLogAt = Number.NEGATIVE_INFINITY;
   /**
    * Seqs of stored events that do not fit in one packet even alone (stored
    * before `maxPacketBytes` was lowered): never published, since the broker
@@ -314,8 +343,30 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       unsendable: this.unsendable.size,
     };
     if (this.ackLagMs !== undefined) s.ackLagMs = this.ackLagMs;
-    if (this.inflight.size > 0 && this.waitingSince !== null) s.unackedForMs = Math.max(0, this.clock.now() - this.waitingSince);
+    const oldest = this.oldestUnackedSentAt();
+    if (oldest !== undefined) s.unackedForMs = this.clock.now() - oldest;
     return s;
+  }
+
+  /**
+   * The first send time of the oldest event sent and not yet acknowledged:
+   * in flight, or released to be sent again. A wall clock stepped back below
+   * it restarts the count from now rather than hiding a silent central for
+   * the size of the step.
+   */
+  private oldestUnackedSentAt(): number | undefined {
+    const now = this.clock.now();
+    let oldest: number | undefined;
+    for (const b of this.inflight) {
+      if (b.firstSentAt === undefined) continue;
+      if (b.firstSentAt > now) b.firstSentAt = now;
+      if (oldest === undefined || b.firstSentAt < oldest) oldest = b.firstSentAt;
+    }
+    for (const [seq, at] of this.releasedSentAt) {
+      if (at > now) this.releasedSentAt.set(seq, now);
+      if (oldest === undefined || at < oldest) oldest = Math.min(at, now);
+    }
+    return oldest;
   }
 
   // ---- connection ----------------------------------------------------------
@@ -438,10 +489,11 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     }
     if (client !== this.client || !this.running || !client.connected) return;
     this.connected = true;
-    this.attempts = 0;
+    this.connectedAt = this.clock.now();
+    // The backoff is reset only once this connection has lasted (see STABLE_CONNECTION_MS).
     // A new session resends everything at once: its acks time out from scratch.
     this.ackBackoff = 1;
-    this.log.info({ url: this.safeUrl, backlog: this.outbox.stats().events }, 'uplink connected');
+    this.log[this.shortDrops > 0 ? 'debug' : 'info']({ url: this.safeUrl, backlog: this.outbox.stats().events }, 'uplink connected');
     void this.publishStatus(client, 'online');
     this.scheduleStatus();
     this.emit('connect');
@@ -467,9 +519,10 @@ export class Uplink extends EventEmitter<UplinkEvents> {
         this.log.warn({ batches: failed.batches, events: failed.events }, 'more batches failed with the connection; will resend');
     }
     if (wasConnected) {
-      this.log.warn({ url: this.safeUrl }, 'uplink disconnected');
+      this.logDisconnect();
       this.emit('disconnect', { reason: 'connection closed' });
     }
+    this.connectedAt = null;
     if (!this.running) return;
     const base = Math.min(
       this.opts.reconnectMaxMs ?? 10_000,
@@ -479,6 +532,44 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.attempts = Math.min(this.attempts + 1, 30);
     this.log.debug({ delayMs: delay, attempt: this.attempts }, 'reconnect scheduled');
     this.reconnectTimer = this.clock.setTimeout(() => this.connect(), delay);
+  }
+
+  /**
+   * A connection that lasted resets the backoff and is logged as it goes. One
+   * dropped soon after it was made is logged the first time, then once a
+   * minute with the count: the backoff grows meanwhile (to reconnectMaxMs).
+   */
+  private logDisconnect(): void {
+    const now = this.clock.now();
+    const lastedMs = this.connectedAt === null ? 0 : now - this.connectedAt;
+    if (lastedMs >= STABLE_CONNECTION_MS || lastedMs < 0) {
+      this.attempts = 0;
+      this.shortDrops = 0;
+      this.log.warn({ url: this.safeUrl }, 'uplink disconnected');
+      return;
+    }
+    this.shortDrops++;
+    if (this.shortDrops > 1 && now - this.lastShortDropLogAt < RESEND_LOG_MS) {
+      this.log.debug({ url: this.safeUrl, lastedMs }, 'uplink disconnected');
+      return;
+    }
+    this.log.warn(
+      { url: this.safeUrl, lastedMs, drops: this.shortDrops },
+      this.shortDrops === 1
+        ? 'uplink disconnected soon after connecting'
+        : 'uplink connections keep dropping soon after connecting (a broker size limit or ACL that disconnects?); backing off',
+    );
+    this.lastShortDropLogAt = now;
+  }
+
+  /** The current connection has lasted: a spell of short ones (see logDisconnect) is over. */
+  private connectionLasted(): void {
+    if (this.connectedAt === null || this.clock.now() - this.connectedAt < STABLE_CONNECTION_MS) return;
+    this.attempts = 0;
+    if (this.shortDrops > 0) {
+      this.log.info({ url: this.safeUrl }, 'uplink connection stable again');
+      this.shortDrops = 0;
+    }
   }
 
   private publishStatus(
@@ -499,6 +590,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private statusNow(): void {
     const client = this.client;
     if (!this.live(client)) return;
+    this.connectionLasted();
     void this.publishStatus(client, 'online');
     this.scheduleStatus();
   }
@@ -594,7 +686,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       });
       if (!this.live()) return;
       if (events.length === 0) {
-        if (windowOpen) this.lingerSince = null;
+        if (windowOpen) {
+          this.lingerSince = null;
+          // A read of every severity found nothing to send: no released event is stored
+          // still (the cursor went back for them), so none is waiting for an ack.
+          this.releasedSentAt.clear();
+        }
         return;
       }
       const critical = events.some((e) => e.severity === 'critical');
@@ -650,11 +747,21 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       minSeq[e.severity] = Math.min(minSeq[e.severity] ?? e.seq, e.seq);
       if (advance && e.seq > this.cursor[e.severity]) this.cursor[e.severity] = e.seq;
     }
+    let firstSentAt: number | undefined;
+    if (this.releasedSentAt.size > 0) {
+      for (const e of events) {
+        const at = this.releasedSentAt.get(e.seq);
+        if (at === undefined) continue;
+        this.releasedSentAt.delete(e.seq);
+        if (firstSentAt === undefined || at < firstSentAt) firstSentAt = at;
+      }
+    }
     const batch: InflightBatch = {
       pending: new PendingSeqs(events.map((e) => e.seq)),
       minSeq,
       critical,
       sentAt: this.clock.now(),
+      firstSentAt,
       published: false,
     };
     this.inflight.add(batch);
@@ -697,11 +804,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       // Already read and claimed once: the halves never move the cursor (a release since the
       // read may have put it below them, and below what it released).
       const batches = parts.map((p) => this.claim(p, critical, NO_ADVANCE));
+      for (const b of batches) b.firstSentAt = batch.firstSentAt;
       for (let i = 0; i < parts.length; i++) await this.publishClaimed(client, batches[i], parts[i], critical);
       return;
     }
     batch.sentAt = this.clock.now();
-    this.waitingSince ??= batch.sentAt;
+    batch.firstSentAt ??= batch.sentAt;
     client.publish(this.topics.events, payload, { qos: 1 }, (err) => this.onPuback(client, batch, err));
     if (this.cfg.ack === 'central') {
       // What a central's ack may delete (with ack: broker the PUBACK is the ack).
@@ -814,6 +922,13 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (batch.timer) this.clock.clearTimeout(batch.timer);
     batch.timer = undefined;
     if (!rewind) return;
+    const at = batch.firstSentAt;
+    if (at !== undefined) {
+      batch.pending.forEachPending((seq) => {
+        const known = this.releasedSentAt.get(seq);
+        if (known === undefined || at < known) this.releasedSentAt.set(seq, at);
+      });
+    }
     this.rewinds++;
     for (const [sev, min] of Object.entries(batch.minSeq) as Array<[Severity, number]>) {
       if (min - 1 < this.cursor[sev]) this.cursor[sev] = min - 1;
@@ -822,7 +937,6 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   private releaseAll(): void {
     for (const b of [...this.inflight]) this.release(b);
-    this.waitingSince = null;
     this.lingerSince = null;
     if (this.lingerTimer) this.clock.clearTimeout(this.lingerTimer);
     this.lingerTimer = null;
@@ -1025,9 +1139,22 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (lagMs !== undefined) this.resends = { loggedAt: null, batches: 0, events: 0 };
     this.lastAckAt = new Date(now).toISOString();
     if (lagMs !== undefined) this.ackLagMs = lagMs;
-    if (deleted > 0 || lagMs !== undefined) this.waitingSince = this.inflight.size > 0 ? now : null;
+    this.forgetReleased(ranges);
     this.emit('ack', lagMs === undefined ? { events: deleted } : { events: deleted, lagMs });
     this.pump();
+  }
+
+  /** Acked seqs released earlier (a late ack of their first copy) wait for nothing any more. */
+  private forgetReleased(ranges: ReadonlyArray<readonly [number, number]>): void {
+    const m = this.releasedSentAt;
+    if (m.size === 0) return;
+    for (const [from, to] of ranges) {
+      if (to - from < m.size) {
+        for (let q = from; q <= to; q++) m.delete(q);
+      } else {
+        for (const seq of m.keys()) if (seq >= from && seq <= to) m.delete(seq);
+      }
+    }
   }
 }
 
@@ -1106,6 +1233,10 @@ export class PendingSeqs {
     }
     this.size -= n;
     return n;
+  }
+
+  forEachPending(fn: (seq: number) => void): void {
+    for (let i = 0; i < this.seqs.length; i++) if (this.acked[i] === 0) fn(this.seqs[i]);
   }
 
   /** The seqs not yet acknowledged, as inclusive ranges. */

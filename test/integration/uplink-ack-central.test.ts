@@ -178,27 +178,32 @@ describe('uplink, ack: central (integration, Mosquitto + LevelOutbox)', function
 describe('runtime health when the central does not ack (integration, Mosquitto)', function () {
   this.timeout(30_000);
   let broker: TestMosquitto;
-  let central: TestCentral;
-  let dir: TmpDir;
+  let central: TestCentral | undefined;
+  let dir: TmpDir | undefined;
   let rt: Runtime | undefined;
 
   before(async () => {
     broker = await startMosquitto();
-    // Connected and subscribed, but it acks nothing: as a central that swallows batches,
-    // or a broker ACL that drops the edge's publishes (MQTT 3.1.1 still PUBACKs them).
-    central = await startTestCentral({ url: broker.url, site, edge, ack: false });
-    dir = await tmpDir('ack-silent');
   });
-  after(async () => {
+  afterEach(async () => {
     await rt?.stop();
     await central?.close();
-    await broker?.stop();
     await dir?.cleanup();
+    rt = central = dir = undefined;
+  });
+  after(async () => {
+    await broker?.stop();
   });
 
-  it('says 503 on /healthz once batches have waited over 60 s for an ack (resends do not reset it), and 200 once acks flow', async () => {
+  /**
+   * A started runtime (ackTimeoutMs 300, no linger) whose clock's now() the
+   * test shifts (`shift(ms)`); timers (ack timeouts, resends) run for real.
+   * Its central acks by `policy`.
+   */
+  async function start(policy: AckPolicy): Promise<{ runtime: Runtime; c: TestCentral; shift: (ms: number) => void }> {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: policy });
+    dir = await tmpDir('ack-silent');
     let offset = 0;
-    // Only now() is shifted; timers (the 300 ms ack timeout, resends) run for real.
     const clock = { ...systemClock, now: () => Date.now() + offset };
     const config = parseConfig(
       [
@@ -206,7 +211,7 @@ describe('runtime health when the central does not ack (integration, Mosquitto)'
         `edge: ${edge}`,
         `dataDir: ${dir.path}`,
         'http: { host: 127.0.0.1, port: 0 }',
-        `uplink: { url: "${broker.url}", ack: central, ackTimeoutMs: 300 }`,
+        `uplink: { url: "${broker.url}", ack: central, ackTimeoutMs: 300, batch: { maxEvents: 500, maxBytes: 262144, lingerMs: 0 } }`,
         'privacy: { siteKey: ack-silent-site-key-0123456789 }',
         'log: { level: silent }',
       ].join('\n'),
@@ -215,25 +220,62 @@ describe('runtime health when the central does not ack (integration, Mosquitto)'
     rt = new Runtime({ config, log: silentLogger(), clock });
     await rt.start();
     const runtime = rt;
+    await waitFor(() => runtime.status().uplink.connected, { message: 'uplink connected' });
+    return {
+      runtime,
+      c: central,
+      shift: (ms) => {
+        offset = ms;
+      },
+    };
+  }
+
+  it('says 503 on /healthz once batches have waited over 60 s for an ack (resends do not reset it), and 200 once acks flow', async () => {
+    // Connected and subscribed, but it acks nothing: as a central that swallows batches,
+    // or a broker ACL that drops the edge's publishes (MQTT 3.1.1 still PUBACKs them).
+    const { runtime, c: central, shift } = await start(false);
     const healthz = async () => {
       const res = await fetch(`http://127.0.0.1:${runtime.port}/healthz`);
       return { status: res.status, body: (await res.json()) as { problems: string[] } };
     };
-    await waitFor(() => runtime.status().uplink.connected, { message: 'uplink connected' });
     const [alarm] = await runtime.ingest([{ type: 'door.forced', source: { device: 'door-1' }, data: { door: 0 } }]);
     await waitFor(() => central.byId.has(alarm.id), { message: 'the batch reached the central' });
     assert.equal((await healthz()).status, 200, 'waiting a little for an ack is normal');
-    offset = 61_000;
+    shift(61_000);
     // Resends after the ack timeout go on meanwhile; they are not progress.
     await waitFor(() => central.arrivals.length >= 3, { message: 'resent at least twice' });
     const silent = await healthz();
     assert.equal(silent.status, 503);
     assert.ok(
-      silent.body.problems.some((p) => /^no ack from the central for 6\d s with 1 batches in flight$/.test(p)),
+      silent.body.problems.some((p) => /^oldest event sent 6\d s ago still not acknowledged by the central \((1 batches in flight|resending)\)$/.test(p)),
       silent.body.problems.join('; '),
     );
     central.setAck(true);
     await waitFor(() => runtime.outbox.stats().events === 0, { message: 'acked once the central acks' });
     assert.equal((await healthz()).status, 200);
+  });
+
+  it('says 503 once its oldest unacked event was sent over 60 s ago, however many other batches are acked meanwhile', async () => {
+    // A central that cannot store one event (a bug, a constraint it violates) and acks the rest.
+    const { runtime, c: central, shift } = await start((batch) => !batch.events.some((e) => e.data.poison === true));
+    const [poison] = await runtime.ingest([{ type: 'door.opened', source: { device: 'door-1' }, data: { poison: true } }]);
+    await waitFor(() => central.byId.has(poison.id), { message: 'the poison event reached the central' });
+    shift(61_000);
+    // Acks flow for everything else meanwhile: that is progress, but not for the oldest event.
+    for (let i = 0; i < 3; i++) {
+      const [ok] = await runtime.ingest([{ type: 'door.opened', source: { device: 'door-2' }, data: { i } }]);
+      await waitFor(() => central.byId.has(ok.id) && runtime.outbox.stats().events === 1, {
+        message: 'another event delivered and acked, only the poison event left',
+      });
+    }
+    const health = runtime.health();
+    assert.equal(health.ok, false);
+    assert.ok(
+      health.problems.some((p) => /^oldest event sent 6\d s ago still not acknowledged by the central \((\d+ batches in flight|resending)\)$/.test(p)),
+      JSON.stringify(health.problems),
+    );
+    central.setAck(true);
+    await waitFor(() => runtime.outbox.stats().events === 0, { message: 'acked once the central can' });
+    assert.equal(runtime.health().ok, true, JSON.stringify(runtime.health().problems));
   });
 });

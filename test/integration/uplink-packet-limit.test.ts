@@ -5,6 +5,8 @@ import { parseConfig } from '../../edge/config.js';
 import { makeEnvelope } from '../../edge/envelope.js';
 import { isEdgewardError } from '../../edge/errors.js';
 import { silentLogger } from '../../edge/log.js';
+import { systemClock } from '../../edge/clock.js';
+import { captureLogger } from '../helpers/log.js';
 import { Runtime } from '../../edge/runtime.js';
 import { LevelOutbox, outboxPath } from '../../sync/outbox.js';
 import type { Uplink } from '../../sync/uplink.js';
@@ -18,14 +20,14 @@ const EDGE = 'gate-12';
 /** The central broker's limit: Mosquitto drops the connection of a client that sends a bigger packet. */
 const BROKER_MAX_PACKET = 65_536;
 
-function config(dataDir: string, url: string, uplinkExtra: string) {
+function config(dataDir: string, url: string, uplinkExtra: string, maxPacketBytes = BROKER_MAX_PACKET) {
   return parseConfig(
     [
       `site: ${SITE}`,
       `edge: ${EDGE}`,
       `dataDir: ${dataDir}`,
       'http: { host: 127.0.0.1, port: 0 }',
-      `uplink: { url: "${url}", ack: central, maxPacketBytes: ${BROKER_MAX_PACKET}${uplinkExtra} }`,
+      `uplink: { url: "${url}", ack: central, maxPacketBytes: ${maxPacketBytes}${uplinkExtra} }`,
       'privacy: { siteKey: packet-test-site-key-0123456789 }',
       'log: { level: silent }',
       '',
@@ -172,5 +174,42 @@ describe('uplink against a broker with a packet size limit (integration)', funct
       JSON.stringify(health.problems),
     );
     assert.match(await runtime.metrics.registry.metrics(), /^edgeward_uplink_unsendable_events 1$/m);
+  });
+  it('maxPacketBytes set above the broker\'s limit (the broker drops the link at each publish): backs off, logs little, /healthz says so', async () => {
+    let offset = 0;
+    // Only now() is shifted; the reconnect timers run for real.
+    const clock = { ...systemClock, now: () => Date.now() + offset };
+    const logs = captureLogger('info');
+    // 128 KiB allowed here, 64 KiB at the broker: an event of ~100 KB of noise is sent, and refused.
+    rt = new Runtime({ config: config(dir.path, broker.url, ', compress: none', 128 * 1024), log: logs.log, clock });
+    await rt.start();
+    const runtime = rt;
+    const uplink = uplinkOf(runtime);
+    const connects: number[] = [];
+    uplink.on('connect', () => connects.push(performance.now()));
+    await waitFor(() => runtime.status().uplink.connected, { message: 'uplink connected' });
+    await runtime.ingest([{ type: 'camera.motion', source: { device: 'cam-1' }, data: { blob: blob() } }]);
+    const sentAt = Date.now();
+    await waitFor(() => connects.length >= 6, { timeoutMs: 30_000, message: 'six connections made and dropped' });
+    // Backoff 250, 500, 1000, 2000, 4000 ms (±30 %: at least 5.4 s) between them. It stayed at
+    // 250 ms before: 2.0-2.5 s for five reconnects, the connect and the drop included (measured).
+    const elapsed = connects[5] - connects[0];
+    assert.ok(elapsed >= 4_500, `the reconnect backoff grows: ${Math.round(elapsed)} ms for five reconnects`);
+    const dropLines = logs.lines.filter((l) => String(l.msg).startsWith('uplink disconnected') || String(l.msg).startsWith('uplink connections keep'));
+    assert.equal(dropLines.length, 1, JSON.stringify(dropLines.map((l) => l.msg)));
+    assert.equal(dropLines[0].msg, 'uplink disconnected soon after connecting');
+    assert.equal(logs.lines.filter((l) => l.msg === 'uplink connected').length, 1, 'reconnections logged at debug');
+    // Across the drops the event's first send is remembered.
+    const unacked = uplink.status().unackedForMs;
+    assert.ok(unacked !== undefined && unacked >= Date.now() - sentAt - 500, `unackedForMs ${unacked}`);
+    // A minute on: at the next connection (so not reported as a disconnection), /healthz says it.
+    offset = 61_000;
+    const health = await new Promise<ReturnType<Runtime['health']>>((resolve) => uplink.once('connect', () => resolve(runtime.health())));
+    assert.equal(health.ok, false);
+    // 61 s shifted, plus the real seconds since its first send.
+    const waited = health.problems
+      .map((p) => /^oldest event sent (\d+) s ago still not acknowledged by the central \((resending|\d+ batches in flight)\)$/.exec(p))
+      .find((m) => m !== null);
+    assert.ok(waited && Number(waited[1]) >= 61, JSON.stringify(health.problems));
   });
 });

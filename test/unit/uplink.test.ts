@@ -345,6 +345,30 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     assert.equal(about()[2].msg, 'no ack from central in time; resending');
   });
 
+  it('unackedForMs: the first send of the oldest unacked event, kept across resends and other acks; a clock stepped back restarts it', async () => {
+    const { clock, u, c } = await unackedOnClock({});
+    assert.equal(u.status().unackedForMs, undefined, 'nothing sent');
+    await append(1);
+    await waitFor(() => c.batches.length === 1, { message: 'sent' });
+    clock.advance(5_000); // its ack times out: resent
+    await waitFor(() => c.batches.length === 2, { message: 'resent' });
+    assert.equal(u.status().unackedForMs, 5_000, 'from its first send, not from the resend');
+    // The central acks a newer event only: the oldest still waits.
+    const [newer] = await append(1);
+    await waitFor(() => c.bySeq.has(newer.seq!), { message: 'the newer one sent' });
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[newer.seq, newer.seq]] }));
+    await waitFor(() => outbox.stats().events === 1, { message: 'the newer one acked' });
+    assert.equal(u.status().unackedForMs, 5_000);
+    // NTP steps the wall clock back an hour: the count restarts rather than hiding the wait for an hour.
+    clock.jump(-3_600_000);
+    assert.equal(u.status().unackedForMs, 0);
+    clock.advance(61_000);
+    assert.equal(u.status().unackedForMs, 61_000);
+    await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[1, 1]] }));
+    await waitFor(() => outbox.stats().events === 0, { message: 'acked' });
+    assert.equal(u.status().unackedForMs, undefined, 'nothing waits');
+  });
+
   it('an ack deletes only what this edge has sent: a wide range does not take an event still waiting to go', async () => {
     const { c } = await unackedOnClock({ maxInflight: 1, batch: { maxEvents: 1, maxBytes: 262144, lingerMs: 0 } });
     await append(2); // seq 1 goes, seq 2 waits for the window
