@@ -141,8 +141,20 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
       }
       next();
     },
-    express.json({ limit: MAX_BODY_BYTES, strict: false }),
+    express.json({
+      limit: MAX_BODY_BYTES,
+      strict: false,
+      // An empty body that the headers above did not announce as such (`Content-Length: 00`, a
+      // chunked body of no chunk) is parsed as `{}`: it was answered as a bad `type`.
+      verify: (req, _res, buf) => {
+        if (buf.length === 0) (req as express.Request & { emptyBody?: boolean }).emptyBody = true;
+      },
+    }),
     async (req, res, next) => {
+      if ((req as express.Request & { emptyBody?: boolean }).emptyBody) {
+        res.status(400).json({ error: 'the request has no body: send one event or an array of events as JSON', field: 'body' });
+        return;
+      }
       let inputs: EventInput[];
       try {
         inputs = parseEventsBody(req.body, deps.privacy);
@@ -186,7 +198,7 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
   });
 
   // Errors of the API routes only: body-parser's and storage failures, as JSON.
-  api.use((err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+  api.use((err: unknown, req: express.Request, res: express.Response, _next: express.NextFunction) => {
     const e = err as { type?: string; status?: number; message?: string };
     if (e.type === 'entity.too.large') {
       res.status(413).json({ error: `request body exceeds ${MAX_BODY_BYTES} bytes`, field: 'body' });
@@ -208,7 +220,8 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
       } else if (code === 'EDGE_OUTBOX_FULL') {
         log.debug({ err, code }, 'api request refused: the outbox is full of critical events');
       } else log.error({ err, code }, 'api request failed');
-      res.status(503).json({ error: 'events could not be stored', code });
+      // Only a POST stores: a read that fails is not "could not be stored".
+      res.status(503).json({ error: req.method === 'POST' ? 'events could not be stored' : 'the request could not be served', code });
     }
   });
 
@@ -318,6 +331,11 @@ function parseEventInput(
     const t = typeof ts === 'string' && ISO_RE.test(ts) && calendarValid(ts) ? Date.parse(ts) : Number.NaN;
     if (!Number.isFinite(t)) throw new BadField(at(prefix, 'ts'), 'ts must be an ISO 8601 date-time');
     when = new Date(t).toISOString();
+    // In UTC, within years 0001-9999: '0000-01-01T00:00:00+23:59' was stored as '-000001-12-31T…'
+    // (found by a review), and PostgreSQL refuses year 0 ('date/time field value out of range').
+    if (when.length !== 24 || when < '0001-01-01T00:00:00.000Z') {
+      throw new BadField(at(prefix, 'ts'), 'ts must be an ISO 8601 date-time from year 0001 to 9999 (in UTC)');
+    }
   }
   const input: EventInput = {
     type,

@@ -34,7 +34,8 @@ const RECENT_KEY = 'm!recent';
 /** How often the recent ring is looked at for a snapshot (and it is written on close). */
 const RECENT_SAVE_MS = 5000;
 /**
- * The snapshot is rewritten whole (up to RECENT_SIZE events, ~270 KB): once
+ * The snapshot is rewritten whole (up to RECENT_SIZE events, ~270 KB for
+ * 1,000 door events, at most ~1 MiB, see RecentRing): once
  * a quarter of the ring is new, or once a change is this old. Rewritten at
  * every look with anything new, a quiet box (an event every 5 s) wrote
  * 4.6 GiB a day to its SD card for a few MB of events (measured); now at
@@ -101,6 +102,8 @@ const CRITICAL_PRELOAD_MAX = 10_000;
 const HOT_TAIL_BYTES: Record<Severity, number> = { critical: 4 << 20, warning: 4 << 20, info: 8 << 20 };
 /** Events remembered for `recent()`. */
 const RECENT_SIZE = 1000;
+/** …and at most this much of their JSON (characters; the newest event is kept whatever its size). */
+const RECENT_MAX_CHARS = 1024 * 1024;
 /**
  * Read-but-unacked seqs are remembered for fast acks in 2^16 slots (~1 MB,
  * see SeqSlots); one whose slot a later seq took is looked up instead.
@@ -421,28 +424,52 @@ export class OverflowTally {
 }
 
 /**
- * Fixed-size ring of the newest envelopes, for `recent()`, kept as the JSON
+ * The newest envelopes, for `recent()`: at most `size` of them and `maxChars`
+ * of their JSON (the newest one is kept whatever its size). Kept as the JSON
  * that was stored: the envelope objects go on to callers (a Node-RED flow
  * gets one as msg.payload and may change it), and neither `recent()` nor the
  * snapshot may see such changes, or fail to serialize them.
+ *
+ * Bounded in size too: by count alone, a thousand events of up to 1 MiB each
+ * (the HTTP limit, with no uplink) held 0.5 GB, and the snapshot's join of
+ * them passed V8's longest string: a RangeError out of a timer killed the
+ * runtime, and again after every restart, the ring being refilled from the
+ * store (found by a review).
  */
 export class RecentRing {
-  private readonly buf: string[] = [];
-  private next = 0;
+  /** Oldest first. */
+  private buf: string[] = [];
+  private start = 0;
+  private chars = 0;
 
-  constructor(private readonly size: number = RECENT_SIZE) {}
+  constructor(
+    private readonly size: number = RECENT_SIZE,
+    private readonly maxChars: number = RECENT_MAX_CHARS,
+  ) {}
+
+  get length(): number {
+    return this.buf.length - this.start;
+  }
 
   push(json: string): void {
-    if (this.buf.length < this.size) this.buf.push(json);
-    else this.buf[this.next] = json;
-    this.next = (this.next + 1) % this.size;
+    this.buf.push(json);
+    this.chars += json.length;
+    while (this.length > 1 && (this.length > this.size || this.chars > this.maxChars)) {
+      this.chars -= this.buf[this.start].length;
+      this.start++;
+    }
+    // Compact now and then, not at every push.
+    if (this.start > 1024 && this.start * 2 > this.buf.length) {
+      this.buf = this.buf.slice(this.start);
+      this.start = 0;
+    }
   }
 
   /** Newest first, as stored. */
   newestJson(limit: number): string[] {
-    const n = Math.min(Math.max(0, Math.floor(limit)), this.buf.length);
+    const n = Math.min(Math.max(0, Math.floor(limit)), this.length);
     const out: string[] = [];
-    for (let i = 1; i <= n; i++) out.push(this.buf[(this.next - i + this.buf.length * 2) % this.buf.length]);
+    for (let i = 1; i <= n; i++) out.push(this.buf[this.buf.length - i]);
     return out;
   }
 
@@ -1884,7 +1911,7 @@ export class LevelOutbox implements Outbox {
     const now = this.clock.now();
     if (!force && fresh < RECENT_SIZE / 4 && now - this.recentSavedAt < (this.opts.recentMaxAgeMs ?? RECENT_MAX_AGE_MS)) return Promise.resolve();
     const version = this.recentVersion;
-    // Joined from the stored JSON: nothing here can fail to serialize.
+    // Joined from the stored JSON, bounded in size (see RecentRing): nothing here can fail.
     const json = `[${this.recentRing.newestJson(RECENT_SIZE).join(',')}]`;
     this.recentSaving = db
       .put(RECENT_KEY, json, { sync })

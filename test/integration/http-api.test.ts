@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import http from 'node:http';
 import type { Driver } from '../../drivers/driver.js';
 import { systemClock } from '../../edge/clock.js';
@@ -21,6 +22,20 @@ function configFor(dir: string, extra = '', more = '') {
     `site: test-site\nedge: gate-01\ndataDir: ${dir}\nhttp: { host: 127.0.0.1, port: 0${extra} }\nprivacy: { siteKey: ${SITE_KEY} }\nlog: { level: silent }${more}\n`,
     {},
   );
+}
+
+/** A request written as is on a fresh connection (framings fetch cannot send); resolves with the whole answer. */
+function rawRequest(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = connect(port, '127.0.0.1', () => sock.write(request));
+    let out = '';
+    sock.setEncoding('utf8');
+    sock.on('data', (d) => {
+      out += d;
+    });
+    sock.on('end', () => resolve(out));
+    sock.on('error', reject);
+  });
 }
 
 describe('local HTTP API (integration)', function () {
@@ -188,6 +203,10 @@ describe('local HTTP API (integration)', function () {
       [{ type: 'door.opened', source: { device: 'd' }, ts: '2025-02-28T24:00:00Z' }, 'ts'],
       [{ type: 'door.opened', source: { device: 'd' }, ts: '2023-02-29T00:00:00Z' }, 'ts'],
       [{ type: 'door.opened', source: { device: 'd' }, ts: '2025-01-01T00:00:00+25:00' }, 'ts'],
+      // Outside years 0001-9999 once in UTC (stored as '-000001-12-31T…'), or year 0 (PostgreSQL refuses it).
+      [{ type: 'door.opened', source: { device: 'd' }, ts: '0000-01-01T00:00:00+23:59' }, 'ts'],
+      [{ type: 'door.opened', source: { device: 'd' }, ts: '9999-12-31T23:59:59-23:59' }, 'ts'],
+      [{ type: 'door.opened', source: { device: 'd' }, ts: '0000-01-01T00:00:00Z' }, 'ts'],
       // What the central's jsonb could not store, and names that display as other names.
       [{ type: 'door.opened', source: { device: 'a\ud800b' } }, 'source.device'],
       [{ type: 'door.opened', source: { device: 'door\u202e1-roodkcab' } }, 'source.device'],
@@ -251,6 +270,12 @@ describe('local HTTP API (integration)', function () {
     const empty = await fetch(`${base}/api/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json' } });
     assert.equal(empty.status, 400);
     assert.equal(((await empty.json()) as { field: string }).field, 'body');
+    // Empty bodies the headers do not announce as such: they were answered as a bad `type`.
+    for (const framing of ['Content-Length: 00\r\n\r\n', 'Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n']) {
+      const raw = await rawRequest(runtime.port, `POST /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n${framing}`);
+      assert.match(raw, /^HTTP\/1\.1 400 /, framing);
+      assert.equal((JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4)) as { field: string }).field, 'body', framing);
+    }
     for (const [method, path, allow] of [
       ['PUT', '/api/v1/events', 'GET, HEAD, POST'],
       ['DELETE', '/api/v1/events', 'GET, HEAD, POST'],
@@ -362,6 +387,31 @@ describe('local HTTP API (integration)', function () {
       assert.equal(r.status, 400, bad);
       assert.equal(((await r.json()) as { field: string }).field, 'limit');
     }
+  });
+
+  it('keeps the list of newest events within ~1 MiB of JSON whatever their size (it was the 1,000 newest of up to 1 MiB each)', async () => {
+    const big = 'x'.repeat(200_000);
+    for (let i = 0; i < 12; i++) {
+      const res = await post({ type: 'sensor.reading', source: { device: 'big' }, data: { i, big } });
+      assert.equal(res.status, 202);
+    }
+    const res = await fetch(`${base}/api/v1/events?limit=1000`);
+    assert.equal(res.status, 200);
+    const text = await res.text();
+    const { events } = JSON.parse(text) as { events: Envelope[] };
+    assert.ok(text.length < 1.3 * 1024 * 1024, `${text.length} characters`);
+    assert.deepEqual(
+      events.map((e) => e.data.i),
+      [11, 10, 9, 8, 7],
+      'the newest that fit, newest first',
+    );
+    // The small events after them are listed as usual, the big ones leave as they come.
+    await post({ type: 'sensor.reading', source: { device: 'small' }, data: { n: 1 } });
+    const after = (await (await fetch(`${base}/api/v1/events?limit=2`)).json()) as { events: Envelope[] };
+    assert.deepEqual(
+      after.events.map((e) => e.source.device),
+      ['small', 'big'],
+    );
   });
 
   it('reports health, status and metrics', async () => {
