@@ -119,7 +119,11 @@ export function decodeReply(request: Buffer, reply: Buffer, unit: number): boole
     for (let i = 0; i < count; i++) regs[i] = reply.readUInt16BE(2 + 2 * i);
     return regs;
   }
-  if (reply.length !== 5 || reply.readUInt16BE(1) !== request.readUInt16BE(1))
+  // The whole echo: address and value (FC 5/6), address and quantity (FC 15/16). On RTU, with no
+  // transaction id, the late echo of a timed-out write to the same address (a lock after an unlock
+  // timed out) was taken as this write's: a command reported done that the unit never got (found
+  // by a review).
+  if (reply.length !== 5 || !reply.subarray(1, 5).equals(request.subarray(1, 5)))
     throw garbled('write echo does not match');
   return undefined;
 }

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { ModbusBus } from '../../drivers/modbus/bus.js';
 import { crc16, crcOk, rtuFrame } from '../../drivers/modbus/crc.js';
 import { busEndpoint, parseBusProps } from '../../drivers/modbus/index.js';
-import { decodeReply, readPdu, rtuReplyLength } from '../../drivers/modbus/pdu.js';
+import { decodeReply, readPdu, rtuReplyLength, writeCoilPdu, writeRegisterPdu, writeRegistersPdu } from '../../drivers/modbus/pdu.js';
 import { systemClock } from '../../edge/clock.js';
 import { isEdgewardError } from '../../edge/errors.js';
 import { silentLogger } from '../../edge/log.js';
@@ -46,6 +46,18 @@ describe('modbus: CRC and PDUs', () => {
     assert.throws(() => decodeReply(readPdu(4, 0, 2), Buffer.from([4, 2, 0, 1]), 7), {
       code: 'EDGE_MODBUS_GARBLED',
     });
+  });
+
+  it('takes a write echo only if it is the whole request: the late echo of another value is garbled', () => {
+    const on = writeCoilPdu(7, true);
+    const off = writeCoilPdu(7, false);
+    assert.equal(decodeReply(off, Buffer.from(off), 1), undefined);
+    assert.throws(() => decodeReply(off, Buffer.from(on), 1), { code: 'EDGE_MODBUS_GARBLED' });
+    assert.throws(() => decodeReply(writeRegisterPdu(3, 10), Buffer.from(writeRegisterPdu(3, 11)), 1), { code: 'EDGE_MODBUS_GARBLED' });
+    // FC 16 echoes address and quantity.
+    const regs = writeRegistersPdu(3, [1, 2]);
+    assert.equal(decodeReply(regs, Buffer.from([16, 0, 3, 0, 2]), 1), undefined);
+    assert.throws(() => decodeReply(regs, Buffer.from([16, 0, 3, 0, 1]), 1), { code: 'EDGE_MODBUS_GARBLED' });
   });
 });
 
