@@ -108,7 +108,13 @@ export class HeldEvents {
     return this.events.length > 0 || this.lost.pending;
   }
 
-  hold(envelopes: readonly Envelope[]): void {
+  /** Events dropped (past the bounds) and not yet taken into a loss report. */
+  get lostCount(): number {
+    return this.lost.count;
+  }
+
+  /** Hold `envelopes` after those held; returns how many held events the bounds dropped. */
+  hold(envelopes: readonly Envelope[]): number {
     for (const e of envelopes) {
       const size = Buffer.byteLength(JSON.stringify(e));
       this.events.push(e);
@@ -116,9 +122,10 @@ export class HeldEvents {
       this.bytes += size;
     }
     let count = this.events.length;
+    let dropped = 0;
     const over = () => count > this.max || this.bytes > this.maxBytes;
     for (const severity of ['info', 'warning'] as const) {
-      if (!over()) return;
+      if (!over()) return dropped;
       const kept: Envelope[] = [];
       const keptSizes: number[] = [];
       for (let i = 0; i < this.events.length; i++) {
@@ -127,6 +134,7 @@ export class HeldEvents {
           this.lost.add([e]);
           this.bytes -= this.sizes[i];
           count--;
+          dropped++;
         } else {
           kept.push(e);
           keptSizes.push(this.sizes[i]);
@@ -135,6 +143,7 @@ export class HeldEvents {
       this.events = kept;
       this.sizes = keptSizes;
     }
+    return dropped;
   }
 
   /**
@@ -152,15 +161,17 @@ export class HeldEvents {
     return out;
   }
 
-  /** Storing what `take` gave failed: hold it again, ahead of what came meanwhile (the loss report is remade later). */
-  putBack(taken: readonly Envelope[]): void {
+  /**
+   * Storing what `take` gave failed: hold it again, ahead of what came
+   * meanwhile (the loss report is remade later). Returns how many the bounds dropped.
+   */
+  putBack(taken: readonly Envelope[]): number {
     const events = this.drop(taken);
     const later = this.events;
     this.events = [];
     this.sizes = [];
     this.bytes = 0;
-    this.hold(events);
-    this.hold(later);
+    return this.hold(events) + this.hold(later);
   }
 
   /**

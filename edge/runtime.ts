@@ -291,7 +291,11 @@ export class Runtime {
       // A last try for bus events held while the outbox could not write.
       if (this.held.pending && !(await this.storeHeld())) {
         this.metrics.ingestError(this.held.size);
-        this.log.error({ events: this.held.size }, 'bus events held while the outbox could not write are lost at stop');
+        // Those dropped past the bounds while held were counted then; their report is lost too.
+        this.log.error(
+          { events: this.held.size, droppedUnreported: this.held.lostCount },
+          'bus events held while the outbox could not write are lost at stop',
+        );
       }
       if (this.refused.pending && !(await this.storeRefusedReport())) {
         this.log.error({ events: this.refused.count }, 'bus events refused by a full outbox: not reported to the central (no room before the stop)');
@@ -640,16 +644,7 @@ export class Runtime {
   private async storeRefusedReport(): Promise<boolean> {
     const report = this.refused.take({ site: this.config.site, edge: this.config.edge }, this.clock.now());
     if (!report) return true;
-    // A non-critical append is refused only when it is larger than what the critical events leave
-    // (the rest is evictable); 64 bytes for the seq the store adds.
-    let room = 0;
-    try {
-      const s = this.outbox.stats();
-      room = s.maxBytes - s.bySeverity.critical.bytes;
-    } catch {
-      // not open: no room
-    }
-    if (room >= Buffer.byteLength(JSON.stringify(report)) + 64) {
+    if (!this.boundToBeRefused([report], true)) {
       try {
         await this.store([report]);
         this.log.warn({ events: (report.data as { count: number }).count }, 'bus events refused by a full outbox: reported to the central');
@@ -665,9 +660,30 @@ export class Runtime {
     return false;
   }
 
+  /**
+   * Whether the store would refuse `envelopes` as one append for want of room
+   * (EDGE_OUTBOX_FULL): none critical, and larger than what the critical
+   * events leave (the rest is evictable; 64 bytes each for the seq the store
+   * adds); `ifUnknown` when the store cannot say (not open). Such an append
+   * is not made: it would count as one more refusal in /healthz.
+   */
+  private boundToBeRefused(envelopes: readonly Envelope[], ifUnknown: boolean): boolean {
+    if (envelopes.some((e) => e.severity === 'critical')) return false;
+    let room: number;
+    try {
+      const s = this.outbox.stats();
+      room = s.maxBytes - s.bySeverity.critical.bytes;
+    } catch {
+      return ifUnknown;
+    }
+    let size = 0;
+    for (const e of envelopes) size += Buffer.byteLength(JSON.stringify(e)) + 64;
+    return size > room;
+  }
+
   private hold(envelopes: Envelope[]): void {
     const before = this.held.size;
-    this.held.hold(envelopes);
+    this.metrics.ingestError(this.held.hold(envelopes));
     if (before === 0) this.log.warn({ events: envelopes.length }, 'outbox cannot write: holding bus events in memory until it can');
     this.scheduleRetry();
   }
@@ -689,19 +705,23 @@ export class Runtime {
   private async storeHeld(): Promise<boolean> {
     if (!this.held.pending) return true;
     const taken = this.held.take({ site: this.config.site, edge: this.config.edge }, this.clock.now());
+    const refusedForRoom = (): false => {
+      // The store is full of alarms (the disk may have room again): these are refused like any bus
+      // event; the report of those dropped while held waits for room, as the refused ones' does.
+      const dropped = this.held.drop(taken);
+      if (dropped.length > 0) this.refuse(dropped);
+      if (this.held.pending) this.scheduleRetry();
+      return false;
+    };
+    // A store that cannot say (reopening after a failed write) is tried: the append reopens it.
+    if (this.boundToBeRefused(taken, false)) return refusedForRoom();
     try {
       await this.store(taken);
       this.log.warn({ events: taken.length }, 'held bus events stored: the outbox writes again');
       return true;
     } catch (err) {
-      if (isEdgewardError(err, 'EDGE_OUTBOX_FULL')) {
-        // The disk has room again but the store is full of alarms: these are refused like any bus event.
-        const dropped = this.held.drop(taken);
-        if (dropped.length > 0) this.refuse(dropped);
-        if (this.held.pending) this.scheduleRetry();
-        return false;
-      }
-      this.held.putBack(taken);
+      if (isEdgewardError(err, 'EDGE_OUTBOX_FULL')) return refusedForRoom();
+      this.metrics.ingestError(this.held.putBack(taken));
       if (!isEdgewardError(err, 'EDGE_OUTBOX_WRITE_FAILED')) this.log.error({ err, events: taken.length }, 'could not store held bus events');
       this.scheduleRetry();
       return false;

@@ -456,6 +456,9 @@ export class RecentRing {
     this.chars += json.length;
     while (this.length > 1 && (this.length > this.size || this.chars > this.maxChars)) {
       this.chars -= this.buf[this.start].length;
+      // Released now, not at the next compaction: up to 1,024 dropped 1 MB events stayed
+      // reachable (862 MB, found by a review).
+      this.buf[this.start] = '';
       this.start++;
     }
     // Compact now and then, not at every push.
@@ -1932,28 +1935,42 @@ export class LevelOutbox implements Outbox {
   /** The recent ring after a (re)open: the last snapshot merged with the newest stored events, by seq. */
   private async seedRecent(): Promise<void> {
     const db = this.db!;
-    const all: Envelope[] = [];
+    // Kept as stored JSON, and read within the list's bound: reading (and parsing) the 1,000 newest
+    // of each severity whatever their size ran a runtime with a 512 MB heap out of memory at every
+    // start after a thousand 1 MB events (found by a review).
+    const all: Array<{ seq: number; id: string; json: string }> = [];
     try {
       const raw = await db.get(RECENT_KEY);
+      // One written before the list was bounded in size may be huge: not worth the memory.
+      if (raw !== undefined && raw.length > 4 * RECENT_MAX_CHARS) throw new Error(`snapshot of ${raw.length} characters, over the list's bound`);
       const snap: unknown = raw === undefined ? [] : JSON.parse(raw);
-      if (Array.isArray(snap)) for (const e of snap) if (e && typeof e === 'object' && Number.isSafeInteger(e.seq)) all.push(e as Envelope);
+      if (Array.isArray(snap)) {
+        for (const e of snap) {
+          if (e && typeof e === 'object' && Number.isSafeInteger(e.seq)) all.push({ seq: e.seq, id: String(e.id), json: JSON.stringify(e) });
+        }
+      }
     } catch (err) {
       this.log.warn({ err }, 'outbox recent snapshot unreadable: recent events start from the stored ones');
     }
     for (const severity of PRIORITY) {
       if (this.meta!.counts[severity].events === 0) continue;
       const newest = { gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END, reverse: true, limit: RECENT_SIZE };
-      for await (const chunk of chunks(db, newest, RECENT_SIZE)) {
-        for (const [, json] of chunk) {
+      let chars = 0;
+      read: for await (const chunk of chunks(db, newest, 32)) {
+        for (const [key, json] of chunk) {
+          let id: unknown;
           try {
-            all.push(JSON.parse(json) as Envelope);
+            id = (JSON.parse(json) as Envelope).id;
           } catch {
-            // A value that does not parse is still sent as stored; it just does not show in recent().
+            continue; // a value that does not parse is still sent as stored; it just does not show in recent()
           }
+          all.push({ seq: seqOfKey(key), id: String(id), json });
+          chars += json.length;
+          if (chars > RECENT_MAX_CHARS) break read;
         }
       }
     }
-    all.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
+    all.sort((a, b) => a.seq - b.seq);
     // A stored event is usually in the snapshot too: keep one per id.
     const seen = new Set<string>();
     const unique = all.filter((e) => {
@@ -1961,8 +1978,9 @@ export class LevelOutbox implements Outbox {
       seen.add(e.id);
       return true;
     });
-    for (const e of unique.slice(-RECENT_SIZE)) this.recentRing.push(JSON.stringify(e));
+    for (const e of unique.slice(-RECENT_SIZE)) this.recentRing.push(e.json);
   }
+
 }
 
 /** The store's own words for a failure (LevelDB's `IO error: …`), else the error's. */

@@ -289,6 +289,38 @@ describe('runtime, its store on a disk that fails (a real LevelDB, its batch wri
     assert.equal(data.count, 2);
   });
 
+  it('held events dropped past the bound, then a store full of alarms: both losses reported once there is room, no refused append meanwhile', async () => {
+    const clock = new ManualClock();
+    const rt = await start(clock, 'outbox: { maxBytes: 16777216 }\n');
+    const restore = replaceBatchWrites(rt.outbox, async () => {
+      throw diskFull();
+    });
+    try {
+      // One tick of 10,005: 10,000 are held, the 5 oldest dropped (and counted at once).
+      for (let i = 0; i < 10_005; i++) rt.bus.emit('event.input', { type: 'door.opened', source: { device: 'door-1' }, data: { i } });
+      await waitFor(() => (rt.health().outbox as { heldEvents?: number }).heldEvents === 10_000, { message: '10,000 held' });
+      assert.match(await rt.metrics.registry.metrics(), /^edgeward_ingest_errors_total 5$/m);
+    } finally {
+      restore();
+    }
+    await storeAlarms(rt, 16_777_216, clock);
+    clock.advance(1000);
+    await waitFor(async () => /^edgeward_ingest_errors_total 10005$/m.test(await rt.metrics.registry.metrics()), {
+      message: 'the held events refused and counted',
+    });
+    for (let i = 0; i < 3; i++) {
+      clock.advance(1000);
+      await delayTurns(5);
+    }
+    assert.equal(rt.outbox.stats().refusingFull, undefined, 'no append of ours was refused');
+    assert.deepEqual(lossReports(rt), []);
+    await rt.outbox.ack([[1, 3]]);
+    clock.advance(1000);
+    await waitFor(() => lossReports(rt).length === 2, { message: () => `both reports stored: ${JSON.stringify(lossReports(rt).map((e) => e.data))}` });
+    const byReason = Object.fromEntries(lossReports(rt).map((e) => [(e.data as unknown as HeldLossData).reason, (e.data as unknown as HeldLossData).count]));
+    assert.deepEqual(byReason, { outbox_write_failed: 5, outbox_full: 10_000 });
+  });
+
   it('a bus event refused during the stop is not reported silently: the stop says it could not store the report', async () => {
     const clock = new ManualClock();
     const { log, lines } = captureLogger('warn');
