@@ -104,7 +104,6 @@ export class Runtime {
   private readonly refused = new LossTally('outbox_full');
   private startedAt = 0;
   /** Since when the uplink is down (undefined while connected). */
-  private uplinkDownSince?: number;
   private boundPort = 0;
   private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
   private nodeApiValue?: EdgewardNodeApi;
@@ -204,13 +203,6 @@ export class Runtime {
           outbox,
           log: this.rootLog,
           clock: this.clock,
-        });
-        this.uplinkDownSince = this.clock.now();
-        this.uplink.on('connect', () => {
-          this.uplinkDownSince = undefined;
-        });
-        this.uplink.on('disconnect', () => {
-          this.uplinkDownSince ??= this.clock.now();
         });
         await this.uplink.start();
       }
@@ -504,17 +496,19 @@ export class Runtime {
     if (flows) problems.push(flows);
     let uplink: Record<string, unknown> = { configured: false };
     if (this.uplink) {
-      const { connected, unsendable, unackedForMs, inflightBatches } = this.uplink.status();
-      const downMs = connected ? 0 : this.clock.now() - (this.uplinkDownSince ?? this.clock.now());
-      uplink = { configured: true, connected, downS: Math.floor(downMs / 1000) };
-      if (downMs > UPLINK_UNHEALTHY_AFTER_MS) {
-        problems.push(`uplink disconnected for ${Math.floor(downMs / 1000)} s`);
+      const { connected, unsendable, unackedForMs, inflightBatches, downForMs } = this.uplink.status();
+      uplink = { configured: true, connected, downS: Math.floor(downForMs / 1000) };
+      // Down until a connection works (acks delete events on it, or it lasts 10 s): a broker that
+      // drops the edge at every publish was "connected" a moment each time, and never reported.
+      const down = downForMs > UPLINK_UNHEALTHY_AFTER_MS;
+      if (down) {
+        const s = Math.floor(downForMs / 1000);
+        problems.push(connected ? `no working uplink connection for ${s} s (connections drop soon after they are made)` : `uplink disconnected for ${s} s`);
       }
-      // Not while the disconnection above is reported: it says why already.
-      if (unackedForMs !== undefined && unackedForMs > ACK_SILENT_UNHEALTHY_AFTER_MS && downMs <= UPLINK_UNHEALTHY_AFTER_MS) {
+      // Not while the uplink is reported down: that says why already.
+      if (connected && !down && unackedForMs !== undefined && unackedForMs > ACK_SILENT_UNHEALTHY_AFTER_MS) {
         const who = this.config.uplink?.ack === 'broker' ? 'the broker' : 'the central';
-        const state = !connected ? 'connection dropped, reconnecting' : inflightBatches > 0 ? `${inflightBatches} batches in flight` : 'resending';
-        problems.push(`oldest event sent ${Math.floor(unackedForMs / 1000)} s ago still not acknowledged by ${who} (${state})`);
+        problems.push(`oldest event sent ${Math.floor(unackedForMs / 1000)} s ago still not acknowledged by ${who} (${inflightBatches} batches in flight)`);
       }
       if (unsendable > 0) {
         uplink.unsendable = unsendable;

@@ -45,12 +45,18 @@ export interface UplinkStatus {
   /** Stored events too large to be sent within `maxPacketBytes` even alone: kept, not sent (see README). */
   unsendable: number;
   /**
-   * How long ago the oldest event sent and not yet acknowledged was first
-   * sent: in flight, or released to go again (an ack timeout, a dropped
-   * connection). Resends, reconnects and acks of other batches do not reset
-   * it. Absent when nothing sent waits for an ack.
+   * While batches are in flight: how long ago the oldest event in them was
+   * first sent (by this copy or an earlier one: resends, reconnects and acks
+   * of other batches do not reset it).
    */
   unackedForMs?: number;
+  /**
+   * How long the uplink has had no working connection: since it started, or
+   * since a working one closed. A connection works once an ack (or, with
+   * `ack: broker`, a PUBACK) deletes events on it, or once it has lasted
+   * STABLE_CONNECTION_MS. 0 while one works.
+   */
+  downForMs: number;
 }
 
 /** Events the uplink emits, for metrics and logs. */
@@ -98,16 +104,18 @@ const MAX_ACK_BACKOFF = 8;
 /** While acks time out, at most one log line about it this often (see logResend). */
 const RESEND_LOG_MS = 60_000;
 /**
- * A connection that lasted this long was a working one: its close resets the
- * reconnect backoff. A shorter one does not, and its close is logged once a
- * minute at most: a broker that drops the edge at every publish (a size
+ * A connection that lasted this long, or on which acks deleted events, works
+ * (see connectionWorks): the reconnect backoff starts again from its least,
+ * and /healthz counts the uplink as up. One that closes before is logged once
+ * a minute at most: a broker that drops the edge at every publish (a size
  * limit, an ACL that disconnects) was reconnected every ~250 ms for good,
- * with a pair of log lines each time (found by a review).
+ * with a pair of log lines each time, and /healthz said 200 (found by a review).
  */
 const STABLE_CONNECTION_MS = 10_000;
 /**
- * Largest ack payload looked at; a larger one is ignored as malformed before
- * it is parsed. One 30 MB ack (valid JSON, a range per seq) took the runtime
+ * Largest ack payload looked at with the default batches (a bigger window
+ * allows more: 40 bytes per seq it can hold, each acked as a range of its
+ * own); a larger one is ignored as malformed before it is parsed. One 30 MB ack (valid JSON, a range per seq) took the runtime
  * to 1.85 GB and 5.8 s of blocked event loop, and kept retained on the ack
  * topic it crashed a runtime with a 512 MB heap at every start (found by a
  * review). An ack naming singly each seq of a full window (16 batches of 500,
@@ -248,16 +256,26 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private ackLagMs: number | undefined;
   /**
    * First send time of events released unacknowledged (an ack timeout, a
-   * lost connection, a failed publish), by seq, until they are sent again
-   * (the new batch inherits it), acknowledged, or found gone. So the age of
-   * the oldest unacknowledged send survives resends and reconnects: measured
-   * from the last ack of anything, a batch the central never acks while it
-   * acks the others, or a connection that drops at every publish, never
-   * showed in /healthz (found by a review).
+   * lost connection, a failed publish), by seq, until they are sent again:
+   * the new batch inherits it, so the age of the oldest unacknowledged send
+   * survives resends. Measured from the last ack of anything, a batch the
+   * central never acks while it acks the others never showed in /healthz
+   * (found by a review). Only batches in flight are measured: a released
+   * event waiting in the outbox (behind a backlog of warnings, or evicted
+   * meanwhile) is not waiting for an ack (it was counted so, and a healthy
+   * drain after an outage said 503). At most maxReleasedSeqs entries (four
+   * windows), the oldest dropped first: evicted seqs are never sent again.
    */
   private readonly releasedSentAt = new Map<number, number>();
+  private readonly maxReleasedSeqs: number;
+  /** See MAX_ACK_BYTES. */
+  private readonly maxAckBytes: number;
   /** When the current connection was made (null while disconnected). */
   private connectedAt: number | null = null;
+  /** The current connection has deleted events, or lasted STABLE_CONNECTION_MS (see downForMs). */
+  private working = false;
+  /** Since when no connection has worked (see UplinkStatus.downForMs); null while one does. */
+  private downSince: number | null = null;
   /** Connections dropped within STABLE_CONNECTION_MS of being made, since the last line about them. */
   private shortDrops = 0;
   private lastShortDropLogAt = Number.NEGATIVE_INFINITY;
@@ -283,6 +301,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.ackTimeoutMs = opts.config.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
     this.statusIntervalMs = opts.statusIntervalMs ?? DEFAULT_STATUS_INTERVAL_MS;
     this.maxPacketBytes = opts.config.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES;
+    this.maxReleasedSeqs = 4 * (this.maxInflight + 1) * opts.config.batch.maxEvents;
+    this.maxAckBytes = Math.max(MAX_ACK_BYTES, 40 * (this.maxInflight + 1) * opts.config.batch.maxEvents);
   }
 
   /** Topics of this edge. */
@@ -300,6 +320,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (this.running) return;
     this.tls = await this.readTlsFiles();
     this.running = true;
+    this.downSince = this.clock.now();
     this.unsubscribeAppend = this.outbox.onAppend((severities) => this.onAppend(severities));
     // The central learns at once when the store starts or stops refusing events (disk full).
     this.unsubscribeHealth = this.outbox.onWriteHealth?.(() => this.statusNow()) ?? null;
@@ -336,23 +357,28 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   }
 
   status(): UplinkStatus {
+    this.connectionLasted();
     const s: UplinkStatus = {
+      downForMs: 0,
       connected: this.connected,
       lastAckAt: this.lastAckAt,
       inflightBatches: this.inflight.size,
       unsendable: this.unsendable.size,
     };
     if (this.ackLagMs !== undefined) s.ackLagMs = this.ackLagMs;
+    const now = this.clock.now();
     const oldest = this.oldestUnackedSentAt();
-    if (oldest !== undefined) s.unackedForMs = this.clock.now() - oldest;
+    if (oldest !== undefined) s.unackedForMs = now - oldest;
+    // A wall clock stepped back restarts the count rather than hiding the state for the size of the step.
+    if (this.downSince !== null && this.downSince > now) this.downSince = now;
+    s.downForMs = this.downSince === null ? 0 : now - this.downSince;
     return s;
   }
 
   /**
-   * The first send time of the oldest event sent and not yet acknowledged:
-   * in flight, or released to be sent again. A wall clock stepped back below
-   * it restarts the count from now rather than hiding a silent central for
-   * the size of the step.
+   * The first send time of the oldest event in the batches in flight. A wall
+   * clock stepped back below it restarts the count from now rather than
+   * hiding a silent central for the size of the step.
    */
   private oldestUnackedSentAt(): number | undefined {
     const now = this.clock.now();
@@ -361,10 +387,6 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       if (b.firstSentAt === undefined) continue;
       if (b.firstSentAt > now) b.firstSentAt = now;
       if (oldest === undefined || b.firstSentAt < oldest) oldest = b.firstSentAt;
-    }
-    for (const [seq, at] of this.releasedSentAt) {
-      if (at > now) this.releasedSentAt.set(seq, now);
-      if (oldest === undefined || at < oldest) oldest = Math.min(at, now);
     }
     return oldest;
   }
@@ -490,6 +512,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (client !== this.client || !this.running || !client.connected) return;
     this.connected = true;
     this.connectedAt = this.clock.now();
+    this.working = false;
     // The backoff is reset only once this connection has lasted (see STABLE_CONNECTION_MS).
     // A new session resends everything at once: its acks time out from scratch.
     this.ackBackoff = 1;
@@ -522,7 +545,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       this.logDisconnect();
       this.emit('disconnect', { reason: 'connection closed' });
     }
+    this.downSince ??= this.clock.now();
     this.connectedAt = null;
+    this.working = false;
     if (!this.running) return;
     const base = Math.min(
       this.opts.reconnectMaxMs ?? 10_000,
@@ -535,17 +560,18 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   }
 
   /**
-   * A connection that lasted resets the backoff and is logged as it goes. One
-   * dropped soon after it was made is logged the first time, then once a
-   * minute with the count: the backoff grows meanwhile (to reconnectMaxMs).
+   * A connection that worked (see connectionWorks) is logged as it goes. One
+   * dropped before it worked is logged the first time, then once a minute
+   * with the count: the backoff grows meanwhile (to reconnectMaxMs).
    */
   private logDisconnect(): void {
     const now = this.clock.now();
     const lastedMs = this.connectedAt === null ? 0 : now - this.connectedAt;
-    if (lastedMs >= STABLE_CONNECTION_MS || lastedMs < 0) {
+    if (this.working || lastedMs >= STABLE_CONNECTION_MS || lastedMs < 0) {
       this.attempts = 0;
       this.shortDrops = 0;
       this.log.warn({ url: this.safeUrl }, 'uplink disconnected');
+      this.downSince = now;
       return;
     }
     this.shortDrops++;
@@ -562,10 +588,22 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.lastShortDropLogAt = now;
   }
 
-  /** The current connection has lasted: a spell of short ones (see logDisconnect) is over. */
+  /** The current connection has lasted STABLE_CONNECTION_MS: it works. */
   private connectionLasted(): void {
-    if (this.connectedAt === null || this.clock.now() - this.connectedAt < STABLE_CONNECTION_MS) return;
+    if (this.connectedAt !== null && this.clock.now() - this.connectedAt >= STABLE_CONNECTION_MS) this.connectionWorks();
+  }
+
+  /**
+   * The current connection works: acks delete events on it, or it has
+   * lasted. The backoff starts again from its least (after an outage, the
+   * next broker restart is a 250 ms reconnect, not the outage's 10 s), a
+   * spell of short connections is over, and the uplink is up for /healthz.
+   */
+  private connectionWorks(): void {
+    if (this.working || !this.connected) return;
+    this.working = true;
     this.attempts = 0;
+    this.downSince = null;
     if (this.shortDrops > 0) {
       this.log.info({ url: this.safeUrl }, 'uplink connection stable again');
       this.shortDrops = 0;
@@ -686,12 +724,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       });
       if (!this.live()) return;
       if (events.length === 0) {
-        if (windowOpen) {
-          this.lingerSince = null;
-          // A read of every severity found nothing to send: no released event is stored
-          // still (the cursor went back for them), so none is waiting for an ack.
-          this.releasedSentAt.clear();
-        }
+        if (windowOpen) this.lingerSince = null;
         return;
       }
       const critical = events.some((e) => e.severity === 'critical');
@@ -924,10 +957,19 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (!rewind) return;
     const at = batch.firstSentAt;
     if (at !== undefined) {
+      const m = this.releasedSentAt;
       batch.pending.forEachPending((seq) => {
-        const known = this.releasedSentAt.get(seq);
-        if (known === undefined || at < known) this.releasedSentAt.set(seq, at);
+        const known = m.get(seq);
+        if (known === undefined || at < known) m.set(seq, at);
       });
+      // Seqs evicted before they went again are never claimed: the oldest entries go (insertion order).
+      if (m.size > this.maxReleasedSeqs) {
+        let excess = m.size - this.maxReleasedSeqs;
+        for (const seq of m.keys()) {
+          if (excess-- <= 0) break;
+          m.delete(seq);
+        }
+      }
     }
     this.rewinds++;
     for (const [sev, min] of Object.entries(batch.minSeq) as Array<[Severity, number]>) {
@@ -947,7 +989,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private onAckMessage(payload: Buffer, retained = false): void {
     let ack: ReturnType<typeof decodeAck>;
     try {
-      if (payload.length > MAX_ACK_BYTES) throw new Error(`ack payload of ${payload.length} bytes, over ${MAX_ACK_BYTES}: not parsed`);
+      if (payload.length > this.maxAckBytes) throw new Error(`ack payload of ${payload.length} bytes, over ${this.maxAckBytes}: not parsed`);
       ack = decodeAck(payload);
     } catch (err) {
       // Once a minute at most, with the count since: a central looping on a bad ack wrote a line per message.
@@ -1140,6 +1182,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.lastAckAt = new Date(now).toISOString();
     if (lagMs !== undefined) this.ackLagMs = lagMs;
     this.forgetReleased(ranges);
+    if (deleted > 0 || lagMs !== undefined) this.connectionWorks();
     this.emit('ack', lagMs === undefined ? { events: deleted } : { events: deleted, lagMs });
     this.pump();
   }

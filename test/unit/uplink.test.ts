@@ -363,10 +363,88 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     clock.jump(-3_600_000);
     assert.equal(u.status().unackedForMs, 0);
     clock.advance(61_000);
-    assert.equal(u.status().unackedForMs, 61_000);
+    // Its ack timed out meanwhile: sampled once it is in flight again (it inherits its first send).
+    await waitFor(() => u.status().unackedForMs === 61_000, { message: () => `unackedForMs ${u.status().unackedForMs}` });
     await c.publishRawAck(JSON.stringify({ epoch: outbox.epoch, seqs: [[1, 1]] }));
     await waitFor(() => outbox.stats().events === 0, { message: 'acked' });
     assert.equal(u.status().unackedForMs, undefined, 'nothing waits');
+  });
+
+  it('unackedForMs counts only what is in flight: events released by an outage and waiting behind warnings are not waiting for an ack', async () => {
+    const b = await startMosquitto();
+    const clock = new ManualClock();
+    try {
+      central = await startTestCentral({ url: b.url, site, edge, ack: false });
+      const c = central;
+      const u = make({ ackTimeoutMs: 600_000, batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } }, b.url, clock);
+      await u.start();
+      await waitFor(() => u.status().connected, { message: 'connected' });
+      await append(10); // info, in flight, not acked
+      await waitFor(() => c.byId.size === 10, { message: 'sent' });
+      await b.kill(); // the outage: released, to go again after the warnings
+      await waitFor(() => !u.status().connected, { message: 'disconnected' });
+      await outbox.append(
+        Array.from({ length: 300 }, (_, i) => makeEnvelope({ type: 'access.denied', source: { device: 'd1' }, data: { i } }, { site, edge })),
+      );
+      clock.advance(61_000);
+      await b.restart();
+      c.setAck(true);
+      // The central resubscribes first: what the edge sends before that goes nowhere.
+      await waitFor(() => c.connected, { message: 'the central back' });
+      let sampled: number | undefined | 'none' = 'none';
+      u.once('publish', () => {
+        sampled = u.status().unackedForMs;
+      });
+      // Reconnect attempts run on the test's clock.
+      await waitFor(
+        () => {
+          clock.advance(300);
+          return u.status().connected;
+        },
+        { timeoutMs: 10_000, message: 'reconnected' },
+      );
+      await waitFor(() => outbox.stats().events === 0, { timeoutMs: 10_000, message: 'drained' });
+      assert.equal(sampled, 0, 'the first batch after the outage (warnings) was just sent; the released info waits in the outbox, not for an ack');
+    } finally {
+      await b.stop();
+    }
+  });
+
+  it('a connection on which acks delete events works: the backoff of an outage is over, the next restart reconnects at once', async () => {
+    const b = await startMosquitto();
+    const clock = new ManualClock();
+    try {
+      central = await startTestCentral({ url: b.url, site, edge, ack: true });
+      const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } }, b.url, clock);
+      await u.start();
+      await waitFor(() => u.status().connected, { message: 'connected' });
+      const reconnectDelay = () => Math.min(...clock.pending().filter((d) => d > 0));
+      await b.kill();
+      // An outage of several attempts: the delay grows to reconnectMaxMs (300 here).
+      for (let i = 0; i < 6; i++) {
+        await waitFor(() => clock.pending().length > 0 && !u.status().connected, { message: 'a reconnect scheduled' });
+        clock.advance(400);
+      }
+      await b.restart();
+      const c = central;
+      await waitFor(() => c.connected, { message: 'the central back' });
+      await waitFor(
+        () => {
+          clock.advance(400);
+          return u.status().connected;
+        },
+        { timeoutMs: 10_000, message: 'reconnected' },
+      );
+      await append(5);
+      await waitFor(() => outbox.stats().events === 0, { message: 'acked on the new connection' });
+      assert.equal(u.status().downForMs, 0, 'up: acks delete events on it');
+      await b.kill();
+      await waitFor(() => !u.status().connected && clock.pending().length > 0, { message: 'the next reconnect scheduled' });
+      const next = reconnectDelay();
+      assert.ok(next <= 65, `reconnect in ${next} ms (reconnectMinMs 50, ±30 %), not the outage's 300`);
+    } finally {
+      await b.stop();
+    }
   });
 
   it('an ack deletes only what this edge has sent: a wide range does not take an event still waiting to go', async () => {
