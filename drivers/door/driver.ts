@@ -58,6 +58,12 @@ function savedDoors(v: unknown, doors: number): DoorState[] | undefined {
 const ACTIONS = ['door.unlock', 'door.lock', 'door.hold'] as const;
 /** More events a second than a door controller logs, sustained (for `implausible`): a flood of 40 while a quick restart took 2 s is still read. */
 const MAX_EVENTS_PER_S = 50;
+/**
+ * While the driver runs, a counter that moved further than this since the
+ * last read is no burst of events: with MAX_EVENTS_PER_S alone, 100 events
+ * logged between two polls (a simulator flood) would read as a restart.
+ */
+const MAX_BURST_EVENTS = 1000;
 
 /**
  * A Modbus door access controller (1–4 doors) read through its profile's
@@ -96,6 +102,9 @@ export class ModbusDoorDriver implements Driver {
   private pulseGen = 0;
   /** When the restored counter was saved (the clock's ms), until the first poll has judged it. */
   private savedAt?: number;
+  /** When the counter was last read (a poll that got it), while running. */
+  private lastReadAt?: number;
+  private lastGlitchLogAt = Number.NEGATIVE_INFINITY;
   /** Whether anything was saved about this unit before this driver started (see start). */
   private knownBefore = false;
   /** What keep() saved last, and when. */
@@ -247,7 +256,10 @@ export class ModbusDoorDriver implements Driver {
           }
           await this.pulseFor(bus, seconds, base + p.coils.unlockPulse);
         } else {
-          await this.restorePulse(bus);
+          // Strict: a pulse with a timed unlock's length still in the unit (3600 s) is no plain
+          // unlock. A failed restore used to be logged and the coil written anyway: ok reported,
+          // the door open an hour (found by a review on a lossy line).
+          await this.restorePulse(bus, this.pulseRestore, true);
           await bus.writeCoil(unit, base + p.coils.unlockPulse, true, high);
         }
         this.log.info({ door, seconds, command: cmd.id }, 'door unlocked by command');
@@ -312,9 +324,10 @@ export class ModbusDoorDriver implements Driver {
 
   /**
    * Write the unit's own pulse length back if a command left another there
-   * (`own`: the command's own record of it); a failure is retried later.
+   * (`own`: the command's own record of it); a failure is retried later, or
+   * thrown when `strict` (the caller must not pulse with the length left there).
    */
-  private async restorePulse(bus: ModbusBus, own = this.pulseRestore): Promise<void> {
+  private async restorePulse(bus: ModbusBus, own = this.pulseRestore, strict = false): Promise<void> {
     if (own === undefined) return;
     // A timed unlock that began while this write was on the wire has its own length out
     // there: this restore must not clear its record (same number, another command; seen in
@@ -327,6 +340,7 @@ export class ModbusDoorDriver implements Driver {
       this.unitState?.set(this.pulseKey, undefined);
     } catch (err) {
       this.log.warn({ err, seconds: own }, 'unlock pulse length not restored yet; retrying before the next poll');
+      if (strict) throw err;
     }
   }
 
@@ -378,12 +392,36 @@ export class ModbusDoorDriver implements Driver {
     const bits = await bus.readDiscreteInputs(unit, 0, width);
     const savedAt = this.savedAt;
     this.savedAt = undefined;
+    const readAt = this.lastReadAt;
+    this.lastReadAt = this.ctx.clock.now();
     let from = this.counter;
-    if (from !== undefined && counter !== from && (((counter - from) & 0xffff) >= 0x8000 || (savedAt !== undefined && this.implausible(counter, savedAt)))) {
-      // A controller that restarted counts again from 0: what it logged since is entries 1…counter
-      // (seen: 5 events after a restart lost, a warning in the log the only trace).
-      this.log.warn({ saved: from, counter }, 'device event counter went back: controller restarted; reading its ring from 0');
-      from = 0;
+    if (from !== undefined && counter !== from) {
+      const back = ((counter - from) & 0xffff) >= 0x8000;
+      // At start, against what was saved (the controller may have restarted with the edge); while
+      // running, against the last read: the controller alone restarted. Before, only a counter
+      // that went back was taken as a restart while running, so one at 40,000 restarting to 3
+      // read as 25,539 new events, the ring's stale door.forced among them (found by a review).
+      const jumped = savedAt !== undefined ? this.implausible(counter, savedAt) : readAt !== undefined && this.implausible(counter, readAt, MAX_BURST_EVENTS);
+      if (back || jumped) {
+        // A restarted controller counts again from 0: its counter is what it logged since, which
+        // the time since the last read must allow. A counter read 2 below the last (a caching
+        // gateway, a torn read) is no restart: reading the ring from 0 re-emitted old events,
+        // door.forced among them, as new (found by a review). That reading is ignored.
+        const since = savedAt ?? readAt;
+        if (since !== undefined && savedAt === undefined && this.implausible(counter, since, 0, 0)) {
+          const now = this.ctx.clock.now();
+          if (now - this.lastGlitchLogAt >= 60_000) {
+            this.lastGlitchLogAt = now;
+            this.log.warn({ last: from, counter }, 'device event counter read neither as new events nor as a restart: this reading ignored');
+          }
+          if (this.running) this.applyInputs(bits);
+          return;
+        }
+        // A controller that restarted counts again from 0: what it logged since is entries 1…counter
+        // (seen: 5 events after a restart lost, a warning in the log the only trace).
+        this.log.warn({ saved: from, counter }, 'device event counter went back: controller restarted; reading its ring from 0');
+        from = 0;
+      }
     }
     const to = from !== undefined && counter !== from ? await this.readRing(bus, from, counter) : counter;
     // Stopped meanwhile (a redeploy): nothing reported, nothing saved; the successor reads it.
@@ -416,10 +454,10 @@ export class ModbusDoorDriver implements Driver {
    * against a new 3 would read as 25,539 events, the ring's 32 stale entries
    * among them as new (measured). Then its counter is taken as it is.
    */
-  private implausible(counter: number, savedAt: number): boolean {
-    const n = (counter - (this.counter ?? counter)) & 0xffff;
+  private implausible(counter: number, savedAt: number, floor = 0, from = this.counter ?? counter): boolean {
+    const n = (counter - from) & 0xffff;
     const seconds = Math.max(0, (this.ctx.clock.now() - savedAt) / 1000);
-    return n > this.opts.profile.inputRegisters.ring.size && n > seconds * MAX_EVENTS_PER_S;
+    return n > this.opts.profile.inputRegisters.ring.size && n > floor && n > seconds * MAX_EVENTS_PER_S;
   }
 
   /**

@@ -142,6 +142,16 @@ export class ModbusBus implements Resource {
   private quietTimer?: NodeJS.Timeout;
   private reconnectTimer?: NodeJS.Timeout;
   private reconnectAttempt = 0;
+  /**
+   * A reply (or an exception: the device answered) came over the current
+   * link. Only then is the reconnect backoff reset: a TCP gateway that
+   * accepts each connection and closes it at once was reopened 10 times a
+   * second for good, two log lines each time (found by a review).
+   */
+  private linkWorked = false;
+  /** Links lost before any reply, since the last line about them. */
+  private deadLinks = 0;
+  private lastDeadLinkLogAt = Number.NEGATIVE_INFINITY;
   private lastOpenError: string | undefined;
   private txId = 0;
   private readonly log: Logger;
@@ -500,20 +510,21 @@ export class ModbusBus implements Resource {
   }
 
   private parseTcp(fl: InFlight): void {
-    const buf = fl.rx.length === 1 ? fl.rx[0] : Buffer.concat(fl.rx, fl.rxLen);
-    fl.rx = [buf];
-    if (buf.length < 7) return;
-    const len = buf.readUInt16BE(4);
-    if (buf.length < 6 + len) return;
-    const frame = buf.subarray(0, 6 + len);
-    const rest = buf.subarray(6 + len);
-    if (buf.readUInt16BE(0) !== fl.txId || buf.readUInt16BE(2) !== 0 || len < 2) {
+    let buf = fl.rx.length === 1 ? fl.rx[0] : Buffer.concat(fl.rx, fl.rxLen);
+    // A loop, not a call per skipped frame: 64 KiB of 7-byte foreign frames in one read overflowed
+    // the stack and killed the runtime, every door with it (found by a review).
+    for (;;) {
+      fl.rx = buf.length ? [buf] : [];
+      fl.rxLen = buf.length;
+      if (buf.length < 7) return;
+      const len = buf.readUInt16BE(4);
+      if (buf.length < 6 + len) return;
+      if (buf.readUInt16BE(0) === fl.txId && buf.readUInt16BE(2) === 0 && len >= 2) break;
       // A late reply to an earlier (timed-out) transaction: skip it and keep waiting for ours.
-      fl.rx = rest.length ? [rest] : [];
-      fl.rxLen = rest.length;
-      if (rest.length) this.parseTcp(fl);
-      return;
+      buf = buf.subarray(6 + len);
     }
+    const len = buf.readUInt16BE(4);
+    const frame = buf.subarray(0, 6 + len);
     if (frame[6] !== fl.job.unit) {
       this.stats.garbled++;
       this.finish(
@@ -543,6 +554,14 @@ export class ModbusBus implements Resource {
   private finish(fl: InFlight, err: Error | undefined, value?: boolean[] | number[]): void {
     if (this.inflight !== fl) return;
     this.inflight = undefined;
+    if (!this.linkWorked && (!err || (err as EdgewardError).code === 'EDGE_MODBUS_EXCEPTION')) {
+      this.linkWorked = true;
+      this.reconnectAttempt = 0;
+      if (this.deadLinks > 0) {
+        this.log.info({ links: this.deadLinks }, 'modbus link answers again');
+        this.deadLinks = 0;
+      }
+    }
     if (fl.timer) this.ctx.clock.clearTimeout(fl.timer);
     if (fl.gapTimer) this.ctx.clock.clearTimeout(fl.gapTimer);
     // After a failure wait for the line to go quiet, so the rest of a bad reply cannot be read as the next one.
@@ -597,13 +616,23 @@ export class ModbusBus implements Resource {
       if (this.link !== link) return;
       this.link = undefined;
       this.setConnected(false);
-      this.log.warn({ err: err.message }, 'modbus link lost, reconnecting');
+      if (this.linkWorked) {
+        this.reconnectAttempt = 0;
+        this.log.warn({ err: err.message }, 'modbus link lost, reconnecting');
+      } else {
+        this.deadLinks++;
+        const now = performance.now();
+        if (this.deadLinks === 1 || now - this.lastDeadLinkLogAt >= 60_000) {
+          this.log.warn({ err: err.message, links: this.deadLinks }, 'modbus link lost before any reply; reconnecting with backoff');
+          this.lastDeadLinkLogAt = now;
+        } else this.log.debug({ err: err.message }, 'modbus link lost before any reply');
+      }
+      this.linkWorked = false;
       this.failAll(
         new EdgewardError(CODES.disconnected, `bus ${this.label} disconnected: ${err.message}`, {
           cause: err,
         }),
       );
-      this.reconnectAttempt = 0;
       this.scheduleReconnect();
     };
     try {
@@ -620,13 +649,12 @@ export class ModbusBus implements Resource {
       return;
     }
     if (this.reconnectAttempt > 0) this.stats.reconnects++;
-    this.reconnectAttempt = 0;
     this.lastOpenError = undefined;
     this.link = link;
     this.quietUntil = 0;
     this.lastRxAt = Number.NEGATIVE_INFINITY;
     this.setConnected(true);
-    this.log.info('modbus link open');
+    this.log[this.deadLinks > 0 ? 'debug' : 'info']('modbus link open');
     this.schedule();
   }
 

@@ -15,12 +15,23 @@ module.exports = function register(RED) {
   function EdgewardDoorNode(config) {
     RED.nodes.createNode(this, config);
     const node = this;
+    // A node that cannot run still takes its input, to fail each command where a catch node sees
+    // it: a command to a node that did not start vanished without a word (found by a review).
+    const refuseCommands = (why) =>
+      node.on('input', (msg, _send, done) => {
+        const action = msg.payload && typeof msg.payload.action === 'string' ? msg.payload.action : 'command';
+        done(new Error(`edgeward-door ${nameOf(config)}: ${action} not sent: this node is not running (${why})`));
+      });
     const api = edgewardApi(RED, node, 'edgeward-door');
-    if (!api) return;
+    if (!api) {
+      refuseCommands('no Edgeward runtime');
+      return;
+    }
     const busNode = RED.nodes.getNode(config.bus);
     if (!busNode?.edgewardProps) {
       node.status({ fill: 'red', shape: 'ring', text: 'no modbus bus' });
       node.error('edgeward-door: choose an edgeward-modbus-bus');
+      refuseCommands('no modbus bus');
       return;
     }
     const name = nameOf(config);
@@ -38,7 +49,10 @@ module.exports = function register(RED) {
         pollMs: config.pollMs,
       },
     });
-    if (!driver) return;
+    if (!driver) {
+      refuseCommands('see its status');
+      return;
+    }
 
     node.on('input', (msg, send, done) => {
       const p = msg.payload || {};

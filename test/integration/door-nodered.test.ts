@@ -213,6 +213,11 @@ describe('edgeward door nodes wired wrong (integration)', function () {
       door('c', 'door-c', 'busT', '3'),
       // Commands over HTTP, as a flow might take them.
       { id: 'in', type: 'http in', z: 'tab', url: '/cmd', method: 'post', wires: [['a']] },
+      // A command to a node that did not start (a second node on unit 1): its error reaches a catch node.
+      { id: 'in2', type: 'http in', z: 'tab', url: '/cmd2', method: 'post', wires: [['a2']] },
+      { id: 'catch2', type: 'catch', z: 'tab', scope: ['a2'], uncaught: false, wires: [['why2']] },
+      { id: 'why2', type: 'function', z: 'tab', func: 'msg.payload = msg.error.message; msg.statusCode = 500; return msg;', outputs: 1, wires: [['resp2']] },
+      { id: 'resp2', type: 'http response', z: 'tab', wires: [] },
     ];
     runtime = await startRuntimeWithFlow({ dir: tmp.path, flow, siteKey: SITE_KEY, allow: ['door.unlock', 'door.lock', 'door.hold'] });
   });
@@ -275,5 +280,17 @@ describe('edgeward door nodes wired wrong (integration)', function () {
     await shows('a', 'error: EDGE_COMMAND_INVALID');
     await command({ action: 'door.lock', args: { door: 0 } });
     await shows('a', 'online');
+  });
+
+  it('a command to a node that did not start fails where a catch node sees it (it vanished)', async () => {
+    await shows('a2', 'error: EDGE_DUPLICATE_DEVICE');
+    const res = await fetch(`http://127.0.0.1:${runtime.port}/cmd2`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ action: 'door.unlock', args: { door: 0 } }),
+      signal: AbortSignal.timeout(5000),
+    });
+    assert.equal(res.status, 500);
+    assert.match(await res.text(), /edgeward-door door-a-copy: door\.unlock not sent: this node is not running \(see its status\)$/);
   });
 });

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import { type AddressInfo, createServer } from 'node:net';
 import { Command } from 'commander';
 import { ModbusBus } from '../../drivers/modbus/bus.js';
 import { modbusCommands, parseUnits } from '../../edge/cli-modbus.js';
 import { systemClock } from '../../edge/clock.js';
 import { silentLogger } from '../../edge/log.js';
+import { captureLogger } from '../helpers/log.js';
 import { DoorSim } from '../../hardware/sim/door-sim.js';
 import { openPtyPair, type PtyPair } from '../helpers/pty.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
@@ -98,5 +100,61 @@ describe('Modbus TCP bus (integration)', function () {
       { message: 'reads again after reconnect' },
     );
     assert.ok(bus.stats.reconnects >= 1);
+  });
+});
+
+describe('Modbus TCP bus against a hostile peer (integration)', function () {
+  this.timeout(20_000);
+
+  it('skips 64 KiB of foreign frames in one read without running out of stack, then takes its reply', async () => {
+    // Answers each request with 9,363 short frames of another transaction, then the real reply, in one write.
+    const server = createServer((sock) => {
+      sock.on('data', (req) => {
+        const txId = req.readUInt16BE(0);
+        const foreign = Buffer.alloc(7 * 9363);
+        for (let i = 0; i < 9363; i++) {
+          foreign.writeUInt16BE((txId + 1 + i) & 0xffff, 7 * i);
+          foreign.writeUInt16BE(1, 4 + 7 * i);
+        }
+        // FC 4, one register, value 0x0d01.
+        const reply = Buffer.from([txId >> 8, txId & 0xff, 0, 0, 0, 5, req[6], 4, 2, 0x0d, 0x01]);
+        sock.write(Buffer.concat([foreign, reply]));
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    const port = (server.address() as AddressInfo).port;
+    const bus = new ModbusBus({ transport: 'tcp', host: '127.0.0.1', port, timeoutMs: 2000, reconnectMinMs: 50 }, { clock: systemClock, log: silentLogger() });
+    try {
+      await bus.start();
+      assert.deepEqual(await bus.readInputRegisters(1, 200, 1), [0x0d01]);
+    } finally {
+      await bus.close();
+      server.close();
+    }
+  });
+
+  it('a gateway that accepts each connection and closes it at once: reconnects back off, one log line', async () => {
+    let connections = 0;
+    const server = createServer((sock) => {
+      connections++;
+      sock.destroy();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    const port = (server.address() as AddressInfo).port;
+    const { log, lines } = captureLogger('info');
+    const bus = new ModbusBus({ transport: 'tcp', host: '127.0.0.1', port, timeoutMs: 200, reconnectMinMs: 50, reconnectMaxMs: 800 }, { clock: systemClock, log });
+    try {
+      await bus.start();
+      const t0 = performance.now();
+      await waitFor(() => connections >= 6, { timeoutMs: 10_000, message: 'six connections' });
+      // 50, 100, 200, 400, 800 ms between them (at least 1.5 s); every ~50 ms before (measured: 10 a second).
+      assert.ok(performance.now() - t0 >= 1_000, `six connections in ${Math.round(performance.now() - t0)} ms`);
+      const lost = lines.filter((l) => String(l.msg).startsWith('modbus link lost'));
+      assert.equal(lost.length, 1, JSON.stringify(lost.map((l) => l.msg)));
+      assert.equal(lines.filter((l) => l.msg === 'modbus link open').length, 1, 'reopens at debug');
+    } finally {
+      await bus.close();
+      server.close();
+    }
   });
 });

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { EdgewardError } from '../../edge/errors.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DriverContext } from '../../drivers/driver.js';
@@ -333,6 +334,49 @@ describe('door driver', () => {
       unit.swipe(0, 301, 'unknown');
       await waitFor(() => events.some((e) => e.type === 'access.denied'), { message: 'the event after a restart while running' });
       assert.equal((events.find((e) => e.type === 'access.denied')!.data as { card: string }).card, '301');
+    } finally {
+      await driver.stop();
+      sim.stop();
+      await bus.close();
+    }
+  });
+
+  it('while running: a counter read below the last one at 40,000 is ignored, and a controller restarting alone from 40,000 is read from 0 (no stale alarm)', async () => {
+    const sim = new DoorSim({ units: [1] });
+    const bus = await fakeBus(sim);
+    const events: EventInput[] = [];
+    const kept = new Map<string, unknown>();
+    const ctx = context(events, true, { get: (k) => kept.get(k), set: (k, v) => void kept.set(k, v) });
+    const unit = sim.unit(1);
+    // Counting for a long time already: a forced door among its last 32 events.
+    unit.ir[0] = 39_990;
+    unit.force(0);
+    for (let card = 1; card <= 9; card++) unit.swipe(0, card, 'granted');
+    assert.equal(unit.counter, 40_000);
+    const driver = doorOn(bus, ctx, { unitId: 1, pollMs: 20 });
+    const counter = () => (kept.get('eventCounter@bus#unit1') as { counter: number } | undefined)?.counter;
+    try {
+      await driver.start();
+      await waitFor(() => counter() === 40_000, { message: 'the counter taken as it is' });
+      events.length = 0;
+      // A gateway that serves a stale value (or a torn read) for a while: 2 below the last.
+      unit.ir[0] = 39_998;
+      // Each poll is at least two transactions (the counter, the door inputs).
+      const tx = bus.stats.transactions;
+      await waitFor(() => bus.stats.transactions >= tx + 10, { message: 'five polls of the stale counter' });
+      unit.ir[0] = 40_000;
+      await waitFor(() => bus.stats.transactions >= tx + 14, { message: 'polls of the right one again' });
+      assert.equal(events.length, 0, `no event read again, none counted lost: ${JSON.stringify(events)}`);
+      // The controller alone restarts, keeping its ring, and logs 3 events.
+      unit.ir[0] = 0;
+      for (const card of [201, 202, 203]) unit.swipe(0, card, 'unknown');
+      await waitFor(() => counter() === 3, { message: 'the new counter taken' });
+      await waitFor(() => events.filter((e) => e.type === 'access.denied').length === 3, { message: 'the 3 events since the restart' });
+      assert.deepEqual(
+        events.map((e) => e.type),
+        ['access.denied', 'access.denied', 'access.denied'],
+        'no stale door.forced, no 25,507 events counted lost',
+      );
     } finally {
       await driver.stop();
       sim.stop();
@@ -684,6 +728,41 @@ describe('door driver', () => {
       sim.stop();
       await bus.close();
     }
+  });
+
+  it("a plain unlock is refused while the unit still has a timed unlock's length that cannot be put back (no hour-long pulse reported ok)", async () => {
+    let hr0 = 5;
+    let lossy = false;
+    let pulses = 0;
+    const pulsed: number[] = [];
+    const bus = {
+      onConnection: () => () => undefined,
+      readInputRegisters: async (_u: number, _a: number, n: number) => new Array(n).fill(0),
+      readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
+      readHoldingRegisters: async () => [hr0],
+      writeRegister: async (_u: number, _a: number, v: number) => {
+        // The line loses the writes that would put the length back.
+        if (lossy && v === 5) throw new EdgewardError('EDGE_MODBUS_TIMEOUT', 'unit 1: no reply');
+        hr0 = v;
+      },
+      writeCoil: async (_u: number, _a: number, v: boolean) => {
+        if (!v) return;
+        pulsed.push(hr0);
+        if (++pulses === 1) lossy = true;
+      },
+    } as unknown as ModbusBus;
+    const clock = new ManualClock();
+    const ctx = { ...context([], false, mapState().state), clock };
+    const d = doorOn(bus, ctx, { unitId: 1, pollMs: 60_000 });
+    await startedOnline(d, clock);
+    await d.execute({ id: 'u', action: 'door.unlock', target: 'door-1', args: { door: 0, seconds: 3600 } });
+    assert.equal(hr0, 3600, 'its restore was lost');
+    await assert.rejects(d.execute({ id: 'v', action: 'door.unlock', target: 'door-1', args: { door: 0 } }), { code: 'EDGE_MODBUS_TIMEOUT' });
+    assert.deepEqual(pulsed, [3600], 'no second pulse with the hour-long length');
+    lossy = false;
+    await d.execute({ id: 'w', action: 'door.unlock', target: 'door-1', args: { door: 0 } });
+    assert.deepEqual(pulsed, [3600, 5], 'once the length is back, a plain unlock pulses the unit own length');
+    await d.stop();
   });
 
   it("a pulse length the unit did not get back is kept in the driver state: the successor restores it, never taking the command's as the unit's own", async () => {
