@@ -498,8 +498,9 @@ export class Runtime {
     if (this.uplink) {
       const { connected, unsendable, unackedForMs, inflightBatches, downForMs } = this.uplink.status();
       uplink = { configured: true, connected, downS: Math.floor(downForMs / 1000) };
-      // Down until a connection works (acks delete events on it, or it lasts 10 s): a broker that
-      // drops the edge at every publish was "connected" a moment each time, and never reported.
+      // Down: disconnected, or connected within a spell of connections that drop soon after they
+      // are made (a broker that drops the edge at every publish was "connected" a moment each
+      // time, and never reported).
       const down = downForMs > UPLINK_UNHEALTHY_AFTER_MS;
       if (down) {
         const s = Math.floor(downForMs / 1000);

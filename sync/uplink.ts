@@ -51,12 +51,14 @@ export interface UplinkStatus {
    */
   unackedForMs?: number;
   /**
-   * How long the uplink has had no working connection: since it started, or
-   * since a working one closed. A connection works once an ack (or, with
-   * `ack: broker`, a PUBACK) deletes events on it, or once it has lasted
-   * STABLE_CONNECTION_MS. 0 while one works.
+   * How long the uplink has been down: disconnected, or connected within a
+   * spell of connections that drop soon after they are made (`unstable`),
+   * since the last connection that lasted STABLE_CONNECTION_MS or on which
+   * acks (with `ack: broker`, PUBACKs) deleted events. 0 otherwise.
    */
   downForMs: number;
+  /** Connections have dropped within STABLE_CONNECTION_MS of being made, and none has lasted since. */
+  unstable: boolean;
 }
 
 /** Events the uplink emits, for metrics and logs. */
@@ -104,12 +106,13 @@ const MAX_ACK_BACKOFF = 8;
 /** While acks time out, at most one log line about it this often (see logResend). */
 const RESEND_LOG_MS = 60_000;
 /**
- * A connection that lasted this long, or on which acks deleted events, works
- * (see connectionWorks): the reconnect backoff starts again from its least,
- * and /healthz counts the uplink as up. One that closes before is logged once
- * a minute at most: a broker that drops the edge at every publish (a size
- * limit, an ACL that disconnects) was reconnected every ~250 ms for good,
- * with a pair of log lines each time, and /healthz said 200 (found by a review).
+ * A connection that lasted this long ends the reconnect backoff (see
+ * connectionLasted). One that closes sooner is a short drop (logDisconnect):
+ * logged once a minute at most, the backoff growing, and while such drops
+ * go on /healthz counts the uplink as down. A broker that drops the edge at
+ * every publish (a size limit, an ACL that disconnects) was reconnected every
+ * ~250 ms for good, with a pair of log lines each time, and /healthz said 200
+ * (found by a review).
  */
 const STABLE_CONNECTION_MS = 10_000;
 /**
@@ -263,18 +266,20 @@ export class Uplink extends EventEmitter<UplinkEvents> {
    * (found by a review). Only batches in flight are measured: a released
    * event waiting in the outbox (behind a backlog of warnings, or evicted
    * meanwhile) is not waiting for an ack (it was counted so, and a healthy
-   * drain after an outage said 503). At most maxReleasedSeqs entries (four
-   * windows), the oldest dropped first: evicted seqs are never sent again.
+   * drain after an outage said 503), nor one released for want of a
+   * connection until it goes again (see release). At most maxReleasedSeqs
+   * entries (four windows), the oldest dropped first: evicted seqs are never
+   * sent again.
    */
-  private readonly releasedSentAt = new Map<number, number>();
+  private readonly releasedSentAt = new Map<number, { at: number; paused: boolean }>();
   private readonly maxReleasedSeqs: number;
   /** See MAX_ACK_BYTES. */
   private readonly maxAckBytes: number;
   /** When the current connection was made (null while disconnected). */
   private connectedAt: number | null = null;
-  /** The current connection has deleted events, or lasted STABLE_CONNECTION_MS (see downForMs). */
-  private working = false;
-  /** Since when no connection has worked (see UplinkStatus.downForMs); null while one does. */
+  /** The current connection has lasted STABLE_CONNECTION_MS. */
+  private lasted = false;
+  /** Since when the uplink has been down (see UplinkStatus.downForMs); null while it is up. */
   private downSince: number | null = null;
   /** Connections dropped within STABLE_CONNECTION_MS of being made, since the last line about them. */
   private shortDrops = 0;
@@ -360,6 +365,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.connectionLasted();
     const s: UplinkStatus = {
       downForMs: 0,
+      unstable: this.shortDrops > 0,
       connected: this.connected,
       lastAckAt: this.lastAckAt,
       inflightBatches: this.inflight.size,
@@ -371,7 +377,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (oldest !== undefined) s.unackedForMs = now - oldest;
     // A wall clock stepped back restarts the count rather than hiding the state for the size of the step.
     if (this.downSince !== null && this.downSince > now) this.downSince = now;
-    s.downForMs = this.downSince === null ? 0 : now - this.downSince;
+    // Connected and not in a spell of short connections: up, even before the connection has
+    // lasted (an idle box reconnected after a 48 s outage said 503 for 10 s; found by a review).
+    s.downForMs = this.downSince === null || (this.connected && this.shortDrops === 0) ? 0 : now - this.downSince;
     return s;
   }
 
@@ -512,7 +520,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (client !== this.client || !this.running || !client.connected) return;
     this.connected = true;
     this.connectedAt = this.clock.now();
-    this.working = false;
+    this.lasted = false;
     // The backoff is reset only once this connection has lasted (see STABLE_CONNECTION_MS).
     // A new session resends everything at once: its acks time out from scratch.
     this.ackBackoff = 1;
@@ -547,7 +555,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     }
     this.downSince ??= this.clock.now();
     this.connectedAt = null;
-    this.working = false;
+    this.lasted = false;
     if (!this.running) return;
     const base = Math.min(
       this.opts.reconnectMaxMs ?? 10_000,
@@ -560,14 +568,18 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   }
 
   /**
-   * A connection that worked (see connectionWorks) is logged as it goes. One
-   * dropped before it worked is logged the first time, then once a minute
-   * with the count: the backoff grows meanwhile (to reconnectMaxMs).
+   * A connection that lasted STABLE_CONNECTION_MS is logged as it goes and
+   * ends any backoff. One dropped sooner is logged the first time, then once
+   * a minute with the count, and the backoff grows meanwhile (to
+   * reconnectMaxMs), acks on it or not: two boxes sharing a client id (a
+   * cloned SD card) kick each other off after a few acks each time, and
+   * counting those as working connections reconnected them every ~250 ms
+   * with two log lines each time (found by a review).
    */
   private logDisconnect(): void {
     const now = this.clock.now();
     const lastedMs = this.connectedAt === null ? 0 : now - this.connectedAt;
-    if (this.working || lastedMs >= STABLE_CONNECTION_MS || lastedMs < 0) {
+    if (this.lasted || lastedMs >= STABLE_CONNECTION_MS || lastedMs < 0) {
       this.attempts = 0;
       this.shortDrops = 0;
       this.log.warn({ url: this.safeUrl }, 'uplink disconnected');
@@ -583,31 +595,39 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       { url: this.safeUrl, lastedMs, drops: this.shortDrops },
       this.shortDrops === 1
         ? 'uplink disconnected soon after connecting'
-        : 'uplink connections keep dropping soon after connecting (a broker size limit or ACL that disconnects?); backing off',
+        : 'uplink connections keep dropping soon after connecting (a broker size limit or ACL that disconnects, or a second box with this site and edge?); backing off',
     );
     this.lastShortDropLogAt = now;
   }
 
-  /** The current connection has lasted STABLE_CONNECTION_MS: it works. */
-  private connectionLasted(): void {
-    if (this.connectedAt !== null && this.clock.now() - this.connectedAt >= STABLE_CONNECTION_MS) this.connectionWorks();
-  }
-
   /**
-   * The current connection works: acks delete events on it, or it has
-   * lasted. The backoff starts again from its least (after an outage, the
-   * next broker restart is a 250 ms reconnect, not the outage's 10 s), a
-   * spell of short connections is over, and the uplink is up for /healthz.
+   * The current connection has lasted STABLE_CONNECTION_MS (a wall clock
+   * stepped back counts as lasted: its age is unknown): the backoff starts
+   * again from its least and a spell of short connections is over.
    */
-  private connectionWorks(): void {
-    if (this.working || !this.connected) return;
-    this.working = true;
+  private connectionLasted(): void {
+    if (this.lasted || !this.connected || this.connectedAt === null) return;
+    const age = this.clock.now() - this.connectedAt;
+    if (age < STABLE_CONNECTION_MS && age >= 0) return;
+    this.lasted = true;
     this.attempts = 0;
     this.downSince = null;
     if (this.shortDrops > 0) {
       this.log.info({ url: this.safeUrl }, 'uplink connection stable again');
       this.shortDrops = 0;
     }
+  }
+
+  /**
+   * Acks deleted events on the current connection: the uplink is up. Outside
+   * a spell of short connections this also ends the backoff of an outage, so
+   * a broker restarted again soon after the reconnect is reconnected at once,
+   * not after the outage's 10 s (found by a review).
+   */
+  private acksFlow(): void {
+    if (!this.connected) return;
+    this.downSince = null;
+    if (this.shortDrops === 0) this.attempts = 0;
   }
 
   private publishStatus(
@@ -782,10 +802,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     }
     let firstSentAt: number | undefined;
     if (this.releasedSentAt.size > 0) {
+      const now = this.clock.now();
       for (const e of events) {
-        const at = this.releasedSentAt.get(e.seq);
-        if (at === undefined) continue;
+        const known = this.releasedSentAt.get(e.seq);
+        if (known === undefined) continue;
         this.releasedSentAt.delete(e.seq);
+        const at = releasedFirstSend(known, now);
         if (firstSentAt === undefined || at < firstSentAt) firstSentAt = at;
       }
     }
@@ -811,12 +833,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
         this.cfg.gzipLevel,
       );
     } catch (err) {
-      this.release(batch);
+      this.release(batch, true, true);
       throw err;
     }
     // Never hand mqtt.js a publish while offline: it would queue it behind our back.
     if (!this.live(client) || !this.inflight.has(batch)) {
-      this.release(batch);
+      this.release(batch, true, true);
       return;
     }
     const packetBytes = publishPacketBytes(this.topics.events, payload.length);
@@ -867,7 +889,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
         this.failedPublishes = { client, batches: 0, events: 0 };
         this.log.warn({ err: err.message, events: batch.pending.size }, 'batch publish failed; will resend');
       }
-      this.release(batch);
+      this.release(batch, true, true);
       if (client === this.client && !this.retryTimer) {
         this.retryTimer = this.clock.setTimeout(() => {
           this.retryTimer = null;
@@ -949,18 +971,27 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.resends = { loggedAt: now, batches: 0, events: 0 };
   }
 
-  /** Forget a batch without acknowledging it: its events are read (and sent) again. */
-  private release(batch: InflightBatch, rewind = true): void {
+  /**
+   * Forget a batch without acknowledging it: its events are read (and sent)
+   * again. `paused`: released for want of a connection (lost, a failed
+   * publish), so the time until it goes again is not time waiting for an
+   * ack: a drain after an outage over 60 s, the central acking every batch,
+   * said 503 for the re-sent window otherwise (found by a review). An ack
+   * timeout releases it with the clock running.
+   */
+  private release(batch: InflightBatch, rewind = true, paused = false): void {
     if (!this.inflight.delete(batch)) return;
     if (batch.timer) this.clock.clearTimeout(batch.timer);
     batch.timer = undefined;
     if (!rewind) return;
-    const at = batch.firstSentAt;
-    if (at !== undefined) {
+    const first = batch.firstSentAt;
+    if (first !== undefined) {
       const m = this.releasedSentAt;
+      const now = this.clock.now();
+      const entry = paused ? { at: Math.max(0, now - first), paused } : { at: first, paused };
       batch.pending.forEachPending((seq) => {
         const known = m.get(seq);
-        if (known === undefined || at < known) m.set(seq, at);
+        if (known === undefined || releasedFirstSend(entry, now) < releasedFirstSend(known, now)) m.set(seq, entry);
       });
       // Seqs evicted before they went again are never claimed: the oldest entries go (insertion order).
       if (m.size > this.maxReleasedSeqs) {
@@ -978,7 +1009,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   }
 
   private releaseAll(): void {
-    for (const b of [...this.inflight]) this.release(b);
+    for (const b of [...this.inflight]) this.release(b, true, true);
     this.lingerSince = null;
     if (this.lingerTimer) this.clock.clearTimeout(this.lingerTimer);
     this.lingerTimer = null;
@@ -1182,7 +1213,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.lastAckAt = new Date(now).toISOString();
     if (lagMs !== undefined) this.ackLagMs = lagMs;
     this.forgetReleased(ranges);
-    if (deleted > 0 || lagMs !== undefined) this.connectionWorks();
+    if (deleted > 0 || lagMs !== undefined) this.acksFlow();
     this.emit('ack', lagMs === undefined ? { events: deleted } : { events: deleted, lagMs });
     this.pump();
   }
@@ -1332,6 +1363,15 @@ export function subtractRanges(a: Array<[number, number]>, b: ReadonlyArray<read
     }
   }
   return out;
+}
+
+/**
+ * The first send time a released event stands for now: as it was (released
+ * by an ack timeout), or its age at release counted back from now (released
+ * for want of a connection: that wait is not waiting for an ack).
+ */
+function releasedFirstSend(r: { at: number; paused: boolean }, now: number): number {
+  return r.paused ? now - r.at : r.at;
 }
 
 /** Merge two lists of sorted, disjoint inclusive ranges into one (overlapping or adjacent ones joined), in linear time. */

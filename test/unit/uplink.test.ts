@@ -87,6 +87,32 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     return { clock, u, c: central };
   }
 
+  /**
+   * A connected uplink on the test's clock (no linger), with a broker of its
+   * own that the test may kill and restart, and a central acking or not.
+   * The caller stops the broker.
+   */
+  async function onOwnBroker(ack: boolean, config: Partial<UplinkConfig> = {}): Promise<{ b: TestMosquitto; clock: ManualClock; u: Uplink; c: TestCentral }> {
+    const b = await startMosquitto();
+    const clock = new ManualClock();
+    central = await startTestCentral({ url: b.url, site, edge, ack });
+    const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 }, ...config }, b.url, clock);
+    await u.start();
+    await waitFor(() => u.status().connected, { message: 'connected' });
+    return { b, clock, u, c: central };
+  }
+
+  /** Move the test's clock until the uplink's reconnect attempts (timers on that clock) get it connected. */
+  function reconnectedOnClock(u: Uplink, clock: ManualClock): Promise<unknown> {
+    return waitFor(
+      () => {
+        clock.advance(300);
+        return u.status().connected;
+      },
+      { timeoutMs: 10_000, message: 'reconnected' },
+    );
+  }
+
   /** Hold the outbox's next read once it has read the store, until `release()`. */
   function holdNextRead(): { holding: () => boolean; release: () => void } {
     const read = outbox.read.bind(outbox);
@@ -371,14 +397,8 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
   });
 
   it('unackedForMs counts only what is in flight: events released by an outage and waiting behind warnings are not waiting for an ack', async () => {
-    const b = await startMosquitto();
-    const clock = new ManualClock();
+    const { b, clock, u, c } = await onOwnBroker(false, { ackTimeoutMs: 600_000 });
     try {
-      central = await startTestCentral({ url: b.url, site, edge, ack: false });
-      const c = central;
-      const u = make({ ackTimeoutMs: 600_000, batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } }, b.url, clock);
-      await u.start();
-      await waitFor(() => u.status().connected, { message: 'connected' });
       await append(10); // info, in flight, not acked
       await waitFor(() => c.byId.size === 10, { message: 'sent' });
       await b.kill(); // the outage: released, to go again after the warnings
@@ -396,13 +416,7 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
         sampled = u.status().unackedForMs;
       });
       // Reconnect attempts run on the test's clock.
-      await waitFor(
-        () => {
-          clock.advance(300);
-          return u.status().connected;
-        },
-        { timeoutMs: 10_000, message: 'reconnected' },
-      );
+      await reconnectedOnClock(u, clock);
       await waitFor(() => outbox.stats().events === 0, { timeoutMs: 10_000, message: 'drained' });
       assert.equal(sampled, 0, 'the first batch after the outage (warnings) was just sent; the released info waits in the outbox, not for an ack');
     } finally {
@@ -411,14 +425,10 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
   });
 
   it('a connection on which acks delete events works: the backoff of an outage is over, the next restart reconnects at once', async () => {
-    const b = await startMosquitto();
-    const clock = new ManualClock();
+    const { b, clock, u, c } = await onOwnBroker(true);
     try {
-      central = await startTestCentral({ url: b.url, site, edge, ack: true });
-      const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } }, b.url, clock);
-      await u.start();
-      await waitFor(() => u.status().connected, { message: 'connected' });
       const reconnectDelay = () => Math.min(...clock.pending().filter((d) => d > 0));
+      clock.advance(10_000); // a connection that lasted: its loss is an outage, not a short drop
       await b.kill();
       // An outage of several attempts: the delay grows to reconnectMaxMs (300 here).
       for (let i = 0; i < 6; i++) {
@@ -426,15 +436,8 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
         clock.advance(400);
       }
       await b.restart();
-      const c = central;
       await waitFor(() => c.connected, { message: 'the central back' });
-      await waitFor(
-        () => {
-          clock.advance(400);
-          return u.status().connected;
-        },
-        { timeoutMs: 10_000, message: 'reconnected' },
-      );
+      await reconnectedOnClock(u, clock);
       await append(5);
       await waitFor(() => outbox.stats().events === 0, { message: 'acked on the new connection' });
       assert.equal(u.status().downForMs, 0, 'up: acks delete events on it');
@@ -444,6 +447,71 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
       assert.ok(next <= 65, `reconnect in ${next} ms (reconnectMinMs 50, ±30 %), not the outage's 300`);
     } finally {
       await b.stop();
+    }
+  });
+
+  it('an outage is not time waiting for an ack, nor down once reconnected: unackedForMs and downForMs after a 2-minute outage', async () => {
+    const { b, clock, u, c } = await onOwnBroker(false, { ackTimeoutMs: 600_000 });
+    try {
+      clock.advance(10_000); // the connection lasts
+      await append(10);
+      await waitFor(() => c.byId.size === 10, { message: 'sent' });
+      clock.advance(5_000); // waited 5 s for its ack, then the link goes
+      assert.equal(u.status().unackedForMs, 5_000);
+      await b.kill();
+      await waitFor(() => !u.status().connected, { message: 'disconnected' });
+      clock.advance(120_000);
+      assert.ok(u.status().downForMs >= 120_000, 'down while disconnected');
+      await b.restart();
+      await waitFor(() => c.connected, { message: 'the central back' });
+      const arrived = c.arrivals.length;
+      await reconnectedOnClock(u, clock);
+      assert.equal(u.status().downForMs, 0, 'up as soon as connected (not 503 for the connection\'s first 10 s)');
+      await waitFor(() => c.arrivals.length > arrived, { message: 'resent' });
+      const unacked = u.status().unackedForMs!;
+      assert.ok(unacked >= 5_000 && unacked < 10_000, `the 5 s it waited before the outage and what passed since the resend, not the outage: ${unacked}`);
+    } finally {
+      await b.stop();
+    }
+  });
+
+  it('two uplinks with one client id kicking each other off (a cloned SD card): backoff grows and the drops are logged once, acks or not', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: true });
+    const other = new MemoryOutbox({ maxBytes: 64 * 1024 * 1024, site, edge });
+    await other.open();
+    const logs = [captureLogger('info'), captureLogger('info')];
+    const a = make({}, broker.url, undefined, logs[0].log);
+    const b = new Uplink({
+      config: { url: broker.url, ack: 'central', batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 20 }, compress: 'gzip' },
+      site,
+      edge,
+      version: 't',
+      outbox: other,
+      log: logs[1].log,
+      reconnectMinMs: 50,
+      reconnectMaxMs: 300,
+    });
+    const connects = [0, 0];
+    a.on('connect', () => connects[0]++);
+    b.on('connect', () => connects[1]++);
+    // Both keep storing events, so acks flow on many of their short connections.
+    let i = 0;
+    const feed = setInterval(() => {
+      for (const ob of [outbox, other]) void ob.append([makeEnvelope({ type: 'sensor.reading', source: { device: 'd1' }, data: { i: i++ } }, { site, edge })]);
+    }, 25);
+    try {
+      await a.start();
+      await b.start();
+      await waitFor(() => connects[0] >= 8 && connects[1] >= 8, { timeoutMs: 20_000, message: () => `connects ${connects}` });
+    } finally {
+      clearInterval(feed);
+      await b.stop();
+      await other.close();
+    }
+    for (const l of logs) {
+      const drops = l.lines.filter((x) => Number(x.level) >= 40 && /^uplink (disconnected|connections keep)/.test(String(x.msg)));
+      assert.ok(drops.length <= 2, JSON.stringify(drops.map((x) => x.msg)));
+      assert.ok(l.lines.filter((x) => x.msg === 'uplink connected').length <= 2, 'reconnections at debug');
     }
   });
 
