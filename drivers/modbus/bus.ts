@@ -98,6 +98,8 @@ interface InFlight {
   foreign?: number;
 }
 
+/** Timeouts in a row with no reply at all after which a TCP connection is reopened (see silentTimeouts). */
+const WEDGED_TCP_TIMEOUTS = 5;
 const CODES = {
   timeout: 'EDGE_MODBUS_TIMEOUT',
   crc: 'EDGE_MODBUS_CRC',
@@ -149,6 +151,14 @@ export class ModbusBus implements Resource {
    * second for good, two log lines each time (found by a review).
    */
   private linkWorked = false;
+  /**
+   * Timeouts in a row on the current TCP link with no reply at all: past
+   * WEDGED_TCP_TIMEOUTS the connection is reopened. A gateway whose session
+   * wedged (it accepts requests and never answers on that connection) kept
+   * every door behind it offline for good, while a new connection would have
+   * worked (found by a review). Not on RTU: a line has no session to renew.
+   */
+  private silentTimeouts = 0;
   /** Links lost before any reply, since the last line about them. */
   private deadLinks = 0;
   private lastDeadLinkLogAt = Number.NEGATIVE_INFINITY;
@@ -554,6 +564,14 @@ export class ModbusBus implements Resource {
   private finish(fl: InFlight, err: Error | undefined, value?: boolean[] | number[]): void {
     if (this.inflight !== fl) return;
     this.inflight = undefined;
+    const answered = !err || (err as EdgewardError).code !== CODES.timeout;
+    if (answered) this.silentTimeouts = 0;
+    else if (this.options.transport === 'tcp' && ++this.silentTimeouts >= WEDGED_TCP_TIMEOUTS && this.link) {
+      this.silentTimeouts = 0;
+      const link = this.link;
+      void link.close().catch(() => undefined);
+      this.linkLost(link, new Error(`no reply to ${WEDGED_TCP_TIMEOUTS} requests in a row: reopening the connection`));
+    }
     if (!this.linkWorked && (!err || (err as EdgewardError).code === 'EDGE_MODBUS_EXCEPTION')) {
       this.linkWorked = true;
       this.reconnectAttempt = 0;
@@ -612,29 +630,7 @@ export class ModbusBus implements Resource {
     if (this.closed) return;
     const link = this.makeLink();
     link.onData = (chunk) => this.onData(chunk);
-    link.onLost = (err) => {
-      if (this.link !== link) return;
-      this.link = undefined;
-      this.setConnected(false);
-      if (this.linkWorked) {
-        this.reconnectAttempt = 0;
-        this.log.warn({ err: err.message }, 'modbus link lost, reconnecting');
-      } else {
-        this.deadLinks++;
-        const now = performance.now();
-        if (this.deadLinks === 1 || now - this.lastDeadLinkLogAt >= 60_000) {
-          this.log.warn({ err: err.message, links: this.deadLinks }, 'modbus link lost before any reply; reconnecting with backoff');
-          this.lastDeadLinkLogAt = now;
-        } else this.log.debug({ err: err.message }, 'modbus link lost before any reply');
-      }
-      this.linkWorked = false;
-      this.failAll(
-        new EdgewardError(CODES.disconnected, `bus ${this.label} disconnected: ${err.message}`, {
-          cause: err,
-        }),
-      );
-      this.scheduleReconnect();
-    };
+    link.onLost = (err) => this.linkLost(link, err);
     try {
       await link.open();
     } catch (err) {
@@ -651,11 +647,37 @@ export class ModbusBus implements Resource {
     if (this.reconnectAttempt > 0) this.stats.reconnects++;
     this.lastOpenError = undefined;
     this.link = link;
+    this.silentTimeouts = 0;
     this.quietUntil = 0;
     this.lastRxAt = Number.NEGATIVE_INFINITY;
     this.setConnected(true);
     this.log[this.deadLinks > 0 ? 'debug' : 'info']('modbus link open');
     this.schedule();
+  }
+
+  /** `link` is gone (closed by the peer, or by us for want of answers): fail what waits, reconnect. */
+  private linkLost(link: ByteLink, err: Error): void {
+    if (this.link !== link) return;
+    this.link = undefined;
+    this.setConnected(false);
+    if (this.linkWorked) {
+      this.reconnectAttempt = 0;
+      this.log.warn({ err: err.message }, 'modbus link lost, reconnecting');
+    } else {
+      this.deadLinks++;
+      const now = performance.now();
+      if (this.deadLinks === 1 || now - this.lastDeadLinkLogAt >= 60_000) {
+        this.log.warn({ err: err.message, links: this.deadLinks }, 'modbus link lost before any reply; reconnecting with backoff');
+        this.lastDeadLinkLogAt = now;
+      } else this.log.debug({ err: err.message }, 'modbus link lost before any reply');
+    }
+    this.linkWorked = false;
+    this.failAll(
+      new EdgewardError(CODES.disconnected, `bus ${this.label} disconnected: ${err.message}`, {
+        cause: err,
+      }),
+    );
+    this.scheduleReconnect();
   }
 
   private scheduleReconnect(): void {

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { type AddressInfo, createServer } from 'node:net';
+import { type AddressInfo, connect, createServer } from 'node:net';
 import { Command } from 'commander';
 import { ModbusBus } from '../../drivers/modbus/bus.js';
 import { modbusCommands, parseUnits } from '../../edge/cli-modbus.js';
@@ -155,6 +155,38 @@ describe('Modbus TCP bus against a hostile peer (integration)', function () {
     } finally {
       await bus.close();
       server.close();
+    }
+  });
+
+  it('a TCP session that wedges (requests taken, never answered) is reopened after 5 timeouts in a row', async () => {
+    const sim = new DoorSim({ units: [1] });
+    const served = await sim.serveTcp(0, '127.0.0.1');
+    // The first connection is swallowed (a wedged gateway session); later ones reach the simulator.
+    let sessions = 0;
+    const server = createServer((sock) => {
+      if (sessions++ === 0) {
+        sock.on('data', () => undefined);
+        return;
+      }
+      const up = connect(served.port, '127.0.0.1');
+      sock.pipe(up).pipe(sock);
+      sock.on('error', () => up.destroy());
+      up.on('error', () => sock.destroy());
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    const port = (server.address() as AddressInfo).port;
+    const bus = new ModbusBus({ transport: 'tcp', host: '127.0.0.1', port, timeoutMs: 50, reconnectMinMs: 20 }, { clock: systemClock, log: silentLogger() });
+    try {
+      await bus.start();
+      for (let i = 0; i < 5; i++) await assert.rejects(bus.readInputRegisters(1, 200, 1), { code: 'EDGE_MODBUS_TIMEOUT' });
+      await waitFor(async () => (await bus.readInputRegisters(1, 200, 1).catch(() => undefined))?.[0] === 0x0d01, {
+        message: 'reads again over a new connection',
+      });
+      assert.equal(sessions, 2);
+    } finally {
+      await bus.close();
+      server.close();
+      await sim.stop();
     }
   });
 });
