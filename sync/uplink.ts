@@ -552,6 +552,11 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (wasConnected) {
       this.logDisconnect();
       this.emit('disconnect', { reason: 'connection closed' });
+    } else {
+      // An attempt that did not connect: an outage, which ends a spell of short connections (one
+      // that dropped before a 2-minute outage made the reconnect after it read as still
+      // unstable: 503 and the outage's backoff; found by a review).
+      this.shortDrops = 0;
     }
     this.downSince ??= this.clock.now();
     this.connectedAt = null;
@@ -1010,6 +1015,21 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   private releaseAll(): void {
     for (const b of [...this.inflight]) this.release(b, true, true);
+    // Events released earlier by an ack timeout and not yet sent again wait for the connection
+    // now, not for an ack: their clock stops too (found by a review). One pass per lost connection.
+    if (this.releasedSentAt.size > 0) {
+      const now = this.clock.now();
+      const paused = new Map<{ at: number; paused: boolean }, { at: number; paused: boolean }>();
+      for (const [seq, r] of this.releasedSentAt) {
+        if (r.paused) continue;
+        let p = paused.get(r);
+        if (!p) {
+          p = { at: Math.max(0, now - r.at), paused: true };
+          paused.set(r, p);
+        }
+        this.releasedSentAt.set(seq, p);
+      }
+    }
     this.lingerSince = null;
     if (this.lingerTimer) this.clock.clearTimeout(this.lingerTimer);
     this.lingerTimer = null;

@@ -475,6 +475,58 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     }
   });
 
+  it('an outage after one short connection ends the spell: up at once when reconnected', async () => {
+    const { b, clock, u } = await onOwnBroker(true);
+    try {
+      clock.advance(60_000); // a connection that lasted
+      await b.kill();
+      await b.restart();
+      await reconnectedOnClock(u, clock);
+      clock.advance(3_000);
+      await b.kill(); // this one drops after 3 s: a short connection
+      await waitFor(() => !u.status().connected, { message: 'dropped' });
+      assert.equal(u.status().unstable, true);
+      // Then an outage of two minutes: reconnect attempts fail.
+      for (let i = 0; i < 12; i++) {
+        await waitFor(() => clock.pending().length > 0, { message: 'a reconnect scheduled' });
+        clock.advance(10_000);
+      }
+      await b.restart();
+      await reconnectedOnClock(u, clock);
+      assert.equal(u.status().unstable, false, 'the outage ended the spell');
+      assert.equal(u.status().downForMs, 0, 'up as soon as reconnected');
+    } finally {
+      await b.stop();
+    }
+  });
+
+  it('an event released by an ack timeout, then an outage before it went again: the outage is not ack wait', async () => {
+    const { b, clock, u, c } = await onOwnBroker(false, { ackTimeoutMs: 5_000, maxInflight: 1 });
+    try {
+      clock.advance(10_000); // the connection lasts
+      await append(1); // info
+      await waitFor(() => c.byId.size === 1, { message: 'sent' });
+      await outbox.append(
+        Array.from({ length: 30 }, (_, i) => makeEnvelope({ type: 'access.denied', source: { device: 'd1' }, data: { i } }, { site, edge })),
+      );
+      clock.advance(6_000); // its ack times out: released, and warnings go first (window of 1)
+      await waitFor(() => c.arrivals.length > 1, { message: 'a warning batch in flight' });
+      await b.kill();
+      await waitFor(() => !u.status().connected, { message: 'disconnected' });
+      clock.advance(120_000);
+      await b.restart();
+      c.setAck(true);
+      await waitFor(() => c.connected, { message: 'the central back' });
+      const sampled: number[] = [];
+      u.on('publish', () => sampled.push(u.status().unackedForMs ?? 0));
+      await reconnectedOnClock(u, clock);
+      await waitFor(() => outbox.stats().events === 0, { timeoutMs: 10_000, message: 'drained' });
+      assert.ok(sampled.length > 0 && Math.max(...sampled) < 60_000, `ack waits at each publish: ${sampled}`);
+    } finally {
+      await b.stop();
+    }
+  });
+
   it('two uplinks with one client id kicking each other off (a cloned SD card): backoff grows and the drops are logged once, acks or not', async () => {
     central = await startTestCentral({ url: broker.url, site, edge, ack: true });
     const other = new MemoryOutbox({ maxBytes: 64 * 1024 * 1024, site, edge });
