@@ -437,42 +437,48 @@ export class OverflowTally {
  * store (found by a review).
  */
 export class RecentRing {
-  /** Oldest first. */
-  private buf: string[] = [];
+  /** A circular buffer: `n` entries from `start`, oldest first. */
+  private readonly buf: string[];
   private start = 0;
+  private n = 0;
   private chars = 0;
 
   constructor(
     private readonly size: number = RECENT_SIZE,
     private readonly maxChars: number = RECENT_MAX_CHARS,
-  ) {}
+  ) {
+    this.buf = Array.from({ length: size }, () => '');
+  }
 
   get length(): number {
-    return this.buf.length - this.start;
+    return this.n;
   }
 
   push(json: string): void {
-    this.buf.push(json);
-    this.chars += json.length;
-    while (this.length > 1 && (this.length > this.size || this.chars > this.maxChars)) {
+    const size = this.size;
+    if (this.n === size) {
       this.chars -= this.buf[this.start].length;
-      // Released now, not at the next compaction: up to 1,024 dropped 1 MB events stayed
-      // reachable (862 MB, found by a review).
-      this.buf[this.start] = '';
-      this.start++;
+      this.buf[this.start] = json;
+      this.start = (this.start + 1) % size;
+    } else {
+      this.buf[(this.start + this.n) % size] = json;
+      this.n++;
     }
-    // Compact now and then, not at every push.
-    if (this.start > 1024 && this.start * 2 > this.buf.length) {
-      this.buf = this.buf.slice(this.start);
-      this.start = 0;
+    this.chars += json.length;
+    while (this.n > 1 && this.chars > this.maxChars) {
+      this.chars -= this.buf[this.start].length;
+      // Released now: a dropped slot kept its 1 MB event reachable (862 MB; found by a review).
+      this.buf[this.start] = '';
+      this.start = (this.start + 1) % size;
+      this.n--;
     }
   }
 
   /** Newest first, as stored. */
   newestJson(limit: number): string[] {
-    const n = Math.min(Math.max(0, Math.floor(limit)), this.length);
+    const k = Math.min(Math.max(0, Math.floor(limit)), this.n);
     const out: string[] = [];
-    for (let i = 1; i <= n; i++) out.push(this.buf[this.buf.length - i]);
+    for (let i = 1; i <= k; i++) out.push(this.buf[(this.start + this.n - i) % this.size]);
     return out;
   }
 
