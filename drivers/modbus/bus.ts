@@ -41,6 +41,12 @@ export interface ModbusBusOptions {
   reconnectMaxMs?: number;
   /** Merge queued reads of the same unit and table whose ranges are at most this many addresses apart (default 8). */
   coalesceGap?: number;
+  /**
+   * TCP: a connection on which no reply at all came for this long, with at
+   * least WEDGED_TCP_TIMEOUTS timeouts since the last one, is reopened
+   * (default max(30 s, 10 × timeoutMs); see silentTimeouts).
+   */
+  wedgedAfterMs?: number;
 }
 
 /** What the bus needs from its owner; `link` replaces the serial/TCP link (tests, benches). */
@@ -98,8 +104,10 @@ interface InFlight {
   foreign?: number;
 }
 
-/** Timeouts in a row with no reply at all after which a TCP connection is reopened (see silentTimeouts). */
+/** Timeouts since the last reply after which a silent TCP connection may be reopened (see silentTimeouts). */
 const WEDGED_TCP_TIMEOUTS = 5;
+/** How long a TCP connection must have had no reply at all to be reopened (at least; see silentTimeouts). */
+const WEDGED_TCP_MS = 30_000;
 const CODES = {
   timeout: 'EDGE_MODBUS_TIMEOUT',
   crc: 'EDGE_MODBUS_CRC',
@@ -152,13 +160,18 @@ export class ModbusBus implements Resource {
    */
   private linkWorked = false;
   /**
-   * Timeouts in a row on the current TCP link with no reply at all: past
-   * WEDGED_TCP_TIMEOUTS the connection is reopened. A gateway whose session
-   * wedged (it accepts requests and never answers on that connection) kept
-   * every door behind it offline for good, while a new connection would have
-   * worked (found by a review). Not on RTU: a line has no session to renew.
+   * Timeouts on the current TCP link since its last reply (from any unit),
+   * and when that reply came (or the link opened). Past WEDGED_TCP_TIMEOUTS
+   * and `wedgedAfterMs` of silence the connection is reopened: a gateway
+   * whose session wedged (it takes requests and never answers on that
+   * connection) kept every door behind it offline for good, while a new
+   * connection would have worked (found by a review). Timeouts alone are not
+   * enough: five dead units polled in a row after a reconnect reopened the
+   * link again and again, the healthy doors behind it offline (found by the
+   * next review). Not on RTU: a line has no session to renew.
    */
   private silentTimeouts = 0;
+  private lastReplyAt = 0;
   /** Links lost before any reply, since the last line about them. */
   private deadLinks = 0;
   private lastDeadLinkLogAt = Number.NEGATIVE_INFINITY;
@@ -565,12 +578,18 @@ export class ModbusBus implements Resource {
     if (this.inflight !== fl) return;
     this.inflight = undefined;
     const answered = !err || (err as EdgewardError).code !== CODES.timeout;
-    if (answered) this.silentTimeouts = 0;
-    else if (this.options.transport === 'tcp' && ++this.silentTimeouts >= WEDGED_TCP_TIMEOUTS && this.link) {
+    if (answered) {
       this.silentTimeouts = 0;
-      const link = this.link;
-      void link.close().catch(() => undefined);
-      this.linkLost(link, new Error(`no reply to ${WEDGED_TCP_TIMEOUTS} requests in a row: reopening the connection`));
+      this.lastReplyAt = performance.now();
+    } else if (this.options.transport === 'tcp' && ++this.silentTimeouts >= WEDGED_TCP_TIMEOUTS && this.link) {
+      const silentMs = performance.now() - this.lastReplyAt;
+      const wedgedMs = this.options.wedgedAfterMs ?? Math.max(WEDGED_TCP_MS, 10 * (this.options.timeoutMs ?? 0));
+      if (silentMs >= wedgedMs) {
+        this.silentTimeouts = 0;
+        const link = this.link;
+        void link.close().catch(() => undefined);
+        this.linkLost(link, new Error(`no reply for ${Math.round(silentMs / 1000)} s (${WEDGED_TCP_TIMEOUTS}+ timeouts): reopening the connection`));
+      }
     }
     if (!this.linkWorked && (!err || (err as EdgewardError).code === 'EDGE_MODBUS_EXCEPTION')) {
       this.linkWorked = true;
@@ -648,6 +667,7 @@ export class ModbusBus implements Resource {
     this.lastOpenError = undefined;
     this.link = link;
     this.silentTimeouts = 0;
+    this.lastReplyAt = performance.now();
     this.quietUntil = 0;
     this.lastRxAt = Number.NEGATIVE_INFINITY;
     this.setConnected(true);

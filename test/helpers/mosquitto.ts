@@ -9,8 +9,8 @@ export interface TestMosquitto {
   port: number;
   /** `mqtt://127.0.0.1:{port}` (`mqtts://` with TLS) */
   url: string;
-  /** Pid of the current process (changes on restart). */
-  readonly pid: number;
+  /** Pid of the current process (changes on restart); undefined while it is not running. */
+  readonly pid: number | undefined;
   /** SIGTERM and wait for exit; removes the temp dir unless it was given. */
   stop(): Promise<void>;
   /** SIGKILL and wait for exit (a crash: no clean disconnects, no wills from the broker itself). */
@@ -144,7 +144,9 @@ export async function startMosquitto(
     port,
     url: `${opts.tls ? 'mqtts' : 'mqtt'}://127.0.0.1:${port}`,
     get pid() {
-      return proc?.pid ?? -1;
+      // Never a sentinel such as -1: a script's process.kill(pid) with -1 signals every process it
+      // may (a review's repro took down the box's PostgreSQL, Mosquitto and the rest that way).
+      return proc && proc.exitCode === null && proc.signalCode === null ? proc.pid : undefined;
     },
     stop: async () => {
       await signal('SIGTERM');

@@ -158,7 +158,7 @@ describe('Modbus TCP bus against a hostile peer (integration)', function () {
     }
   });
 
-  it('a TCP session that wedges (requests taken, never answered) is reopened after 5 timeouts in a row', async () => {
+  it('a TCP session that wedges (requests taken, never answered) is reopened after 5 timeouts and a silence', async () => {
     const sim = new DoorSim({ units: [1] });
     const served = await sim.serveTcp(0, '127.0.0.1');
     // The first connection is swallowed (a wedged gateway session); later ones reach the simulator.
@@ -175,7 +175,8 @@ describe('Modbus TCP bus against a hostile peer (integration)', function () {
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
     const port = (server.address() as AddressInfo).port;
-    const bus = new ModbusBus({ transport: 'tcp', host: '127.0.0.1', port, timeoutMs: 50, reconnectMinMs: 20 }, { clock: systemClock, log: silentLogger() });
+    // Reopened after 5 timeouts and 300 ms without any reply (default: 30 s).
+    const bus = new ModbusBus({ transport: 'tcp', host: '127.0.0.1', port, timeoutMs: 50, reconnectMinMs: 20, wedgedAfterMs: 300 }, { clock: systemClock, log: silentLogger() });
     try {
       await bus.start();
       for (let i = 0; i < 5; i++) await assert.rejects(bus.readInputRegisters(1, 200, 1), { code: 'EDGE_MODBUS_TIMEOUT' });
@@ -186,6 +187,30 @@ describe('Modbus TCP bus against a hostile peer (integration)', function () {
     } finally {
       await bus.close();
       server.close();
+      await sim.stop();
+    }
+  });
+
+  it('five dead units among healthy ones on one gateway: timeouts in a row do not reopen a connection that answers', async () => {
+    const sim = new DoorSim({ units: [1, 2, 3, 4, 5, 6, 7, 8] });
+    for (const u of [1, 2, 3, 4, 5]) sim.setFault(u, 'silent');
+    const served = await sim.serveTcp(0, '127.0.0.1');
+    const bus = new ModbusBus(
+      { transport: 'tcp', host: '127.0.0.1', port: served.port, timeoutMs: 50, reconnectMinMs: 20, wedgedAfterMs: 2_000 },
+      { clock: systemClock, log: silentLogger() },
+    );
+    try {
+      await bus.start();
+      for (let round = 0; round < 3; round++) {
+        // The dead units first, in a row (as door drivers poll them all after a reconnect), then the healthy.
+        const dead = [1, 2, 3, 4, 5].map((u) => bus.readInputRegisters(u, 200, 1).then(() => 'ok', (e) => e.code));
+        const healthy = [6, 7, 8].map((u) => bus.readInputRegisters(u, 200, 1));
+        assert.deepEqual(await Promise.all(dead), Array(5).fill('EDGE_MODBUS_TIMEOUT'));
+        assert.deepEqual(await Promise.all(healthy), [[0x0d01], [0x0d01], [0x0d01]]);
+      }
+      assert.equal(bus.stats.reconnects, 0);
+    } finally {
+      await bus.close();
       await sim.stop();
     }
   });

@@ -792,12 +792,14 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
       });
       await u.start();
       await waitFor(() => u.status().connected, { message: 'connected' });
-      process.kill(frozen.pid, 'SIGSTOP');
+      const pid = frozen.pid;
+      assert.ok(pid !== undefined, 'the broker runs');
+      process.kill(pid, 'SIGSTOP');
       try {
         await append(120); // 12 batches, none PUBACKed: the broker reads nothing
         await waitFor(() => !u.status().connected, { timeoutMs: 10_000, message: 'keepalive noticed the frozen broker' });
       } finally {
-        process.kill(frozen.pid, 'SIGCONT');
+        process.kill(pid, 'SIGCONT');
       }
       const failed = lines.filter((l) => /failed/.test(String(l.msg)));
       assert.deepEqual(
