@@ -401,7 +401,16 @@ export class ModbusDoorDriver implements Driver {
       // running, against the last read: the controller alone restarted. Before, only a counter
       // that went back was taken as a restart while running, so one at 40,000 restarting to 3
       // read as 25,539 new events, the ring's stale door.forced among them (found by a review).
-      const jumped = savedAt !== undefined ? this.implausible(counter, savedAt) : readAt !== undefined && this.implausible(counter, readAt, MAX_BURST_EVENTS);
+      const jumped =
+        savedAt === undefined
+          ? readAt !== undefined && this.implausible(counter, readAt, MAX_BURST_EVENTS)
+          : this.ctx.clock.now() < savedAt
+            ? // The box booted with its clock behind the save (no RTC, before NTP): how long it was
+              // off is unknown, so a move is taken as a restart only if the counter is one a
+              // restarted controller has (what the ring holds). It read as 0 s: 40 new events
+              // were a restart, 5,008 counted lost (found by a review).
+              ((counter - from) & 0xffff) > this.opts.profile.inputRegisters.ring.size && counter <= this.opts.profile.inputRegisters.ring.size
+            : this.implausible(counter, savedAt);
       if (back || jumped) {
         // A restarted controller counts again from 0: its counter is what it logged since, which
         // the time since the last read must allow. A counter read 2 below the last (a caching

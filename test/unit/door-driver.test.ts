@@ -384,6 +384,44 @@ describe('door driver', () => {
     }
   });
 
+  it('a box booting with its clock behind the saved time: 40 events read as 40 (not a restart), a restarted controller still read from 0', async () => {
+    const sim = new DoorSim({ units: [1] });
+    const bus = await fakeBus(sim);
+    const kept = new Map<string, unknown>();
+    const events: EventInput[] = [];
+    const ctx = context(events, true, { get: (k) => kept.get(k), set: (k, v) => void kept.set(k, v) });
+    const unit = sim.unit(1);
+    const counter = () => (kept.get('eventCounter@bus#unit1') as { counter: number } | undefined)?.counter;
+    let driver = doorOn(bus, ctx, { unitId: 1, pollMs: 20 });
+    try {
+      // Saved "10 minutes from now": the box's clock came up behind (no RTC, before NTP).
+      unit.ir[0] = 5_000;
+      for (let card = 1; card <= 40; card++) unit.swipe(0, card, 'unknown');
+      kept.set('eventCounter@bus#unit1', { counter: 5_000, at: Date.now() + 600_000 });
+      await driver.start();
+      await waitFor(() => counter() === 5_040, { message: 'the counter taken' });
+      await waitFor(() => events.some((e) => e.type === 'edge.events_lost'), { message: 'the overrun reported' });
+      const lost = events.find((e) => e.type === 'edge.events_lost')!.data as { count: number };
+      assert.equal(lost.count, 8, 'the 40 new events: 8 overwritten in the ring of 32, not 5,008');
+      assert.equal(events.filter((e) => e.type === 'access.denied').length, 32);
+      await driver.stop();
+      // The same clock, but the controller restarted (a power cut): its 3 events are read, nothing lost.
+      events.length = 0;
+      kept.set('eventCounter@bus#unit1', { counter: 40_000, at: Date.now() + 600_000 });
+      unit.ir[0] = 0;
+      for (const card of [201, 202, 203]) unit.swipe(0, card, 'unknown');
+      driver = doorOn(bus, ctx, { unitId: 1, pollMs: 20 });
+      await driver.start();
+      await waitFor(() => counter() === 3, { message: 'the restarted counter taken' });
+      await waitFor(() => events.filter((e) => e.type === 'access.denied').length === 3, { message: 'its 3 events' });
+      assert.ok(!events.some((e) => e.type === 'edge.events_lost'), JSON.stringify(events));
+    } finally {
+      await driver.stop();
+      sim.stop();
+      await bus.close();
+    }
+  });
+
   it("a poll during a timed unlock does not put the unit's pulse length back between the command's write and its pulse", async () => {
     // A bus the test steps: ops are recorded in the order issued, the command's length write waits for the test.
     const ops: string[] = [];
