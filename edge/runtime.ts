@@ -102,7 +102,8 @@ export class Runtime {
   private retryTimer: NodeJS.Timeout | null = null;
   /** Bus events refused by a store full of critical events (EDGE_OUTBOX_FULL), until reported. */
   private readonly refused = new LossTally('outbox_full');
-  private startedAt = 0;
+  /** When start() ran, on a monotonic clock: uptime must not go negative when NTP steps the wall clock back. */
+  private startedMono = 0;
   /** Since when the uplink is down (undefined while connected). */
   private boundPort = 0;
   private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
@@ -146,7 +147,7 @@ export class Runtime {
   async start(): Promise<void> {
     if (this.state !== 'new') throw new EdgewardError('EDGE_RUNTIME_STATE', `cannot start a runtime that is ${this.state}`);
     this.state = 'starting';
-    this.startedAt = this.clock.now();
+    this.startedMono = performance.now();
     const c = this.config;
     try {
       // A TLS file that cannot be read or used fails the start before the data dir is touched (loadConfig checks it too).
@@ -448,7 +449,7 @@ export class Runtime {
       site: this.config.site,
       edge: this.config.edge,
       version: this.version,
-      uptimeS: Math.floor((this.clock.now() - this.startedAt) / 1000),
+      uptimeS: this.uptimeS(),
       uplink: { connected: up?.connected ?? false, lastAckAt: isoOrNull(up?.lastAckAt), configured: Boolean(this.uplink) },
       outbox: {
         events: stats?.events ?? 0,
@@ -522,10 +523,15 @@ export class Runtime {
       site: this.config.site,
       edge: this.config.edge,
       version: this.version,
-      uptimeS: Math.floor((this.clock.now() - this.startedAt) / 1000),
+      uptimeS: this.uptimeS(),
       outbox,
       uplink,
     };
+  }
+
+  /** Seconds since start(), monotonic (a wall clock stepped back an hour gave -3,496; found by a review). */
+  private uptimeS(): number {
+    return Math.floor((performance.now() - this.startedMono) / 1000);
   }
 
   private driverHealthSamples(): Array<{ labels: { device: string; driver: string; metric: string }; value: number }> {

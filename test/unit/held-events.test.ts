@@ -335,6 +335,15 @@ describe('runtime, its store on a disk that fails (a real LevelDB, its batch wri
     assert.equal(line.events, 1);
   });
 
+  it('uptimeS does not go negative when the wall clock is stepped back', async () => {
+    const clock = new ManualClock();
+    const rt = await start(clock);
+    clock.jump(-3_600_000);
+    const uptime = rt.health().uptimeS as number;
+    assert.ok(uptime >= 0, String(uptime));
+    assert.ok(rt.status().uptimeS >= 0);
+  });
+
   it('/healthz reports a write to disk pending over 10 s (a dying SD card), and nothing once it lands', async () => {
     const clock = new ManualClock();
     const rt = await start(clock);
