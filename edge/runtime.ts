@@ -104,7 +104,6 @@ export class Runtime {
   private readonly refused = new LossTally('outbox_full');
   /** When start() ran, on a monotonic clock: uptime must not go negative when NTP steps the wall clock back. */
   private startedMono = 0;
-  /** Since when the uplink is down (undefined while connected). */
   private boundPort = 0;
   private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
   private nodeApiValue?: EdgewardNodeApi;
@@ -596,7 +595,7 @@ export class Runtime {
       }
       const oneEvent = isEdgewardError(err, 'EDGE_OUTBOX_INVALID') || isEdgewardError(err, 'EDGE_OUTBOX_EVENT_TOO_LARGE');
       if (batch.length === 1 || !oneEvent) {
-        // Not about one event's content (outbox full of alarms, disk error): one line, not one per event.
+        // Not about one event's content (a store that failed otherwise): one line, not one per event.
         this.metrics.ingestError(batch.length);
         this.log.error({ err, events: batch.length, type: batch[0].type, device: batch[0].source.device }, 'could not store bus events');
         return;

@@ -118,11 +118,12 @@ const STABLE_CONNECTION_MS = 10_000;
 /**
  * Largest ack payload looked at with the default batches (a bigger window
  * allows more: 40 bytes per seq it can hold, each acked as a range of its
- * own); a larger one is ignored as malformed before it is parsed. One 30 MB ack (valid JSON, a range per seq) took the runtime
- * to 1.85 GB and 5.8 s of blocked event loop, and kept retained on the ack
- * topic it crashed a runtime with a 512 MB heap at every start (found by a
- * review). An ack naming singly each seq of a full window (16 batches of 500,
- * seqs of 16 digits) is ~300 KB.
+ * own); a larger one is ignored as malformed before it is parsed. One 30 MB
+ * ack (valid JSON, a range per seq) took the runtime to 1.85 GB and 5.8 s of
+ * blocked event loop, and kept retained on the ack topic it crashed a
+ * runtime with a 512 MB heap at every start (found by a review). An ack
+ * naming singly each seq of a full window (16 batches of 500, seqs of 16
+ * digits) is ~300 KB.
  */
 export const MAX_ACK_BYTES = 1024 * 1024;
 /**
@@ -234,12 +235,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private sentRanges: Array<[number, number]> = [];
   private sentEpoch: string | undefined;
   private lastUnsentAckLogAt = Number.NEGATIVE_INFINITY;
-  /** Malformed acks since the last line about them. */
-  private malformedAcks = 0;
-  private lastMalformedAckLogAt = Number.NEGATIVE_INFINITY;
-  /** Acks with another epoch since the last line about them. */
-  private otherEpochAcks = 0;
-  private lastOtherEpochAckLogAt = Number.NEGATIVE_INFINITY;
+  /** Malformed acks, and acks with another epoch: each logged once a minute at most, with the count. */
+  private readonly malformedAcks = new PacedCount(RESEND_LOG_MS);
+  private readonly otherEpochAcks = new PacedCount(RESEND_LOG_MS);
   /** Ack timeouts since the last line about them (see logResend); loggedAt null outside a silent spell. */
   private resends: { loggedAt: number | null; batches: number; events: number } = { loggedAt: null, batches: 0, events: 0 };
   private warnedRetainedAck = false;
@@ -271,7 +269,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
    * entries (four windows), the oldest dropped first: evicted seqs are never
    * sent again.
    */
-  private readonly releasedSentAt = new Map<number, { at: number; paused: boolean }>();
+  private readonly releasedSentAt = new Map<number, ReleasedSend>();
   private readonly maxReleasedSeqs: number;
   /** See MAX_ACK_BYTES. */
   private readonly maxAckBytes: number;
@@ -584,7 +582,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private logDisconnect(): void {
     const now = this.clock.now();
     const lastedMs = this.connectedAt === null ? 0 : now - this.connectedAt;
-    if (this.lasted || lastedMs >= STABLE_CONNECTION_MS || lastedMs < 0) {
+    if (this.hasLasted(now)) {
       this.attempts = 0;
       this.shortDrops = 0;
       this.log.warn({ url: this.safeUrl }, 'uplink disconnected');
@@ -611,9 +609,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
    * again from its least and a spell of short connections is over.
    */
   private connectionLasted(): void {
-    if (this.lasted || !this.connected || this.connectedAt === null) return;
-    const age = this.clock.now() - this.connectedAt;
-    if (age < STABLE_CONNECTION_MS && age >= 0) return;
+    if (this.lasted || !this.connected || !this.hasLasted(this.clock.now())) return;
     this.lasted = true;
     this.attempts = 0;
     this.downSince = null;
@@ -621,6 +617,14 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       this.log.info({ url: this.safeUrl }, 'uplink connection stable again');
       this.shortDrops = 0;
     }
+  }
+
+  /** Whether the current (or just closed) connection has lasted STABLE_CONNECTION_MS; a negative age (a clock stepped back) counts. */
+  private hasLasted(now: number): boolean {
+    if (this.lasted) return true;
+    if (this.connectedAt === null) return false;
+    const age = now - this.connectedAt;
+    return age >= STABLE_CONNECTION_MS || age < 0;
   }
 
   /**
@@ -993,7 +997,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     if (first !== undefined) {
       const m = this.releasedSentAt;
       const now = this.clock.now();
-      const entry = paused ? { at: Math.max(0, now - first), paused } : { at: first, paused };
+      const entry: ReleasedSend = paused ? pausedSince(first, now) : { at: first, paused: false };
       batch.pending.forEachPending((seq) => {
         const known = m.get(seq);
         if (known === undefined || releasedFirstSend(entry, now) < releasedFirstSend(known, now)) m.set(seq, entry);
@@ -1019,12 +1023,13 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     // now, not for an ack: their clock stops too (found by a review). One pass per lost connection.
     if (this.releasedSentAt.size > 0) {
       const now = this.clock.now();
-      const paused = new Map<{ at: number; paused: boolean }, { at: number; paused: boolean }>();
+      // Entries are shared by the seqs of one batch: each converted once.
+      const paused = new Map<ReleasedSend, ReleasedSend>();
       for (const [seq, r] of this.releasedSentAt) {
         if (r.paused) continue;
         let p = paused.get(r);
         if (!p) {
-          p = { at: Math.max(0, now - r.at), paused: true };
+          p = pausedSince(r.at, now);
           paused.set(r, p);
         }
         this.releasedSentAt.set(seq, p);
@@ -1044,31 +1049,20 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       ack = decodeAck(payload);
     } catch (err) {
       // Once a minute at most, with the count since: a central looping on a bad ack wrote a line per message.
-      this.malformedAcks++;
-      const now = this.clock.now();
-      if (now - this.lastMalformedAckLogAt >= RESEND_LOG_MS) {
+      const malformedAcks = this.malformedAcks.hit(this.clock.now());
+      if (malformedAcks !== undefined) {
         this.log.warn(
-          { err: (err as Error).message, payload: payload.subarray(0, 200).toString('utf8'), malformedAcks: this.malformedAcks },
+          { err: (err as Error).message, payload: payload.subarray(0, 200).toString('utf8'), malformedAcks },
           'ignoring malformed ack',
         );
-        this.lastMalformedAckLogAt = now;
-        this.malformedAcks = 0;
       }
       return;
     }
     if (ack.epoch !== this.outbox.epoch) {
       // The same pacing: a second box with this site/edge, or a central acking a store that was
       // rebuilt, wrote a line per ack (3,000 acks, 3,000 lines, seen in a review).
-      this.otherEpochAcks++;
-      const now = this.clock.now();
-      if (now - this.lastOtherEpochAckLogAt >= RESEND_LOG_MS) {
-        this.log.warn(
-          { ackEpoch: ack.epoch, epoch: this.outbox.epoch, acks: this.otherEpochAcks },
-          'ignoring ack for another outbox epoch',
-        );
-        this.lastOtherEpochAckLogAt = now;
-        this.otherEpochAcks = 0;
-      }
+      const acks = this.otherEpochAcks.hit(this.clock.now());
+      if (acks !== undefined) this.log.warn({ ackEpoch: ack.epoch, epoch: this.outbox.epoch, acks }, 'ignoring ack for another outbox epoch');
       return;
     }
     if (retained && !this.warnedRetainedAck) {
@@ -1386,12 +1380,44 @@ export function subtractRanges(a: Array<[number, number]>, b: ReadonlyArray<read
 }
 
 /**
- * The first send time a released event stands for now: as it was (released
- * by an ack timeout), or its age at release counted back from now (released
- * for want of a connection: that wait is not waiting for an ack).
+ * A released event's first send: `at` is that time (released by an ack
+ * timeout: the wait goes on counting), or, `paused`, its age at release
+ * (released for want of a connection: that wait is not waiting for an ack).
  */
-function releasedFirstSend(r: { at: number; paused: boolean }, now: number): number {
+interface ReleasedSend {
+  at: number;
+  paused: boolean;
+}
+
+/** The first send time a released event stands for now (see ReleasedSend). */
+function releasedFirstSend(r: ReleasedSend, now: number): number {
   return r.paused ? now - r.at : r.at;
+}
+
+/** Stop the clock of a send made at `firstSentAt`: its age as of now (never negative: a clock stepped back). */
+function pausedSince(firstSentAt: number, now: number): ReleasedSend {
+  return { at: Math.max(0, now - firstSentAt), paused: true };
+}
+
+/**
+ * Occurrences of one thing to log, paced: the first line at once, then at
+ * most one per `everyMs`, each with how many happened since the last.
+ */
+class PacedCount {
+  private count = 0;
+  private lastAt = Number.NEGATIVE_INFINITY;
+
+  constructor(private readonly everyMs: number) {}
+
+  /** Count one at `now`; the count to log when a line is due, else undefined. */
+  hit(now: number): number | undefined {
+    this.count++;
+    if (now - this.lastAt < this.everyMs) return undefined;
+    const n = this.count;
+    this.count = 0;
+    this.lastAt = now;
+    return n;
+  }
 }
 
 /** Merge two lists of sorted, disjoint inclusive ranges into one (overlapping or adjacent ones joined), in linear time. */

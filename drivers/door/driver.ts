@@ -397,27 +397,13 @@ export class ModbusDoorDriver implements Driver {
     let from = this.counter;
     if (from !== undefined && counter !== from) {
       const back = ((counter - from) & 0xffff) >= 0x8000;
-      // At start, against what was saved (the controller may have restarted with the edge); while
-      // running, against the last read: the controller alone restarted. Before, only a counter
-      // that went back was taken as a restart while running, so one at 40,000 restarting to 3
-      // read as 25,539 new events, the ring's stale door.forced among them (found by a review).
-      const jumped =
-        savedAt === undefined
-          ? readAt !== undefined && this.implausible(counter, readAt, MAX_BURST_EVENTS)
-          : this.ctx.clock.now() < savedAt
-            ? // The box booted with its clock behind the save (no RTC, before NTP): how long it was
-              // off is unknown, so a move is taken as a restart only if the counter is one a
-              // restarted controller has (what the ring holds). It read as 0 s: 40 new events
-              // were a restart, 5,008 counted lost (found by a review).
-              ((counter - from) & 0xffff) > this.opts.profile.inputRegisters.ring.size && counter <= this.opts.profile.inputRegisters.ring.size
-            : this.implausible(counter, savedAt);
+      const jumped = this.movedTooFar(counter, from, savedAt, readAt);
       if (back || jumped) {
         // A restarted controller counts again from 0: its counter is what it logged since, which
         // the time since the last read must allow. A counter read 2 below the last (a caching
         // gateway, a torn read) is no restart: reading the ring from 0 re-emitted old events,
         // door.forced among them, as new (found by a review). That reading is ignored.
-        const since = savedAt ?? readAt;
-        if (since !== undefined && savedAt === undefined && this.implausible(counter, since, 0, 0)) {
+        if (savedAt === undefined && readAt !== undefined && this.implausible(counter, readAt, 0, 0)) {
           const now = this.ctx.clock.now();
           if (now - this.lastGlitchLogAt >= 60_000) {
             this.lastGlitchLogAt = now;
@@ -467,6 +453,26 @@ export class ModbusDoorDriver implements Driver {
     const n = (counter - from) & 0xffff;
     const seconds = Math.max(0, (this.ctx.clock.now() - savedAt) / 1000);
     return n > this.opts.profile.inputRegisters.ring.size && n > floor && n > seconds * MAX_EVENTS_PER_S;
+  }
+
+  /**
+   * Whether the counter moved forward further than a controller logs in the
+   * time since it was last known, so the controller restarted. At start,
+   * against what was saved (the controller may have restarted with the
+   * edge); while running, against the last read: the controller alone
+   * restarted. Before, only a counter that went back was taken as a restart
+   * while running, so one at 40,000 restarting to 3 read as 25,539 new
+   * events, the ring's stale door.forced among them (found by a review).
+   */
+  private movedTooFar(counter: number, from: number, savedAt: number | undefined, readAt: number | undefined): boolean {
+    if (savedAt === undefined) return readAt !== undefined && this.implausible(counter, readAt, MAX_BURST_EVENTS);
+    if (this.ctx.clock.now() >= savedAt) return this.implausible(counter, savedAt);
+    // The box booted with its clock behind the save (no RTC, before NTP): how long it was off is
+    // unknown, so a move is a restart only if the counter is one a restarted controller has (what
+    // the ring holds). It read as 0 s: 40 new events were a restart, 5,008 counted lost (found by
+    // a review).
+    const ring = this.opts.profile.inputRegisters.ring.size;
+    return ((counter - from) & 0xffff) > ring && counter <= ring;
   }
 
   /**

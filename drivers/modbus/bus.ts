@@ -536,17 +536,17 @@ export class ModbusBus implements Resource {
     let buf = fl.rx.length === 1 ? fl.rx[0] : Buffer.concat(fl.rx, fl.rxLen);
     // A loop, not a call per skipped frame: 64 KiB of 7-byte foreign frames in one read overflowed
     // the stack and killed the runtime, every door with it (found by a review).
+    let len: number;
     for (;;) {
       fl.rx = buf.length ? [buf] : [];
       fl.rxLen = buf.length;
       if (buf.length < 7) return;
-      const len = buf.readUInt16BE(4);
+      len = buf.readUInt16BE(4);
       if (buf.length < 6 + len) return;
       if (buf.readUInt16BE(0) === fl.txId && buf.readUInt16BE(2) === 0 && len >= 2) break;
       // A late reply to an earlier (timed-out) transaction: skip it and keep waiting for ours.
       buf = buf.subarray(6 + len);
     }
-    const len = buf.readUInt16BE(4);
     const frame = buf.subarray(0, 6 + len);
     if (frame[6] !== fl.job.unit) {
       this.stats.garbled++;

@@ -40,6 +40,32 @@ function context(events: EventInput[], rawCards: boolean, state?: DriverContext[
   };
 }
 
+/**
+ * Unit 1 of a DoorSim on a fake RTU bus, and a driver context whose state is
+ * kept in a Map (what survives a driver's restart): what the counter tests share.
+ */
+async function keptUnit() {
+  const sim = new DoorSim({ units: [1] });
+  const bus = await fakeBus(sim);
+  const kept = new Map<string, unknown>();
+  const events: EventInput[] = [];
+  const ctx = context(events, true, { get: (k) => kept.get(k), set: (k, v) => void kept.set(k, v) });
+  return {
+    sim,
+    bus,
+    kept,
+    events,
+    ctx,
+    unit: sim.unit(1),
+    /** The event counter the driver saved. */
+    counter: () => (kept.get('eventCounter@bus#unit1') as { counter: number } | undefined)?.counter,
+    close: async () => {
+      sim.stop();
+      await bus.close();
+    },
+  };
+}
+
 /** A generic-door driver named door-<unit> on `bus`. */
 function doorOn(
   bus: ModbusBus,
@@ -54,17 +80,30 @@ function doorOn(
   );
 }
 
-/** A bus the test sees every write of: a unit whose pulse length is 5, no events, doors shut. */
-function recordingBus(): { ops: string[]; bus: ModbusBus } {
-  const ops: string[] = [];
-  const bus = {
+/** A stand-in bus: a unit with no events and doors shut, whose pulse length (holding register 0) and writes are the test's. */
+function stubBus(
+  pulseLength: () => number,
+  writeRegister: (address: number, value: number) => Promise<void>,
+  writeCoil: (address: number, value: boolean) => Promise<void>,
+): ModbusBus {
+  return {
     onConnection: () => () => undefined,
     readInputRegisters: async (_u: number, _a: number, n: number) => new Array(n).fill(0),
     readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
-    readHoldingRegisters: async () => [5],
-    writeRegister: async (_u: number, a: number, v: number) => void ops.push(`writeHR ${a}=${v}`),
-    writeCoil: async (_u: number, a: number, v: boolean) => void ops.push(`writeCoil ${a}=${v}`),
+    readHoldingRegisters: async () => [pulseLength()],
+    writeRegister: async (_u: number, a: number, v: number) => writeRegister(a, v),
+    writeCoil: async (_u: number, a: number, v: boolean) => writeCoil(a, v),
   } as unknown as ModbusBus;
+}
+
+/** A bus the test sees every write of: a unit whose pulse length is 5, no events, doors shut. */
+function recordingBus(): { ops: string[]; bus: ModbusBus } {
+  const ops: string[] = [];
+  const bus = stubBus(
+    () => 5,
+    async (a, v) => void ops.push(`writeHR ${a}=${v}`),
+    async (a, v) => void ops.push(`writeCoil ${a}=${v}`),
+  );
   return { ops, bus };
 }
 
@@ -276,13 +315,8 @@ describe('door driver', () => {
   });
 
   it('reads at its next start what the unit logged while it was stopped; a controller restart is no flood of lost events', async () => {
-    const sim = new DoorSim({ units: [1] });
-    const bus = await fakeBus(sim);
-    const kept = new Map<string, unknown>();
-    const events: EventInput[] = [];
-    const ctx = context(events, true, { get: (k) => kept.get(k), set: (k, v) => void kept.set(k, v) });
+    const { bus, kept, events, ctx, unit, close } = await keptUnit();
     const make = () => doorOn(bus, ctx, { unitId: 1, pollMs: 20 });
-    const unit = sim.unit(1);
     let driver = make();
     try {
       await driver.start();
@@ -336,25 +370,18 @@ describe('door driver', () => {
       assert.equal((events.find((e) => e.type === 'access.denied')!.data as { card: string }).card, '301');
     } finally {
       await driver.stop();
-      sim.stop();
-      await bus.close();
+      await close();
     }
   });
 
   it('while running: a counter read below the last one at 40,000 is ignored, and a controller restarting alone from 40,000 is read from 0 (no stale alarm)', async () => {
-    const sim = new DoorSim({ units: [1] });
-    const bus = await fakeBus(sim);
-    const events: EventInput[] = [];
-    const kept = new Map<string, unknown>();
-    const ctx = context(events, true, { get: (k) => kept.get(k), set: (k, v) => void kept.set(k, v) });
-    const unit = sim.unit(1);
+    const { bus, events, ctx, unit, counter, close } = await keptUnit();
     // Counting for a long time already: a forced door among its last 32 events.
     unit.ir[0] = 39_990;
     unit.force(0);
     for (let card = 1; card <= 9; card++) unit.swipe(0, card, 'granted');
     assert.equal(unit.counter, 40_000);
     const driver = doorOn(bus, ctx, { unitId: 1, pollMs: 20 });
-    const counter = () => (kept.get('eventCounter@bus#unit1') as { counter: number } | undefined)?.counter;
     try {
       await driver.start();
       await waitFor(() => counter() === 40_000, { message: 'the counter taken as it is' });
@@ -379,19 +406,12 @@ describe('door driver', () => {
       );
     } finally {
       await driver.stop();
-      sim.stop();
-      await bus.close();
+      await close();
     }
   });
 
   it('a box booting with its clock behind the saved time: 40 events read as 40 (not a restart), a restarted controller still read from 0', async () => {
-    const sim = new DoorSim({ units: [1] });
-    const bus = await fakeBus(sim);
-    const kept = new Map<string, unknown>();
-    const events: EventInput[] = [];
-    const ctx = context(events, true, { get: (k) => kept.get(k), set: (k, v) => void kept.set(k, v) });
-    const unit = sim.unit(1);
-    const counter = () => (kept.get('eventCounter@bus#unit1') as { counter: number } | undefined)?.counter;
+    const { bus, kept, events, ctx, unit, counter, close } = await keptUnit();
     let driver = doorOn(bus, ctx, { unitId: 1, pollMs: 20 });
     try {
       // Saved "10 minutes from now": the box's clock came up behind (no RTC, before NTP).
@@ -417,8 +437,7 @@ describe('door driver', () => {
       assert.ok(!events.some((e) => e.type === 'edge.events_lost'), JSON.stringify(events));
     } finally {
       await driver.stop();
-      sim.stop();
-      await bus.close();
+      await close();
     }
   });
 
@@ -773,22 +792,19 @@ describe('door driver', () => {
     let lossy = false;
     let pulses = 0;
     const pulsed: number[] = [];
-    const bus = {
-      onConnection: () => () => undefined,
-      readInputRegisters: async (_u: number, _a: number, n: number) => new Array(n).fill(0),
-      readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
-      readHoldingRegisters: async () => [hr0],
-      writeRegister: async (_u: number, _a: number, v: number) => {
+    const bus = stubBus(
+      () => hr0,
+      async (_a, v) => {
         // The line loses the writes that would put the length back.
         if (lossy && v === 5) throw new EdgewardError('EDGE_MODBUS_TIMEOUT', 'unit 1: no reply');
         hr0 = v;
       },
-      writeCoil: async (_u: number, _a: number, v: boolean) => {
+      async (_a, v) => {
         if (!v) return;
         pulsed.push(hr0);
         if (++pulses === 1) lossy = true;
       },
-    } as unknown as ModbusBus;
+    );
     const clock = new ManualClock();
     const ctx = { ...context([], false, mapState().state), clock };
     const d = doorOn(bus, ctx, { unitId: 1, pollMs: 60_000 });
@@ -808,22 +824,19 @@ describe('door driver', () => {
     let hr0 = 5;
     let broken = false;
     let pulses = 0;
-    const bus = {
-      onConnection: () => () => undefined,
-      readInputRegisters: async (_u: number, _a: number, n: number) => new Array(n).fill(0),
-      readDiscreteInputs: async (_u: number, _a: number, n: number) => new Array(n).fill(false),
-      readHoldingRegisters: async () => [hr0],
-      writeRegister: async (_u: number, a: number, v: number) => {
+    const bus = stubBus(
+      () => hr0,
+      async (a, v) => {
         // The link fails right after the pulse (a cable pulled, the process killed).
         if (broken) throw new Error('EDGE_MODBUS_TIMEOUT');
         ops.push(`writeHR ${a}=${v}`);
         hr0 = v;
       },
-      writeCoil: async (_u: number, a: number, v: boolean) => {
+      async (a, v) => {
         ops.push(`writeCoil ${a}=${v}`);
         if (++pulses === 1) broken = true;
       },
-    } as unknown as ModbusBus;
+    );
     const saved = new Map<string, unknown>();
     const state = { get: (k: string) => saved.get(k), set: (k: string, v: unknown) => void saved.set(k, v) };
     const clock = new ManualClock();
