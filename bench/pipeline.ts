@@ -504,6 +504,8 @@ export interface PipelineResult {
   outboxAlonePerS: number;
   /** The outbox alone with an in-process reader acking everything (`runOutboxCycle`), once after the rounds. */
   outboxCyclePerS: number;
+  /** The outbox alone with its store full, every append evicting (`runOutboxFull`), once after the rounds. */
+  outboxFullPerS: number;
   /**
    * The outbox-alone and driver-path runs, interleaved (alone, driver, alone,
    * driver…) so that each pair shares the same minute of a shared box.
@@ -640,6 +642,31 @@ export async function runOutboxCycle(n: number, batch: number, concurrency: numb
   }
 }
 
+/** The bound of `runOutboxFull`'s store: small, so that it is reached in a second or two. */
+const FULL_BOUND_BYTES = 64 * 1024 ** 2;
+
+/**
+ * The outbox alone at its byte bound: the same appenders as `runOutboxAlone`
+ * into a store already full (filled first, not timed), so every write evicts
+ * the oldest info events and writes an overflow report. What a box takes in
+ * with its uplink down for long. Events/s of `n` appends.
+ */
+export async function runOutboxFull(n: number, batch: number, concurrency: number): Promise<number> {
+  const dir = await tmpDir('bench-outbox-full');
+  const outbox = new LevelOutbox({ dir: outboxPath(dir.path), maxBytes: FULL_BOUND_BYTES, ...BENCH_IDS, reserveBytes: 0 });
+  try {
+    await outbox.open();
+    // Past the bound by a little: from here on, every append evicts.
+    const fill = Math.ceil(FULL_BOUND_BYTES / Buffer.byteLength(JSON.stringify(benchEnvelope(0)))) + 10 * batch * concurrency;
+    await appendLoad(outbox, fill, batch, concurrency);
+    const ms = await appendLoad(outbox, n, batch, concurrency);
+    return (n / ms) * 1000;
+  } finally {
+    await outbox.close();
+    await dir.cleanup();
+  }
+}
+
 export async function runPipelineBench(): Promise<PipelineResult> {
   const n = envInt('BENCH_EVENTS', 200_000);
   const batch = envInt('BENCH_BATCH', 100);
@@ -713,6 +740,8 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     // Once, after the rounds, so that the pairs the bar is judged on stay back to back.
     progress('outbox alone with its deletes (an in-process reader acking)');
     const outboxCyclePerS = await runOutboxCycle(n, batch, concurrency);
+    progress(`outbox alone at its bound (${FULL_BOUND_BYTES / 1024 ** 2} MiB, every append evicting)`);
+    const outboxFullPerS = await runOutboxFull(n, batch, concurrency);
     const medianIndex = (values: number[]): number => {
       const order = values.map((v, i) => [v, i] as const).sort((a, b) => a[0] - b[0]);
       return order[(order.length - 1) >> 1][1];
@@ -752,6 +781,7 @@ export async function runPipelineBench(): Promise<PipelineResult> {
       concurrency,
       outboxAlonePerS: rounds[aloneMedian].alonePerS,
       outboxCyclePerS,
+      outboxFullPerS,
       rounds,
       pipelinePerS: (accepted / pipelineMs) * 1000,
       httpAcceptedPerS: (accepted / posted.ms) * 1000,

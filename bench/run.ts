@@ -152,6 +152,15 @@ function pipelineFigures(p: PipelineResult): Figure[] {
       note: 'one run after the rounds; against the median driver path',
     },
     {
+      // Not the bar's figure either: what a box with its uplink down takes in once its store is full.
+      section: 'pipeline',
+      name: 'outbox alone at its bound (every append evicting)',
+      value: p.outboxFullPerS,
+      unit: 'events/s',
+      ratio: `outbox alone / this: ${fmtNum(p.outboxAlonePerS / p.outboxFullPerS)}×`,
+      note: 'a 64 MiB bound, filled first (not timed); the same appenders; one run after the rounds',
+    },
+    {
       section: 'pipeline',
       name: 'runtime event loop per event, driver path (µs)',
       value: med.mainUsPerEvent,

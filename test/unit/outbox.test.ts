@@ -830,6 +830,139 @@ describe('LevelOutbox (durable)', () => {
     assert.equal(level.stats().events, mem.stats().events);
   });
 
+  it('evicts the same events as the reference MemoryOutbox (random appends, reads, acks, reopens)', async function () {
+    this.timeout(30_000);
+    // A bound of ~40 events: most appends evict. A tiny hot tail: reads go to LevelDB too.
+    const maxBytes = 40 * sizeOf(ev('info'));
+    const make = () => new LevelOutbox({ dir: dir.path, maxBytes, ...IDS, hotTailBytes: { critical: 600, warning: 600, info: 900 } });
+    let level = make();
+    await level.open();
+    toClose.push(level);
+    const mem = new MemoryOutbox({ maxBytes, ...IDS });
+    await mem.open();
+    let seed = 7;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    // The overflow reports' ids and times differ between the two stores; everything else must not.
+    const same = (e: StoredEvent) => {
+      const { type } = JSON.parse(e.json) as Envelope;
+      return [e.seq, e.severity, type, type === 'edge.outbox_overflow' ? '' : e.json];
+    };
+    const sevs: Severity[] = ['info', 'info', 'info', 'warning', 'warning', 'critical'];
+    const cursor: Record<Severity, number> = { critical: 0, warning: 0, info: 0 };
+    for (let step = 0; step < 500; step++) {
+      const op = rnd(10);
+      if (op < 5) {
+        const batch = Array.from({ length: 1 + rnd(8) }, () => ev(sevs[rnd(sevs.length)]));
+        assert.deepEqual(
+          (await level.append(batch)).map((e) => e.seq),
+          (await mem.append(batch)).map((e) => e.seq),
+          `append at step ${step}`,
+        );
+      } else if (op < 8) {
+        const opts = { maxEvents: 1 + rnd(30), maxBytes: 1e9, after: { ...cursor } };
+        const a = await level.read(opts);
+        assert.deepEqual(a.map(same), (await mem.read(opts)).map(same), `read at step ${step}`);
+        for (const e of a) cursor[e.severity] = Math.max(cursor[e.severity], e.seq);
+        if (rnd(3) === 0) for (const sev of ['critical', 'warning', 'info'] as const) cursor[sev] = 0;
+      } else if (op === 8) {
+        const from = 1 + rnd(Math.max(1, level.stats().lastSeq));
+        const range: [number, number] = [from, from + rnd(6)];
+        assert.equal(await level.ack([range]), await mem.ack([range]), `ack at step ${step}`);
+      } else if (rnd(3) === 0) {
+        await closeIt(level);
+        level = make();
+        await level.open();
+        toClose.push(level);
+      }
+      assert.equal(level.stats().events, mem.stats().events, `events stored at step ${step}`);
+    }
+    const all = { maxEvents: 1e6, maxBytes: 1e9 };
+    assert.deepEqual((await level.read(all)).map(same), (await mem.read(all)).map(same));
+  });
+
+  it('group commits of several evicting appends evict the oldest first and lose no kept event from reads', async function () {
+    this.timeout(30_000);
+    const maxBytes = 40 * sizeOf(ev('info'));
+    const make = () => new LevelOutbox({ dir: dir.path, maxBytes, ...IDS, hotTailBytes: { critical: 600, warning: 600, info: 900 } });
+    let ob = make();
+    await ob.open();
+    toClose.push(ob);
+    let seed = 11;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    /** Ids of the info and warning events appended and not acked, oldest first. */
+    const live: Record<'info' | 'warning', string[]> = { info: [], warning: [] };
+    const acked = new Set<number>();
+    const seqOf = new Map<string, number>();
+    for (let step = 0; step < 300; step++) {
+      const op = rnd(10);
+      if (op < 6) {
+        // 1-4 appends taken in one group commit, each of which may evict.
+        const appends = Array.from({ length: 1 + rnd(4) }, () =>
+          Array.from({ length: 1 + rnd(8) }, () => ev(rnd(10) < 7 ? 'info' : 'warning')),
+        );
+        for (const stored of await Promise.all(appends.map((batch) => ob.append(batch)))) {
+          for (const e of stored) {
+            live[e.severity as 'info' | 'warning'].push(e.id);
+            seqOf.set(e.id, e.seq!);
+          }
+        }
+      } else if (op < 9) {
+        const from = 1 + rnd(Math.max(1, ob.stats().lastSeq));
+        const range: [number, number] = [from, from + rnd(6)];
+        const last = ob.stats().lastSeq;
+        await ob.ack([range]);
+        for (let seq = range[0]; seq <= Math.min(range[1], last); seq++) acked.add(seq);
+      } else {
+        await closeIt(ob);
+        ob = make();
+        await ob.open();
+        toClose.push(ob);
+      }
+      const stored = parsed(await readAll(ob));
+      assert.equal(stored.length, ob.stats().events, `reads hand out every stored event (step ${step})`);
+      for (const sev of ['info', 'warning'] as const) {
+        const kept = stored.filter((e) => e.severity === sev && e.type !== 'edge.outbox_overflow');
+        // Acked or evicted leave; what is left of the rest is its newest part.
+        const unacked = live[sev].filter((id) => !acked.has(seqOf.get(id)!));
+        const expected = unacked.slice(unacked.length - kept.length);
+        assert.deepEqual(
+          kept.map((e) => e.id),
+          expected,
+          `${sev}: the oldest unacked are evicted first (step ${step})`,
+        );
+      }
+    }
+  });
+
+  it('an eviction leaves the exact oldest event as head: oldestTs right at once, no lookup', async () => {
+    const at = (i: number) =>
+      makeEnvelope({ type: 'door.opened', source: { device: 'd' }, ts: new Date(Date.UTC(2020, 0, 1, 0, 0, i)).toISOString() }, IDS);
+    const fill = Array.from({ length: 20 }, (_, i) => at(i));
+    const ob = await open(sumSize(fill) + 100);
+    await ob.append(fill);
+    const inner = ob as unknown as { findHead: (...a: unknown[]) => Promise<unknown> };
+    const real = inner.findHead.bind(ob);
+    let lookups = 0;
+    inner.findHead = (...a: unknown[]) => {
+      lookups++;
+      return real(...a);
+    };
+    // Two evicting writes in a row: the second must not start from the first one's evictions.
+    await ob.append([at(20), at(21)]);
+    await ob.append([at(22), at(23), at(24)]);
+    const oldestTs = ob.stats().oldestTs;
+    assert.equal(lookups, 0, 'the head was looked up: eviction left it stale');
+    const kept = parsed(await readAll(ob)).filter((e) => e.type === 'door.opened');
+    assert.ok(kept.length < 25, 'something was evicted');
+    assert.equal(oldestTs, kept[0].ts);
+  });
+
   it('looks up a deleted head beside the writer: oldestTs catches up, a reopen in between needs no rescan', async () => {
     const warnings: string[] = [];
     const log = pino({ level: 'warn' }, { write: (line: string) => warnings.push(JSON.parse(line).msg) });
