@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import express from 'express';
 import type { CommandRequest, Driver, DriverContext } from '../drivers/driver.js';
 import type { Outbox, OutboxWriteError } from '../sync/outbox-api.js';
-import { LevelOutbox, outboxPath } from '../sync/outbox.js';
+import { EVICTABLE, LevelOutbox, outboxPath, refusedForRoom } from '../sync/outbox.js';
 import { maxEventBytes, Uplink } from '../sync/uplink.js';
 import { EventBus } from './bus.js';
 import { type Clock, systemClock } from './clock.js';
@@ -669,16 +669,16 @@ export class Runtime {
    */
   private boundToBeRefused(envelopes: readonly Envelope[], ifUnknown: boolean): boolean {
     if (envelopes.some((e) => e.severity === 'critical')) return false;
-    let room: number;
+    let s: ReturnType<Outbox['stats']>;
     try {
-      const s = this.outbox.stats();
-      room = s.maxBytes - s.bySeverity.critical.bytes;
+      s = this.outbox.stats();
     } catch {
       return ifUnknown;
     }
     let size = 0;
     for (const e of envelopes) size += Buffer.byteLength(JSON.stringify(e)) + 64;
-    return size > room;
+    const evictableBytes = EVICTABLE.reduce((n, sev) => n + s.bySeverity[sev].bytes, 0);
+    return refusedForRoom(size, false, { maxBytes: s.maxBytes, storedBytes: s.bytes, evictableBytes });
   }
 
   private hold(envelopes: Envelope[]): void {

@@ -3,7 +3,18 @@ import { type Envelope, isSeverity, newId, type Severity, withSeq } from '../edg
 import { EdgewardError } from '../edge/errors.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { AppendOptions, Outbox, OutboxReadOptions, OutboxStats, StoredEvent } from './outbox-api.js';
-import { EVICTABLE, type OverflowData, OverflowTally, outboxFull, overflowDataOf, PRIORITY, RecentRing, serializeEnvelopes, tooLarge } from './outbox.js';
+import {
+  EVICTABLE,
+  type OverflowData,
+  OverflowTally,
+  outboxFull,
+  overflowDataOf,
+  PRIORITY,
+  RecentRing,
+  refusedForRoom,
+  serializeEnvelopes,
+  tooLarge,
+} from './outbox.js';
 
 /** Options of {@link MemoryOutbox}. */
 export interface MemoryOutboxOptions {
@@ -177,7 +188,8 @@ export class MemoryOutbox implements Outbox {
       const victims = EVICTABLE;
       let evictable = 0;
       for (const sev of victims) evictable += this.bytesBy[sev];
-      if (!hasCritical && evictable < over) throw outboxFull(size, this.opts.maxBytes, this.totalBytes(), evictable, victims);
+      const room = { maxBytes: this.opts.maxBytes, storedBytes: this.totalBytes(), evictableBytes: evictable };
+      if (refusedForRoom(size, hasCritical, room)) throw outboxFull(size, room.maxBytes, room.storedBytes, evictable, victims);
       // Same reserve as LevelOutbox: room for the overflow event itself.
       const need = over + 1024;
       let freed = 0;

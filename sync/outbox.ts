@@ -180,6 +180,16 @@ export function serializeEnvelopes(envelopes: readonly Envelope[]): string[] {
  */
 export const EVICTABLE: readonly ('info' | 'warning')[] = ['info', 'warning'];
 
+/**
+ * Whether an append of `size` bytes is refused for want of room
+ * (EDGE_OUTBOX_FULL): one holding a critical event never is; any other when
+ * it does not fit even after evicting everything evictable. The one rule of
+ * both stores, and of the runtime deciding not to try (`Runtime.boundToBeRefused`).
+ */
+export function refusedForRoom(size: number, hasCritical: boolean, room: { maxBytes: number; storedBytes: number; evictableBytes: number }): boolean {
+  return !hasCritical && room.storedBytes + size - room.maxBytes > room.evictableBytes;
+}
+
 /** EDGE_OUTBOX_FULL for an append of `bytes` that does not fit even after evicting every stored event of `victims`. */
 export function outboxFull(bytes: number, maxBytes: number, storedBytes: number, evictableBytes: number, victims: readonly string[]): EdgewardError {
   return new EdgewardError('EDGE_OUTBOX_FULL', `outbox full: the append does not fit even after evicting every stored ${victims.join(' and ')} event`, {
@@ -1652,7 +1662,7 @@ export class LevelOutbox implements Outbox {
           let evictable = 0;
           for (const sev of victims) evictable += counts[sev].bytes - added[sev].bytes;
           const need = over + OVERFLOW_RESERVE;
-          if (!hasCritical && evictable < over) {
+          if (refusedForRoom(size, hasCritical, { maxBytes: meta.maxBytes, storedBytes: totalBytes(counts), evictableBytes: evictable })) {
             appendResults.set(job, outboxFull(size, meta.maxBytes, totalBytes(counts), evictable, victims));
             // Full of alarms; not an append larger than the whole bound.
             if (counts.critical.events > 0 && size <= meta.maxBytes) this.refusedFull(seqd.length);
