@@ -4,6 +4,7 @@ import { Level } from 'level';
 import { type Clock, systemClock } from '../edge/clock.js';
 import { type Envelope, isSeverity, makeEnvelope, newId, type Severity, withSeq } from '../edge/envelope.js';
 import { causeChain, EdgewardError, isEdgewardError } from '../edge/errors.js';
+import { PacedCount } from '../edge/paced.js';
 import { SeqSlots } from '../edge/seq-slots.js';
 import { type Logger, silentLogger } from '../edge/log.js';
 import type { AppendOptions, Outbox, OutboxReadOptions, OutboxStats, OutboxWriteError, StoredEvent } from './outbox-api.js';
@@ -701,8 +702,7 @@ export class LevelOutbox implements Outbox {
   private pendingOverflow: { seq: number; bytes: number; data: OverflowData } | null = null;
   /** Seq of the overflow event being replaced by the batch in flight: read() must not hand it out. */
   private replacingOverflow: number | null = null;
-  private lastEvictLogAt = Number.NEGATIVE_INFINITY;
-  private evictedSinceLog = 0;
+  private readonly evictLog = new PacedCount(10_000);
   /**
    * The newest stored events of each severity, so read() hands out what was
    * just appended from memory: an alarm does not wait for a LevelDB iterator
@@ -726,7 +726,7 @@ export class LevelOutbox implements Outbox {
   /** The current spell of failing writes (see `OutboxStats.writeError`), and all failures since open. */
   private writeError: OutboxWriteError | null = null;
   private writeFailures = 0;
-  private lastWriteErrorLogAt = Number.NEGATIVE_INFINITY;
+  private readonly writeErrorLog = new PacedCount(WRITE_ERROR_LOG_MS);
   private readonly healthListeners = new Set<(failing: boolean) => void>();
   /** A write failed: reopen the store before the next one (see reopenAfterFailure). */
   private needsReopen = false;
@@ -1772,16 +1772,10 @@ export class LevelOutbox implements Outbox {
     this.recentVersion += appendedStored.length;
     if (tally) {
       // A full outbox evicts on every write: log at most every 10 s, with the count since the last line.
-      this.evictedSinceLog += evictedNow;
-      const now = this.clock.now();
-      if (now - this.lastEvictLogAt >= 10_000) {
+      const evicted = this.evictLog.hit(this.clock.now(), evictedNow);
+      if (evicted !== undefined) {
         const t = tally as OverflowTally;
-        this.log.warn(
-          { evicted: this.evictedSinceLog, overflowSeq: overflowWritten?.seq, fromSeq: t.fromSeq, toSeq: t.toSeq },
-          'outbox full: oldest events evicted',
-        );
-        this.lastEvictLogAt = now;
-        this.evictedSinceLog = 0;
+        this.log.warn({ evicted, overflowSeq: overflowWritten?.seq, fromSeq: t.fromSeq, toSeq: t.toSeq }, 'outbox full: oldest events evicted');
       }
     }
     this.settle(jobs, ackResults, appendResults);
@@ -1813,10 +1807,10 @@ export class LevelOutbox implements Outbox {
     const spell = this.writeError!;
     spell.failures++;
     spell.message = message;
-    const now = this.clock.now();
-    if (first || now - this.lastWriteErrorLogAt >= WRITE_ERROR_LOG_MS) {
+    // The first of a spell at once.
+    if (first) this.writeErrorLog.reset();
+    if (this.writeErrorLog.hit(this.clock.now()) !== undefined) {
       this.log.error({ err: e, jobs, failures: spell.failures, since: spell.since }, 'outbox cannot write: events are refused until it can');
-      this.lastWriteErrorLogAt = now;
     }
     if (first) this.notifyHealth(true);
   }

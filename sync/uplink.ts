@@ -7,6 +7,7 @@ import type { UplinkConfig } from '../edge/config-types.js';
 import { type TlsPem, tlsPemProblems } from '../edge/config.js';
 import { EdgewardError, isEdgewardError } from '../edge/errors.js';
 import { type Logger, urlWithoutUserinfo } from '../edge/log.js';
+import { PacedCount } from '../edge/paced.js';
 import type { Outbox, StoredEvent } from './outbox-api.js';
 import { batchBuffer, decodeAck, encodeBatch, encodeStatus, type StatusPayload, toRanges } from './batch-codec.js';
 
@@ -234,7 +235,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
    */
   private sentRanges: Array<[number, number]> = [];
   private sentEpoch: string | undefined;
-  private lastUnsentAckLogAt = Number.NEGATIVE_INFINITY;
+  private readonly unsentAckLog = new PacedCount(RESEND_LOG_MS);
   /** Malformed acks, and acks with another epoch: each logged once a minute at most, with the count. */
   private readonly malformedAcks = new PacedCount(RESEND_LOG_MS);
   private readonly otherEpochAcks = new PacedCount(RESEND_LOG_MS);
@@ -281,7 +282,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private downSince: number | null = null;
   /** Connections dropped within STABLE_CONNECTION_MS of being made, since the last line about them. */
   private shortDrops = 0;
-  private lastShortDropLogAt = Number.NEGATIVE_INFINITY;
+  private readonly shortDropLog = new PacedCount(RESEND_LOG_MS);
   /**
    * Seqs of stored events that do not fit in one packet even alone (stored
    * before `maxPacketBytes` was lowered): never published, since the broker
@@ -590,7 +591,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       return;
     }
     this.shortDrops++;
-    if (this.shortDrops > 1 && now - this.lastShortDropLogAt < RESEND_LOG_MS) {
+    // The first of a spell at once (a new spell starts the pacing again).
+    if (this.shortDrops === 1) this.shortDropLog.reset();
+    if (this.shortDropLog.hit(now) === undefined) {
       this.log.debug({ url: this.safeUrl, lastedMs }, 'uplink disconnected');
       return;
     }
@@ -600,7 +603,6 @@ export class Uplink extends EventEmitter<UplinkEvents> {
         ? 'uplink disconnected soon after connecting'
         : 'uplink connections keep dropping soon after connecting (a broker size limit or ACL that disconnects, or a second box with this site and edge?); backing off',
     );
-    this.lastShortDropLogAt = now;
   }
 
   /**
@@ -1134,9 +1136,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       dropped += to - from + 1 - covered;
     }
     if (dropped > 0) {
-      const now = this.clock.now();
-      if (now - this.lastUnsentAckLogAt >= RESEND_LOG_MS) {
-        this.lastUnsentAckLogAt = now;
+      if (this.unsentAckLog.hit(this.clock.now()) !== undefined) {
         // Info, not a warning: a resent batch acked twice lands here too (its first ack took them).
         this.log.info(
           { seqs: dropped },
@@ -1397,27 +1397,6 @@ function releasedFirstSend(r: ReleasedSend, now: number): number {
 /** Stop the clock of a send made at `firstSentAt`: its age as of now (never negative: a clock stepped back). */
 function pausedSince(firstSentAt: number, now: number): ReleasedSend {
   return { at: Math.max(0, now - firstSentAt), paused: true };
-}
-
-/**
- * Occurrences of one thing to log, paced: the first line at once, then at
- * most one per `everyMs`, each with how many happened since the last.
- */
-class PacedCount {
-  private count = 0;
-  private lastAt = Number.NEGATIVE_INFINITY;
-
-  constructor(private readonly everyMs: number) {}
-
-  /** Count one at `now`; the count to log when a line is due, else undefined. */
-  hit(now: number): number | undefined {
-    this.count++;
-    if (now - this.lastAt < this.everyMs) return undefined;
-    const n = this.count;
-    this.count = 0;
-    this.lastAt = now;
-    return n;
-  }
 }
 
 /** Merge two lists of sorted, disjoint inclusive ranges into one (overlapping or adjacent ones joined), in linear time. */

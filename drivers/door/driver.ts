@@ -4,6 +4,7 @@ import type { EventInput } from '../../edge/envelope.js';
 import { pseudonymiseCard } from '../../edge/envelope.js';
 import { EdgewardError } from '../../edge/errors.js';
 import type { Logger } from '../../edge/log.js';
+import { PacedCount } from '../../edge/paced.js';
 import type { ModbusBus } from '../modbus/bus.js';
 import type { DoorProfile } from './profile.js';
 
@@ -104,7 +105,7 @@ export class ModbusDoorDriver implements Driver {
   private savedAt?: number;
   /** When the counter was last read (a poll that got it), while running. */
   private lastReadAt?: number;
-  private lastGlitchLogAt = Number.NEGATIVE_INFINITY;
+  private readonly glitchLog = new PacedCount(60_000);
   /** Whether anything was saved about this unit before this driver started (see start). */
   private knownBefore = false;
   /** What keep() saved last, and when. */
@@ -404,10 +405,9 @@ export class ModbusDoorDriver implements Driver {
         // gateway, a torn read) is no restart: reading the ring from 0 re-emitted old events,
         // door.forced among them, as new (found by a review). That reading is ignored.
         if (savedAt === undefined && readAt !== undefined && this.implausible(counter, readAt, 0, 0)) {
-          const now = this.ctx.clock.now();
-          if (now - this.lastGlitchLogAt >= 60_000) {
-            this.lastGlitchLogAt = now;
-            this.log.warn({ last: from, counter }, 'device event counter read neither as new events nor as a restart: this reading ignored');
+          const readings = this.glitchLog.hit(this.ctx.clock.now());
+          if (readings !== undefined) {
+            this.log.warn({ last: from, counter, readings }, 'device event counter read neither as new events nor as a restart: this reading ignored');
           }
           if (this.running) this.applyInputs(bits);
           return;

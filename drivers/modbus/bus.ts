@@ -1,6 +1,7 @@
 import type { Clock } from '../../edge/clock.js';
 import { EdgewardError } from '../../edge/errors.js';
 import type { Logger } from '../../edge/log.js';
+import { PacedCount } from '../../edge/paced.js';
 import type { Resource } from '../../edge/registry.js';
 import { crcOk, rtuFrame } from './crc.js';
 import { type ByteLink, SerialLink, TcpLink } from './link.js';
@@ -174,7 +175,7 @@ export class ModbusBus implements Resource {
   private lastReplyAt = 0;
   /** Links lost before any reply, since the last line about them. */
   private deadLinks = 0;
-  private lastDeadLinkLogAt = Number.NEGATIVE_INFINITY;
+  private readonly deadLinkLog = new PacedCount(60_000);
   private lastOpenError: string | undefined;
   private txId = 0;
   private readonly log: Logger;
@@ -685,10 +686,10 @@ export class ModbusBus implements Resource {
       this.log.warn({ err: err.message }, 'modbus link lost, reconnecting');
     } else {
       this.deadLinks++;
-      const now = performance.now();
-      if (this.deadLinks === 1 || now - this.lastDeadLinkLogAt >= 60_000) {
+      // The first of a spell at once (a link that answered ends one).
+      if (this.deadLinks === 1) this.deadLinkLog.reset();
+      if (this.deadLinkLog.hit(performance.now()) !== undefined) {
         this.log.warn({ err: err.message, links: this.deadLinks }, 'modbus link lost before any reply; reconnecting with backoff');
-        this.lastDeadLinkLogAt = now;
       } else this.log.debug({ err: err.message }, 'modbus link lost before any reply');
     }
     this.linkWorked = false;
