@@ -38,6 +38,14 @@ async function readAll(ob: Outbox): Promise<StoredEvent[]> {
   return ob.read({ maxEvents: 1_000_000, maxBytes: Number.MAX_SAFE_INTEGER });
 }
 
+/** Deterministic random integers below `n` (a linear congruential generator from `seed`). */
+function seededRandom(seed: number): (n: number) => number {
+  return (n) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+}
+
 /** A factory gives a fresh, unopened outbox; `reopen` gives a new instance over the same storage, if it has one. */
 interface Harness {
   create(maxBytes: number): Promise<Outbox>;
@@ -559,6 +567,18 @@ describe('LevelOutbox (durable)', () => {
     toClose.push(ob);
     return ob;
   }
+  /** `make()` opened (closed after the test). */
+  async function opened(make: () => LevelOutbox): Promise<LevelOutbox> {
+    const ob = make();
+    await ob.open();
+    toClose.push(ob);
+    return ob;
+  }
+  /** Close `ob` and open `make()` over the same store. */
+  async function reopened(ob: LevelOutbox, make: () => LevelOutbox): Promise<LevelOutbox> {
+    await closeIt(ob);
+    return opened(make);
+  }
   async function closeIt(ob: LevelOutbox): Promise<void> {
     await ob.close();
     toClose.splice(toClose.indexOf(ob), 1);
@@ -773,16 +793,10 @@ describe('LevelOutbox (durable)', () => {
     // A tiny hot tail so reads cross between memory and LevelDB all the time.
     const make = () =>
       new LevelOutbox({ dir: dir.path, maxBytes: 1 << 30, ...IDS, hotTailBytes: { critical: 1500, warning: 1200, info: 3000 } });
-    let level = make();
-    await level.open();
-    toClose.push(level);
+    let level = await opened(make);
     const mem = new MemoryOutbox({ maxBytes: 1 << 30, ...IDS });
     await mem.open();
-    let seed = 42;
-    const rnd = (n: number) => {
-      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-      return seed % n;
-    };
+    const rnd = seededRandom(42);
     const sevs: Severity[] = ['info', 'warning', 'critical'];
     const cursor: Record<Severity, number> = { critical: 0, warning: 0, info: 0 };
     for (let step = 0; step < 600; step++) {
@@ -821,10 +835,7 @@ describe('LevelOutbox (durable)', () => {
         assert.equal(await level.ack([range]), await mem.ack([range]), `ack at step ${step}`);
       }
       if (step % 150 === 149) {
-        await closeIt(level);
-        level = make();
-        await level.open();
-        toClose.push(level);
+        level = await reopened(level, make);
       }
     }
     assert.equal(level.stats().events, mem.stats().events);
@@ -835,16 +846,10 @@ describe('LevelOutbox (durable)', () => {
     // A bound of ~40 events: most appends evict. A tiny hot tail: reads go to LevelDB too.
     const maxBytes = 40 * sizeOf(ev('info'));
     const make = () => new LevelOutbox({ dir: dir.path, maxBytes, ...IDS, hotTailBytes: { critical: 600, warning: 600, info: 900 } });
-    let level = make();
-    await level.open();
-    toClose.push(level);
+    let level = await opened(make);
     const mem = new MemoryOutbox({ maxBytes, ...IDS });
     await mem.open();
-    let seed = 7;
-    const rnd = (n: number) => {
-      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-      return seed % n;
-    };
+    const rnd = seededRandom(7);
     // The overflow reports' ids and times differ between the two stores; everything else must not.
     const same = (e: StoredEvent) => {
       const { type } = JSON.parse(e.json) as Envelope;
@@ -872,10 +877,7 @@ describe('LevelOutbox (durable)', () => {
         const range: [number, number] = [from, from + rnd(6)];
         assert.equal(await level.ack([range]), await mem.ack([range]), `ack at step ${step}`);
       } else if (rnd(3) === 0) {
-        await closeIt(level);
-        level = make();
-        await level.open();
-        toClose.push(level);
+        level = await reopened(level, make);
       }
       assert.equal(level.stats().events, mem.stats().events, `events stored at step ${step}`);
     }
@@ -887,14 +889,8 @@ describe('LevelOutbox (durable)', () => {
     this.timeout(30_000);
     const maxBytes = 40 * sizeOf(ev('info'));
     const make = () => new LevelOutbox({ dir: dir.path, maxBytes, ...IDS, hotTailBytes: { critical: 600, warning: 600, info: 900 } });
-    let ob = make();
-    await ob.open();
-    toClose.push(ob);
-    let seed = 11;
-    const rnd = (n: number) => {
-      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-      return seed % n;
-    };
+    let ob = await opened(make);
+    const rnd = seededRandom(11);
     /** Ids of the info and warning events appended and not acked, oldest first. */
     const live: Record<'info' | 'warning', string[]> = { info: [], warning: [] };
     const acked = new Set<number>();
@@ -919,10 +915,7 @@ describe('LevelOutbox (durable)', () => {
         await ob.ack([range]);
         for (let seq = range[0]; seq <= Math.min(range[1], last); seq++) acked.add(seq);
       } else {
-        await closeIt(ob);
-        ob = make();
-        await ob.open();
-        toClose.push(ob);
+        ob = await reopened(ob, make);
       }
       const stored = parsed(await readAll(ob));
       assert.equal(stored.length, ob.stats().events, `reads hand out every stored event (step ${step})`);
