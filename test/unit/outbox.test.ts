@@ -971,7 +971,7 @@ describe('LevelOutbox (durable)', () => {
     toClose.push(a);
     await a.append([at('2020-01-01T00:00:00.000Z'), at('2020-01-02T00:00:00.000Z'), at('2020-01-03T00:00:00.000Z')]);
     await a.ack([[1, 1]]);
-    // Right after the ack the oldest ts may still be the deleted one's (never newer than the truth)…
+    // Right after the ack the oldest ts may still be the deleted one's (here older than the truth: ts grow with seq)…
     assert.ok(a.stats().oldestTs! <= '2020-01-02T00:00:00.000Z');
     // …and becomes exact once the lookup ran.
     await waitFor(() => a.stats().oldestTs === '2020-01-02T00:00:00.000Z', { message: 'oldestTs refreshed' });
