@@ -962,6 +962,63 @@ describe('LevelOutbox (durable)', () => {
     assert.equal(oldestTs, kept[0].ts);
   });
 
+  it('evicting warnings from a store with no info reads no info range (it would walk the tombstones past it)', async () => {
+    const fill = Array.from({ length: 20 }, () => ev('warning'));
+    const ob = await open(sumSize(fill) + 100);
+    await ob.append(fill);
+    const db = (ob as unknown as { db: { iterator: (o: { gt?: string; gte?: string }) => unknown } }).db;
+    const realIterator = db.iterator.bind(db);
+    const starts: string[] = [];
+    db.iterator = (o) => {
+      starts.push(o.gt ?? o.gte ?? '');
+      return realIterator(o);
+    };
+    await ob.append([ev('warning'), ev('warning')]);
+    assert.ok(starts.some((k) => k.startsWith('e!w!')), `the warnings were read for eviction: ${starts}`);
+    assert.deepEqual(
+      starts.filter((k) => k.startsWith('e!i!')),
+      [],
+      'an info range was read',
+    );
+  });
+
+  it('keeps a key at the end of each severity range, written with the next batch also in a store made without them', async () => {
+    const ends = ['e!c!~', 'e!i!~', 'e!w!~'];
+    const rawKeys = async () => {
+      const raw = new Level<string, string>(dir.path);
+      await raw.open();
+      const keys = await raw.keys({ gte: 'e!', lt: 'e!~' }).all();
+      return { raw, keys };
+    };
+    const a = await open();
+    await a.append([ev('info'), ev('critical')]);
+    await closeIt(a);
+    const { raw, keys } = await rawKeys();
+    assert.deepEqual(
+      keys.filter((k) => k.endsWith('~')),
+      ends,
+    );
+    // A store from before them.
+    await raw.batch(ends.map((key) => ({ type: 'del' as const, key })));
+    await raw.close();
+    const b = await open();
+    assert.equal(b.stats().events, 2);
+    await b.append([ev('warning')]);
+    assert.deepEqual(
+      parsed(await readAll(b)).map((e) => e.severity),
+      ['critical', 'warning', 'info'],
+      'never read as events',
+    );
+    assert.equal(b.stats().events, 3);
+    await closeIt(b);
+    const again = await rawKeys();
+    await again.raw.close();
+    assert.deepEqual(
+      again.keys.filter((k) => k.endsWith('~')),
+      ends,
+    );
+  });
+
   it('looks up a deleted head beside the writer: oldestTs catches up, a reopen in between needs no rescan', async () => {
     const warnings: string[] = [];
     const log = pino({ level: 'warn' }, { write: (line: string) => warnings.push(JSON.parse(line).msg) });
