@@ -117,6 +117,12 @@ const RESEND_LOG_MS = 60_000;
  */
 const STABLE_CONNECTION_MS = 10_000;
 /**
+ * A critical event stored while the uplink waits out a reconnect backoff
+ * brings the next attempt forward to this long after the last one
+ * (reconnectSoonForAlarm).
+ */
+const ALARM_RECONNECT_MS = 1000;
+/**
  * Largest ack payload looked at with the default batches (a bigger window
  * allows more: 40 bytes per seq it can hold, each acked as a range of its
  * own); a larger one is ignored as malformed before it is parsed. One 30 MB
@@ -197,6 +203,9 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private attempts = 0;
   private tls: Pick<IClientOptions, 'ca' | 'cert' | 'key'> = {};
   private reconnectTimer: NodeJS.Timeout | null = null;
+  /** When the scheduled reconnect is due, and when the last connection attempt began (clock ms). */
+  private reconnectDueAt = 0;
+  private lastAttemptAt = Number.NEGATIVE_INFINITY;
   private statusTimer: NodeJS.Timeout | null = null;
   private lingerTimer: NodeJS.Timeout | null = null;
   /** The pump's retry after a failed publish. */
@@ -458,6 +467,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   }
 
   private openConnection(): void {
+    this.lastAttemptAt = this.clock.now();
     const options: IClientOptions = {
       protocolVersion: 4,
       // '_' is in neither name ([a-z0-9-]): with '-', alpha-north/gate-1 and alpha/north-gate-1 got the
@@ -568,6 +578,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     const delay = Math.round(base * (0.7 + 0.6 * this.random()));
     this.attempts = Math.min(this.attempts + 1, 30);
     this.log.debug({ delayMs: delay, attempt: this.attempts }, 'reconnect scheduled');
+    this.reconnectDueAt = this.clock.now() + delay;
     this.reconnectTimer = this.clock.setTimeout(() => this.connect(), delay);
   }
 
@@ -675,8 +686,34 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   // ---- sending -------------------------------------------------------------
 
   private onAppend(severities: Set<Severity>): void {
-    if (severities.has('critical')) void this.sendCriticalNow();
+    if (severities.has('critical')) {
+      this.reconnectSoonForAlarm();
+      void this.sendCriticalNow();
+    }
     this.pump();
+  }
+
+  /**
+   * A critical event stored while the uplink waits to reconnect: the next
+   * attempt comes ALARM_RECONNECT_MS after the last one, unless due sooner.
+   * The backoff grows to reconnectMaxMs (10 s) over an outage, and over a
+   * spell of connections that drop within 10 s, which is also what a broker
+   * restarted every few seconds or a flaky link looks like: alarms waited
+   * 0.7-8 s there, with the broker up 93 % of the time (found by a review).
+   * The backoff itself goes on: at most one attempt a second, and only when
+   * an alarm comes (a broker that drops the edge at each publish is not
+   * retried in a loop: the alarm is already stored when its attempt fails).
+   */
+  private reconnectSoonForAlarm(): void {
+    if (!this.running || this.reconnectTimer === null) return;
+    const now = this.clock.now();
+    // Within [now, now + ALARM_RECONNECT_MS]: a clock stepped back cannot push it out.
+    const soon = Math.min(Math.max(this.lastAttemptAt + ALARM_RECONNECT_MS, now), now + ALARM_RECONNECT_MS);
+    if (soon >= this.reconnectDueAt) return;
+    this.clock.clearTimeout(this.reconnectTimer);
+    this.reconnectDueAt = soon;
+    this.reconnectTimer = this.clock.setTimeout(() => this.connect(), soon - now);
+    this.log.debug({ inMs: soon - now }, 'critical event waiting: reconnecting sooner');
   }
 
   /**

@@ -44,7 +44,13 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     uplink = central = undefined;
   });
 
-  function make(config: Partial<UplinkConfig>, url = broker.url, clock?: Clock, log = silentLogger()): Uplink {
+  function make(
+    config: Partial<UplinkConfig>,
+    url = broker.url,
+    clock?: Clock,
+    log = silentLogger(),
+    backoff = { reconnectMinMs: 50, reconnectMaxMs: 300 },
+  ): Uplink {
     const full: UplinkConfig = {
       url,
       ack: 'central',
@@ -59,8 +65,7 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
       version: 't',
       outbox,
       log,
-      reconnectMinMs: 50,
-      reconnectMaxMs: 300,
+      ...backoff,
       ...(clock ? { clock } : {}),
     });
     return uplink;
@@ -470,6 +475,40 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
       await waitFor(() => c.arrivals.length > arrived, { message: 'resent' });
       const unacked = u.status().unackedForMs!;
       assert.ok(unacked >= 5_000 && unacked < 10_000, `the 5 s it waited before the outage and what passed since the resend, not the outage: ${unacked}`);
+    } finally {
+      await b.stop();
+    }
+  });
+
+  it('a critical event stored during a reconnect backoff brings the next attempt forward to a second after the last', async () => {
+    const b = await startMosquitto();
+    try {
+      const clock = new ManualClock();
+      central = await startTestCentral({ url: b.url, site, edge, ack: true });
+      // The production backoff: up to 10 s (here at least 5 s, ±30 %).
+      const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } }, b.url, clock, silentLogger(), {
+        reconnectMinMs: 5000,
+        reconnectMaxMs: 10_000,
+      });
+      await u.start();
+      await waitFor(() => u.status().connected, { message: 'connected' });
+      await b.kill();
+      await waitFor(() => !u.status().connected && clock.pending().length > 0, { message: 'a reconnect scheduled' });
+      assert.ok(Math.min(...clock.pending().filter((d) => d > 0)) >= 3500, 'the backoff is seconds');
+      await b.restart();
+      await waitFor(() => central!.connected, { message: 'the central back' });
+      const [alarm] = await outbox.append([makeEnvelope({ type: 'door.forced', source: { device: 'door-1' }, data: { door: 0 } }, { site, edge })]);
+      assert.ok(Math.min(...clock.pending().filter((d) => d > 0)) <= 1000, 'the attempt brought forward');
+      clock.advance(1000);
+      await waitFor(() => central!.byId.has(alarm.id), { timeoutMs: 5000, message: 'the alarm delivered a second after the last attempt' });
+      // Info events do not do that.
+      await b.kill();
+      await waitFor(() => !u.status().connected && clock.pending().length > 0, { message: 'a reconnect scheduled again' });
+      await b.restart();
+      await waitFor(() => central!.connected, { message: 'the central back again' });
+      const before = Math.min(...clock.pending().filter((d) => d > 0));
+      await append(3);
+      assert.equal(Math.min(...clock.pending().filter((d) => d > 0)), before, 'info waits for the backoff');
     } finally {
       await b.stop();
     }
