@@ -359,6 +359,7 @@ export class ModbusDoorDriver implements Driver {
     this.polling = true;
     const started = this.ctx.clock.now();
     let next: number;
+    let failed = false;
     let done: () => void = () => undefined;
     this.polled = new Promise<void>((resolve) => {
       done = resolve;
@@ -369,12 +370,15 @@ export class ModbusDoorDriver implements Driver {
       next = this.opts.pollMs;
     } catch (err) {
       next = this.failed(err as Error);
+      failed = true;
     } finally {
       this.polling = false;
       done();
     }
-    // Fixed rate: the poll's own duration counts against the interval.
-    this.schedule(Math.max(0, next - (this.ctx.clock.now() - started)));
+    // Fixed rate: the poll's own duration counts against the interval. Not after a failure:
+    // the time a dead unit's poll waited on a busy bus and its timeout came off its backoff,
+    // and it was polled again at once (1.47 timeouts/s where 5 dead units should cost 1.0).
+    this.schedule(failed ? next : Math.max(0, next - (this.ctx.clock.now() - started)));
   }
 
   private async pollOnce(bus: ModbusBus): Promise<void> {
@@ -386,7 +390,12 @@ export class ModbusDoorDriver implements Driver {
       Math.max(di.contact, di.requestToExit, di.lockReleased, di.tamper) +
       1;
     // One after the other: a unit that does not answer costs one timeout per poll, not two.
-    const [counter] = await bus.readInputRegisters(unit, p.inputRegisters.eventCounter, 1);
+    // The poll of a unit that did not answer the last one is a probe: after the live units'
+    // polls, one per gap (see ModbusBus.nextJob). From the first failure: ten units dead at
+    // start took 30 timeouts (15 s of the line) to be marked offline as normal polls.
+    const [counter] = await bus.readInputRegisters(unit, p.inputRegisters.eventCounter, 1, {
+      priority: this.failures > 0 ? 'probe' : 'normal',
+    });
     // Not while a command runs: its restore would land between the command's length write and
     // its pulse (measured: 13 of 20 timed unlocks pulsed for the unit's own length).
     if (this.pulseRestore !== undefined && !this.commandRunning) await this.restorePulse(bus);

@@ -60,8 +60,13 @@ export interface ModbusBusContext {
 /** Options of one request. */
 export interface RequestOptions {
   timeoutMs?: number;
-  /** Commands go before polls: a door unlock must not wait behind a poll round. */
-  priority?: 'high' | 'normal';
+  /**
+   * Commands go before polls: a door unlock must not wait behind a poll round.
+   * `probe`: a poll of a unit that does not answer (offline). Probes go after
+   * the other polls, at most one every `probeGapMs` while those keep the bus
+   * busy, so dead units cannot take the line from live ones (see `nextJob`).
+   */
+  priority?: 'high' | 'normal' | 'probe';
 }
 
 /** Counters for status, metrics and benches. */
@@ -145,12 +150,15 @@ export class ModbusBus implements Resource {
   private started = false;
   private readonly high: Job[] = [];
   private readonly normal: Job[] = [];
+  private readonly probes: Job[] = [];
+  private lastProbeAt = Number.NEGATIVE_INFINITY;
   private inflight?: InFlight;
   private pumpScheduled = false;
   private quietUntil = 0;
   /** performance.now() of the last byte received: RTU frames need 3.5 characters of silence after it. */
   private lastRxAt = Number.NEGATIVE_INFINITY;
   private quietTimer?: NodeJS.Timeout;
+  private probeTimer?: NodeJS.Timeout;
   private reconnectTimer?: NodeJS.Timeout;
   private reconnectAttempt = 0;
   /**
@@ -220,6 +228,7 @@ export class ModbusBus implements Resource {
     this.closed = true;
     if (this.reconnectTimer) this.ctx.clock.clearTimeout(this.reconnectTimer);
     if (this.quietTimer) this.ctx.clock.clearTimeout(this.quietTimer);
+    if (this.probeTimer) this.ctx.clock.clearTimeout(this.probeTimer);
     this.failAll(new EdgewardError(CODES.closed, `bus ${this.label} closed`));
     const link = this.link;
     this.link = undefined;
@@ -300,7 +309,7 @@ export class ModbusBus implements Resource {
     }
     return new Promise((resolve, reject) => {
       const waiter: Waiter = { address, count, resolve, reject };
-      const queue = opts.priority === 'high' ? this.high : this.normal;
+      const queue = opts.priority === 'high' ? this.high : opts.priority === 'probe' ? this.probes : this.normal;
       if (!this.merge(queue, unit, fc, waiter, max)) {
         queue.push({
           unit,
@@ -319,7 +328,7 @@ export class ModbusBus implements Resource {
     const bad = this.checkUnit(unit);
     if (bad) return Promise.reject(bad);
     return new Promise((resolve, reject) => {
-      const queue = opts.priority === 'normal' ? this.normal : this.high;
+      const queue = opts.priority === 'normal' ? this.normal : opts.priority === 'probe' ? this.probes : this.high;
       queue.push({
         unit,
         fc: pdu[0],
@@ -418,8 +427,20 @@ export class ModbusBus implements Resource {
       }, wait - 0.5);
       return;
     }
-    const job = this.high.shift() ?? this.normal.shift();
-    if (!job) return;
+    const job = this.nextJob();
+    if (!job) {
+      // Only probes wait, their gap not over: come back when it is.
+      if (this.probes.length > 0 && !this.probeTimer) {
+        this.probeTimer = this.ctx.clock.setTimeout(
+          () => {
+            this.probeTimer = undefined;
+            this.pump();
+          },
+          Math.max(1, this.lastProbeAt + this.probeGapMs - this.ctx.clock.now()),
+        );
+      }
+      return;
+    }
     const pdu = job.pdu ?? readPdu(job.fc, job.address, job.count);
     const tcp = this.options.transport === 'tcp';
     this.txId = (this.txId + 1) & 0xffff;
@@ -616,10 +637,35 @@ export class ModbusBus implements Resource {
     this.schedule();
   }
 
+  /**
+   * Commands first, then polls; a probe (a poll of an offline unit) once no
+   * probe went for `probeGapMs` (4 timeouts, at least 1 s), even on an idle
+   * line: a probe's timeout holds the line, and the live polls that come
+   * meanwhile wait. So timeouts take at most a quarter of the line's time,
+   * however many units are dead; each is probed less often instead. In one
+   * first-in-first-out queue, 33 doors on one Modbus TCP gateway polled
+   * every 200 ms took 1.6 s (max 6.5 s) to see a forced door with 5 units
+   * dead, and with 10 dead missed 86 of 100 (found by a review).
+   */
+  private nextJob(): Job | undefined {
+    const high = this.high.shift();
+    if (high) return high;
+    const now = this.ctx.clock.now();
+    if (this.probes.length > 0 && (now - this.lastProbeAt >= this.probeGapMs || now < this.lastProbeAt)) {
+      this.lastProbeAt = now;
+      return this.probes.shift();
+    }
+    return this.normal.shift();
+  }
+
+  private get probeGapMs(): number {
+    return Math.max(1000, 4 * this.timeoutMs);
+  }
+
   private failAll(err: Error): void {
     const fl = this.inflight;
     if (fl) this.finish(fl, err);
-    for (const job of this.high.splice(0).concat(this.normal.splice(0)))
+    for (const job of this.high.splice(0).concat(this.normal.splice(0), this.probes.splice(0)))
       for (const w of job.waiters) w.reject(err);
   }
 

@@ -189,6 +189,36 @@ describe('door driver', () => {
     }
   });
 
+  it('asks for a unit that did not answer its last poll as a probe (after the live units, one per gap), and for a healthy one as a poll', async () => {
+    const priorities: Array<string | undefined> = [];
+    let answer = false;
+    const bus = {
+      ...stubBus(
+        () => 5,
+        async () => undefined,
+        async () => undefined,
+      ),
+      readInputRegisters: async (_u: number, _a: number, n: number, opts?: { priority?: string }) => {
+        priorities.push(opts?.priority);
+        if (!answer) throw new EdgewardError('EDGE_MODBUS_TIMEOUT', 'no reply');
+        return new Array(n).fill(0);
+      },
+    } as unknown as ModbusBus;
+    const d = doorOn(bus, context([], false), { unitId: 1, pollMs: 10, maxBackoffMs: 20 });
+    await d.start();
+    try {
+      await waitFor(() => priorities.length >= 3, { message: 'three polls' });
+      answer = true;
+      await waitFor(() => d.state().online === true, { message: 'back online' });
+      const n = priorities.length;
+      await waitFor(() => priorities.length >= n + 2, { message: 'two more polls' });
+      assert.deepEqual(priorities.slice(0, 3), ['normal', 'probe', 'probe']);
+      assert.deepEqual(priorities.slice(n), ['normal', 'normal']);
+    } finally {
+      await d.stop();
+    }
+  });
+
   it('reports raw cards only when privacy.rawCards is set', async () => {
     const sim = new DoorSim({ units: [1] });
     const bus = await fakeBus(sim);

@@ -172,6 +172,27 @@ describe('modbus: one transaction queue per bus', () => {
     assert.ok(sim.unit(4).isReleased(0));
   });
 
+  it('sends probes (polls of offline units) after the live polls: one per gap while polls wait', async () => {
+    for (const u of [2, 3, 4]) sim.setFault(u, 'silent');
+    const probes = [2, 3, 4].map((u) => bus.readInputRegisters(u, 200, 1, { priority: 'probe' }).catch((e) => e.code));
+    // Reads of other tables: none merged with another.
+    const live = [
+      bus.readInputRegisters(1, 200, 1),
+      bus.readHoldingRegisters(1, 0, 1),
+      bus.readDiscreteInputs(1, 0, 4),
+      bus.readInputRegisters(5, 200, 1),
+    ];
+    await Promise.all(live);
+    const whenLiveDone = line.requests.map((r) => r.unit);
+    assert.deepEqual(await Promise.all(probes), ['EDGE_MODBUS_TIMEOUT', 'EDGE_MODBUS_TIMEOUT', 'EDGE_MODBUS_TIMEOUT']);
+    // One probe may go first (none went for a gap); the others wait for the live polls, and their gap.
+    assert.deepEqual(whenLiveDone, [2, 1, 1, 1, 5]);
+    assert.deepEqual(
+      line.requests.map((r) => r.unit),
+      [2, 1, 1, 1, 5, 3, 4],
+    );
+  });
+
   it('rejects bad ranges and unit ids without touching the line', async () => {
     await assert.rejects(bus.readInputRegisters(1, 0, 126), { code: 'EDGE_MODBUS_BAD_REQUEST' });
     await assert.rejects(bus.readInputRegisters(0, 0, 1), { code: 'EDGE_MODBUS_BAD_REQUEST' });
