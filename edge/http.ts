@@ -35,7 +35,8 @@ export interface HttpApiDeps {
   privacy: { siteKey: string; rawCards: boolean };
   /** Complete, store durably, resolve with seqs (the runtime's ingest). */
   ingest(inputs: EventInput[]): Promise<Envelope[]>;
-  recent(limit: number): Envelope[];
+  /** The newest stored events as their stored JSON, newest first (Outbox.recentJson). */
+  recentJson(limit: number): string[];
   status(): RuntimeStatus;
   health(): Health;
 }
@@ -123,7 +124,10 @@ export function mountHttpApi(app: express.Express, deps: HttpApiDeps): void {
       }
       limit = n;
     }
-    res.json({ events: deps.recent(limit) });
+    // The stored JSON as it is: parsing 1,000 events and serializing them again cost 2.2 ms
+    // of the event loop a call, 12 times the join (found by a review: scraped during ingest,
+    // it cut ingest from 42-52k to 16k events/s).
+    res.type('json').send(`{"events":[${deps.recentJson(limit).join(',')}]}`);
   });
 
   api.post(

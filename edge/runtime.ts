@@ -218,7 +218,7 @@ export class Runtime {
         token: c.http.token,
         privacy: c.privacy,
         ingest: (inputs) => this.ingest(inputs),
-        recent: (limit) => this.outbox.recent(limit),
+        recentJson: (limit) => this.outbox.recentJson(limit),
         status: () => this.status(),
         health: () => this.health(),
       });
@@ -834,6 +834,7 @@ function meterOutbox(inner: Outbox, metrics: Metrics): Outbox {
     },
     stats: () => inner.stats(),
     recent: (limit) => inner.recent(limit),
+    recentJson: (limit) => inner.recentJson(limit),
     onAppend: (listener) => inner.onAppend(listener),
     onWriteHealth: inner.onWriteHealth ? (listener) => inner.onWriteHealth!(listener) : undefined,
   };

@@ -113,6 +113,8 @@ export interface Outbox {
   stats(): OutboxStats;
   /** Newest events stored by this process, newest first (acknowledged or not). */
   recent(limit: number): Envelope[];
+  /** The same, as stored JSON (what `GET /api/v1/events` sends as it is). */
+  recentJson(limit: number): string[];
   /** Subscribe to appends (the uplink wakes on this). Returns an unsubscribe function. */
   onAppend(listener: (severities: Set<Severity>) => void): () => void;
   /**

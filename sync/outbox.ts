@@ -1438,6 +1438,10 @@ export class LevelOutbox implements Outbox {
     return this.recentRing.newest(limit);
   }
 
+  recentJson(limit: number): string[] {
+    return this.recentRing.newestJson(limit);
+  }
+
   onAppend(listener: (severities: Set<Severity>) => void): () => void {
     this.listeners.add(listener);
     return () => {

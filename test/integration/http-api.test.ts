@@ -371,7 +371,12 @@ describe('local HTTP API (integration)', function () {
     const { accepted } = (await res.json()) as { accepted: Array<{ id: string; seq: number }> };
     const list = await fetch(`${base}/api/v1/events?limit=3`);
     assert.equal(list.status, 200);
-    const { events } = (await list.json()) as { events: Envelope[] };
+    assert.equal(list.headers.get('content-type'), 'application/json; charset=utf-8');
+    const text = await list.text();
+    // The stored JSON as it is (not parsed and serialized again), each event as the outbox holds it.
+    assert.equal(text, `{"events":[${runtime.outbox.recentJson(3).join(',')}]}`);
+    assert.equal(text, JSON.stringify({ events: runtime.outbox.recent(3) }), 'the same bytes as before');
+    const { events } = JSON.parse(text) as { events: Envelope[] };
     assert.deepEqual(
       events.map((e) => e.id),
       accepted.map((a) => a.id).reverse(),
