@@ -62,9 +62,9 @@ export interface RequestOptions {
   timeoutMs?: number;
   /**
    * Commands go before polls: a door unlock must not wait behind a poll round.
-   * `probe`: a poll of a unit that does not answer (offline). Probes go after
-   * the other polls, at most one every `probeGapMs` while those keep the bus
-   * busy, so dead units cannot take the line from live ones (see `nextJob`).
+   * `probe`: a poll of a unit that did not answer its last one. Probes go
+   * after the other polls, at most one every `probeGapMs`, so dead units
+   * cannot take the line from live ones (see `nextJob`).
    */
   priority?: 'high' | 'normal' | 'probe';
 }
