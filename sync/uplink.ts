@@ -10,7 +10,6 @@ import { type Logger, urlWithoutUserinfo } from '../edge/log.js';
 import { PacedCount } from '../edge/paced.js';
 import type { Outbox, StoredEvent } from './outbox-api.js';
 import { batchBuffer, decodeAck, encodeBatch, encodeStatus, type StatusPayload, toRanges } from './batch-codec.js';
-import { fillMqttLengthHeaders } from './mqtt-headers.js';
 
 /** What the uplink needs; everything with timing or I/O is injected. */
 export interface UplinkOptions {
@@ -304,7 +303,6 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private readonly sendable = (seq: number): boolean => !this.isInflight(seq) && !this.unsendable.has(seq);
 
   constructor(private readonly opts: UplinkOptions) {
-    fillMqttLengthHeaders();
     super();
     this.cfg = opts.config;
     this.outbox = opts.outbox;
