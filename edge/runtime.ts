@@ -662,9 +662,9 @@ export class Runtime {
 
   /**
    * Whether the store would refuse `envelopes` as one append for want of room
-   * (EDGE_OUTBOX_FULL): none critical, and larger than what the critical
-   * events leave (the rest is evictable; 64 bytes each for the seq the store
-   * adds); `ifUnknown` when the store cannot say (not open). Such an append
+   * (EDGE_OUTBOX_FULL, the stores' own rule `refusedForRoom`, sized with 64
+   * bytes each for the seq the store adds); `ifUnknown` when the store
+   * cannot say (not open). Such an append
    * is not made: it would count as one more refusal in /healthz.
    */
   private boundToBeRefused(envelopes: readonly Envelope[], ifUnknown: boolean): boolean {
@@ -705,7 +705,7 @@ export class Runtime {
   private async storeHeld(): Promise<boolean> {
     if (!this.held.pending) return true;
     const taken = this.held.take({ site: this.config.site, edge: this.config.edge }, this.clock.now());
-    const refusedForRoom = (): false => {
+    const refuseTaken = (): false => {
       // The store is full of alarms (the disk may have room again): these are refused like any bus
       // event; the report of those dropped while held waits for room, as the refused ones' does.
       const dropped = this.held.drop(taken);
@@ -714,13 +714,13 @@ export class Runtime {
       return false;
     };
     // A store that cannot say (reopening after a failed write) is tried: the append reopens it.
-    if (this.boundToBeRefused(taken, false)) return refusedForRoom();
+    if (this.boundToBeRefused(taken, false)) return refuseTaken();
     try {
       await this.store(taken);
       this.log.warn({ events: taken.length }, 'held bus events stored: the outbox writes again');
       return true;
     } catch (err) {
-      if (isEdgewardError(err, 'EDGE_OUTBOX_FULL')) return refusedForRoom();
+      if (isEdgewardError(err, 'EDGE_OUTBOX_FULL')) return refuseTaken();
       this.metrics.ingestError(this.held.putBack(taken));
       if (!isEdgewardError(err, 'EDGE_OUTBOX_WRITE_FAILED')) this.log.error({ err, events: taken.length }, 'could not store held bus events');
       this.scheduleRetry();

@@ -7,6 +7,7 @@ import {
   EVICTABLE,
   type OverflowData,
   OverflowTally,
+  OVERFLOW_RESERVE,
   outboxFull,
   overflowDataOf,
   PRIORITY,
@@ -195,7 +196,7 @@ export class MemoryOutbox implements Outbox {
       const room = { maxBytes: this.opts.maxBytes, storedBytes: this.totalBytes(), evictableBytes: evictable };
       if (refusedForRoom(size, hasCritical, room)) throw outboxFull(size, room.maxBytes, room.storedBytes, evictable, victims);
       // Same reserve as LevelOutbox: room for the overflow event itself.
-      const need = over + 1024;
+      const need = over + OVERFLOW_RESERVE;
       let freed = 0;
       for (const severity of victims) {
         for (const [seq, h] of this.store[severity]) {

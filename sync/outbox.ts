@@ -49,8 +49,8 @@ const SEQ_DIGITS = 16;
 /** Upper bound of a severity's key space ('~' sorts after every digit). */
 const SEQ_END = '~';
 /**
- * A key kept at the end of each severity's range (`e!i!~`…), outside every
- * range read (they all stop before it, `lt`). LevelDB's iterators have no
+ * A key kept at the end of each severity's range (`e!i!~`…), and the end of
+ * every read of that range (`lt`: never read itself). LevelDB's iterators have no
  * upper bound: a read that finds no live event left in its range walks on
  * over the tombstones of the next range until it meets a live key. With no
  * info left, each eviction of warnings walked over the tombstones of every
@@ -94,7 +94,7 @@ const RESERVE_CHECK_MS = 10 * 60_000;
 /** Most report ids an overflow report lists in `supersedes` (the newest). */
 const MAX_SUPERSEDES = 64;
 /** Room kept for the overflow event itself when evicting. */
-const OVERFLOW_RESERVE = 1024;
+export const OVERFLOW_RESERVE = 1024;
 /**
  * Most events written in one batch; bigger backlogs of appends take several
  * batches. Bounds how long one batch (and so a critical event behind it) takes.
@@ -617,16 +617,18 @@ class EvictionReader {
   private at = 0;
   private done = false;
 
+  /** `cursor`: the seq of the last entry handed out (at first, the seq below the range). */
   constructor(
     private readonly db: Db,
-    private readonly range: { gt: string; lt: string },
+    private readonly severity: Severity,
+    public cursor: number,
   ) {}
 
   /** The next entry in key order, or null at the end of the range; `want` sizes a read when one is needed. */
   async next(want: number): Promise<[string, string] | null> {
     if (this.at === this.buf.length) {
       if (this.done) return null;
-      this.it ??= this.db.iterator(this.range);
+      this.it ??= this.db.iterator({ gt: eventKey(this.severity, this.cursor), lt: rangeEndKey(this.severity) });
       this.buf = await this.it.nextv(Math.min(EVICTION_READ_MAX, Math.max(EVICTION_READ_MIN, want)));
       this.at = 0;
       if (this.buf.length === 0) {
@@ -634,7 +636,9 @@ class EvictionReader {
         return null;
       }
     }
-    return this.buf[this.at++];
+    const entry = this.buf[this.at++];
+    this.cursor = seqOfKey(entry[0]);
+    return entry;
   }
 
   /**
@@ -656,8 +660,8 @@ class EvictionReader {
 
 /**
  * The oldest event of a severity this batch evicted from. Eviction takes the
- * oldest first, so none is left at or below the last key it went over
- * (`cursor`): the next entry the reader already holds is the head, exactly;
+ * oldest first, so none is left at or below the last key it went over (the
+ * reader's cursor): the next entry the reader already holds is the head, exactly;
  * past the stored range, the oldest added by this batch. Otherwise the key
  * after the cursor is a lower bound (stale, looked up later). Keeping the
  * previous head as that bound instead, as for acks, made every eviction of
@@ -669,7 +673,6 @@ class EvictionReader {
  */
 function headAfterEviction(
   reader: EvictionReader,
-  cursor: number,
   gone: (seq: number) => boolean,
   previous: Head | null,
   firstAdded: Head | null,
@@ -677,7 +680,7 @@ function headAfterEviction(
   const next = reader.following(gone);
   if (next === 'end') return firstAdded;
   if (next !== 'unknown') return { seq: seqOfKey(next[0]), ts: peek(next[1]).ts };
-  return { seq: cursor + 1, ts: previous?.ts ?? firstAdded?.ts ?? '', stale: true };
+  return { seq: reader.cursor + 1, ts: previous?.ts ?? firstAdded?.ts ?? '', stale: true };
 }
 
 /**
@@ -1370,7 +1373,7 @@ export class LevelOutbox implements Outbox {
         if (full) break;
         continue;
       }
-      const range = { gt: eventKey(severity, after), lt: SEV_PREFIX[severity] + SEQ_END };
+      const range = { gt: eventKey(severity, after), lt: rangeEndKey(severity) };
       let full = false;
       for await (const chunk of chunks(db, range, () => Math.min(1000, Math.max(64, (maxEvents - out.length) * 2)))) {
         for (const [key, json] of chunk) {
@@ -1585,10 +1588,6 @@ export class LevelOutbox implements Outbox {
     let tally: OverflowTally | null = null;
     /** Evictions already counted by an unread overflow event folded into `tally`. */
     let foldedIn = 0;
-    const evictCursor: Record<'info' | 'warning', number> = {
-      info: (meta.heads.info?.seq ?? lastSeq + 1) - 1,
-      warning: (meta.heads.warning?.seq ?? lastSeq + 1) - 1,
-    };
     /** Evict stored events of `severities` (info, then warning; oldest first) until `need` bytes are freed; returns bytes freed. */
     const maxEvictions = this.opts.maxEvictionsPerWrite ?? MAX_EVICTIONS_PER_WRITE;
     let evictions = 0;
@@ -1605,7 +1604,8 @@ export class LevelOutbox implements Outbox {
         if (enough()) break;
         // Nothing of it stored: no read at all (one would find nothing, at the cost of a seek).
         if (storedLeft(severity) <= 0) continue;
-        readers[severity] ??= new EvictionReader(db, { gt: eventKey(severity, evictCursor[severity]), lt: SEV_PREFIX[severity] + SEQ_END });
+        // From the head as the batch began: none is stored below it (a stale head is a lower bound).
+        readers[severity] ??= new EvictionReader(db, severity, (meta.heads[severity]?.seq ?? meta.lastSeq + 1) - 1);
         const reader = readers[severity];
         // Enough for this need and about one stored event per event still to come in the
         // batch, within EVICTION_READ_BYTES of JSON (stored events may be far larger than new ones).
@@ -1616,7 +1616,6 @@ export class LevelOutbox implements Outbox {
           if (!entry) break;
           const [key, json] = entry;
           const seq = seqOfKey(key);
-          evictCursor[severity] = seq;
           if (deleted.has(seq)) continue;
           const size = Buffer.byteLength(json);
           const { ts, type } = peek(json);
@@ -1750,8 +1749,7 @@ export class LevelOutbox implements Outbox {
       if (counts[severity].events === 0) heads[severity] = null;
       // Every one left came with this batch (an unread overflow report replaced, say).
       else if (counts[severity].events === added[severity].events) heads[severity] = firstAdded[severity];
-      else if (reader && severity !== 'critical')
-        heads[severity] = headAfterEviction(reader, evictCursor[severity], (seq) => deleted.has(seq), h, firstAdded[severity]);
+      else if (reader) heads[severity] = headAfterEviction(reader, (seq) => deleted.has(seq), h, firstAdded[severity]);
       else if (h && deleted.has(h.seq) && !h.stale) heads[severity] = { ...h, stale: true };
       else heads[severity] ??= firstAdded[severity];
     }
@@ -2016,7 +2014,7 @@ export class LevelOutbox implements Outbox {
     from: number,
     deleted: Map<number, Severity>,
   ): Promise<{ seq: number; ts: string } | null> {
-    for await (const chunk of chunks(db, { gte: eventKey(severity, from), lt: SEV_PREFIX[severity] + SEQ_END }, 256)) {
+    for await (const chunk of chunks(db, { gte: eventKey(severity, from), lt: rangeEndKey(severity) }, 256)) {
       for (const [key, json] of chunk) {
         const seq = seqOfKey(key);
         if (!deleted.has(seq)) return { seq, ts: peek(json).ts };
@@ -2052,7 +2050,7 @@ export class LevelOutbox implements Outbox {
     this.hot = this.newHotTails(meta.lastSeq + 1);
     if (meta.counts.critical.events > CRITICAL_PRELOAD_MAX) return;
     const critical = new HotTail(this.hotBytes('critical'), 0);
-    for await (const [key, json] of db.iterator({ gt: SEV_PREFIX.critical, lt: SEV_PREFIX.critical + SEQ_END })) {
+    for await (const [key, json] of db.iterator({ gt: SEV_PREFIX.critical, lt: rangeEndKey('critical') })) {
       critical.add({ seq: seqOfKey(key), severity: 'critical', bytes: Buffer.byteLength(json), json });
     }
     this.hot.critical = critical;
@@ -2110,7 +2108,7 @@ export class LevelOutbox implements Outbox {
     }
     for (const severity of PRIORITY) {
       if (this.meta!.counts[severity].events === 0) continue;
-      const newest = { gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END, reverse: true, limit: RECENT_SIZE };
+      const newest = { gt: SEV_PREFIX[severity], lt: rangeEndKey(severity), reverse: true, limit: RECENT_SIZE };
       let chars = 0;
       read: for await (const chunk of chunks(db, newest, 32)) {
         for (const [key, json] of chunk) {
@@ -2136,7 +2134,6 @@ export class LevelOutbox implements Outbox {
     });
     for (const e of unique.slice(-RECENT_SIZE)) this.recentRing.push(e.json);
   }
-
 }
 
 /** The store's own words for a failure (LevelDB's `IO error: …`), else the error's. */
@@ -2230,7 +2227,7 @@ async function metaConsistent(db: Db, meta: Meta): Promise<boolean> {
       const below = await db.keys({ gte: SEV_PREFIX[severity], lt: eventKey(severity, h.seq), limit: 1 }).all();
       if (below.length > 0) return false;
     }
-    const above = await db.keys({ gt: eventKey(severity, meta.lastSeq), lt: SEV_PREFIX[severity] + SEQ_END, limit: 1 }).all();
+    const above = await db.keys({ gt: eventKey(severity, meta.lastSeq), lt: rangeEndKey(severity), limit: 1 }).all();
     if (above.length > 0) return false;
   }
   return true;
@@ -2242,7 +2239,7 @@ async function rebuildMeta(db: Db, old: Meta | null, maxBytes: number): Promise<
   const heads: Heads = { critical: null, warning: null, info: null };
   let lastSeq = old?.lastSeq ?? 0;
   for (const severity of PRIORITY) {
-    for await (const chunk of chunks(db, { gt: SEV_PREFIX[severity], lt: SEV_PREFIX[severity] + SEQ_END }, 1000)) {
+    for await (const chunk of chunks(db, { gt: SEV_PREFIX[severity], lt: rangeEndKey(severity) }, 1000)) {
       for (const [key, json] of chunk) {
         const seq = seqOfKey(key);
         heads[severity] ??= { seq, ts: peek(json).ts };

@@ -309,7 +309,7 @@ export class ModbusBus implements Resource {
     }
     return new Promise((resolve, reject) => {
       const waiter: Waiter = { address, count, resolve, reject };
-      const queue = opts.priority === 'high' ? this.high : opts.priority === 'probe' ? this.probes : this.normal;
+      const queue = this.queueOf(opts.priority ?? 'normal');
       if (!this.merge(queue, unit, fc, waiter, max)) {
         queue.push({
           unit,
@@ -328,7 +328,7 @@ export class ModbusBus implements Resource {
     const bad = this.checkUnit(unit);
     if (bad) return Promise.reject(bad);
     return new Promise((resolve, reject) => {
-      const queue = opts.priority === 'normal' ? this.normal : opts.priority === 'probe' ? this.probes : this.high;
+      const queue = this.queueOf(opts.priority ?? 'high');
       queue.push({
         unit,
         fc: pdu[0],
@@ -637,9 +637,14 @@ export class ModbusBus implements Resource {
     this.schedule();
   }
 
+  /** The queue of requests of `priority` (reads default to normal, writes to high). */
+  private queueOf(priority: NonNullable<RequestOptions['priority']>): Job[] {
+    return priority === 'high' ? this.high : priority === 'probe' ? this.probes : this.normal;
+  }
+
   /**
-   * Commands first, then polls; a probe (a poll of an offline unit) once no
-   * probe went for `probeGapMs` (4 timeouts, at least 1 s), even on an idle
+   * Commands first, then polls; a probe (a poll of a unit that did not
+   * answer its last one) once no probe went for `probeGapMs` (4 timeouts, at least 1 s), even on an idle
    * line: a probe's timeout holds the line, and the live polls that come
    * meanwhile wait. So timeouts take at most a quarter of the line's time,
    * however many units are dead; each is probed less often instead. In one
