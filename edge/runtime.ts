@@ -796,6 +796,7 @@ function meterOutbox(inner: Outbox, metrics: Metrics): Outbox {
       return inner.epoch;
     },
     append: (events, opts) => inner.append(events, opts),
+    whenWriting: inner.whenWriting ? (fn) => inner.whenWriting!(fn) : undefined,
     read: async (opts) => {
       const got = await inner.read(opts);
       for (const s of got) {

@@ -123,4 +123,13 @@ export interface Outbox {
    * that cannot fail (the memory reference) need not have it.
    */
   onWriteHealth?(listener: (failing: boolean) => void): () => void;
+  /**
+   * Run `fn` once the store's next write has been handed to disk, or at once
+   * when no write is under way or coming: work that reads what was just
+   * stored (the uplink's batching, gzip and publish) then overlaps the fsync
+   * instead of sitting between two group commits, where it delays every
+   * append behind it. Optional: a store without a writer (the memory
+   * reference) need not have it; callers then just run `fn`.
+   */
+  whenWriting?(fn: () => void): void;
 }

@@ -252,6 +252,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private resends: { loggedAt: number | null; batches: number; events: number } = { loggedAt: null, batches: 0, events: 0 };
   private warnedRetainedAck = false;
   private pumping = false;
+  /** A pump is waiting for the store's next write (see `pump`). */
+  private pumpWaiting = false;
   private pumpAgain = false;
   private pumpDone: Promise<void> = Promise.resolve();
   /** Acks are applied one after another, in arrival order. */
@@ -742,7 +744,27 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   }
 
   /** Fill the window from the outbox. Re-entrant calls while running just ask for one more round. */
+  /**
+   * Read and send what is stored, once the store's next write is on its way
+   * to disk (`Outbox.whenWriting`): batching, gzip and publishing then overlap
+   * the fsync instead of delaying the next group commit. Critical events do
+   * not wait for this (`sendCriticalNow`).
+   */
   private pump(): void {
+    if (this.pumpWaiting) return;
+    const whenWriting = this.outbox.whenWriting;
+    if (!whenWriting) {
+      this.pumpNow();
+      return;
+    }
+    this.pumpWaiting = true;
+    whenWriting.call(this.outbox, () => {
+      this.pumpWaiting = false;
+      this.pumpNow();
+    });
+  }
+
+  private pumpNow(): void {
     if (!this.live()) return;
     if (this.pumping) {
       this.pumpAgain = true;

@@ -1591,6 +1591,65 @@ describe('LevelOutbox (durable)', () => {
     await closeIt(ob);
   });
 
+  it('whenWriting: at once when idle; else once the next write is on its way to disk (before it settles), or when the writer stops', async () => {
+    const ob = await open();
+    let now = 0;
+    ob.whenWriting(() => now++);
+    assert.equal(now, 1, 'an idle store runs it at once');
+
+    // Every write waits at a gate we open (all of them at the end, even after a failed assertion).
+    let gates: Array<() => void> = [];
+    let released = false;
+    const restore = replaceBatchWrites(ob, async (real, options) => {
+      if (!released) await new Promise<void>((resolve) => gates.push(resolve));
+      return real(options);
+    });
+    try {
+      let settled = false;
+      const first = ob.append([ev('info')]).then(() => {
+        settled = true;
+      });
+      const seen: Array<{ writing: boolean; settled: boolean }> = [];
+      // The batch is being built: the write is not issued yet.
+      ob.whenWriting(() => seen.push({ writing: ob.stats().writePendingMs !== undefined, settled }));
+      assert.equal(seen.length, 0, 'waits for the write');
+      await waitFor(() => gates.length === 1, { message: 'the write at its gate' });
+      assert.deepEqual(seen, [{ writing: true, settled: false }], 'ran once the write was handed over, before it settled');
+
+      // Asked while that write is under way: the next write, or the writer's end.
+      let later = 0;
+      ob.whenWriting(() => later++);
+      const second = ob.append([ev('info')]);
+      gates.shift()!();
+      await first;
+      await waitFor(() => gates.length === 1, { message: 'the second write at its gate' });
+      assert.equal(later, 1, 'ran when the next write was handed over');
+      ob.whenWriting(() => later++);
+      gates.shift()!();
+      await second;
+      await waitFor(() => later === 2, { message: 'ran when the writer had nothing more to write' });
+
+      // A write that fails still ran it (it was on its way), and the store goes on.
+      const failing = replaceBatchWrites(ob, async () => {
+        throw diskFull();
+      });
+      try {
+        const refused = ob.append([ev('info')]);
+        let onFailing = 0;
+        ob.whenWriting(() => onFailing++);
+        await assert.rejects(refused, (e) => isEdgewardError(e, 'EDGE_OUTBOX_WRITE_FAILED'));
+        assert.equal(onFailing, 1);
+      } finally {
+        failing();
+      }
+    } finally {
+      restore();
+      released = true;
+      for (const open of gates) open();
+      gates = [];
+    }
+  });
+
   it('readOutboxStats reads a closed store, and reports a locked one and a missing one', async () => {
     const ob = await open(5555);
     await ob.append([ev('info'), ev('critical')]);

@@ -187,6 +187,25 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     await waitFor(() => c.byId.has(crit.id), { message: 'critical sent without any time passing' });
   });
 
+  it('sends what is stored once the store hands its next write to disk (whenWriting), alarms at once', async () => {
+    central = await startTestCentral({ url: broker.url, site, edge, ack: true });
+    const u = make({ batch: { maxEvents: 10, maxBytes: 262144, lingerMs: 0 } });
+    await u.start();
+    await waitFor(() => u.status().connected, { message: 'connected' });
+    const c = central;
+    // A store with a writer: the uplink's work waits for its next write.
+    const held: Array<() => void> = [];
+    (outbox as { whenWriting?: (fn: () => void) => void }).whenWriting = (fn) => held.push(fn);
+    const infos = await append(5);
+    await waitFor(() => held.length === 1, { message: 'the pump waits for the next write' });
+    const [alarm] = await append(1, 'fire.alarm');
+    await waitFor(() => c.byId.has(alarm.id), { message: 'the alarm went without waiting' });
+    assert.equal(held.length, 1, 'one pump waiting, however often asked');
+    assert.ok(infos.every((e) => !c.byId.has(e.id)), 'the info events waited for the write');
+    held.shift()!();
+    await waitFor(() => infos.every((e) => c.byId.has(e.id)), { message: 'sent once the write was on its way' });
+  });
+
   it('keeps at most maxInflight unacked batches, lets a critical past a full window', async () => {
     central = await startTestCentral({ url: broker.url, site, edge, ack: false });
     const u = make({ maxInflight: 2, ackTimeoutMs: 60_000 });
