@@ -9,9 +9,11 @@
  * (no durability): the bench's "storage were free" ceiling of the rest of the
  * pipeline, never a figure against a bar.
  * IPC protocol (parent → child): `{ cmd: 'rss' }`, `{ cmd: 'ingest', n, batch,
- * concurrency }` (the driver path: runtime.ingest directly), `{ cmd: 'stop' }`.
- * Child → parent: `{ type: 'ready', port }`, `{ type: 'rss', rss }`,
- * `{ type: 'ingested', n, ms }`, `{ type: 'error', message }`.
+ * concurrency, offset?, untilEmpty? }` (the driver path: runtime.ingest
+ * directly; with `untilEmpty`, then until the outbox holds nothing),
+ * `{ cmd: 'stop' }`. Child → parent: `{ type: 'ready', port }`, `{ type:
+ * 'rss', rss }`, `{ type: 'ingested', n, ms, elu, gcMs, emptyMs?, batches }`
+ * (`batches`: published meanwhile), `{ type: 'error', message }`.
  */
 import { PerformanceObserver } from 'node:perf_hooks';
 import { parseConfig } from '../edge/config.js';
@@ -22,7 +24,7 @@ import { benchInput, chunked } from './lib.js';
 
 type ParentMessage =
   | { cmd: 'rss' }
-  | { cmd: 'ingest'; n: number; batch: number; concurrency: number; offset?: number }
+  | { cmd: 'ingest'; n: number; batch: number; concurrency: number; offset?: number; untilEmpty?: boolean }
   | { cmd: 'stop' };
 
 function send(msg: Record<string, unknown>): void {
@@ -37,6 +39,30 @@ function ingestLoad(runtime: Runtime, n: number, batch: number, concurrency: num
   });
 }
 
+/**
+ * Until the outbox holds nothing: with `ack: broker`, every event stored has
+ * been published and PUBACKed by the broker, and deleted. Checked every
+ * millisecond (a timer, not a busy loop: the uplink runs in between).
+ */
+async function untilEmpty(runtime: Runtime): Promise<void> {
+  while (runtime.outbox.stats().events > 0) await new Promise((resolve) => setTimeout(resolve, 1));
+}
+
+if (process.env.EXP_TRACE) {
+  const g = globalThis as any;
+  g.__spans = [];
+  const net = require('node:net');
+  const orig = net.Socket.prototype.emit;
+  net.Socket.prototype.emit = function (ev: string, ...a: unknown[]) {
+    if (ev !== 'data') return orig.call(this, ev, ...a);
+    const t = performance.now();
+    const r = orig.call(this, ev, ...a);
+    g.__spans.push(['data', t, performance.now()]);
+    return r;
+  };
+  process.on('exit', () => require('node:fs').writeFileSync(`/tmp/spans-${process.pid}.json`, JSON.stringify(g.__spans)));
+}
+
 async function main(): Promise<void> {
   const raw = process.env.BENCH_CHILD_CONFIG;
   if (!raw) throw new Error('BENCH_CHILD_CONFIG is not set');
@@ -48,6 +74,12 @@ async function main(): Promise<void> {
       : undefined;
   const runtime = new Runtime({ config, log, version: 'bench', outbox });
   await runtime.start();
+  // Batches published, for the events per batch of a run that ends at the broker (the
+  // uplink is private to the runtime: reached here by name, bench tooling only).
+  let published = 0;
+  (runtime as unknown as { uplink?: { on(e: 'publish', f: () => void): void } }).uplink?.on('publish', () => {
+    published++;
+  });
   process.on('message', (m: ParentMessage) => {
     if (m.cmd === 'rss') {
       send({ type: 'rss', rss: process.memoryUsage().rss });
@@ -58,10 +90,18 @@ async function main(): Promise<void> {
         for (const e of list.getEntries()) gcMs += e.duration;
       });
       gc.observe({ entryTypes: ['gc'] });
+      const t0 = performance.now();
+      const published0 = published;
       ingestLoad(runtime, m.n, m.batch, m.concurrency, m.offset ?? 0).then(
-        (ms) => {
+        async (ms) => {
+          const elu = performance.eventLoopUtilization(elu0).utilization;
           gc.disconnect();
-          send({ type: 'ingested', n: m.n, ms, elu: performance.eventLoopUtilization(elu0).utilization, gcMs });
+          let emptyMs: number | undefined;
+          if (m.untilEmpty) {
+            await untilEmpty(runtime);
+            emptyMs = performance.now() - t0;
+          }
+          send({ type: 'ingested', n: m.n, ms, elu, gcMs, emptyMs, batches: published - published0 });
         },
         (err) => send({ type: 'error', message: String(err) }),
       );

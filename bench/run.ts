@@ -115,15 +115,17 @@ function pipelineFigures(p: PipelineResult): Figure[] {
       target: '≤ 1.5',
       ratio: `${fmtNum(ratio)}×`,
       pass: ratio <= 1.5,
+      note: 'the SPEC reads "HTTP or driver → … → uplink"; the HTTP path also parses and validates every body (see the CPU rows), and runs on to the central\'s ack',
     },
     {
+      // SPEC's bar: "durable pipeline (HTTP or driver → rules → outbox → uplink to a local Mosquitto)".
       section: 'pipeline',
-      name: 'driver path (runtime.ingest) → … → central ack',
+      name: 'driver path (runtime.ingest) → outbox → uplink → Mosquitto PUBACK',
       value: p.driverPathPerS,
       unit: 'events/s',
       target: '≥ 30,000',
       pass: p.driverPathPerS >= 30_000,
-      note: `median of ${p.rounds.length} runs: ${list((r) => fmtInt(r.driverPerS))}`,
+      note: `ack: broker, to the outbox empty (every event PUBACKed and deleted); median of ${p.rounds.length} runs: ${list((r) => fmtInt(r.driverPerS))}`,
     },
     {
       section: 'pipeline',
@@ -132,7 +134,6 @@ function pipelineFigures(p: PipelineResult): Figure[] {
       unit: 'events/s',
     },
     {
-      // SPEC: "HTTP or driver → rules → outbox → uplink": both paths are reported against the bar.
       section: 'pipeline',
       name: 'outbox alone / driver path',
       value: driverRatio,
@@ -141,6 +142,15 @@ function pipelineFigures(p: PipelineResult): Figure[] {
       ratio: `${fmtNum(driverRatio)}×`,
       pass: driverRatio <= 1.5,
       note: `within each round (alone, then driver): ${list((r) => `${fmtNum(r.alonePerS / r.driverPerS)}×`)}; the median round`,
+    },
+    {
+      // Beyond the SPEC's pipeline: the central decoding and acking on the same 2 cores.
+      section: 'pipeline',
+      name: 'driver path → … → Mosquitto → central ack (end to end)',
+      value: p.e2eDriverPathPerS,
+      unit: 'events/s',
+      ratio: `outbox alone / this: ${fmtNum(p.e2eRatio)}×`,
+      note: `ack: central, to the last event decoded and acked by a central on the same 2 cores; median of ${p.rounds.length} runs: ${list((r) => fmtInt(r.e2ePerS))}; within each round: ${list((r) => `${fmtNum(r.alonePerS / r.e2ePerS)}×`)}`,
     },
     {
       // Not the bar's figure: the same store doing the deletes the pipeline does, no network.
@@ -173,7 +183,7 @@ function pipelineFigures(p: PipelineResult): Figure[] {
       value: p.memoryDriverPathPerS,
       unit: 'events/s',
       ratio: `outbox alone / this: ${fmtNum(p.outboxAlonePerS / p.memoryDriverPathPerS)}×`,
-      note: 'MemoryOutbox, the tests\' reference: no disk, but its own simple bookkeeping; since 2026-11-29 about as fast as the durable path, so no longer a ceiling',
+      note: 'MemoryOutbox, the tests\' reference, to the broker like the driver path: what the rest of the pipeline does with storing for free',
     },
     {
       section: 'pipeline',
@@ -218,6 +228,7 @@ function cpuRows(p: PipelineResult): Figure[] {
     row('outbox alone', p.cpuUs.outboxAlone),
     row('HTTP pipeline', p.cpuUs.http),
     row('driver path', p.cpuUs.driver),
+    row('driver path to the central', p.cpuUs.e2e),
     row('driver path, in-memory outbox', p.cpuUs.memoryDriver),
   ];
 }
