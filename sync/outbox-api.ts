@@ -125,7 +125,7 @@ export interface Outbox {
   onWriteHealth?(listener: (failing: boolean) => void): () => void;
   /**
    * Run `fn` once the store's next write has been handed to disk, or at once
-   * when no write is under way or coming: work that reads what was just
+   * while a write is on disk or when none is coming: work that reads what was just
    * stored (the uplink's batching, gzip and publish) then overlaps the fsync
    * instead of sitting between two group commits, where it delays every
    * append behind it. Optional: a store without a writer (the memory

@@ -1591,7 +1591,7 @@ describe('LevelOutbox (durable)', () => {
     await closeIt(ob);
   });
 
-  it('whenWriting: at once when idle; else once the next write is on its way to disk (before it settles), or when the writer stops', async () => {
+  it('whenWriting: at once when idle or while a write is on disk; else once the next write is handed over (before it settles), or when the writer stops', async () => {
     const ob = await open();
     let now = 0;
     ob.whenWriting(() => now++);
@@ -1616,18 +1616,42 @@ describe('LevelOutbox (durable)', () => {
       await waitFor(() => gates.length === 1, { message: 'the write at its gate' });
       assert.deepEqual(seen, [{ writing: true, settled: false }], 'ran once the write was handed over, before it settled');
 
-      // Asked while that write is under way: the next write, or the writer's end.
-      let later = 0;
-      ob.whenWriting(() => later++);
+      // Asked while that write is on disk: at once (it overlaps the write).
+      let during = 0;
+      ob.whenWriting(() => during++);
+      assert.equal(during, 1, 'ran at once during a write');
+
+      // Asked between a commit and the next write: when that write is handed over.
       const second = ob.append([ev('info')]);
+      let next = 0;
+      let nextAtOnce = -1;
+      let handedOver = false;
+      void first.then(() => {
+        // The first write just settled; the second is queued, not yet written.
+        ob.whenWriting(() => {
+          next++;
+          handedOver = gates.length === 1;
+        });
+        nextAtOnce = next;
+      });
       gates.shift()!();
       await first;
+      assert.equal(nextAtOnce, 0, 'waits between a commit and the next write');
       await waitFor(() => gates.length === 1, { message: 'the second write at its gate' });
-      assert.equal(later, 1, 'ran when the next write was handed over');
-      ob.whenWriting(() => later++);
+      assert.equal(next, 1, 'ran when the next write was handed over');
+      assert.ok(handedOver, 'the write was at its gate (handed over, not settled) when it ran');
+
+      // Asked between a commit and nothing more to write: when the writer stops.
+      let atEnd = 0;
+      let atEndAtOnce = -1;
+      void second.then(() => {
+        ob.whenWriting(() => atEnd++);
+        atEndAtOnce = atEnd;
+      });
       gates.shift()!();
       await second;
-      await waitFor(() => later === 2, { message: 'ran when the writer had nothing more to write' });
+      assert.equal(atEndAtOnce, 0, 'waits while the writer may cut another batch');
+      await waitFor(() => atEnd === 1, { message: 'ran when the writer had nothing more to write' });
 
       // A write that fails still ran it (it was on its way), and the store goes on.
       const failing = replaceBatchWrites(ob, async () => {
