@@ -705,6 +705,8 @@ export class LevelOutbox implements Outbox {
   private readonly listeners = new Set<(severities: Set<Severity>) => void>();
   /** Work waiting for the next write to be handed to disk (`whenWriting`). */
   private whileWriting: Array<() => void> = [];
+  /** The writer's current turn has handed its write to disk. */
+  private handedOver = false;
   private recentRing = new RecentRing();
   /**
    * seq → severity and size (`packStored`) of events handed out by read() and
@@ -1464,11 +1466,18 @@ export class LevelOutbox implements Outbox {
    * 157-182k events/s.
    * Only the time between a commit and the next write waits: asked while a
    * write is on disk, `fn` runs at once (it overlaps that write; a card that
-   * hangs on fsync for seconds does not hold the uplink's resends too).
+   * hangs on fsync for seconds does not hold the uplink's resends too), and
+   * so it does while the store must reopen or repair first (no write is
+   * coming soon: a reopen probes the disk with an fsync of its own). A
+   * writer's turn that ends without handing a write over (every append
+   * refused, a batch given up) runs what waited: appends refused in every
+   * turn must not hold the uplink (seen in a review: a store full of alarms,
+   * refusing a driver's events in a loop, kept 400 alarms from being sent,
+   * and only acks of those alarms could make room).
    */
   whenWriting(fn: () => void): void {
-    if (!this.draining || this.writingSince !== null) {
-      fn();
+    if (!this.draining || this.writingSince !== null || this.needsReopen || this.corruption) {
+      this.runSafely(fn);
       return;
     }
     this.whileWriting.push(fn);
@@ -1479,12 +1488,14 @@ export class LevelOutbox implements Outbox {
     if (this.whileWriting.length === 0) return;
     const fns = this.whileWriting;
     this.whileWriting = [];
-    for (const fn of fns) {
-      try {
-        fn();
-      } catch (err) {
-        this.log.error({ err }, 'outbox: work waiting for a write threw');
-      }
+    for (const fn of fns) this.runSafely(fn);
+  }
+
+  private runSafely(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.log.error({ err }, 'outbox: work waiting for a write threw');
     }
   }
 
@@ -1511,18 +1522,25 @@ export class LevelOutbox implements Outbox {
       // idle box waits for nothing.
       if (!first) await new Promise<void>((resolve) => setImmediate(resolve));
       first = false;
-      if (this.corruption && !this.closing) await this.repairAfterCorruption();
+      if (this.corruption && !this.closing) {
+        this.runWhileWriting();
+        await this.repairAfterCorruption();
+      }
       if (this.queue.length === 0) break;
-      if (this.needsReopen && !this.closing && !(await this.reopenAfterFailure())) {
-        // The store is not usable yet: refuse what is queued now (nothing of it is stored).
-        const jobs = this.queue.splice(0);
-        const last = this.writeError?.message ?? 'reopen failed';
-        const e = new EdgewardError('EDGE_OUTBOX_WRITE_FAILED', `outbox store unusable after a failed write: ${last}`);
-        this.writeFailed(e, jobs.length, last);
-        for (const j of jobs) j.reject(e);
-        continue;
+      if (this.needsReopen && !this.closing) {
+        this.runWhileWriting();
+        if (!(await this.reopenAfterFailure())) {
+          // The store is not usable yet: refuse what is queued now (nothing of it is stored).
+          const jobs = this.queue.splice(0);
+          const last = this.writeError?.message ?? 'reopen failed';
+          const e = new EdgewardError('EDGE_OUTBOX_WRITE_FAILED', `outbox store unusable after a failed write: ${last}`);
+          this.writeFailed(e, jobs.length, last);
+          for (const j of jobs) j.reject(e);
+          continue;
+        }
       }
       const jobs = this.takeBatch();
+      this.handedOver = false;
       try {
         await this.writeBatch(jobs);
       } catch (err) {
@@ -1533,6 +1551,8 @@ export class LevelOutbox implements Outbox {
       } finally {
         this.replacingOverflow = null;
       }
+      // A turn that wrote nothing: what waited for a write waits no longer.
+      if (!this.handedOver) this.runWhileWriting();
     }
     this.draining = null;
     this.runWhileWriting();
@@ -1809,6 +1829,7 @@ export class LevelOutbox implements Outbox {
     this.writingSince = this.clock.now();
     try {
       const written = ops.write(durable);
+      this.handedOver = true;
       this.runWhileWriting();
       await written;
     } finally {

@@ -1674,6 +1674,67 @@ describe('LevelOutbox (durable)', () => {
     }
   });
 
+  it('whenWriting: a writer whose every turn refuses its appends (full of alarms) does not hold what waits', async () => {
+    const ob = await open(16 * 1024);
+    while (ob.stats().bytes < 16 * 1024) await ob.append([ev('critical')]);
+    // A driver offering events in a loop, each refused: the writer never ends a drain, never writes.
+    let stop = false;
+    let refused = 0;
+    const loop = (async () => {
+      while (!stop) {
+        await ob.append([ev('info')]).catch((e) => {
+          assert.ok(isEdgewardError(e, 'EDGE_OUTBOX_FULL'), String(e));
+          refused++;
+        });
+      }
+    })();
+    try {
+      await waitFor(() => refused >= 20, { message: 'appends refused' });
+      let ran = false;
+      ob.whenWriting(() => {
+        ran = true;
+      });
+      const before = refused;
+      await waitFor(() => ran, { timeoutMs: 3000, message: 'ran while every turn was refused' });
+      assert.ok(refused - before < 1000, 'within a few turns');
+    } finally {
+      stop = true;
+      await loop;
+    }
+  });
+
+  it('whenWriting: at once while the store must reopen after a failed write (its disk probe may hang)', async () => {
+    const ob = await open();
+    await ob.append([ev('info')]);
+    const restore = replaceBatchWrites(ob, async () => {
+      throw diskFull();
+    });
+    let release: () => void = () => undefined;
+    try {
+      await assert.rejects(ob.append([ev('info')]), (e) => isEdgewardError(e, 'EDGE_OUTBOX_WRITE_FAILED'));
+      // The reopen first probes the disk; on a card that hangs on fsync, so does the probe.
+      let probes = 0;
+      const inner = ob as unknown as { room: (...a: unknown[]) => Promise<unknown> };
+      inner.room = async () => {
+        probes++;
+        await new Promise<void>((resolve) => {
+          release = resolve;
+        });
+        return { free: 0, need: 1, probeError: 'EIO' };
+      };
+      const next = ob.append([ev('info')]).catch(() => undefined);
+      await waitFor(() => probes === 1, { message: 'the reopen attempt is probing' });
+      let ran = 0;
+      ob.whenWriting(() => ran++);
+      assert.equal(ran, 1, 'ran at once: no write is coming before the probe ends');
+      release();
+      await next;
+    } finally {
+      release();
+      restore();
+    }
+  });
+
   it('readOutboxStats reads a closed store, and reports a locked one and a missing one', async () => {
     const ob = await open(5555);
     await ob.append([ev('info'), ev('critical')]);
