@@ -781,6 +781,36 @@ describe('Uplink (MemoryOutbox, real Mosquitto)', function () {
     await waitFor(() => c.byId.size === 55, { message: 'central got everything' });
   });
 
+  it('publishes with a length header mqtt-packet may cache for good that holds its own bytes, not an 8 KiB pool slab', async () => {
+    const u = make({ ack: 'broker', compress: 'none', batch: { maxEvents: 1, maxBytes: 262144, lingerMs: 0 } });
+    await u.start();
+    await waitFor(() => u.status().connected, { message: 'connected' });
+    const client = (u as unknown as { client: { stream: { write: (...a: unknown[]) => boolean }; on(e: 'packetsend', f: (p: { cmd: string; topic: string; payload: Buffer }) => void): void } }).client;
+    const small: Buffer[] = [];
+    const realWrite = client.stream.write;
+    client.stream.write = function (this: unknown, ...a: unknown[]) {
+      if (Buffer.isBuffer(a[0]) && a[0].length <= 4) small.push(a[0]);
+      return realWrite.apply(this, a);
+    };
+    const lengths: number[] = [];
+    client.on('packetsend', (p) => {
+      if (p.cmd === 'publish' && p.topic.endsWith('/events')) lengths.push(2 + Buffer.byteLength(p.topic) + 2 + p.payload.length);
+    });
+    // Lengths nothing else in this process publishes (a test central's acks are far shorter),
+    // so each header is made by these publishes.
+    for (let i = 0; i < 5; i++) {
+      await outbox.append([makeEnvelope({ type: 'sensor.reading', source: { device: 'd1' }, data: { pad: 'p'.repeat(9000 + 397 * i) } }, { site, edge })]);
+    }
+    await waitFor(() => outbox.stats().events === 0, { message: 'PUBACKed' });
+    assert.equal(lengths.length, 5);
+    for (const n of lengths) {
+      const expected = Buffer.from([(n % 128) | 0x80, n >> 7]);
+      const header = small.find((b) => b.equals(expected));
+      assert.ok(header, `the remaining-length header of a ${n}-byte publish was written`);
+      assert.ok(header.buffer.byteLength <= 4, `its memory is ${header.buffer.byteLength} bytes: a pool slab kept alive as long as mqtt-packet caches it`);
+    }
+  });
+
   it('ack: broker retries an ack the outbox could not apply (a full disk): nothing stays stuck in flight', async () => {
     central = await startTestCentral({ url: broker.url, site, edge, ack: false });
     // The store refuses its writes for a while (disk full), then takes them again.
