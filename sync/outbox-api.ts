@@ -125,7 +125,8 @@ export interface Outbox {
   onWriteHealth?(listener: (failing: boolean) => void): () => void;
   /**
    * Run `fn` once the store's next write has been handed to disk, or at once
-   * while a write is on disk or when none is coming: work that reads what was just
+   * while a write is on disk or when none is coming, and after a few ms at
+   * the latest (`WHEN_WRITING_MAX_WAIT_MS`): work that reads what was just
    * stored (the uplink's batching, gzip and publish) then overlaps the fsync
    * instead of sitting between two group commits, where it delays every
    * append behind it. Optional: a store without a writer (the memory

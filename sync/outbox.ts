@@ -147,6 +147,16 @@ const WRITE_ERROR_LOG_MS = 10_000;
 /** Deleting batches remembered, so a read or head lookup that spanned them can drop what they deleted. */
 const DELETE_LOG_SIZE = 32;
 
+/**
+ * The longest `whenWriting` work waits for the next write. A commit's gap and
+ * the next batch's build take ~2 ms (800 events); a build that evicts on a
+ * full store took 5-65 ms, and one whose reads stall on a slow card as long
+ * as they stall (a review: alarms stored during an outage went out 14.7 s
+ * after the reconnect, behind one such build). Past this, the work runs
+ * during the build (which is then waiting on reads, not holding the thread).
+ */
+export const WHEN_WRITING_MAX_WAIT_MS = 5;
+
 /** Free bytes and what an open or a repair needs (see LevelOutbox.room); a refused probe's errno and the disk's own free bytes. */
 type Room = { free: number; need: number; probeError?: string; diskFree?: number };
 
@@ -707,6 +717,8 @@ export class LevelOutbox implements Outbox {
   private whileWriting: Array<() => void> = [];
   /** The writer's current turn has handed its write to disk. */
   private handedOver = false;
+  /** Runs what waits for a write after WHEN_WRITING_MAX_WAIT_MS at the latest. */
+  private whileWritingTimer: NodeJS.Timeout | null = null;
   private recentRing = new RecentRing();
   /**
    * seq → severity and size (`packStored`) of events handed out by read() and
@@ -1473,7 +1485,9 @@ export class LevelOutbox implements Outbox {
    * refused, a batch given up) runs what waited: appends refused in every
    * turn must not hold the uplink (seen in a review: a store full of alarms,
    * refusing a driver's events in a loop, kept 400 alarms from being sent,
-   * and only acks of those alarms could make room).
+   * and only acks of those alarms could make room). And nothing waits more
+   * than WHEN_WRITING_MAX_WAIT_MS: a long build (evictions, slow reads) does
+   * not hold it either.
    */
   whenWriting(fn: () => void): void {
     if (!this.draining || this.writingSince !== null || this.needsReopen || this.corruption) {
@@ -1481,10 +1495,18 @@ export class LevelOutbox implements Outbox {
       return;
     }
     this.whileWriting.push(fn);
+    this.whileWritingTimer ??= this.clock.setTimeout(() => {
+      this.whileWritingTimer = null;
+      this.runWhileWriting();
+    }, WHEN_WRITING_MAX_WAIT_MS);
   }
 
-  /** Run what waited for a write (one was just handed to disk, or none is coming). */
+  /** Run what waited for a write (one was just handed to disk, or none is coming, or it waited long enough). */
   private runWhileWriting(): void {
+    if (this.whileWritingTimer) {
+      this.clock.clearTimeout(this.whileWritingTimer);
+      this.whileWritingTimer = null;
+    }
     if (this.whileWriting.length === 0) return;
     const fns = this.whileWriting;
     this.whileWriting = [];

@@ -6,7 +6,7 @@ import { type Envelope, type EventType, makeEnvelope, type Severity } from '../.
 import { isEdgewardError } from '../../edge/errors.js';
 import { MemoryOutbox } from '../../sync/memory-outbox.js';
 import { Level } from 'level';
-import { eventKey, LevelOutbox, type OverflowData, OverflowTally, readOutboxStats } from '../../sync/outbox.js';
+import { eventKey, LevelOutbox, type OverflowData, OverflowTally, readOutboxStats, WHEN_WRITING_MAX_WAIT_MS } from '../../sync/outbox.js';
 import type { Outbox, StoredEvent } from '../../sync/outbox-api.js';
 import { diskFull, replaceBatchWrites } from '../helpers/batch-writes.js';
 import { type TmpDir, tmpDir } from '../helpers/tmp.js';
@@ -1732,6 +1732,41 @@ describe('LevelOutbox (durable)', () => {
     } finally {
       release();
       restore();
+    }
+  });
+
+  it('whenWriting: nothing waits longer than WHEN_WRITING_MAX_WAIT_MS for a write whose build takes long', async () => {
+    const clock = new ManualClock(Date.parse('2026-12-06T12:00:00Z'));
+    const ob = await opened(() => new LevelOutbox({ dir: dir.path, maxBytes: 1 << 30, ...IDS, clock }));
+    // A build that takes long (evictions on a full store, reads from a slow card): held at a gate.
+    const inner = ob as unknown as { buildAndWrite: (...a: unknown[]) => Promise<void> };
+    const realBuild = inner.buildAndWrite.bind(ob);
+    let open: () => void = () => undefined;
+    let building = false;
+    inner.buildAndWrite = async (...a: unknown[]) => {
+      building = true;
+      await new Promise<void>((resolve) => {
+        open = resolve;
+      });
+      return realBuild(...a);
+    };
+    try {
+      const appended = ob.append([ev('info')]);
+      await waitFor(() => building, { message: 'the build is under way' });
+      let ran = 0;
+      ob.whenWriting(() => ran++);
+      ob.whenWriting(() => ran++);
+      assert.equal(ran, 0, 'waits for the write');
+      clock.advance(WHEN_WRITING_MAX_WAIT_MS - 1);
+      assert.equal(ran, 0);
+      clock.advance(1);
+      assert.equal(ran, 2, 'both ran once the wait was over, the build still going');
+      open();
+      await appended;
+      assert.equal(ran, 2, 'and not again');
+      assert.deepEqual(clock.pending(), [], 'no timer left');
+    } finally {
+      open();
     }
   });
 
