@@ -24,6 +24,9 @@ type Listener<K extends keyof BusEvents> = (...args: BusEvents[K]) => void;
 export class EventBus {
   private readonly emitter = new EventEmitter();
   private readonly owned = new Map<object, Array<[keyof BusEvents, (...args: any[]) => void]>>();
+  /** 'event.stored' listeners of one device each (`onStoredFrom`), by device name. */
+  private readonly storedFrom = new Map<string, Set<(env: Envelope) => void>>();
+  private readonly ownedStored = new Map<object, Array<[string, (env: Envelope) => void]>>();
 
   constructor() {
     this.emitter.setMaxListeners(0);
@@ -31,6 +34,34 @@ export class EventBus {
 
   emit<K extends keyof BusEvents>(event: K, ...args: BusEvents[K]): void {
     this.emitter.emit(event, ...args);
+    if (event === 'event.stored' && this.storedFrom.size > 0) {
+      const env = args[0] as Envelope;
+      const listeners = this.storedFrom.get(env.source.device);
+      if (listeners) for (const l of listeners) l(env);
+    }
+  }
+
+  /**
+   * Listen to the events stored from one device only. Each device node wants
+   * its own device's events: as plain 'event.stored' listeners, every stored
+   * event called every node's filter (measured: 0.26 µs per event with 33
+   * nodes, 1.34 µs with 200; ingest 228k -> 112k events/s with 200 door
+   * nodes). Here a stored event costs one map lookup, however many nodes.
+   * Called after the plain listeners; removed with `removeOwner`.
+   */
+  onStoredFrom(device: string, owner: object, listener: (env: Envelope) => void): void {
+    let set = this.storedFrom.get(device);
+    if (!set) {
+      set = new Set();
+      this.storedFrom.set(device, set);
+    }
+    set.add(listener);
+    let list = this.ownedStored.get(owner);
+    if (!list) {
+      list = [];
+      this.ownedStored.set(owner, list);
+    }
+    list.push([device, listener]);
   }
 
   on<K extends keyof BusEvents>(event: K, owner: object, listener: Listener<K>): void {
@@ -47,9 +78,18 @@ export class EventBus {
   removeOwner(owner: object): void {
     for (const [event, listener] of this.owned.get(owner) ?? []) this.emitter.off(event, listener);
     this.owned.delete(owner);
+    for (const [device, listener] of this.ownedStored.get(owner) ?? []) {
+      const set = this.storedFrom.get(device);
+      set?.delete(listener);
+      if (set?.size === 0) this.storedFrom.delete(device);
+    }
+    this.ownedStored.delete(owner);
   }
 
+  /** Listeners of `event`; for 'event.stored', those of `onStoredFrom` too. */
   listenerCount(event: keyof BusEvents): number {
-    return this.emitter.listenerCount(event);
+    let n = this.emitter.listenerCount(event);
+    if (event === 'event.stored') for (const set of this.storedFrom.values()) n += set.size;
+    return n;
   }
 }

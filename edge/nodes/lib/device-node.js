@@ -96,8 +96,8 @@ function startDeviceNode(node, api, { type, driverType, name: given, props, RED 
     if (s.name !== name) return;
     node.status(presence(s.online, s.reason, s.note));
   });
-  api.bus.on('event.stored', node, (env) => {
-    if (env.source.device === name) node.send({ topic: env.type, payload: env });
+  api.bus.onStoredFrom(name, node, (env) => {
+    node.send({ topic: env.type, payload: env });
   });
 
   node.on('close', (_removed, done) => {
