@@ -743,7 +743,6 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     }
   }
 
-  /** Fill the window from the outbox. Re-entrant calls while running just ask for one more round. */
   /**
    * Read and send what is stored, once the store's next write is on its way
    * to disk (`Outbox.whenWriting`): batching, gzip and publishing then overlap
@@ -764,6 +763,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     });
   }
 
+  /** Fill the window from the outbox. Re-entrant calls while running just ask for one more round. */
   private pumpNow(): void {
     if (!this.live()) return;
     if (this.pumping) {
