@@ -62,10 +62,6 @@ export class MemoryOutbox implements Outbox {
   private pendingOverflow: { seq: number; data: OverflowData } | null = null;
   /** Events evicted so far (OverflowData.evictedTotal). */
   private evictedTotal = 0;
-  /** Of those, never handed out by read() (OverflowData.evictedUnsentTotal). */
-  private evictedUnsentTotal = 0;
-  /** Per severity, the highest seq read() has handed out (as LevelOutbox). */
-  private readonly handedOutTo: Record<Severity, number> = { critical: 0, warning: 0, info: 0 };
   /** Serializes writes like the LevelDB writer loop, so awaits inside never interleave. */
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -114,7 +110,6 @@ export class MemoryOutbox implements Outbox {
     if (!this.isOpen) throw notOpen();
     const out = this.collect(opts);
     if (this.pendingOverflow && out.some((e) => e.seq === this.pendingOverflow!.seq)) this.pendingOverflow = null;
-    for (const e of out) if (e.seq > this.handedOutTo[e.severity]) this.handedOutTo[e.severity] = e.seq;
     return out;
   }
 
@@ -217,7 +212,7 @@ export class MemoryOutbox implements Outbox {
           } else if (handedOut) {
             folded += handedOut.evicted;
             tally.supersede(handedOut.id, handedOut);
-          } else tally.add(seq, severity, h.bytes, h.type, h.ts, seq > this.handedOutTo[severity]);
+          } else tally.add(seq, severity, h.bytes, h.type, h.ts);
           freed += h.bytes;
         }
       }
@@ -233,8 +228,6 @@ export class MemoryOutbox implements Outbox {
       // Same as LevelOutbox: the epoch's count of evicted events, reports not counted.
       this.evictedTotal += tally.evicted - folded;
       tally.total = this.evictedTotal;
-      this.evictedUnsentTotal += tally.unsent;
-      tally.unsentTotal = this.evictedUnsentTotal;
       // Same as LevelOutbox: an overflow event no reader has seen yet is replaced by a merged one.
       const prev = this.pendingOverflow;
       if (prev && this.store.warning.has(prev.seq)) {

@@ -272,13 +272,6 @@ interface Meta {
   heads: Heads;
   /** Events evicted in this epoch so far (see `OverflowData.evictedTotal`); absent while none. */
   evictedTotal?: number;
-  /** Of those, never handed to a reader (see `OverflowData.evictedUnsentTotal`); absent while none. */
-  evictedUnsentTotal?: number;
-}
-
-/** What an earlier process (or this one, before a repair) stored may have been handed out. */
-function everyHandedOut(meta: Meta): Record<Severity, number> {
-  return { critical: meta.lastSeq, warning: meta.lastSeq, info: meta.lastSeq };
 }
 
 function emptyCounts(): Counts {
@@ -381,16 +374,6 @@ export interface OverflowData {
    * before 2026-12-06.
    */
   evictedTotal?: number;
-  /**
-   * Added field: of `evictedTotal`, the events the store had never handed to
-   * the uplink when it evicted them: certainly lost. `evictedTotal` is an
-   * upper bound of the epoch's loss (an evicted event may have been in flight
-   * and arrive), this a lower bound; the loss lies between. Events stored
-   * before the store was last opened (a restart, a repair) count as handed
-   * out, so the bound never claims a loss that may not be one. Absent from
-   * reports of a version before 2026-12-06 (fifth session).
-   */
-  evictedUnsentTotal?: number;
 }
 
 /**
@@ -415,15 +398,9 @@ export class OverflowTally {
   readonly supersedes: string[] = [];
   /** `evictedTotal` of the report, set by the store (never merged: the newest count is the count). */
   total: number | undefined;
-  /** Events of this write's `add` that no reader had been handed (for `evictedUnsentTotal`). */
-  unsent = 0;
-  /** `evictedUnsentTotal` of the report, set by the store like `total`. */
-  unsentTotal: number | undefined;
 
-  /** `unsent`: the store never handed this event to a reader. */
-  add(seq: number, severity: 'info' | 'warning', bytes: number, type: string, ts: string, unsent = false): void {
+  add(seq: number, severity: 'info' | 'warning', bytes: number, type: string, ts: string): void {
     this.evicted++;
-    if (unsent) this.unsent++;
     this.bytes += bytes;
     this.byType[type] = (this.byType[type] ?? 0) + 1;
     this.bySeverity[severity]++;
@@ -480,7 +457,6 @@ export class OverflowTally {
       toSeq: this.toSeq,
       ...(this.supersedes.length > 0 ? { supersedes: [...this.supersedes] } : {}),
       ...(this.total !== undefined ? { evictedTotal: this.total } : {}),
-      ...(this.unsentTotal !== undefined ? { evictedUnsentTotal: this.unsentTotal } : {}),
     };
   }
 
@@ -743,12 +719,6 @@ export class LevelOutbox implements Outbox {
   private handedOver = false;
   /** Runs what waits for a write after WHEN_WRITING_MAX_WAIT_MS at the latest. */
   private whileWritingTimer: NodeJS.Timeout | null = null;
-  /**
-   * Per severity, the highest seq read() has handed out since the store was
-   * opened (everything stored before counts as handed out): an evicted event
-   * above it was never sent (`evictedUnsentTotal`).
-   */
-  private handedOutTo: Record<Severity, number> = { critical: 0, warning: 0, info: 0 };
   private recentRing = new RecentRing();
   /**
    * seq → severity and size (`packStored`) of events handed out by read() and
@@ -829,7 +799,6 @@ export class LevelOutbox implements Outbox {
       this.recentRing = new RecentRing();
       // An overflow event from before a restart may have been sent already: never replace it.
       this.pendingOverflow = null;
-      this.handedOutTo = everyHandedOut(meta);
       await this.seedRecent();
       await this.loadHotTails(db, meta);
       this.recentVersion = this.recentSavedVersion = 0;
@@ -1251,7 +1220,6 @@ export class LevelOutbox implements Outbox {
   private async install(db: Db, meta: Meta): Promise<void> {
     this.db = db;
     this.meta = meta;
-    this.handedOutTo = everyHandedOut(meta);
     this.tracked.clear();
     // Reads and lookups that began before see a new generation: nothing they found is tracked.
     this.deleteGen++;
@@ -1455,8 +1423,6 @@ export class LevelOutbox implements Outbox {
     const live = known.length === 0 ? out : out.filter((e) => !deletedIn(known, e.seq));
     const result = this.replacingOverflow === null ? live : live.filter((e) => e.seq !== this.replacingOverflow);
     if (this.pendingOverflow && result.some((e) => e.seq === this.pendingOverflow!.seq)) this.pendingOverflow = null;
-    const handedOut = this.handedOutTo;
-    for (const e of result) if (e.seq > handedOut[e.severity]) handedOut[e.severity] = e.seq;
     // Tracked seqs let an ack skip its lookups; only track when nothing deleted meanwhile can be among them.
     if (since !== null) this.track(result);
     return result;
@@ -1749,7 +1715,7 @@ export class LevelOutbox implements Outbox {
             if (earlier) {
               foldedIn += earlier.evicted;
               tally.supersede(earlier.id, earlier);
-            } else tally.add(seq, severity, size, type, ts, seq > this.handedOutTo[severity]);
+            } else tally.add(seq, severity, size, type, ts);
           }
           freed += size;
           evictions++;
@@ -1830,14 +1796,11 @@ export class LevelOutbox implements Outbox {
     let overflowWritten: { seq: number; bytes: number; data: OverflowData } | null = null;
     let evictedNow = 0;
     let evictedTotal = meta.evictedTotal ?? 0;
-    let evictedUnsentTotal = meta.evictedUnsentTotal ?? 0;
     if (tally) {
       const t = tally as OverflowTally;
       evictedNow = t.evicted - foldedIn;
       evictedTotal += evictedNow;
       t.total = evictedTotal;
-      evictedUnsentTotal += t.unsent;
-      t.unsentTotal = evictedUnsentTotal;
       const prev = this.pendingOverflow;
       if (prev && !deleted.has(prev.seq)) {
         // Nobody has read the previous overflow event: replace it by one that covers both.
@@ -1870,16 +1833,7 @@ export class LevelOutbox implements Outbox {
       else heads[severity] ??= firstAdded[severity];
     }
 
-    const next: Meta = {
-      v: META_VERSION,
-      epoch: meta.epoch,
-      lastSeq,
-      maxBytes: meta.maxBytes,
-      counts,
-      heads,
-      ...(evictedTotal ? { evictedTotal } : {}),
-      ...(evictedUnsentTotal ? { evictedUnsentTotal } : {}),
-    };
+    const next: Meta = { v: META_VERSION, epoch: meta.epoch, lastSeq, maxBytes: meta.maxBytes, counts, heads, ...(evictedTotal ? { evictedTotal } : {}) };
     if (ops.size === 0) {
       // Nothing to write (acks of unknown seqs, rejected appends): no need to touch the disk.
       this.settle(jobs, ackResults, appendResults);
@@ -2380,17 +2334,7 @@ async function rebuildMeta(db: Db, old: Meta | null, maxBytes: number): Promise<
   // Without a trustworthy epoch the seqs cannot be trusted to be fresh: start a new epoch.
   const epoch = old && typeof old.epoch === 'string' ? old.epoch : newId();
   const evictedTotal = epoch === old?.epoch ? old.evictedTotal : undefined;
-  const evictedUnsentTotal = epoch === old?.epoch ? old.evictedUnsentTotal : undefined;
-  return {
-    v: META_VERSION,
-    epoch,
-    lastSeq,
-    maxBytes,
-    counts,
-    heads,
-    ...(evictedTotal ? { evictedTotal } : {}),
-    ...(evictedUnsentTotal ? { evictedUnsentTotal } : {}),
-  };
+  return { v: META_VERSION, epoch, lastSeq, maxBytes, counts, heads, ...(evictedTotal ? { evictedTotal } : {}) };
 }
 
 /**

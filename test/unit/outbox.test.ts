@@ -332,74 +332,6 @@ function outboxSuite(name: string, makeHarness: () => Harness): void {
       assert.ok(ob.recent(1)[0].type === 'edge.outbox_overflow');
     });
 
-    it('evictedUnsentTotal: of the evicted events, those no reader was handed (a lower bound of the loss)', async () => {
-      const first = Array.from({ length: 15 }, () => ev('info'));
-      const maxBytes = sumSize(first) + 100;
-      const ob = await make(maxBytes);
-      const stored = await ob.append(first);
-      // The uplink took the 6 oldest; the other 9 were never handed out.
-      const read = await ob.read({ maxEvents: 6, maxBytes: Number.MAX_SAFE_INTEGER });
-      assert.deepEqual(
-        read.map((e) => e.seq),
-        stored.slice(0, 6).map((e) => e.seq),
-      );
-      // Room for 12 more: 12 of the 15 (and a few bytes for the report) must go, the 6 read ones first.
-      await ob.append(Array.from({ length: 12 }, () => ev('info')));
-      const report = parsed(await readAll(ob)).find((e) => e.type === 'edge.outbox_overflow');
-      assert.ok(report, 'an overflow report');
-      const d = report.data as { evicted: number; evictedTotal: number; evictedUnsentTotal: number; toSeq: number };
-      assert.ok(d.evicted > 6, `evicted ${d.evicted}: more than what was read`);
-      assert.equal(d.evictedTotal, d.evicted);
-      assert.equal(d.evictedUnsentTotal, d.evicted - 6, 'the 6 handed out may have arrived; the rest is lost for sure');
-
-      // readAll handed out everything stored: the next eviction adds to evictedTotal only.
-      await ob.append(Array.from({ length: 3 }, () => ev('info', 'sensor.reading', { v: 1 })));
-      const reports = parsed(await readAll(ob)).filter((e) => e.type === 'edge.outbox_overflow');
-      const newest = reports[reports.length - 1].data as { evictedTotal: number; evictedUnsentTotal: number };
-      assert.ok(newest.evictedTotal > d.evictedTotal);
-      assert.ok(newest.evictedUnsentTotal <= newest.evictedTotal);
-      assert.equal(newest.evictedUnsentTotal, d.evictedUnsentTotal);
-    });
-
-    it('evictedUnsentTotal is the loss exactly when everything handed out arrives; evictedTotal bounds it from above', async () => {
-      // A full store drained by a reader like the uplink (batches of 20 after its cursor, acked
-      // three batches later: in flight meanwhile), while appends keep evicting.
-      const maxBytes = sumSize(Array.from({ length: 60 }, () => ev('info')));
-      const ob = await make(maxBytes);
-      const delivered = new Set<number>();
-      const reports: Envelope[] = [];
-      const cursor: Record<Severity, number> = { critical: 0, warning: 0, info: 0 };
-      const inFlight: Array<Array<[number, number]>> = [];
-      const take = async () => {
-        const got = await ob.read({ maxEvents: 20, maxBytes: Number.MAX_SAFE_INTEGER, after: { ...cursor } });
-        if (got.length === 0) return false;
-        for (const e of got) {
-          const env = JSON.parse(e.json) as Envelope;
-          if (env.type === 'edge.outbox_overflow') reports.push(env);
-          else delivered.add(e.seq);
-          cursor[e.severity] = Math.max(cursor[e.severity], e.seq);
-        }
-        inFlight.push(got.map((e) => [e.seq, e.seq]));
-        if (inFlight.length > 3) await ob.ack(inFlight.shift()!);
-        return true;
-      };
-      let appended = 0;
-      for (let i = 0; i < 100; i++) {
-        const batch = Array.from({ length: 5 + (i % 7) * 5 }, () => ev('info'));
-        await ob.append(batch);
-        appended += batch.length;
-        if (i % 2 === 0) await take();
-      }
-      while (await take());
-      for (const r of inFlight.splice(0)) await ob.ack(r);
-      assert.equal(ob.stats().events, 0, 'drained');
-      const last = reports[reports.length - 1].data as { evictedTotal: number; evictedUnsentTotal: number };
-      const lost = appended - delivered.size;
-      assert.ok(lost > 0, 'some were lost');
-      assert.equal(last.evictedUnsentTotal, lost, 'exactly the events never handed out');
-      assert.ok(last.evictedTotal > lost, `evictedTotal ${last.evictedTotal}: also counts evicted events that had been handed out`);
-    });
-
     it('merges overflow events no reader has seen; starts a new one after a read', async () => {
       const fill = Array.from({ length: 20 }, () => ev('info'));
       const maxBytes = sumSize(fill) + 100;
@@ -1657,24 +1589,6 @@ describe('LevelOutbox (durable)', () => {
     assert.equal(lookups, 0, 'known gone: no lookup');
     assert.equal(ob.stats().events, 10);
     await closeIt(ob);
-  });
-
-  it('evictedUnsentTotal survives a restart, and what was stored before it counts as handed out (it may have been sent)', async () => {
-    const maxBytes = sumSize(Array.from({ length: 15 }, () => ev('info'))) + 100;
-    const make = () => new LevelOutbox({ dir: dir.path, maxBytes, ...IDS });
-    let ob = await opened(make);
-    await ob.append(Array.from({ length: 15 }, () => ev('info')));
-    await ob.append(Array.from({ length: 5 }, () => ev('info')));
-    const before = parsed(await readAll(ob)).find((e) => e.type === 'edge.outbox_overflow')!.data as { evictedTotal: number; evictedUnsentTotal: number };
-    assert.ok(before.evictedUnsentTotal > 0 && before.evictedUnsentTotal === before.evictedTotal, 'nothing was read: all of it lost for sure');
-
-    // A restart: a previous process may have sent any of what is stored.
-    ob = await reopened(ob, make);
-    await ob.append(Array.from({ length: 5 }, () => ev('info', 'sensor.reading', { v: 1 })));
-    const reports = parsed(await readAll(ob)).filter((e) => e.type === 'edge.outbox_overflow');
-    const after = reports[reports.length - 1].data as { evictedTotal: number; evictedUnsentTotal: number };
-    assert.ok(after.evictedTotal > before.evictedTotal, 'more evicted');
-    assert.equal(after.evictedUnsentTotal, before.evictedUnsentTotal, 'kept, and not raised by events stored before the restart');
   });
 
   it('whenWriting: at once when idle or while a write is on disk; else once the next write is handed over (before it settles), or when the writer stops', async () => {
