@@ -24,8 +24,13 @@ type Listener<K extends keyof BusEvents> = (...args: BusEvents[K]) => void;
 export class EventBus {
   private readonly emitter = new EventEmitter();
   private readonly owned = new Map<object, Array<[keyof BusEvents, (...args: any[]) => void]>>();
-  /** 'event.stored' listeners of one device each (`onStoredFrom`), by device name. */
-  private readonly storedFrom = new Map<string, Set<(env: Envelope) => void>>();
+  /**
+   * 'event.stored' listeners of one device each (`onStoredFrom`), by device
+   * name. Arrays replaced, never changed in place: an emit goes through the
+   * listeners it started with, as EventEmitter's does, and one function
+   * registered twice (two owners) is called twice and removed once per owner.
+   */
+  private readonly storedFrom = new Map<string, ReadonlyArray<(env: Envelope) => void>>();
   private readonly ownedStored = new Map<object, Array<[string, (env: Envelope) => void]>>();
 
   constructor() {
@@ -50,12 +55,7 @@ export class EventBus {
    * Called after the plain listeners; removed with `removeOwner`.
    */
   onStoredFrom(device: string, owner: object, listener: (env: Envelope) => void): void {
-    let set = this.storedFrom.get(device);
-    if (!set) {
-      set = new Set();
-      this.storedFrom.set(device, set);
-    }
-    set.add(listener);
+    this.storedFrom.set(device, [...(this.storedFrom.get(device) ?? []), listener]);
     let list = this.ownedStored.get(owner);
     if (!list) {
       list = [];
@@ -79,9 +79,11 @@ export class EventBus {
     for (const [event, listener] of this.owned.get(owner) ?? []) this.emitter.off(event, listener);
     this.owned.delete(owner);
     for (const [device, listener] of this.ownedStored.get(owner) ?? []) {
-      const set = this.storedFrom.get(device);
-      set?.delete(listener);
-      if (set?.size === 0) this.storedFrom.delete(device);
+      const listeners = [...(this.storedFrom.get(device) ?? [])];
+      const at = listeners.indexOf(listener);
+      if (at >= 0) listeners.splice(at, 1);
+      if (listeners.length > 0) this.storedFrom.set(device, listeners);
+      else this.storedFrom.delete(device);
     }
     this.ownedStored.delete(owner);
   }
@@ -89,7 +91,7 @@ export class EventBus {
   /** Listeners of `event`; for 'event.stored', those of `onStoredFrom` too. */
   listenerCount(event: keyof BusEvents): number {
     let n = this.emitter.listenerCount(event);
-    if (event === 'event.stored') for (const set of this.storedFrom.values()) n += set.size;
+    if (event === 'event.stored') for (const listeners of this.storedFrom.values()) n += listeners.length;
     return n;
   }
 }

@@ -42,4 +42,29 @@ describe('EventBus', () => {
     bus.removeOwner(b);
     assert.equal(bus.listenerCount('event.stored'), 0);
   });
+
+  it('onStoredFrom: one function under two owners runs twice and goes once per owner; an emit keeps the listeners it started with', () => {
+    const bus = new EventBus();
+    const a = {};
+    const b = {};
+    let calls = 0;
+    const f = () => calls++;
+    bus.onStoredFrom('door-1', a, f);
+    bus.onStoredFrom('door-1', b, f);
+    bus.emit('event.stored', stored('door-1'));
+    assert.equal(calls, 2);
+    bus.removeOwner(a);
+    calls = 0;
+    bus.emit('event.stored', stored('door-1'));
+    assert.equal(calls, 1, "b's is still there");
+
+    const got: string[] = [];
+    const c = {};
+    bus.onStoredFrom('door-2', c, () => {
+      got.push('first');
+      bus.onStoredFrom('door-2', c, () => got.push('added'));
+    });
+    bus.emit('event.stored', stored('door-2'));
+    assert.deepEqual(got, ['first'], 'one added during the emit waits for the next');
+  });
 });
