@@ -48,21 +48,6 @@ async function untilEmpty(runtime: Runtime): Promise<void> {
   while (runtime.outbox.stats().events > 0) await new Promise((resolve) => setTimeout(resolve, 1));
 }
 
-if (process.env.EXP_TRACE) {
-  const g = globalThis as any;
-  g.__spans = [];
-  const net = require('node:net');
-  const orig = net.Socket.prototype.emit;
-  net.Socket.prototype.emit = function (ev: string, ...a: unknown[]) {
-    if (ev !== 'data') return orig.call(this, ev, ...a);
-    const t = performance.now();
-    const r = orig.call(this, ev, ...a);
-    g.__spans.push(['data', t, performance.now()]);
-    return r;
-  };
-  process.on('exit', () => require('node:fs').writeFileSync(`/tmp/spans-${process.pid}.json`, JSON.stringify(g.__spans)));
-}
-
 async function main(): Promise<void> {
   const raw = process.env.BENCH_CHILD_CONFIG;
   if (!raw) throw new Error('BENCH_CHILD_CONFIG is not set');
