@@ -23,7 +23,8 @@ type Listener<K extends keyof BusEvents> = (...args: BusEvents[K]) => void;
 
 export class EventBus {
   private readonly emitter = new EventEmitter();
-  private readonly owned = new Map<object, Array<[keyof BusEvents, (...args: any[]) => void]>>();
+  /** What removes each listener an owner registered (plain and `onStoredFrom` alike). */
+  private readonly owned = new Map<object, Array<() => void>>();
   /**
    * 'event.stored' listeners of one device each (`onStoredFrom`), by device
    * name. Arrays replaced, never changed in place: an emit goes through the
@@ -31,7 +32,6 @@ export class EventBus {
    * registered twice (two owners) is called twice and removed once per owner.
    */
   private readonly storedFrom = new Map<string, ReadonlyArray<(env: Envelope) => void>>();
-  private readonly ownedStored = new Map<object, Array<[string, (env: Envelope) => void]>>();
 
   constructor() {
     this.emitter.setMaxListeners(0);
@@ -56,36 +56,34 @@ export class EventBus {
    */
   onStoredFrom(device: string, owner: object, listener: (env: Envelope) => void): void {
     this.storedFrom.set(device, [...(this.storedFrom.get(device) ?? []), listener]);
-    let list = this.ownedStored.get(owner);
-    if (!list) {
-      list = [];
-      this.ownedStored.set(owner, list);
-    }
-    list.push([device, listener]);
-  }
-
-  on<K extends keyof BusEvents>(event: K, owner: object, listener: Listener<K>): void {
-    this.emitter.on(event, listener as (...args: any[]) => void);
-    let list = this.owned.get(owner);
-    if (!list) {
-      list = [];
-      this.owned.set(owner, list);
-    }
-    list.push([event, listener as (...args: any[]) => void]);
-  }
-
-  /** Remove every listener registered by `owner`. */
-  removeOwner(owner: object): void {
-    for (const [event, listener] of this.owned.get(owner) ?? []) this.emitter.off(event, listener);
-    this.owned.delete(owner);
-    for (const [device, listener] of this.ownedStored.get(owner) ?? []) {
+    this.own(owner, () => {
       const listeners = [...(this.storedFrom.get(device) ?? [])];
       const at = listeners.indexOf(listener);
       if (at >= 0) listeners.splice(at, 1);
       if (listeners.length > 0) this.storedFrom.set(device, listeners);
       else this.storedFrom.delete(device);
+    });
+  }
+
+  on<K extends keyof BusEvents>(event: K, owner: object, listener: Listener<K>): void {
+    const l = listener as (...args: any[]) => void;
+    this.emitter.on(event, l);
+    this.own(owner, () => this.emitter.off(event, l));
+  }
+
+  private own(owner: object, remove: () => void): void {
+    let list = this.owned.get(owner);
+    if (!list) {
+      list = [];
+      this.owned.set(owner, list);
     }
-    this.ownedStored.delete(owner);
+    list.push(remove);
+  }
+
+  /** Remove every listener registered by `owner`. */
+  removeOwner(owner: object): void {
+    for (const remove of this.owned.get(owner) ?? []) remove();
+    this.owned.delete(owner);
   }
 
   /** Listeners of `event`; for 'event.stored', those of `onStoredFrom` too. */
