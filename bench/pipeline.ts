@@ -760,8 +760,8 @@ export async function runPipelineBench(): Promise<PipelineResult> {
     await runOutboxAlone(Math.min(n, 50_000), batch, concurrency);
     await toBroker.ingest(warm, batch, concurrency, 101 * n, true);
     const rounds: PipelineResult['rounds'] = [];
-    const driverRuns: Array<Awaited<ReturnType<typeof driverRunToBroker>>> = [];
-    const e2eRuns: Array<Awaited<ReturnType<typeof driverRun>>> = [];
+    const driverRuns: DriverRun[] = [];
+    const e2eRuns: DriverRun[] = [];
     const aloneCpu: Array<Record<string, number>> = [];
     for (let r = 0; r < roundCount; r++) {
       progress(`round ${r + 1}/${roundCount}: outbox alone, ${n} events, ${batch} per append, ${concurrency} writers`);
@@ -856,6 +856,16 @@ export async function runPipelineBench(): Promise<PipelineResult> {
   }
 }
 
+/** One driver-path run: to its end (`ms`), the child's ingest alone, its event loop and GC, and CPU µs per event by process. */
+interface DriverRun {
+  ms: number;
+  ingestMs: number;
+  elu: number;
+  gcMs: number;
+  eventsPerBatch: number;
+  cpu: Record<string, number>;
+}
+
 /**
  * The bar's driver path once: `runtime.ingest` of `n` events inside a child
  * whose uplink (`ack: broker`) publishes to its own Mosquitto, timed to the
@@ -867,7 +877,7 @@ async function driverRunToBroker(
   child: RuntimeChild,
   pids: Record<string, number | undefined>,
   load: { n: number; batch: number; concurrency: number; offset: number },
-): Promise<{ ms: number; ingestMs: number; elu: number; gcMs: number; eventsPerBatch: number; cpu: Record<string, number> }> {
+): Promise<DriverRun> {
   const meter = cpuMeter(pids);
   const t0 = performance.now();
   const { ms: ingestMs, elu, gcMs, emptyMs, batches } = await child.ingest(load.n, load.batch, load.concurrency, load.offset, true);
@@ -887,7 +897,7 @@ async function driverRun(
   pids: Record<string, number | undefined>,
   load: { n: number; batch: number; concurrency: number; offset: number },
   what: string,
-): Promise<{ ms: number; ingestMs: number; elu: number; gcMs: number; eventsPerBatch: number; cpu: Record<string, number> }> {
+): Promise<DriverRun> {
   const start = await central.counts();
   const before = start.distinct;
   const meter = cpuMeter(pids);
